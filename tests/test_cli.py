@@ -1,0 +1,31 @@
+"""The top-level CLI: light start-up, a listed table of subcommands, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lmfast.__main__ import SUBCOMMANDS, main
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, (_, summary) in SUBCOMMANDS.items():
+        assert name in out and summary in out
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["nonsense"]) == 2
+    assert "unknown command 'nonsense'" in capsys.readouterr().err
+
+
+def test_help_and_import_leave_torch_unimported():
+    code = (
+        "import sys, lmfast; from lmfast.__main__ import main; main(['--help']);"
+        "import lmfast.generation.params, lmfast.data.dataset;"
+        "assert 'torch' not in sys.modules, 'torch imported';"
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
