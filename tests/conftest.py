@@ -29,3 +29,24 @@ def gutenberg_path() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not available")
     return path
+
+
+GPT2_ASSETS = REPO_ROOT / "lmfast" / "assets" / "gpt2"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight 2-layer GPT-2 (real GPT-2 tokenizer) saved in Hugging Face form.
+
+    Shared by the generation, export, serving and bot tests: small enough to load and decode in
+    milliseconds, real enough that every code path (KV cache, tied weights, tokenizer) is exercised.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny_gpt2")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=50257)
+    GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    GPT2TokenizerFast.from_pretrained(GPT2_ASSETS).save_pretrained(directory)
+    return directory
