@@ -1,0 +1,135 @@
+"""`python -m benchmarks`: run every stage's benchmark, write one JSON report and a PNG chart.
+
+Each `benchmarks/bench_<stage>.py` exposes `run(quick: bool) -> dict`, checks correctness before it
+times, and reports its comparisons as ratios (ours / baseline). This runner collects every number
+whose key names a ratio or speed-up, so a benchmark adds a comparison just by returning it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+STAGES = ("prepare", "train", "inference", "serve")
+RATIO_WORDS = ("ratio", "speedup", "vs_")
+
+
+def machine_description() -> dict[str, Any]:
+    """What the figures were measured on: they only compare within one machine and one run."""
+    import os
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def collect_ratios(result: Any, prefix: str = "") -> dict[str, float]:
+    """Flatten every numeric value whose key names a ratio into `{"path.to.key": value}`."""
+    found: dict[str, float] = {}
+    if isinstance(result, dict):
+        for key, value in result.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if any(word in str(key).lower() for word in RATIO_WORDS):
+                    found[path] = float(value)
+            else:
+                found.update(collect_ratios(value, path))
+    elif isinstance(result, list):
+        for index, item in enumerate(result):
+            label = item.get("name", index) if isinstance(item, dict) else index
+            found.update(collect_ratios(item, f"{prefix}[{label}]"))
+    return found
+
+
+def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """A horizontal bar per comparison, log-scaled, with the 1x line marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colors = [], [], []
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
+    for index, (stage, stage_ratios) in enumerate(ratios.items()):
+        for key, value in stage_ratios.items():
+            if value > 0:
+                labels.append(f"{stage}: {key}")
+                values.append(value)
+                colors.append(palette[index % len(palette)])
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.38 * len(values) + 1.2)))
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("ratio (lmfast / baseline; > 1 is better for lmfast unless the key says otherwise)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--quick", action="store_true", help="short runs (minutes, not tens of minutes)")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": machine_description(), "quick": args.quick, "stages": {}}
+    ratios: dict[str, dict[str, float]] = {}
+    failed = []
+    for stage in args.stages:
+        print(f"== benchmark {stage}", flush=True)
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(f"benchmarks.bench_{stage}")
+            result = module.run(quick=args.quick)
+        except Exception as error:  # one broken stage must not hide the others' figures
+            traceback.print_exc()
+            report["stages"][stage] = {"error": f"{type(error).__name__}: {error}"}
+            failed.append(stage)
+            continue
+        report["stages"][stage] = {"result": result, "seconds": round(time.perf_counter() - started, 1)}
+        ratios[stage] = collect_ratios(result)
+        for key, value in ratios[stage].items():
+            print(f"   {key}: {value:.2f}x", flush=True)
+
+    report["ratios"] = ratios
+    json_path = args.output / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    png_path = args.output / "report.png"
+    if any(ratios.values()):
+        cpu = report["machine"].get("cpu_model", report["machine"]["processor"])
+        plot(ratios, png_path, f"lmfast vs baselines — {cpu}, {report['machine']['cpu_count']} cores")
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path.exists() else ""))
+    if failed:
+        print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
