@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         "train", "--dataset_dir", str(dataset_dir), "--model", "gpt2-tiny",
         "--batch_size", "16", "--learning_rate", "1e-3",
         "--num_warmup_steps", str(max(1, args.max_steps // 10)), "--max_steps", str(args.max_steps),
-        "--val_check_interval", str(max(1, args.max_steps // 2)),
         "--experiments_root", str(experiments_root), "--experiment_name", "nietzsche",
     ])
     experiment_dir = newest_version(experiments_root / "nietzsche")
