@@ -1,0 +1,159 @@
+"""`Generator`: prompts in, continuations out, on a torch model or an ONNX Runtime session.
+
+Every call goes through one `DecodeSession`; the backends differ only in how they run a step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from lmfast.generation.backend import Backend
+from lmfast.generation.model_files import ModelInfo, read_json, resolve_model_dir
+from lmfast.generation.params import GenerationParams
+from lmfast.generation.session import DecodeSession
+from lmfast.generation.text import TextCodec
+
+BackendName = Literal["auto", "torch", "onnx"]
+
+
+class Generator:
+    """Generates text with one KV-cached decode loop (see `DecodeSession`)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        codec: TextCodec,
+        info: ModelInfo,
+        default_params: GenerationParams | None = None,
+        model_name: str = "model",
+    ) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.info = info
+        self.default_params = default_params or GenerationParams()
+        self.model_name = model_name
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: BackendName = "auto",
+        provider: Literal["cpu", "cuda"] = "cpu",
+        num_threads: int | None = None,
+    ) -> Generator:
+        """Load an export dir (ONNX Runtime), an experiment dir (its `hf/`) or an HF model dir (torch).
+
+        Args:
+            path: the directory.
+            backend: "auto" picks ONNX for an export dir, torch otherwise.
+            provider: "cpu" or "cuda" (the ONNX CUDA provider, or the torch model on a GPU).
+            num_threads: intra-op threads (None leaves the library default).
+
+        Raises:
+            FileNotFoundError, ValueError: no usable model at `path`, or a backend that cannot
+            read it (an export dir has no torch weights; an HF dir has no model.onnx).
+        """
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+        if provider not in ("cpu", "cuda"):
+            raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+        directory, kind = resolve_model_dir(path)
+        native = "onnx" if kind == "onnx" else "torch"
+        chosen = native if backend == "auto" else backend
+        if chosen != native:
+            what = "an ONNX export" if kind == "onnx" else "a Hugging Face (torch) model"
+            raise ValueError(f"{path}: holds {what}; backend={backend!r} cannot load it")
+        if chosen == "onnx":
+            from lmfast.generation.onnx_backend import OnnxBackend
+
+            runner: Backend = OnnxBackend.load(directory, provider=provider, num_threads=num_threads)
+        else:
+            from lmfast.generation.torch_backend import TorchBackend
+
+            runner = TorchBackend.load(directory, device=provider, num_threads=num_threads)
+        config = read_json(directory / "config.json")
+        return cls(
+            backend=runner,
+            codec=TextCodec.load(directory),
+            info=ModelInfo.from_config(config),
+            default_params=_default_params(directory),
+            model_name=Path(path).resolve().name,
+        )
+
+    @property
+    def max_context(self) -> int:
+        return self.info.max_context
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.codec.encode(text))
+
+    def session(self, max_batch_size: int | None = None) -> DecodeSession:
+        """A fresh decode session (continuous batching) on this model."""
+        return DecodeSession(self.backend, self.codec, self.info, max_batch_size)
+
+    def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
+        """`params` (or the model's defaults) with `overrides` applied and validated."""
+        base = params if params is not None else self.default_params
+        known = {f.name for f in dataclasses.fields(GenerationParams)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown generation parameter(s): {', '.join(unknown)}")
+        return base.replace(**overrides) if overrides else base
+
+    def __call__(
+        self, prompts: str | list[str], params: GenerationParams | None = None, **overrides: Any
+    ) -> list[list[str]]:
+        """Continue each prompt `num_return_sequences` times, batched together.
+
+        Returns:
+            Per prompt, the generated texts (without the prompt).
+
+        Raises:
+            ValueError: invalid params, or a prompt that does not fit the model's context.
+        """
+        params = self.resolve_params(params, **overrides)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        session = self.session(max_batch_size=max(1, len(prompts) * params.num_return_sequences))
+        owner: dict[int, tuple[int, int]] = {}
+        for p, prompt in enumerate(prompts):
+            for s, row_id in enumerate(session.add(prompt, params)):
+                owner[row_id] = (p, s)
+        texts = [[""] * params.num_return_sequences for _ in prompts]
+        while len(session):
+            for event in session.step():
+                p, s = owner[event.row_id]
+                texts[p][s] += event.text
+        return texts
+
+    def stream(self, prompt: str, params: GenerationParams | None = None, **overrides: Any) -> Iterator[str]:
+        """Yield the continuation of one prompt piece by piece as it is decoded."""
+        params = self.resolve_params(params, **overrides)
+        if params.num_return_sequences != 1:
+            raise ValueError("stream() generates one sequence; num_return_sequences must be 1")
+        session = self.session(max_batch_size=1)
+        session.add(prompt, params)
+        while len(session):
+            for event in session.step():
+                if event.text:
+                    yield event.text
+
+
+def _default_params(directory: Path) -> GenerationParams:
+    """`generation_config.json` of an export dir; an HF dir's file of that name has HF's own
+    format, so only the fields both share are taken from it."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return GenerationParams()
+    values = read_json(path)
+    try:
+        return GenerationParams.from_dict(values)
+    except (TypeError, ValueError):
+        known = {f.name for f in dataclasses.fields(GenerationParams)} - {"stop", "banned_words", "seed"}
+        shared = {k: v for k, v in values.items() if k in known and v is not None}
+        try:
+            return GenerationParams(**shared)
+        except (TypeError, ValueError):
+            return GenerationParams()

@@ -1,0 +1,186 @@
+"""Next-token selection for a whole batch at once, in NumPy (the ONNX path must not need torch).
+
+Every row carries its own parameters as arrays (temperature, top_k, top_p, repetition penalty,
+banned-token mask) and its own seeded RNG, so rows with different settings share one batch and a
+seeded row draws the same tokens whatever else is in the batch. The math is vectorized over rows;
+the only per-row Python is one uniform draw from each sampling row's RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmfast.generation.params import GenerationParams
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """CTRL penalty (Keskar et al. 2019, as HF): seen tokens' positive logits are divided by the
+    penalty, negative ones multiplied, so a penalty > 1 always lowers them.
+
+    Args:
+        logits: (B, V) float32.
+        seen: (B, V) bool, tokens already in the row's prompt or output.
+        penalty: (B,) float32; 1 leaves the row unchanged.
+    """
+    p = penalty[:, None]
+    penalized = np.where(logits > 0, logits / p, logits * p)
+    return np.where(seen, penalized, logits)
+
+
+def apply_banned(logits: np.ndarray, banned: np.ndarray) -> np.ndarray:
+    """Banned tokens get -inf, so neither argmax nor sampling can pick them. banned: (B, V) bool."""
+    return np.where(banned, -np.inf, logits)
+
+
+def sample(
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    uniforms: np.ndarray,
+) -> np.ndarray:
+    """Draw one token per row from temperature-scaled, top-k and top-p filtered distributions.
+
+    Args:
+        logits: (B, V) float32, already penalized/banned.
+        temperature: (B,) > 0.
+        top_k: (B,) int, 0 disables.
+        top_p: (B,) in (0, 1], 1 disables.
+        uniforms: (B,) in [0, 1), one draw per row from the row's own RNG (inverse-CDF sampling).
+
+    Returns:
+        (B,) int64 token ids.
+    """
+    batch, vocab = logits.shape
+    scaled = logits.astype(np.float32) / temperature[:, None].astype(np.float32)
+    # only the max k of the batch needs sorting; a row without top_k needs the full vocabulary
+    k_max = vocab if np.any(top_k <= 0) else int(min(top_k.max(), vocab))
+    if k_max < vocab:
+        candidates = np.argpartition(-scaled, k_max - 1, axis=1)[:, :k_max]
+        values = np.take_along_axis(scaled, candidates, axis=1)
+    else:
+        candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
+        values = scaled
+    order = np.argsort(-values, axis=1, kind="stable")
+    values = np.take_along_axis(values, order, axis=1)  # (B, K) descending
+    token_ids = np.take_along_axis(candidates, order, axis=1)
+
+    k_row = np.where(top_k <= 0, k_max, np.minimum(top_k, k_max))
+    values = np.where(np.arange(k_max)[None, :] < k_row[:, None], values, -np.inf)
+    probs = np.exp(values - values[:, :1])
+    probs /= probs.sum(axis=1, keepdims=True)
+    # nucleus: keep a token while the mass before it is below p (the top token always stays)
+    before = np.cumsum(probs, axis=1) - probs
+    probs = np.where(before < top_p[:, None], probs, 0.0)
+
+    cumulative = np.cumsum(probs, axis=1)
+    target = uniforms * cumulative[:, -1]
+    choice = np.argmax(cumulative > target[:, None], axis=1)
+    return token_ids[np.arange(batch), choice].astype(np.int64)
+
+
+def make_rng(seed: int | None, index: int) -> np.random.Generator:
+    """The RNG of return sequence `index` of a request: seeded ones are reproducible, and
+    sequence 0 with seed s draws the same as a single-sequence request with seed s."""
+    return np.random.default_rng(None if seed is None else [seed, index])
+
+
+@dataclass
+class SamplerRows:
+    """Per-row sampling state of a batch, kept in step with the batch's rows (select/concat)."""
+
+    temperature: np.ndarray  # (B,) float32, 0 = greedy
+    top_k: np.ndarray  # (B,) int64
+    top_p: np.ndarray  # (B,) float32
+    repetition_penalty: np.ndarray  # (B,) float32
+    seen: np.ndarray  # (B, V) bool: prompt and output tokens, for the repetition penalty
+    banned: np.ndarray  # (B, V) bool
+    has_banned: np.ndarray  # (B,) bool, rows whose banned mask is not empty
+    rngs: list[np.random.Generator]
+
+    @classmethod
+    def build(
+        cls,
+        params: Sequence[GenerationParams],
+        rngs: Sequence[np.random.Generator],
+        prompts: Sequence[Sequence[int]],
+        banned_ids: Sequence[np.ndarray],
+        vocab_size: int,
+    ) -> SamplerRows:
+        """State for new rows: one entry per row in each argument."""
+        batch = len(params)
+        seen = np.zeros((batch, vocab_size), dtype=bool)
+        banned = np.zeros((batch, vocab_size), dtype=bool)
+        for row, (prompt, ids) in enumerate(zip(prompts, banned_ids, strict=True)):
+            seen[row, np.asarray(prompt, dtype=np.int64)] = True
+            banned[row, ids] = True
+        return cls(
+            temperature=np.array([p.temperature for p in params], dtype=np.float32),
+            top_k=np.array([p.top_k for p in params], dtype=np.int64),
+            top_p=np.array([p.top_p for p in params], dtype=np.float32),
+            repetition_penalty=np.array([p.repetition_penalty for p in params], dtype=np.float32),
+            seen=seen,
+            banned=banned,
+            has_banned=banned.any(axis=1),
+            rngs=list(rngs),
+        )
+
+    def __len__(self) -> int:
+        return len(self.rngs)
+
+    def select(self, rows: np.ndarray) -> SamplerRows:
+        """Keep (or repeat) the given rows, in that order."""
+        return SamplerRows(
+            temperature=self.temperature[rows],
+            top_k=self.top_k[rows],
+            top_p=self.top_p[rows],
+            repetition_penalty=self.repetition_penalty[rows],
+            seen=self.seen[rows],
+            banned=self.banned[rows],
+            has_banned=self.has_banned[rows],
+            rngs=[self.rngs[i] for i in rows.tolist()],
+        )
+
+    def concat(self, other: SamplerRows) -> SamplerRows:
+        """This batch's rows followed by `other`'s."""
+        return SamplerRows(
+            temperature=np.concatenate([self.temperature, other.temperature]),
+            top_k=np.concatenate([self.top_k, other.top_k]),
+            top_p=np.concatenate([self.top_p, other.top_p]),
+            repetition_penalty=np.concatenate([self.repetition_penalty, other.repetition_penalty]),
+            seen=np.concatenate([self.seen, other.seen]),
+            banned=np.concatenate([self.banned, other.banned]),
+            has_banned=np.concatenate([self.has_banned, other.has_banned]),
+            rngs=self.rngs + other.rngs,
+        )
+
+    def next_tokens(self, logits: np.ndarray) -> np.ndarray:
+        """Pick each row's next token from its (B, V) logits and record it as seen.
+
+        Greedy rows (temperature 0) take the argmax of the penalized, banned logits; the rest
+        sample. Work is skipped where no row needs it, so an all-greedy batch costs one argmax.
+        """
+        logits = logits.astype(np.float32, copy=False)
+        width = self.seen.shape[1]
+        if logits.shape[1] != width:  # the model's vocabulary may be padded past the tokenizer's
+            logits = logits[:, :width] if logits.shape[1] > width else logits
+        if np.any(self.repetition_penalty != 1.0):
+            logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
+        if self.has_banned.any():
+            logits = apply_banned(logits, self.banned)
+        tokens = np.argmax(logits, axis=1).astype(np.int64)
+        sampling = np.flatnonzero(self.temperature > 0)
+        if sampling.size:
+            uniforms = np.array([self.rngs[i].random() for i in sampling.tolist()])
+            tokens[sampling] = sample(
+                logits[sampling],
+                self.temperature[sampling],
+                self.top_k[sampling],
+                self.top_p[sampling],
+                uniforms,
+            )
+        self.seen[np.arange(len(tokens)), tokens] = True
+        return tokens

@@ -1,0 +1,265 @@
+"""The one KV-cached decode loop, with rows joining and leaving between steps (continuous batching).
+
+`Generator.__call__`, `Generator.stream` and the server's engine thread all drive a
+`DecodeSession`. A step advances every running row by one token in one forward call, then
+prefills rows added since the last step (left padded among themselves) and stacks their cache
+under the running rows' (the shorter side left padded along time, padding masked out). Rows that
+finish leave the batch at once; cache columns no row attends to any more are trimmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from lmfast.generation.backend import Backend, Past
+from lmfast.generation.model_files import ModelInfo
+from lmfast.generation.params import GenerationParams
+from lmfast.generation.sampling import SamplerRows, make_rng
+from lmfast.generation.text import TextCodec, TextStream
+
+FinishReason = Literal["length", "stop", "eos"]
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of one row."""
+
+    row_id: int
+    token_id: int
+    text: str
+    """Newly decoded text (may be "": an incomplete character, held-back stop text, EOS)."""
+    finished: bool
+    finish_reason: FinishReason | None
+
+
+@dataclass
+class _Row:
+    row_id: int
+    params: GenerationParams
+    sequence_index: int  # which of the request's num_return_sequences
+    prompt_length: int
+    stream: TextStream
+    generated: int = 0
+    finished: bool = False
+
+
+@dataclass
+class _Request:
+    """One `add` call waiting for room in the batch."""
+
+    prompt_ids: list[int]
+    banned_ids: np.ndarray
+    rows: list[_Row]
+
+
+@dataclass
+class _Batch:
+    """The running rows and everything kept per row, all in the same row order."""
+
+    rows: list[_Row]
+    past: Past
+    attention_mask: np.ndarray  # (B, P) int64, one column per cache column
+    next_position: np.ndarray  # (B,) int64, position of the pending token
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (B,) sampled, not fed
+    sampler: SamplerRows | None = None
+
+
+class DecodeSession:
+    """Iteration-level batching over one backend. Driven by ONE thread; not thread-safe.
+
+    `len(session)` counts rows not yet finished (running plus waiting for room).
+    """
+
+    def __init__(
+        self, backend: Backend, codec: TextCodec, info: ModelInfo, max_batch_size: int | None = None
+    ):
+        self.backend = backend
+        self.codec = codec
+        self.info = info
+        self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self._eos = np.array(info.eos_token_ids, dtype=np.int64)
+        self._batch: _Batch | None = None
+        self._waiting: list[_Request] = []
+        self._next_row_id = 0
+
+    def __len__(self) -> int:
+        running = len(self._batch.rows) if self._batch else 0
+        return running + sum(len(r.rows) for r in self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._batch.rows) if self._batch else 0
+
+    def add(self, prompt: str, params: GenerationParams) -> list[int]:
+        """Queue a prompt; it is prefilled at the next `step`.
+
+        Returns:
+            One row id per return sequence.
+
+        Raises:
+            ValueError: the prompt leaves no room for a new token in the model's context.
+        """
+        return self.add_token_ids(self.codec.encode(prompt), params)
+
+    def add_token_ids(self, prompt_ids: list[int], params: GenerationParams) -> list[int]:
+        """`add` for an already tokenized prompt."""
+        if not prompt_ids:  # an empty prompt starts from BOS (GPT-2: <|endoftext|>), as HF does
+            start = (
+                self.info.bos_token_id if self.info.bos_token_id is not None else self.info.eos_token_ids[0]
+            )
+            prompt_ids = [int(start)]
+        if len(prompt_ids) >= self.info.max_context:
+            raise ValueError(
+                f"prompt is {len(prompt_ids)} tokens; the model's context is {self.info.max_context} "
+                "tokens and must leave room for at least one new token"
+            )
+        rows = []
+        for index in range(params.num_return_sequences):
+            rows.append(
+                _Row(self._next_row_id, params, index, len(prompt_ids), self.codec.stream(params.stop))
+            )
+            self._next_row_id += 1
+        self._waiting.append(_Request(list(prompt_ids), self.codec.banned_ids(params.banned_words), rows))
+        return [row.row_id for row in rows]
+
+    def cancel(self, row_id: int) -> None:
+        """Stop a row now (no event is emitted for it). Unknown or finished ids are ignored."""
+        for request in self._waiting:
+            request.rows = [r for r in request.rows if r.row_id != row_id]
+        self._waiting = [r for r in self._waiting if r.rows]
+        if self._batch:
+            for row in self._batch.rows:
+                if row.row_id == row_id:
+                    row.finished = True
+            self._drop_finished()
+
+    def step(self) -> list[TokenEvent]:
+        """Advance every running row by one token, then prefill waiting rows (their first token).
+
+        Returns:
+            One event per row that produced a token in this step.
+        """
+        events: list[TokenEvent] = []
+        batch = self._batch
+        if batch is not None:
+            mask = np.concatenate(
+                [batch.attention_mask, np.ones((len(batch.rows), 1), dtype=np.int64)], axis=1
+            )
+            logits, batch.past = self.backend.forward(
+                batch.pending[:, None], mask, batch.next_position[:, None], batch.past
+            )
+            batch.attention_mask = mask
+            batch.next_position = batch.next_position + 1
+            events += self._advance(batch, batch.sampler.next_tokens(logits))
+        admitted = self._admit()
+        if admitted:
+            fresh, logits = self._prefill(admitted)
+            events += self._advance(fresh, fresh.sampler.next_tokens(logits))
+            self._batch = fresh if batch is None else self._merge(batch, fresh)
+        self._drop_finished()
+        return events
+
+    def _admit(self) -> list[_Request]:
+        room = self.max_batch_size - self.num_running
+        admitted = []
+        while self._waiting and (
+            len(self._waiting[0].rows) <= room or (not admitted and self._batch is None)
+        ):
+            request = self._waiting.pop(0)
+            room -= len(request.rows)
+            admitted.append(request)
+        return admitted
+
+    def _prefill(self, requests: list[_Request]) -> tuple[_Batch, np.ndarray]:
+        """Run the waiting prompts (each once, left padded) and expand to one row per sequence."""
+        length = max(len(r.prompt_ids) for r in requests)
+        input_ids = np.zeros((len(requests), length), dtype=np.int64)
+        mask = np.zeros((len(requests), length), dtype=np.int64)
+        for i, request in enumerate(requests):
+            input_ids[i, length - len(request.prompt_ids) :] = request.prompt_ids
+            mask[i, length - len(request.prompt_ids) :] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        logits, past = self.backend.forward(input_ids, mask, positions, None)
+
+        expand = np.repeat(np.arange(len(requests)), [len(r.rows) for r in requests])
+        if len(expand) != len(requests):
+            past = self.backend.select(past, expand)
+        rows = [row for r in requests for row in r.rows]
+        sampler = SamplerRows.build(
+            params=[row.params for row in rows],
+            rngs=[make_rng(row.params.seed, row.sequence_index) for row in rows],
+            prompts=[requests[g].prompt_ids for g in expand],
+            banned_ids=[requests[g].banned_ids for g in expand],
+            vocab_size=logits.shape[1],
+        )
+        batch = _Batch(
+            rows=rows,
+            past=past,
+            attention_mask=mask[expand],
+            next_position=np.array([row.prompt_length for row in rows], dtype=np.int64),
+            sampler=sampler,
+        )
+        return batch, logits[expand]
+
+    def _advance(self, batch: _Batch, tokens: np.ndarray) -> list[TokenEvent]:
+        """Record each row's new token, decode its text and decide whether the row is done."""
+        batch.pending = tokens
+        is_eos = np.isin(tokens, self._eos)
+        events = []
+        for row, token, eos in zip(batch.rows, tokens.tolist(), is_eos.tolist(), strict=True):
+            row.generated += 1
+            reason: FinishReason | None = None
+            if eos:
+                text, reason = row.stream.flush(), "eos"
+            else:
+                text, stopped = row.stream.push(token)
+                if stopped:
+                    reason = "stop"
+                elif (
+                    row.generated >= row.params.max_new_tokens
+                    or row.prompt_length + row.generated >= self.info.max_context
+                ):
+                    text, reason = text + row.stream.flush(), "length"
+            row.finished = reason is not None
+            events.append(TokenEvent(row.row_id, token, text, row.finished, reason))
+        return events
+
+    def _merge(self, first: _Batch, second: _Batch) -> _Batch:
+        width = max(first.attention_mask.shape[1], second.attention_mask.shape[1])
+        masks = [
+            np.pad(b.attention_mask, ((0, 0), (width - b.attention_mask.shape[1], 0)))
+            for b in (first, second)
+        ]
+        return _Batch(
+            rows=first.rows + second.rows,
+            past=self.backend.merge(first.past, second.past),
+            attention_mask=np.concatenate(masks),
+            next_position=np.concatenate([first.next_position, second.next_position]),
+            pending=np.concatenate([first.pending, second.pending]),
+            sampler=first.sampler.concat(second.sampler),
+        )
+
+    def _drop_finished(self) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        keep = np.array([i for i, row in enumerate(batch.rows) if not row.finished], dtype=np.int64)
+        if len(keep) == len(batch.rows):
+            return
+        if len(keep) == 0:
+            self._batch = None
+            return
+        batch.rows = [batch.rows[i] for i in keep.tolist()]
+        batch.past = self.backend.select(batch.past, keep)
+        batch.attention_mask = batch.attention_mask[keep]
+        batch.next_position = batch.next_position[keep]
+        batch.pending = batch.pending[keep]
+        batch.sampler = batch.sampler.select(keep)
+        unused = int(np.argmax(batch.attention_mask.any(axis=0)))  # leading columns all rows mask out
+        if unused:
+            batch.past = self.backend.trim(batch.past, unused)
+            batch.attention_mask = batch.attention_mask[:, unused:]
