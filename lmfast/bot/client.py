@@ -1,0 +1,155 @@
+"""A small async client for the `lmfast serve` HTTP API (DESIGN.md §5), with retries and backoff.
+
+The bot reaches the model only through this: HTTP, never torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import httpx
+
+from lmfast.generation.params import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+# answers that mean "not now" rather than "never": worth another attempt after a pause
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class ApiError(Exception):
+    """The lmfast API did not produce a continuation."""
+
+
+class ApiUnavailable(ApiError):
+    """Down, overloaded or too slow, even after every retry: worth trying again later."""
+
+
+class ApiRejected(ApiError):
+    """The API refused the request itself (bad key, prompt too long, ...): retrying will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class LmfastClient:
+    """Calls `POST /generated_texts/` on an lmfast server.
+
+    Args:
+        base_url: the server's root, e.g. `http://127.0.0.1:8000`.
+        api_key: sent as `Authorization: Bearer <key>` when set.
+        timeout_s: seconds to wait for one answer before it counts as a failed attempt.
+        retries: extra attempts after a connection error, timeout, 429 or 5xx.
+        backoff_s: first pause between attempts; doubles each time (with jitter), capped at 30 s,
+            and never shorter than the server's Retry-After.
+        transport: an httpx transport (tests may pass one; the default is the network).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> LmfastClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def generate(self, prompt: str, params: GenerationParams) -> str:
+        """One continuation of `prompt` (the generated text only, without the prompt).
+
+        Raises:
+            ApiUnavailable: the server stayed unreachable, busy or slow through every retry.
+            ApiRejected: the server answered 4xx (other than 429), or with a malformed body.
+        """
+        body = {
+            "seed_text": prompt,
+            "ignored_words": list(params.banned_words),
+            "generation_max_len": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+            "repetition_penalty": params.repetition_penalty,
+            "num_return_sequences": 1,
+        }
+        data = await self._post("/generated_texts/", body)
+        texts = data.get("texts") if isinstance(data, dict) else None
+        if not isinstance(texts, list) or not texts or not isinstance(texts[0], str):
+            raise ApiRejected(200, f"unexpected response body: {str(data)[:200]}")
+        return texts[0]
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        last_problem = "no attempt made"
+        for attempt in range(self.retries + 1):
+            retry_after = 0.0
+            try:
+                response = await self._http.post(path, json=body)
+            except httpx.TimeoutException:
+                last_problem = "timed out"
+            except httpx.TransportError as error:
+                last_problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise ApiRejected(200, "response is not JSON") from None
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise ApiRejected(response.status_code, _error_message(response))
+                last_problem = f"HTTP {response.status_code}: {_error_message(response)}"
+                retry_after = _retry_after(response)
+            if attempt == self.retries:
+                break
+            delay = min(
+                max(self.backoff_s * 2**attempt * random.uniform(0.8, 1.2), retry_after), MAX_BACKOFF_S
+            )
+            logger.warning(
+                "lmfast API %s (attempt %d of %d); retrying in %.1f s",
+                last_problem,
+                attempt + 1,
+                self.retries + 1,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        raise ApiUnavailable(f"{last_problem} after {self.retries + 1} attempt(s)")
+
+
+def _error_message(response: httpx.Response) -> str:
+    """FastAPI's `detail` (a string, or a list of validation errors) as one line."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:200] or response.reason_phrase
+    if isinstance(detail, list):
+        return "; ".join(
+            str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail
+        )
+    return str(detail) if detail is not None else response.text[:200]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", 0)), 0.0)
+    except ValueError:  # an HTTP date: not worth parsing, the backoff covers it
+        return 0.0

@@ -1,0 +1,148 @@
+"""`BotConfig`: everything `lmfast bot` needs, one documented field per flag.
+
+Imports nothing heavy (no aiogram, no torch), so `lmfast bot --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+# environment variables read when the matching flag is not given
+TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+TELEGRAM_API_SERVER_ENV = "TELEGRAM_API_SERVER"
+API_URL_ENV = "LMFAST_API_URL"
+API_KEY_ENV = "LMFAST_API_KEY"
+ALLOWED_USERS_ENV = "LMFAST_BOT_ALLOWED_USERS"
+
+# the format BotFather hands out; aiogram rejects anything else before any network call
+_TOKEN_RE = re.compile(r"^\d+:[\w-]+$")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class BotConfig:
+    """How to run the Telegram bot. Each field is a `--flag` of `lmfast bot`."""
+
+    token: str = field(default="", metadata=_help("Bot token from @BotFather."))
+    api_url: str = field(
+        default="http://127.0.0.1:8000",
+        metadata=_help("Base URL of the `lmfast serve` HTTP API."),
+    )
+    api_key: str | None = field(default=None, metadata=_help("Bearer key of the lmfast API, if it has one."))
+    telegram_api_server: str | None = field(
+        default=None,
+        metadata=_help("Base URL of a self-hosted Telegram Bot API server (unset: api.telegram.org)."),
+    )
+    allowed_users: tuple[int, ...] = field(
+        default=(),
+        metadata=_help("Comma-separated Telegram user ids allowed to use the bot; empty allows everyone."),
+    )
+    db_path: str = field(
+        default="lmfast_bot.sqlite3", metadata=_help("SQLite file keeping per-chat settings and button data.")
+    )
+    max_stored_texts: int = field(
+        default=10_000,
+        metadata=_help("Most generated texts kept for the Repeat/Continue buttons; older ones are pruned."),
+    )
+    rate_limit: int = field(
+        default=10, metadata=_help("Most generation requests per chat within --rate_window_s seconds.")
+    )
+    rate_window_s: float = field(default=60.0, metadata=_help("Length of the per-chat rate-limit window."))
+    api_timeout_s: float = field(
+        default=120.0, metadata=_help("Seconds to wait for one answer of the lmfast API before retrying.")
+    )
+    api_retries: int = field(
+        default=3, metadata=_help("Extra attempts when the lmfast API is down, busy or slow (0: none).")
+    )
+    api_backoff_s: float = field(
+        default=1.0, metadata=_help("First retry delay; doubles on each further attempt (capped at 30 s).")
+    )
+    polling_timeout: int = field(default=30, metadata=_help("Long-polling wait of getUpdates, in seconds."))
+    webhook_url: str | None = field(
+        default=None,
+        metadata=_help("Public HTTPS URL Telegram should POST updates to; unset means long polling."),
+    )
+    webhook_listen: str = field(
+        default="0.0.0.0:8080", metadata=_help("host:port the webhook server binds (webhook mode only).")
+    )
+    webhook_secret: str | None = field(
+        default=None,
+        metadata=_help("Secret Telegram sends with each webhook call (default: a random one per run)."),
+    )
+    log_level: str = field(default="info", metadata=_help("Logging level (debug, info, warning, error)."))
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError(f"--token: missing; pass --token or set {TOKEN_ENV}")
+        if not _TOKEN_RE.match(self.token):
+            raise ValueError("--token: not a Telegram bot token (expected '<digits>:<letters>')")
+        for name in ("api_url", "telegram_api_server", "webhook_url"):
+            value = getattr(self, name)
+            if value is not None and urlparse(value).scheme not in ("http", "https"):
+                raise ValueError(f"--{name}: expected an http(s) URL, got {value!r}")
+        if self.api_key == "":
+            self.api_key = None
+        if self.telegram_api_server == "":
+            self.telegram_api_server = None
+        self.allowed_users = tuple(int(u) for u in self.allowed_users)
+        if self.max_stored_texts < 1:
+            raise ValueError(f"--max_stored_texts must be >= 1, got {self.max_stored_texts}")
+        if self.rate_limit < 1:
+            raise ValueError(f"--rate_limit must be >= 1, got {self.rate_limit}")
+        if self.rate_window_s <= 0:
+            raise ValueError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
+        if self.api_timeout_s <= 0:
+            raise ValueError(f"--api_timeout_s must be > 0, got {self.api_timeout_s}")
+        if self.api_retries < 0:
+            raise ValueError(f"--api_retries must be >= 0, got {self.api_retries}")
+        if self.api_backoff_s < 0:
+            raise ValueError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
+        if self.polling_timeout < 1:
+            raise ValueError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(
+                f"--log_level must be debug, info, warning, error or critical, got {self.log_level!r}"
+            )
+        self._listen()  # rejects a malformed --webhook_listen now, not at start-up
+
+    @property
+    def webhook_host(self) -> str:
+        return self._listen()[0]
+
+    @property
+    def webhook_port(self) -> int:
+        return self._listen()[1]
+
+    def _listen(self) -> tuple[str, int]:
+        host, sep, port = self.webhook_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--webhook_listen: expected host:port, got {self.webhook_listen!r}")
+        return host, int(port)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values with secrets masked (it ends up in logs)."""
+        values = dataclasses.asdict(self)
+        for secret in ("token", "api_key", "webhook_secret"):
+            if values[secret]:
+                values[secret] = "***"
+        values["allowed_users"] = list(values["allowed_users"])
+        return values
+
+
+def parse_user_ids(raw: str) -> tuple[int, ...]:
+    """Parse `--allowed_users 123,456` (spaces allowed, empty allows everyone)."""
+    ids = []
+    for part in raw.replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"--allowed_users: {part!r} is not a numeric Telegram user id")
+        ids.append(int(part))
+    return tuple(ids)

@@ -1,0 +1,257 @@
+"""The bot's conversation: commands, prompts, and the Repeat/Continue/settings buttons.
+
+Handlers get what they use as arguments, injected by aiogram from the dispatcher's data:
+`db` (Storage), `api` (LmfastClient) and `limiter` (RateLimiter).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.types import CallbackQuery, ErrorEvent, InlineKeyboardMarkup, Message
+from aiogram.utils.chat_action import ChatActionSender
+
+from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
+from lmfast.bot.formatting import escape, render_reply, render_segments
+from lmfast.bot.keyboards import SetValue, TextAction, settings_keyboard, settings_text, text_keyboard
+from lmfast.bot.ratelimit import RateLimiter
+from lmfast.bot.settings import LABELS, SETTING_NAMES, ChatSettings, format_value
+from lmfast.bot.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+HELP = (
+    "<b>I continue your text with a language model.</b>\n\n"
+    "Send any text and I reply with it in bold followed by what the model writes next.\n"
+    "Under each reply: <b>Repeat</b> draws a new continuation of the same text, "
+    "<b>Continue</b> makes the model write on.\n\n"
+    "/settings: temperature (0 = always the same, most likely words), maximum new tokens, top-p\n"
+    "/reset: back to default settings, and forget the texts I keep for the buttons\n"
+    "/help: this message"
+)
+API_DOWN = (
+    "😔 The language model is not answering right now (it may be restarting or busy). "
+    "I tried a few times; please send your text again in a minute."
+)
+SETTING_ALIASES = {
+    "temp": "temperature",
+    "max_tokens": "max_new_tokens",
+    "tokens": "max_new_tokens",
+    "topp": "top_p",
+}
+
+
+def build_router() -> Router:
+    """A fresh router with every handler (a router can join only one dispatcher, so one per run)."""
+    router = Router(name="lmfast.bot")
+    router.message.register(on_start, CommandStart())
+    router.message.register(on_help, Command("help"))
+    router.message.register(on_settings, Command("settings"))
+    router.message.register(on_reset, Command("reset"))
+    router.message.register(on_unknown_command, F.text.startswith("/"))
+    router.message.register(on_prompt, F.text)
+    router.message.register(on_not_text)
+    router.callback_query.register(on_text_action, TextAction.filter())
+    router.callback_query.register(on_set_value, SetValue.filter())
+    router.callback_query.register(on_stale_button)
+    router.errors.register(on_error)
+    return router
+
+
+# commands -------------------------------------------------------------------------------------------
+async def on_start(message: Message) -> None:
+    name = escape(message.from_user.first_name) if message.from_user else "there"
+    await message.answer(f"Hello, {name}!\n\n{HELP}")
+
+
+async def on_help(message: Message) -> None:
+    await message.answer(HELP)
+
+
+async def on_settings(message: Message, command: CommandObject, db: Storage) -> None:
+    """Show the settings with buttons, or set one directly: `/settings temperature 0.9`."""
+    settings = db.get_settings(message.chat.id)
+    if command.args:
+        parts = command.args.split()
+        if len(parts) != 2:
+            await message.answer(
+                "Usage: <code>/settings NAME VALUE</code>, e.g. <code>/settings top_p 0.9</code>"
+            )
+            return
+        name = SETTING_ALIASES.get(parts[0].lower(), parts[0].lower())
+        try:
+            settings = settings.with_value(name, parts[1])
+        except ValueError as error:
+            await message.answer(f"Not changed: {escape(str(error))}.\nSettings: {', '.join(SETTING_NAMES)}")
+            return
+        db.set_settings(message.chat.id, settings)
+    await message.answer(settings_text(settings), reply_markup=settings_keyboard(settings))
+
+
+async def on_reset(message: Message, db: Storage) -> None:
+    db.reset_chat(message.chat.id)
+    defaults = ChatSettings()
+    await message.answer(
+        "Done: settings are back to the defaults, and the Repeat/Continue buttons of earlier replies "
+        "no longer work.\n\n" + settings_text(defaults),
+        reply_markup=settings_keyboard(defaults),
+    )
+
+
+async def on_unknown_command(message: Message) -> None:
+    await message.answer("I don't know that command.\n\n" + HELP)
+
+
+async def on_not_text(message: Message) -> None:
+    await message.answer("I can only continue text: please send me a text message.")
+
+
+# generation -----------------------------------------------------------------------------------------
+async def on_prompt(message: Message, bot: Bot, db: Storage, api: LmfastClient, limiter: RateLimiter) -> None:
+    """Any text: generate a continuation and reply with prompt (bold) + continuation + buttons."""
+    chat_id = message.chat.id
+    wait_s = limiter.acquire(chat_id)
+    if wait_s:
+        await message.answer(_slow_down(wait_s))
+        return
+    prompt = message.text or ""
+    continuation = await _generate(bot, chat_id, api, prompt, db.get_settings(chat_id))
+    if continuation is None:
+        return
+    text_id = db.add_text(chat_id, prompt, continuation)
+    await _send(bot, chat_id, render_reply(prompt, continuation), text_keyboard(text_id))
+
+
+async def on_text_action(
+    query: CallbackQuery,
+    callback_data: TextAction,
+    bot: Bot,
+    db: Storage,
+    api: LmfastClient,
+    limiter: RateLimiter,
+) -> None:
+    """Repeat: a new sample for the stored prompt. Continue: the stored text, extended."""
+    if query.message is None:  # a button on an inline-mode message: no chat to answer in
+        await query.answer("This button only works in a chat with the bot.", show_alert=True)
+        return
+    chat_id = query.message.chat.id
+    stored = db.get_text(callback_data.text_id, chat_id)
+    if stored is None:
+        await query.answer(
+            "I no longer have this text (reset or too old). Please send it again.", show_alert=True
+        )
+        return
+    wait_s = limiter.acquire(chat_id)
+    if wait_s:
+        await query.answer(_slow_down(wait_s), show_alert=True)
+        return
+    # answered at once: Telegram shows a spinner on the button until then
+    await query.answer("Generating…")
+    settings = db.get_settings(chat_id)
+    if callback_data.action == "repeat":
+        continuation = await _generate(bot, chat_id, api, stored.prompt, settings)
+        if continuation is None:
+            return
+        text_id = db.add_text(chat_id, stored.prompt, continuation)
+        await _send(bot, chat_id, render_reply(stored.prompt, continuation), text_keyboard(text_id))
+        return
+
+    addition = await _generate(bot, chat_id, api, stored.prompt + stored.continuation, settings)
+    if addition is None:
+        return
+    if not addition:
+        await bot.send_message(chat_id, "<i>The model had nothing to add.</i>")
+        return
+    text_id = db.add_text(chat_id, stored.prompt, stored.continuation + addition)
+    keyboard = text_keyboard(text_id)
+    messages = render_reply(stored.prompt, stored.continuation + addition)
+    if len(messages) == 1 and await _edit(query.message, messages[0], keyboard):
+        return
+    # the whole text no longer fits one message (or that one cannot be edited): send the new part
+    await _send(bot, chat_id, render_segments([("…", None), (addition, None)]), keyboard)
+
+
+async def on_set_value(query: CallbackQuery, callback_data: SetValue, db: Storage) -> None:
+    if query.message is None:
+        await query.answer()
+        return
+    chat_id = query.message.chat.id
+    try:
+        settings = db.get_settings(chat_id).with_value(callback_data.name, callback_data.value)
+    except ValueError as error:
+        await query.answer(f"Not changed: {error}", show_alert=True)
+        return
+    db.set_settings(chat_id, settings)
+    value = getattr(settings, callback_data.name)
+    await query.answer(f"{LABELS[callback_data.name]}: {format_value(callback_data.name, value)}")
+    await _edit(query.message, settings_text(settings), settings_keyboard(settings))
+
+
+async def on_stale_button(query: CallbackQuery) -> None:
+    """Header buttons and buttons from older versions of the bot: acknowledge, change nothing."""
+    await query.answer()
+
+
+async def on_error(event: ErrorEvent, bot: Bot) -> None:
+    """Last resort: log it and tell the user, so nobody waits for a reply that will never come."""
+    logger.error("error while handling update %s", event.update.update_id, exc_info=event.exception)
+    chat = event.update.message.chat if event.update.message else None
+    if chat is None and event.update.callback_query and event.update.callback_query.message:
+        chat = event.update.callback_query.message.chat
+    if chat is not None:
+        try:
+            await bot.send_message(chat.id, "Sorry, something went wrong on my side. Please try again.")
+        except Exception:  # the error may be Telegram itself being unreachable
+            logger.exception("could not report the error to chat %s", chat.id)
+
+
+# helpers --------------------------------------------------------------------------------------------
+async def _generate(
+    bot: Bot, chat_id: int, api: LmfastClient, prompt: str, settings: ChatSettings
+) -> str | None:
+    """The continuation, or None after telling the chat why there is none."""
+    try:
+        async with ChatActionSender.typing(bot=bot, chat_id=chat_id):
+            return await api.generate(prompt, settings.to_params())
+    except ApiUnavailable as error:
+        logger.warning("lmfast API unavailable: %s", error)
+        await bot.send_message(chat_id, API_DOWN)
+    except ApiRejected as error:
+        logger.warning("lmfast API rejected a request: %s", error)
+        await bot.send_message(chat_id, _rejection(error))
+    return None
+
+
+def _rejection(error: ApiRejected) -> str:
+    if error.status in (401, 403):
+        return "The bot cannot use its language model (the API key was refused). Please tell the bot's owner."
+    if error.status == 422:
+        return f"The model cannot take this text: {escape(error.message)}"
+    return "The language model gave an unexpected answer. Please try again later."
+
+
+def _slow_down(wait_s: float) -> str:
+    return f"Too many requests: please wait {max(round(wait_s), 1)} s and try again."
+
+
+async def _send(bot: Bot, chat_id: int, messages: list[str], keyboard: InlineKeyboardMarkup) -> None:
+    """Send the messages in order; the buttons go under the last one."""
+    for i, html_text in enumerate(messages):
+        await bot.send_message(chat_id, html_text, reply_markup=keyboard if i == len(messages) - 1 else None)
+
+
+async def _edit(message: object, html_text: str, keyboard: InlineKeyboardMarkup) -> bool:
+    """Edit a message in place; False when it cannot be edited (too old, deleted, inaccessible)."""
+    if not isinstance(message, Message):
+        return False
+    try:
+        await message.edit_text(html_text, reply_markup=keyboard)
+    except TelegramBadRequest as error:
+        if "not modified" in str(error):  # pressed the value that was already set
+            return True
+        logger.info("could not edit message %s: %s", message.message_id, error)
+        return False
+    return True

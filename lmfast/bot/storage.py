@@ -1,0 +1,120 @@
+"""SQLite storage: per-chat settings and the texts behind the Repeat/Continue buttons.
+
+A file rather than memory so that both survive a restart, and bounded (the oldest texts are pruned)
+so that a busy bot cannot grow it without limit. Every call is a single short statement on a
+local file, fast enough to run on the event loop thread; the connection belongs to that thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmfast.bot.settings import ChatSettings
+
+# a prompt or continuation is cut to this many characters before it is stored: a Telegram message
+# is at most 4,096 characters, and the server bounds what it generates, so this only guards the file
+MAX_STORED_CHARS = 64_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chat_settings (
+    chat_id INTEGER PRIMARY KEY,
+    temperature REAL NOT NULL,
+    max_new_tokens INTEGER NOT NULL,
+    top_p REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS texts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    continuation TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS texts_by_chat ON texts (chat_id);
+"""
+
+
+@dataclass(frozen=True)
+class StoredText:
+    """A prompt and what the model wrote after it, as shown in one bot message."""
+
+    id: int
+    chat_id: int
+    prompt: str
+    continuation: str
+
+
+class Storage:
+    """The bot's SQLite file. Open once per process, close on shutdown."""
+
+    def __init__(self, path: str | Path, max_texts: int = 10_000) -> None:
+        if max_texts < 1:
+            raise ValueError(f"max_texts must be >= 1, got {max_texts}")
+        self.path = Path(path)
+        self.max_texts = max_texts
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: one statement each
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # settings -------------------------------------------------------------------------------------
+    def get_settings(self, chat_id: int) -> ChatSettings:
+        """The chat's settings, or the defaults when it never changed any (or stored ones became invalid)."""
+        row = self._db.execute(
+            "SELECT temperature, max_new_tokens, top_p FROM chat_settings WHERE chat_id = ?", (chat_id,)
+        ).fetchone()
+        if row is None:
+            return ChatSettings()
+        try:
+            return ChatSettings(temperature=row[0], max_new_tokens=row[1], top_p=row[2])
+        except ValueError:  # bounds tightened since it was stored
+            return ChatSettings()
+
+    def set_settings(self, chat_id: int, settings: ChatSettings) -> None:
+        self._db.execute(
+            "INSERT INTO chat_settings (chat_id, temperature, max_new_tokens, top_p, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO UPDATE SET temperature = excluded.temperature,"
+            " max_new_tokens = excluded.max_new_tokens, top_p = excluded.top_p, updated_at = excluded.updated_at",
+            (chat_id, settings.temperature, settings.max_new_tokens, settings.top_p, time.time()),
+        )
+
+    def reset_chat(self, chat_id: int) -> None:
+        """Forget the chat: settings back to defaults, its texts (and so its buttons) dropped."""
+        self._db.execute("DELETE FROM chat_settings WHERE chat_id = ?", (chat_id,))
+        self._db.execute("DELETE FROM texts WHERE chat_id = ?", (chat_id,))
+
+    # texts ----------------------------------------------------------------------------------------
+    def add_text(self, chat_id: int, prompt: str, continuation: str) -> int:
+        """Store a shown text and return its id (the buttons' callback data); prunes the oldest."""
+        cursor = self._db.execute(
+            "INSERT INTO texts (chat_id, prompt, continuation, created_at) VALUES (?, ?, ?, ?)",
+            (chat_id, prompt[:MAX_STORED_CHARS], continuation[:MAX_STORED_CHARS], time.time()),
+        )
+        text_id = int(cursor.lastrowid)
+        # ids only grow (AUTOINCREMENT), so everything at or below this id is older than the newest max_texts
+        self._db.execute("DELETE FROM texts WHERE id <= ?", (text_id - self.max_texts,))
+        return text_id
+
+    def get_text(self, text_id: int, chat_id: int) -> StoredText | None:
+        """The text behind a button, or None when pruned, reset, or asked for by another chat."""
+        row = self._db.execute(
+            "SELECT id, chat_id, prompt, continuation FROM texts WHERE id = ? AND chat_id = ?",
+            (text_id, chat_id),
+        ).fetchone()
+        return None if row is None else StoredText(*row)
+
+    def count_texts(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0])
