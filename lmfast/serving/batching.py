@@ -1,0 +1,391 @@
+"""Iteration-level (continuous) batching over the generator's `DecodeSession`.
+
+One engine thread owns the session (it is not thread-safe). HTTP handlers, on the asyncio event
+loop, `submit` a `GenerationJob` into a bounded waiting queue. Between decode steps the thread
+admits waiting jobs while their rows fit in `max_batch_size`, runs one `session.step()` (which
+prefills the newcomers and advances every row by one token) and hands each job its new text through
+`loop.call_soon_threadsafe`. A finished row leaves the batch at once and its slot is reused at the
+next step, as in TGI and vLLM; a cancelled job (client gone, timeout) has its rows dropped.
+With `max_batch_size=1` jobs run strictly one after another: the "batching off" baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lmfast.generation.params import GenerationParams
+from lmfast.serving.metrics import ServeMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is full; the client should retry after `retry_after_s` seconds (HTTP 429)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the request queue is full, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is not running (starting up or shutting down): HTTP 503."""
+
+
+class _Session(Protocol):
+    """What the engine uses of `lmfast.generation`'s DecodeSession (contract 3)."""
+
+    max_batch_size: int
+
+    def add(self, prompt: str, params: GenerationParams) -> list[int]: ...
+    def step(self) -> list[Any]: ...
+    def cancel(self, row_id: int) -> None: ...
+    def __len__(self) -> int: ...
+
+
+class _Generator(Protocol):
+    def session(self) -> _Session: ...
+    def count_tokens(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Newly decoded text of one sequence of a job."""
+
+    index: int
+    """Choice index: prompt number x num_return_sequences + sequence number."""
+    text: str
+    finished: bool
+    finish_reason: str | None
+    """'length', 'stop' or 'eos' on the last piece of a sequence, else None."""
+
+
+class GenerationJob:
+    """One request's sequences: created and read on the event loop, decoded on the engine thread."""
+
+    def __init__(
+        self, prompts: Sequence[str], params: GenerationParams, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.prompts = list(prompts)
+        self.params = params
+        self.n_rows = len(self.prompts) * params.num_return_sequences
+        self.loop = loop
+        self.arrived = time.perf_counter()
+        self.admitted_at: float | None = None
+        self.first_token_at: float | None = None
+        self.admitted: asyncio.Future[None] = loop.create_future()
+        self.cancelled = False
+        # written by the engine thread, read by the loop once the job's last piece arrived
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.row_ids: list[int] = []
+        self._rows_left = self.n_rows  # engine side
+        self._open = self.n_rows  # loop side
+        self._inbox: asyncio.Queue[list[Piece] | BaseException] = asyncio.Queue()
+
+    @property
+    def done(self) -> bool:
+        return self._open == 0
+
+    async def pieces(self, deadline: float | None = None) -> AsyncIterator[list[Piece]]:
+        """Yield the pieces of each decode step until every sequence has finished.
+
+        Args:
+            deadline: `time.perf_counter()` value after which `TimeoutError` is raised.
+
+        Raises:
+            TimeoutError: past the deadline (the caller cancels the job).
+            EngineStoppedError, RuntimeError: the engine stopped or the decode step failed.
+        """
+        while self._open > 0:
+            if deadline is None:
+                item = await self._inbox.get()
+            else:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise TimeoutError("request timed out")
+                try:
+                    item = await asyncio.wait_for(self._inbox.get(), remaining)
+                except asyncio.TimeoutError:
+                    raise TimeoutError("request timed out") from None
+            if isinstance(item, BaseException):
+                self._open = 0
+                raise item
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self._open -= sum(piece.finished for piece in item)
+            yield item
+
+    # --- called on the loop through call_soon_threadsafe -------------------------------------
+    def _on_admitted(self, error: BaseException | None) -> None:
+        if self.admitted.done():
+            return
+        if error is None:
+            self.admitted.set_result(None)
+        else:
+            self.admitted.set_exception(error)
+            self.admitted.exception()  # retrieved: no "never retrieved" warning if nobody awaits
+            self._inbox.put_nowait(error)
+
+    def _on_error(self, error: BaseException) -> None:
+        if self.admitted.done():
+            self._inbox.put_nowait(error)
+        else:
+            self._on_admitted(error)
+
+    # --- engine thread -------------------------------------------------------------------------
+    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
+        """Run `callback(*args)` on the job's loop; False if that loop is gone."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # loop closed: the client and its server are gone
+            return False
+        return True
+
+
+class BatchingEngine:
+    """Decode many jobs together on one model: a bounded queue in front of one engine thread."""
+
+    def __init__(
+        self,
+        generator: _Generator,
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 256,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
+        self.generator = generator
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._waiting: deque[GenerationJob] = deque()
+        self._cancelled: list[GenerationJob] = []
+        self._accepting = False
+        self._stopping = False
+        self._abort = False
+        self._thread: threading.Thread | None = None
+        self._job_seconds = 1.0  # running mean of admission-to-finish time, for Retry-After
+        self.steps = 0
+
+    # --- public API (any thread) ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine thread; the session is created on it."""
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="lmfast-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job for the next free batch slots.
+
+        Raises:
+            EngineStoppedError: not running (HTTP 503).
+            QueueFullError: `queue_size` jobs are already waiting (HTTP 429).
+        """
+        with self._cond:
+            if not self.running:
+                raise EngineStoppedError("the server is not accepting requests (starting or shutting down)")
+            if len(self._waiting) >= self.queue_size:
+                raise QueueFullError(self._retry_after())
+            self._waiting.append(job)
+            self._set_queue_depth()
+            self._cond.notify()
+
+    def cancel(self, job: GenerationJob) -> None:
+        """Drop a job (client disconnected, timed out); idempotent, any thread."""
+        if job.cancelled:
+            return
+        job.cancelled = True
+        with self._cond:
+            self._cancelled.append(job)
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting jobs, finish the queued and running ones, then end the thread.
+
+        Args:
+            timeout: seconds to wait for the drain; after it the remaining jobs fail with
+                `EngineStoppedError`.
+
+        Returns:
+            True if every job finished normally.
+        """
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        drained = not self._thread.is_alive()
+        if not drained:
+            with self._cond:
+                self._abort = True
+                self._cond.notify()
+            self._thread.join()
+        return drained
+
+    # --- engine thread -------------------------------------------------------------------------
+    def _retry_after(self) -> int:
+        rounds = max(1.0, len(self._waiting) / self.max_batch_size)
+        return max(1, min(60, math.ceil(self._job_seconds * rounds)))
+
+    def _set_queue_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._waiting))
+
+    def _run(self) -> None:
+        session = self.generator.session()
+        session.max_batch_size = self.max_batch_size
+        rows: dict[int, tuple[GenerationJob, int]] = {}  # row id -> (job, choice index)
+        try:
+            while True:
+                with self._cond:
+                    while not (self._waiting or rows or self._cancelled or self._stopping):
+                        self._cond.wait()
+                    if self._abort or (self._stopping and not self._waiting and not rows):
+                        break
+                    if not rows and self._waiting:
+                        self._gather()
+                    cancelled, self._cancelled = self._cancelled, []
+                    admitted = self._pop_admissible(len(rows))
+                    self._set_queue_depth()
+                for job in cancelled:
+                    self._drop(session, job, rows)
+                for job in admitted:
+                    self._admit(session, job, rows)
+                if self.metrics is not None:
+                    self.metrics.active_rows.set(len(rows))
+                if rows:
+                    session = self._step(session, rows)
+        except BaseException as exc:  # never leave clients waiting on a dead thread
+            logger.exception("engine thread crashed")
+            self._fail_all(rows, EngineStoppedError(f"the engine stopped: {exc}"))
+            raise
+        finally:
+            self._accepting = False
+        self._fail_all(rows, EngineStoppedError("the server shut down before this request finished"))
+
+    def _gather(self) -> None:
+        """Idle model, jobs waiting: wait up to max_wait for enough rows to fill a batch (lock held)."""
+        deadline = time.monotonic() + self.max_wait_s
+        while not self._stopping and sum(j.n_rows for j in self._waiting) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+
+    def _pop_admissible(self, active_rows: int) -> list[GenerationJob]:
+        """First-come first-served jobs whose rows fit (lock held); an oversized job runs alone."""
+        admitted: list[GenerationJob] = []
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                continue
+            if active_rows > 0 and active_rows + job.n_rows > self.max_batch_size:
+                break
+            self._waiting.popleft()
+            admitted.append(job)
+            active_rows += job.n_rows
+        return admitted
+
+    def _admit(
+        self, session: _Session, job: GenerationJob, rows: dict[int, tuple[GenerationJob, int]]
+    ) -> None:
+        n = job.params.num_return_sequences
+        # the session prefills these rows at the next step: they fit, or the batch is empty and an
+        # oversized job runs alone (the session admits a too-large request into an empty batch)
+        try:
+            for p, prompt in enumerate(job.prompts):
+                for s, row_id in enumerate(session.add(prompt, job.params)):
+                    rows[row_id] = (job, p * n + s)
+                    job.row_ids.append(row_id)
+            job.prompt_tokens = sum(self.generator.count_tokens(prompt) for prompt in job.prompts)
+        except ValueError as exc:  # e.g. a prompt longer than the context: the client's fault
+            self._drop(session, job, rows)
+            job._post(job._on_admitted, exc)
+            return
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(job.prompt_tokens)
+            self.metrics.queue_wait.observe(time.perf_counter() - job.arrived)
+        job.admitted_at = time.perf_counter()
+        if not job._post(job._on_admitted, None):
+            self._drop(session, job, rows)
+
+    def _drop(
+        self, session: _Session, job: GenerationJob, rows: dict[int, tuple[GenerationJob, int]]
+    ) -> None:
+        for row_id in job.row_ids:
+            if rows.pop(row_id, None) is not None:
+                session.cancel(row_id)
+
+    def _step(self, session: _Session, rows: dict[int, tuple[GenerationJob, int]]) -> _Session:
+        """One decode step; returns the session to keep using (a fresh one if this one failed)."""
+        started = time.perf_counter()
+        batch = len(rows)
+        try:
+            events = session.step()
+        except Exception as exc:
+            logger.exception("decode step failed; failing the %d running sequences", batch)
+            self._fail_all(rows, RuntimeError(f"decode step failed: {exc}"), waiting=False)
+            fresh = self.generator.session()
+            fresh.max_batch_size = self.max_batch_size
+            return fresh
+        elapsed = time.perf_counter() - started
+        self.steps += 1
+        if self.metrics is not None:
+            self.metrics.observe_step(batch, len(events), elapsed)
+        by_job: dict[GenerationJob, list[Piece]] = {}
+        for event in events:
+            entry = rows.get(event.row_id)
+            if entry is None:  # a row cancelled after the step began
+                continue
+            job, index = entry
+            job.completion_tokens += 1
+            if event.finished:
+                del rows[event.row_id]
+                job._rows_left -= 1
+                if job._rows_left == 0 and job.admitted_at is not None:
+                    self._job_seconds = 0.8 * self._job_seconds + 0.2 * (
+                        time.perf_counter() - job.admitted_at
+                    )
+            by_job.setdefault(job, []).append(Piece(index, event.text, event.finished, event.finish_reason))
+        for job, pieces in by_job.items():
+            if not job._post(job._inbox.put_nowait, pieces):
+                self._drop(session, job, rows)
+        return session
+
+    def _fail_all(
+        self, rows: dict[int, tuple[GenerationJob, int]], error: BaseException, *, waiting: bool = True
+    ) -> None:
+        jobs = {job for job, _ in rows.values()}
+        rows.clear()
+        if waiting:
+            with self._cond:
+                jobs.update(self._waiting)
+                self._waiting.clear()
+                self._set_queue_depth()
+        for job in jobs:
+            job._post(job._on_error, error)

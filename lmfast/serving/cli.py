@@ -1,0 +1,112 @@
+"""`lmfast serve MODEL [flags]`: serve a model over HTTP with continuous batching.
+
+Every flag is a `ServeConfig` field and may also come from `LMFAST_<FIELD>` (flags win):
+
+    lmfast serve data/exports/nietzsche --host 127.0.0.1 --port 8000 --max_batch_size 32
+    LMFAST_API_KEY=secret lmfast serve data/experiments/nietzsche
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmfast.serving.config import ENV_PREFIX, ServeConfig, field_type
+
+_CHOICES = {
+    "backend": ["auto", "torch", "onnx"],
+    "provider": ["cpu", "cuda"],
+    "log_level": ["critical", "error", "warning", "info", "debug"],
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string under each field), used as flag help."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = following.value.value.strip()
+    return docs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    docs = field_docs(ServeConfig)
+    parser = argparse.ArgumentParser(
+        prog="lmfast serve",
+        description="Serve a model over HTTP with continuous batching (FastAPI + uvicorn). "
+        f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT.",
+    )
+    parser.add_argument("model", nargs="?", default=argparse.SUPPRESS, help=docs["model"])
+    defaults = ServeConfig()
+    for f in dataclasses.fields(ServeConfig):
+        if f.name == "model":
+            continue
+        default = getattr(defaults, f.name)
+        parser.add_argument(
+            f"--{f.name}",
+            type=field_type(f.name),
+            choices=_CHOICES.get(f.name),
+            default=argparse.SUPPRESS,
+            help=f"{docs.get(f.name, '')} (default: {default})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the model, serve until interrupted."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage or help
+        return int(exc.code or 0)
+    try:
+        config = ServeConfig.from_env(**vars(args))
+    except ValueError as exc:
+        print(f"lmfast serve: {exc}", file=sys.stderr)
+        return 2
+    if not config.model:
+        print(f"lmfast serve: MODEL: give a model directory (argument or {ENV_PREFIX}MODEL)", file=sys.stderr)
+        return 2
+    if not Path(config.model).is_dir():
+        print(f"lmfast serve: MODEL: {config.model} is not a directory", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return serve(config)
+
+
+def serve(config: ServeConfig) -> int:
+    """Load `config.model` and run uvicorn until SIGINT/SIGTERM (then finish running requests)."""
+    import uvicorn
+
+    from lmfast.serving.app import create_app, load_generator
+
+    try:
+        generator = load_generator(config)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(config, generator=generator)
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "timeout_graceful_shutdown": int(config.request_timeout_s),
+    }
+    uvicorn.run(app, **options)
+    return 0

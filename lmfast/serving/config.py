@@ -1,0 +1,107 @@
+"""`ServeConfig`: everything `lmfast serve` needs, one documented field per flag and env var.
+
+Imports nothing heavy, so `lmfast serve --help` answers without loading torch or FastAPI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ENV_PREFIX = "LMFAST_"
+
+
+@dataclass
+class ServeConfig:
+    """How to serve a model. Each field is a `--flag` of `lmfast serve` and an `LMFAST_<FIELD>` variable."""
+
+    model: str = ""
+    """An export dir (ONNX Runtime), an experiment dir (uses <exp>/hf) or a Hugging Face model dir (torch)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """TCP port to listen on."""
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    """Inference backend; auto picks onnx for an export dir and torch otherwise."""
+    provider: Literal["cpu", "cuda"] = "cpu"
+    """Device: ONNX Runtime execution provider or torch device."""
+    num_threads: int | None = None
+    """Intra-op threads of the model (None: the runtime's default)."""
+    model_name: str | None = None
+    """Name reported by /version/ and /v1/models (None: the generator's model name)."""
+    max_batch_size: int = 32
+    """Most sequences decoded together; 1 turns batching off (one request at a time)."""
+    max_wait_ms: float = 5.0
+    """When the model is idle, wait this long for more requests to start a fuller batch."""
+    queue_size: int = 256
+    """Most requests waiting for a batch slot; more are answered 429 with Retry-After."""
+    request_timeout_s: float = 120.0
+    """A request still unanswered after this many seconds is dropped and answered 504."""
+    api_key: str | None = None
+    """If set, every API call needs `Authorization: Bearer <api_key>` (401 otherwise)."""
+    max_prompt_chars: int = 16_000
+    """Longest prompt accepted, in characters (422 beyond it; the model's context is checked too)."""
+    log_level: str = "info"
+    """uvicorn log level (critical, error, warning, info, debug)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be in [1, 65535], got {self.port}")
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"--backend must be auto, torch or onnx, got {self.backend!r}")
+        if self.provider not in ("cpu", "cuda"):
+            raise ValueError(f"--provider must be cpu or cuda, got {self.provider!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {self.num_threads}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"--max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.queue_size < 1:
+            raise ValueError(f"--queue_size must be >= 1, got {self.queue_size}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"--request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_prompt_chars < 1:
+            raise ValueError(f"--max_prompt_chars must be >= 1, got {self.max_prompt_chars}")
+        if self.api_key == "":
+            self.api_key = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values, with the API key masked (it ends up in logs)."""
+        values = dataclasses.asdict(self)
+        if values["api_key"]:
+            values["api_key"] = "***"
+        return values
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:
+        """Build from `LMFAST_<FIELD>` variables, then explicit overrides (flags win over env)."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = parse_field(f.name, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def field_type(name: str) -> type:
+    """The plain Python type (int, float or str) that a field's flag parses into."""
+    annotation = str(next(f.type for f in dataclasses.fields(ServeConfig) if f.name == name))
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """Parse one flag or env value for field `name`, naming the variable when it is malformed."""
+    kind = field_type(name)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.__name__}, got {raw!r}") from None

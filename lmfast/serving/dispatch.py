@@ -1,0 +1,203 @@
+"""From a validated HTTP request to engine results: submit, wait, collect or stream, map errors.
+
+Both route modules use it, so 429/503/504/422 and client-disconnect handling are written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+
+from lmfast.generation.params import GenerationParams
+from lmfast.serving.batching import BatchingEngine, EngineStoppedError, GenerationJob, Piece, QueueFullError
+from lmfast.serving.metrics import ServeMetrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away; its job was cancelled and nobody reads the answer."""
+
+
+@dataclass
+class SequenceResult:
+    """One finished continuation."""
+
+    text: str
+    finish_reason: str | None
+    tokens: int
+
+
+def invalid(field: str, message: str) -> RequestValidationError:
+    """A 422 in FastAPI's usual shape, naming the body field at fault."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": None}]
+    )
+
+
+def make_params(field_of: dict[str, str], **values: Any) -> GenerationParams:
+    """`GenerationParams(**values)`, its ValueError turned into a 422 naming the HTTP field.
+
+    Args:
+        field_of: GenerationParams field -> HTTP body field, to name the right one in the 422.
+    """
+    try:
+        return GenerationParams(**values)
+    except ValueError as exc:
+        message = str(exc)
+        name = next((f for f in values if message.startswith(f)), "body")
+        raise invalid(field_of.get(name, name), message) from None
+
+
+def check_prompts(prompts: Sequence[str], max_chars: int, field: str) -> None:
+    if any(len(p) > max_chars for p in prompts):
+        raise invalid(field, f"a prompt may have at most {max_chars} characters on this server")
+
+
+async def _wait_disconnect(request: Request) -> None:
+    # once the body is read, receive() returns only at disconnect (or when the response is done)
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` unless the client disconnects first.
+
+    Raises:
+        ClientDisconnected: the client went away first (`awaitable` is cancelled).
+    """
+    work = asyncio.ensure_future(awaitable)
+    watch = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        raise ClientDisconnected
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+
+
+async def start(
+    engine: BatchingEngine,
+    request: Request,
+    prompts: Sequence[str],
+    params: GenerationParams,
+    timeout_s: float,
+    prompt_field: str,
+) -> tuple[GenerationJob, float]:
+    """Queue a job and wait until it joins the batch.
+
+    Returns:
+        The admitted job and its deadline (`time.perf_counter()` seconds).
+
+    Raises:
+        HTTPException: 429 (queue full, with Retry-After), 503 (not running), 504 (timed out),
+            422 (the model refused a prompt, e.g. longer than its context).
+        ClientDisconnected: the client left while waiting.
+    """
+    job = GenerationJob(prompts, params, asyncio.get_running_loop())
+    metrics: ServeMetrics = request.app.state.metrics
+    try:
+        engine.submit(job)
+    except QueueFullError as exc:
+        metrics.rejected.labels("queue_full").inc()
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except EngineStoppedError as exc:
+        metrics.rejected.labels("not_running").inc()
+        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+    deadline = job.arrived + timeout_s
+    try:
+        await until_disconnect(request, asyncio.wait_for(asyncio.shield(job.admitted), timeout_s))
+    except asyncio.TimeoutError:
+        engine.cancel(job)
+        metrics.rejected.labels("timeout").inc()
+        raise HTTPException(504, f"request timed out after {timeout_s:g} s in the queue") from None
+    except ValueError as exc:
+        raise invalid(prompt_field, str(exc)) from None
+    except EngineStoppedError as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+    except BaseException:
+        engine.cancel(job)
+        raise
+    return job, deadline
+
+
+async def _collect(job: GenerationJob, deadline: float) -> list[SequenceResult]:
+    results = [SequenceResult("", None, 0) for _ in range(job.n_rows)]
+    parts: list[list[str]] = [[] for _ in range(job.n_rows)]
+    async for pieces in job.pieces(deadline):
+        for piece in pieces:
+            parts[piece.index].append(piece.text)
+            results[piece.index].tokens += 1
+            if piece.finished:
+                results[piece.index].finish_reason = piece.finish_reason
+    for result, texts in zip(results, parts, strict=True):
+        result.text = "".join(texts)
+    return results
+
+
+async def collect(
+    engine: BatchingEngine, request: Request, job: GenerationJob, deadline: float, route: str
+) -> list[SequenceResult]:
+    """Wait for every sequence of an admitted job; cancel it if the client leaves or time runs out.
+
+    Raises:
+        HTTPException: 504 (timed out), 503 (engine stopped), 500 (decode step failed).
+        ClientDisconnected: the client left.
+    """
+    try:
+        results = await until_disconnect(request, _collect(job, deadline))
+    except BaseException as exc:
+        engine.cancel(job)
+        raise _http_error(request.app.state.metrics, exc) from None
+    observe_finished(request.app.state.metrics, job, route)
+    return results
+
+
+async def stream(
+    engine: BatchingEngine, request: Request, job: GenerationJob, deadline: float, route: str
+) -> AsyncIterator[list[Piece]]:
+    """Yield an admitted job's pieces as decoded; the caller cancels the job if the client leaves.
+
+    Raises:
+        HTTPException: as `collect`, mid-stream (the caller turns it into an error event).
+    """
+    try:
+        async for pieces in job.pieces(deadline):
+            yield pieces
+    except Exception as exc:
+        engine.cancel(job)
+        raise _http_error(request.app.state.metrics, exc) from None
+    observe_finished(request.app.state.metrics, job, route)
+
+
+def _http_error(metrics: ServeMetrics, exc: BaseException) -> BaseException:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        metrics.rejected.labels("timeout").inc()
+        return HTTPException(504, "request timed out while generating")
+    if isinstance(exc, EngineStoppedError):
+        return HTTPException(503, str(exc))
+    if isinstance(exc, ClientDisconnected | asyncio.CancelledError):
+        metrics.rejected.labels("client_disconnected").inc()
+        return exc
+    if isinstance(exc, HTTPException):
+        return exc
+    logger.error("generation failed: %s", exc)
+    return HTTPException(500, f"generation failed: {exc}")
+
+
+def observe_finished(metrics: ServeMetrics, job: GenerationJob, route: str) -> None:
+    now = time.perf_counter()
+    metrics.request_latency.labels(route).observe(now - job.arrived)
+    if job.first_token_at is not None:
+        metrics.time_to_first_token.observe(job.first_token_at - job.arrived)

@@ -1,0 +1,151 @@
+"""OpenAI-compatible `/v1/completions` and `/v1/models`, so existing clients work unchanged."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from lmfast.serving import dispatch
+from lmfast.serving.batching import BatchingEngine, GenerationJob
+from lmfast.serving.deps import get_engine, require_api_key
+from lmfast.serving.schemas import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+_FIELD_OF = {
+    "max_new_tokens": "max_tokens",
+    "num_return_sequences": "n",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
+    "stop": "stop",
+    "seed": "seed",
+}
+_ROUTE = "/v1/completions"
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    # OpenAI knows "stop" (a stop sequence or end of text) and "length"
+    return None if reason is None else "length" if reason == "length" else "stop"
+
+
+@router.get("/models", response_model=ModelList)
+async def models(request: Request) -> ModelList:
+    """The one served model."""
+    return ModelList(data=[ModelCard(id=request.app.state.model_name, created=request.app.state.started)])
+
+
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "JSON, or server-sent events with stream: true",
+        },
+        401: {},
+        429: {},
+        503: {},
+        504: {},
+    },
+)
+async def completions(
+    body: CompletionRequest, request: Request, engine: BatchingEngine = Depends(get_engine)
+) -> CompletionResponse | StreamingResponse:
+    """Complete one prompt or a list; choice i*n+j is the j-th sample of prompt i."""
+    config = request.app.state.config
+    prompts = body.prompts()
+    dispatch.check_prompts(prompts, config.max_prompt_chars, "prompt")
+    params = dispatch.make_params(
+        _FIELD_OF,
+        max_new_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        repetition_penalty=body.repetition_penalty,
+        num_return_sequences=body.n,
+        stop=body.stops(),
+        seed=body.seed,
+    )
+    job, deadline = await dispatch.start(engine, request, prompts, params, config.request_timeout_s, "prompt")
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = request.app.state.model_name
+    if body.stream:
+        events = _sse(engine, request, job, deadline, completion_id, created, model)
+        return _SSEResponse(events, on_close=lambda: engine.cancel(job) if not job.done else None)
+    results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
+    choices = [
+        CompletionChoice(text=r.text, index=i, finish_reason=_finish_reason(r.finish_reason))
+        for i, r in enumerate(results)
+    ]
+    completion_tokens = sum(r.tokens for r in results)
+    usage = Usage(
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=job.prompt_tokens + completion_tokens,
+    )
+    return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
+
+
+async def _sse(
+    engine: BatchingEngine,
+    request: Request,
+    job: GenerationJob,
+    deadline: float,
+    completion_id: str,
+    created: int,
+    model: str,
+) -> AsyncIterator[str]:
+    """OpenAI's stream: one `data: {chunk}` event per decode step, then `data: [DONE]`."""
+    head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    try:
+        async for pieces in dispatch.stream(engine, request, job, deadline, _ROUTE):
+            choices = [
+                {
+                    "text": p.text,
+                    "index": p.index,
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(p.finish_reason) if p.finished else None,
+                }
+                for p in pieces
+                if p.text or p.finished
+            ]
+            if choices:
+                yield f"data: {json.dumps({**head, 'choices': choices}, ensure_ascii=False)}\n\n"
+    except HTTPException as exc:  # headers are sent: report the failure in-band, as OpenAI does
+        error = {"error": {"message": exc.detail, "type": "server_error", "code": exc.status_code}}
+        yield f"data: {json.dumps(error)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+class _SSEResponse(StreamingResponse):
+    """Server-sent events that call `on_close` however the stream ends (done, error, disconnect)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()

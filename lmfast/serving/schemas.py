@@ -1,0 +1,150 @@
+"""Request and response bodies (pydantic): validated at the route, converted to `GenerationParams` there.
+
+Bounds come from `lmfast.generation.params`, so an HTTP limit and a generator limit cannot drift apart.
+A body that breaks one is answered 422 with the offending field in `detail[].loc`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
+
+MAX_PROMPT_CHARS = 100_000
+"""Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
+MAX_PROMPTS = 16
+"""Prompts in one /v1/completions body."""
+MAX_ROWS_PER_REQUEST = 64
+"""Sequences one request may ask for (prompts x n): a single client cannot fill every batch slot."""
+MAX_STOP = 4
+MAX_STOP_CHARS = 64
+MAX_BANNED_WORDS = 256
+SEED_MAX = 2**63 - 1
+
+
+class GeneratedTextsRequest(BaseModel):
+    """The seed's `POST /generated_texts/` body; fields left out take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed_text: str = Field(max_length=MAX_PROMPT_CHARS, description="Prompt to continue.")
+    ignored_words: list[str] = Field(
+        default_factory=list, max_length=MAX_BANNED_WORDS, description="Words never generated."
+    )
+    generation_max_len: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0.0, le=100.0)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)
+    num_return_sequences: int | None = Field(default=None, ge=1, le=MAX_RETURN_SEQUENCES)
+
+
+class GeneratedTextsResponse(BaseModel):
+    texts: list[str] = Field(description="Continuations only, without the seed text.")
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+    model: str
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        default=None, max_length=256, description="Accepted and echoed; one model is served."
+    )
+    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
+    max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_RETURN_SEQUENCES)
+    stop: str | list[str] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stream: bool = False
+    # extensions beyond OpenAI's fields, as vLLM and TGI offer them
+    top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    # OpenAI options this server does not implement: refused rather than silently ignored
+    echo: Literal[False] = False
+    best_of: Literal[1] | None = None
+    logprobs: None = None
+    suffix: None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
+        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+            raise ValueError(f"each prompt must have at most {MAX_PROMPT_CHARS} characters")
+        return prompt
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
+        return stop
+
+    @model_validator(mode="after")
+    def _check_rows(self) -> CompletionRequest:
+        rows = len(self.prompts()) * self.n
+        if rows > MAX_ROWS_PER_REQUEST:
+            raise ValueError(f"n: number of prompts x n must be at most {MAX_ROWS_PER_REQUEST}, got {rows}")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lmfast"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
