@@ -137,6 +137,8 @@ class FakeTelegram:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+        # a real server would have refused these: the bot sent something malformed
+        assert not self.errors, f"Telegram would answer 400 to: {self.errors}"
 
     # injecting updates --------------------------------------------------------------------------------
     def send_text(self, user_id: int, text: str, chat_id: int | None = None) -> int:
@@ -367,7 +369,8 @@ class FakeLmfastApi:
     """`POST /generated_texts/` answering a continuation that spells out the settings it was given.
 
     `fail_next` answers that many requests with 503 first; `slow_next` makes that many requests
-    take `slow_s` seconds; `reply` (if set) replaces the generated text.
+    take `slow_s` seconds; `reply` (if set) replaces the generated text; a seed text longer than
+    `max_seed_chars` is answered 422 as the real server does for a prompt beyond the context.
     """
 
     api_key: str | None = None
@@ -375,6 +378,7 @@ class FakeLmfastApi:
     slow_next: int = 0
     slow_s: float = 2.0
     reply: str | None = None
+    max_seed_chars: int = 20_000
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -406,7 +410,7 @@ class FakeLmfastApi:
         if self.slow_next > 0:
             self.slow_next -= 1
             await asyncio.sleep(self.slow_s)  # the server being slow is the behaviour under test
-        if len(body["seed_text"]) > 20_000:
+        if len(body["seed_text"]) > self.max_seed_chars:
             return web.json_response(
                 {"detail": [{"msg": "seed_text is longer than the model's context"}]}, status=422
             )
