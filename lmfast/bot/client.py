@@ -83,16 +83,16 @@ class LmfastClient:
             ApiUnavailable: the server stayed unreachable, busy or slow through every retry.
             ApiRejected: the server answered 4xx (other than 429), or with a malformed body.
         """
-        body = {
+        # only what a chat controls; top_k, repetition penalty etc. stay the served model's defaults
+        body: dict[str, Any] = {
             "seed_text": prompt,
-            "ignored_words": list(params.banned_words),
             "generation_max_len": params.max_new_tokens,
             "temperature": params.temperature,
-            "top_k": params.top_k,
             "top_p": params.top_p,
-            "repetition_penalty": params.repetition_penalty,
             "num_return_sequences": 1,
         }
+        if params.banned_words:
+            body["ignored_words"] = list(params.banned_words)
         data = await self._post("/generated_texts/", body)
         texts = data.get("texts") if isinstance(data, dict) else None
         if not isinstance(texts, list) or not texts or not isinstance(texts[0], str):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 
 TELEGRAM_MESSAGE_LIMIT = 4096
+EMPTY_NOTE = "\n(the model wrote nothing more)"
+"""Shown (in italics) when a continuation is blank, so the reply never looks cut off."""
 
 
 def utf16_len(text: str) -> int:
@@ -58,7 +60,7 @@ def render_reply(prompt: str, continuation: str, limit: int = TELEGRAM_MESSAGE_L
     segments: list[tuple[str, str | None]] = [(prompt, "b"), (continuation, None)]
     if not continuation.strip():
         # our note, not the model's words: italic, so nobody mistakes it for generated text
-        segments.append(("\n(the model wrote nothing more)", "i"))
+        segments.append((EMPTY_NOTE, "i"))
     return render_segments(segments, limit)
 
 
