@@ -370,7 +370,8 @@ class FakeLmfastApi:
 
     `fail_next` answers that many requests with 503 first; `slow_next` makes that many requests
     take `slow_s` seconds; `reply` (if set) replaces the generated text; a seed text longer than
-    `max_seed_chars` is answered 422 as the real server does for a prompt beyond the context.
+    `max_seed_chars` is answered 422 as the real server does for a prompt beyond the context;
+    `body` (if set) is answered as is, instead of `{"texts": [...]}`.
     """
 
     api_key: str | None = None
@@ -379,6 +380,7 @@ class FakeLmfastApi:
     slow_s: float = 2.0
     reply: str | None = None
     max_seed_chars: int = 20_000
+    body: Any = None
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -403,6 +405,7 @@ class FakeLmfastApi:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"detail": "invalid API key"}, status=401)
         body = await request.json()
+        body["_authorization"] = request.headers.get("Authorization")
         self.requests.append(body)
         if self.fail_next > 0:
             self.fail_next -= 1
@@ -414,13 +417,11 @@ class FakeLmfastApi:
             return web.json_response(
                 {"detail": [{"msg": "seed_text is longer than the model's context"}]}, status=422
             )
-        text = (
-            self.reply
-            if self.reply is not None
-            else (
-                f" [t={body['temperature']:g} n={body['generation_max_len']} p={body['top_p']:g} #{len(self.requests)}]"
-            )
-        )
+        if self.body is not None:
+            return web.json_response(self.body)
+        text = self.reply
+        if text is None:  # spells out the settings it was given, so tests can see them applied
+            text = f" [t={body['temperature']:g} n={body['generation_max_len']} p={body['top_p']:g} #{len(self.requests)}]"
         return web.json_response({"texts": [text] * body["num_return_sequences"]})
 
 
