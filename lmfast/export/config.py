@@ -1,0 +1,43 @@
+"""`ExportConfig`: the flags of `lmfast export onnx`, one field each (flag = field = export.json key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained causal LM to an ONNX Runtime directory (DESIGN.md §3)."""
+
+    source: Path
+    """An experiment dir (uses its hf/), a Lightning .ckpt from one, or a Hugging Face model dir."""
+    output: Path
+    """The export directory to write."""
+    precision: Literal["fp32", "fp16"] = "fp32"
+    """Weights and cache precision; fp16 is for the CUDA provider."""
+    quantize: Literal["none", "int8"] = "none"
+    """int8: dynamic quantization of the matrix multiplications (CPU)."""
+    optimize: bool = False
+    """Run ONNX Runtime's transformer graph fusions on the exported graph."""
+    overwrite: bool = False
+    """Replace `output` if it exists."""
+    opset: int = 18
+    """ONNX opset of the graph (>= 17)."""
+    parity_steps: int = 32
+    """Greedy steps compared token for token with the torch model at export."""
+
+    def __post_init__(self) -> None:
+        self.source = Path(self.source)
+        self.output = Path(self.output)
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"--precision must be fp32 or fp16, got {self.precision!r}")
+        if self.quantize not in ("none", "int8"):
+            raise ValueError(f"--quantize must be int8 (or omitted), got {self.quantize!r}")
+        if self.quantize == "int8" and self.precision == "fp16":
+            raise ValueError("--quantize int8 applies to fp32 weights; drop --precision fp16")
+        if self.opset < 17:
+            raise ValueError(f"--opset must be >= 17, got {self.opset}")
+        if self.parity_steps < 1:
+            raise ValueError(f"--parity_steps must be >= 1, got {self.parity_steps}")

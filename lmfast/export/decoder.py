@@ -1,0 +1,113 @@
+"""The graph that becomes `model.onnx`: one decoder step with an explicit, flat KV cache.
+
+A thin module around a Hugging Face model's own layers (weights shared, nothing copied):
+`forward(input_ids, attention_mask, position_ids, *past) -> (logits of the last position, *present)`.
+One graph serves the prompt (past of length 0) and every decode step. Attention and cache are
+written out here rather than traced through transformers' cache and mask machinery, so the graph
+stays small, takes the attention mask as a real input (left-padded batches work), and computes
+the vocabulary projection for the last position only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# finite, so a fully masked query (a left-pad position) averages instead of producing NaN that
+# would leak through the cache; also representable in float16
+MASK_VALUE = -65504.0
+
+SUPPORTED_ARCHITECTURES = {"gpt2": "GPT-2 family (GPT2LMHeadModel: gpt2, distilgpt2, lmfast-trained GPT)"}
+
+
+class GPT2Decoder(nn.Module):
+    """GPT2LMHeadModel as a single step with the cache as flat (B, n_head, T, head_dim) tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
+        unsupported = [
+            name
+            for name, bad in (
+                (
+                    "scale_attn_by_inverse_layer_idx",
+                    getattr(config, "scale_attn_by_inverse_layer_idx", False),
+                ),
+                ("reorder_and_upcast_attn", getattr(config, "reorder_and_upcast_attn", False)),
+                ("add_cross_attention", getattr(config, "add_cross_attention", False)),
+            )
+            if bad
+        ]
+        if unsupported:
+            raise ValueError(f"GPT-2 config options not supported by the exporter: {', '.join(unsupported)}")
+        self.model = model.eval()
+        self.n_layer = config.n_layer
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim) if getattr(config, "scale_attn_weights", True) else 1.0
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.n_head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) int64
+        attention_mask: torch.Tensor,  # (B, P + T) int64
+        position_ids: torch.Tensor,  # (B, T) int64
+        *past: torch.Tensor,  # 2 * n_layer of (B, H, P, D)
+    ) -> tuple[torch.Tensor, ...]:
+        transformer = self.model.transformer
+        h = transformer.wte(input_ids) + transformer.wpe(position_ids)  # (B, T, C)
+        B, T, C = h.shape
+        presents: list[torch.Tensor] = []
+        allowed = None
+        for i, block in enumerate(transformer.h):
+            x = block.ln_1(h)
+            q, k, v = _dense(block.attn.c_attn, x).split(C, dim=2)
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = torch.cat([past[2 * i], k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)], dim=2)
+            v = torch.cat([past[2 * i + 1], v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)], dim=2)
+            presents += [k, v]
+            if allowed is None:
+                allowed = _allowed(attention_mask, T, k.shape[2])
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, T, P + T)
+            scores = torch.where(allowed, scores, torch.tensor(MASK_VALUE, dtype=scores.dtype))
+            y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            h = h + _dense(block.attn.c_proj, y)
+            h = h + _dense(block.mlp.c_proj, block.mlp.act(_dense(block.mlp.c_fc, block.ln_2(h))))
+        last = transformer.ln_f(h[:, -1, :])  # (B, C): only the last position is sampled from
+        logits = self.model.lm_head(last)  # (B, V)
+        return (logits, *presents)
+
+
+def _dense(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """HF GPT-2's Conv1D (weight stored (in, out)) as MatMul + Add on the 3-D activations, the
+    pattern ONNX Runtime's fusions recognise (Conv1D traces to a 2-D Gemm between Reshapes)."""
+    return torch.matmul(x, conv.weight) + conv.bias
+
+
+def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -> torch.Tensor:
+    """(B, 1, T, P + T) bool: a query sees unpadded keys at or before its own position."""
+    key_index = torch.arange(key_length, device=attention_mask.device)
+    query_index = torch.arange(query_length, device=attention_mask.device) + (key_length - query_length)
+    causal = key_index[None, :] <= query_index[:, None]  # (T, P + T)
+    return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
+
+
+def build_decoder(model: nn.Module) -> GPT2Decoder:
+    """The export module for a loaded HF causal LM.
+
+    Raises:
+        ValueError: the architecture is not supported (the message lists what is).
+    """
+    model_type = getattr(model.config, "model_type", None)
+    if model_type == "gpt2":
+        return GPT2Decoder(model).eval()
+    supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
+    raise ValueError(
+        f"unsupported architecture {model_type!r} ({type(model).__name__}); supported: {supported}"
+    )

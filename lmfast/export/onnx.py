@@ -1,0 +1,215 @@
+"""`lmfast export onnx`: a trained causal LM -> a self-contained ONNX Runtime directory.
+
+Writes (DESIGN.md §3) model.onnx, the tokenizer files, config.json, generation_config.json
+(`GenerationParams`) and export.json (source, opset, precision, parity). Everything is written
+into a hidden sibling and renamed into place only after fp32 parity passed, so a failed export
+leaves nothing behind that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lmfast import __version__
+from lmfast.export.config import ExportConfig
+from lmfast.export.decoder import build_decoder
+from lmfast.export.source import TOKENIZER_FILES, load_source
+from lmfast.generation.params import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+# protobuf's hard limit is 2 GiB; above this the weights go to model.onnx.data
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+class ParityError(RuntimeError):
+    """The exported fp32 graph does not reproduce the torch model."""
+
+
+def export_onnx(config: ExportConfig) -> Path:
+    """Export `config.source` to `config.output`, measure parity and describe it in export.json.
+
+    Returns:
+        The export directory.
+
+    Raises:
+        FileExistsError: the output exists and `overwrite` is off.
+        FileNotFoundError, ValueError: a bad source or an unsupported architecture.
+        ParityError: fp32 logits or greedy tokens differ from the torch model.
+    """
+    output = config.output
+    if output.exists() and not config.overwrite:
+        raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
+    started = time.perf_counter()
+    loaded = load_source(config.source)
+    decoder = build_decoder(loaded.model)
+    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        raw = staging / "raw" / "model.onnx"
+        _torch_export(decoder, raw, config.opset)
+        fusions = _finalize(raw, staging / "model.onnx", config, loaded.model.config)
+        shutil.rmtree(raw.parent)
+        _write_side_files(staging, loaded)
+        parity = _parity(loaded, staging, config)
+        description = {
+            "lmfast_version": __version__,
+            "source": loaded.description,
+            "model_type": loaded.model.config.model_type,
+            "parameters": sum(p.numel() for p in loaded.model.parameters()),
+            "opset": config.opset,
+            "precision": config.precision,
+            "quantize": config.quantize,
+            "optimize": config.optimize,
+            "fusions": fusions,
+            "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
+            "outputs": ["logits (last position)", "present.{i}.key/value"],
+            "parity": parity,
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _torch_export(decoder, path: Path, opset: int) -> None:
+    """One graph for prompt and decode steps, traced on a left-padded example (a mask of all ones
+    lets exporters drop the mask) with a non-empty past; every length is dynamic."""
+    import torch
+    from torch.export import Dim
+
+    batch, seq, past_len = 2, 3, 4
+    input_ids = torch.randint(0, decoder.model.config.vocab_size, (batch, seq))
+    attention_mask = torch.ones(batch, past_len + seq, dtype=torch.int64)
+    attention_mask[0, :2] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+    past = [
+        torch.zeros(batch, decoder.num_kv_heads, past_len, decoder.head_dim)
+        for _ in range(2 * decoder.n_layer)
+    ]
+    past_names = [
+        f"past_key_values.{i // 2}.{'value' if i % 2 else 'key'}" for i in range(2 * decoder.n_layer)
+    ]
+    dynamic = Dim.DYNAMIC
+    # the mask's length gets its own dim: torch.export works out that it equals past + seq
+    dynamic_shapes = (
+        {0: dynamic, 1: dynamic},
+        {0: dynamic, 1: dynamic},
+        {0: dynamic, 1: dynamic},
+        tuple({0: dynamic, 2: dynamic} for _ in past),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            decoder,
+            (input_ids, attention_mask, position_ids, *past),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+            output_names=["logits", *(n.replace("past_key_values.", "present.") for n in past_names)],
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+
+
+def _finalize(raw: Path, target: Path, config: ExportConfig, model_config: Any) -> dict[str, int]:
+    """Apply --optimize, --precision fp16 and --quantize int8 and save model.onnx.
+
+    Returns:
+        The fused operator counts from --optimize (empty without it).
+    """
+    import onnx
+
+    fusions: dict[str, int] = {}
+    model = onnx.load(str(raw))
+    if config.optimize:
+        model, fusions = _optimize(raw, model_config)
+    if config.precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    if config.quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        staged = raw.parent / "pre_quant.onnx"
+        onnx.save_model(model, str(staged))
+        quantize_dynamic(str(staged), str(target), weight_type=QuantType.QInt8)
+        model = onnx.load(str(target))
+    _save(model, target)
+    return fusions
+
+
+def _optimize(raw: Path, model_config: Any) -> tuple[Any, dict[str, int]]:
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimized = optimize_model(
+            str(raw),
+            model_type="gpt2",
+            num_heads=model_config.n_head,
+            hidden_size=model_config.n_embd,
+            opt_level=1,
+        )
+        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        return optimized.model, stats
+    except Exception as error:  # the optimizer raises anything from KeyError to protobuf errors
+        raise ValueError(
+            f"--optimize: ONNX Runtime's transformer optimizer failed on this graph: {error}"
+        ) from error
+
+
+def _save(model: Any, target: Path) -> None:
+    import onnx
+
+    large = model.ByteSize() > INLINE_LIMIT_BYTES
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=f"{target.name}.data" if large else None,
+    )
+
+
+def _write_side_files(directory: Path, loaded) -> None:
+    for name in TOKENIZER_FILES:
+        if (loaded.tokenizer_dir / name).is_file():
+            shutil.copy2(loaded.tokenizer_dir / name, directory / name)
+    config = loaded.model.config.to_dict()
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+    GenerationParams().save(directory / "generation_config.json")
+
+
+def _parity(loaded, directory: Path, config: ExportConfig) -> dict[str, Any]:
+    """Measure parity; only the plain fp32 graph must pass (fp16/int8 figures are reported)."""
+    import onnxruntime as ort
+
+    from lmfast.export.parity import measure_parity
+
+    provider = "cpu"
+    if config.precision == "fp16":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return {"measured": False, "reason": "fp16 is measured on the CUDA provider; none available here"}
+        provider = "cuda"
+    parity = measure_parity(loaded.model, loaded.tokenizer_dir, directory, config.parity_steps, provider)
+    parity["measured"] = True
+    exact = config.precision == "fp32" and config.quantize == "none"
+    if exact and not parity["passed"]:
+        raise ParityError(
+            f"fp32 parity failed: max abs logit diff {parity['max_abs_logit_diff']:.3g} "
+            f"(tolerance {parity['tolerance']:.3g}), greedy tokens identical: {parity['greedy_tokens_identical']}"
+        )
+    return parity

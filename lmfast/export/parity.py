@@ -1,0 +1,99 @@
+"""Parity of an exported graph with the torch model it came from, measured at export time.
+
+Two figures on real, left-padded prompts of different lengths: the max absolute logit difference
+over the prompt step and `steps` teacher-forced decode steps, and whether free-running greedy
+decoding (the real `DecodeSession` on each backend) yields identical tokens for `steps` steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmfast.generation.model_files import ModelInfo
+from lmfast.generation.onnx_backend import OnnxBackend
+from lmfast.generation.params import GenerationParams
+from lmfast.generation.session import DecodeSession
+from lmfast.generation.text import TextCodec
+from lmfast.generation.torch_backend import TorchBackend
+
+PARITY_PROMPTS = (
+    "Supposing that Truth is a woman--what then?",
+    "He who fights with monsters should be careful lest he thereby become a monster.",
+    "God is dead.",
+    "The",
+)
+# fp32 may differ from torch by reassociation only: a tolerance relative to the logits' scale
+FP32_RELATIVE_TOLERANCE = 1e-4
+
+
+def measure_parity(
+    model: Any, tokenizer_dir: Path, onnx_dir: Path, steps: int, provider: str = "cpu"
+) -> dict:
+    """Compare the ONNX graph in `onnx_dir` with `model` (an HF torch causal LM).
+
+    Returns:
+        export.json's "parity" entry: max_abs_logit_diff, max_abs_logit, tolerance,
+        greedy_tokens_identical, greedy_steps, prompts, provider, and `passed` (the fp32 criterion).
+    """
+    codec = TextCodec.load(tokenizer_dir)
+    info = ModelInfo.from_config(model.config.to_dict())
+    reference = TorchBackend(model)
+    candidate = OnnxBackend.load(onnx_dir, provider=provider)
+    prompts = [codec.encode(p)[: info.max_context // 2] for p in PARITY_PROMPTS]
+    steps = min(steps, info.max_context - max(map(len, prompts)) - 1)
+
+    diff, scale = _teacher_forced_diff(reference, candidate, prompts, steps)
+    greedy = GenerationParams(max_new_tokens=steps, temperature=0.0)
+    tokens = [
+        _greedy_tokens(DecodeSession(backend, codec, info), prompts, greedy)
+        for backend in (reference, candidate)
+    ]
+    tolerance = FP32_RELATIVE_TOLERANCE * max(1.0, scale)
+    identical = tokens[0] == tokens[1]
+    return {
+        "prompts": len(prompts),
+        "greedy_steps": steps,
+        "max_abs_logit_diff": diff,
+        "max_abs_logit": scale,
+        "tolerance": tolerance,
+        "greedy_tokens_identical": identical,
+        "provider": provider,
+        "passed": bool(identical and diff <= tolerance),
+    }
+
+
+def _teacher_forced_diff(reference, candidate, prompts: list[list[int]], steps: int) -> tuple[float, float]:
+    """Feed both backends the same tokens (the reference's argmax) and track the logit gap."""
+    length = max(map(len, prompts))
+    input_ids = np.zeros((len(prompts), length), dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for i, ids in enumerate(prompts):
+        input_ids[i, length - len(ids) :] = ids
+        mask[i, length - len(ids) :] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    ref_logits, ref_past = reference.forward(input_ids, mask, positions, None)
+    cand_logits, cand_past = candidate.forward(input_ids, mask, positions, None)
+    diff, scale = 0.0, 0.0
+    for _ in range(steps):
+        diff = max(diff, float(np.abs(ref_logits - cand_logits).max()))
+        scale = max(scale, float(np.abs(ref_logits).max()))
+        token = ref_logits.argmax(axis=1)[:, None]
+        mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        ref_logits, ref_past = reference.forward(token, mask, positions, ref_past)
+        cand_logits, cand_past = candidate.forward(token, mask, positions, cand_past)
+    return diff, scale
+
+
+def _greedy_tokens(
+    session: DecodeSession, prompts: list[list[int]], params: GenerationParams
+) -> list[list[int]]:
+    rows = [session.add_token_ids(ids, params)[0] for ids in prompts]
+    tokens: dict[int, list[int]] = {row: [] for row in rows}
+    while len(session):
+        for event in session.step():
+            tokens[event.row_id].append(event.token_id)
+    return [tokens[row] for row in rows]

@@ -1,0 +1,99 @@
+"""What `lmfast export onnx SOURCE` reads: an experiment dir, a Lightning `.ckpt` or an HF dir."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmfast.export.decoder import SUPPORTED_ARCHITECTURES
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class LoadedSource:
+    model: Any  # a transformers PreTrainedModel, in eval mode
+    tokenizer_dir: Path
+    description: dict[str, Any]  # what was loaded, for export.json
+
+
+def load_source(source: Path) -> LoadedSource:
+    """Load the torch model and find the tokenizer of SOURCE.
+
+    Raises:
+        FileNotFoundError: SOURCE does not exist, or a checkpoint without its experiment's hf/.
+        ValueError: SOURCE is not a checkpoint or model dir, or its architecture is unsupported.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or directory")
+    if source.is_file() and source.suffix == ".ckpt":
+        return _load_checkpoint(source)
+    if source.is_dir() and (source / "hf" / "config.json").is_file():
+        loaded = _load_hf_dir(source / "hf")
+        loaded.description.update(kind="experiment", path=str(source.resolve()))
+        return loaded
+    if source.is_dir() and (source / "config.json").is_file():
+        return _load_hf_dir(source)
+    raise ValueError(
+        f"{source}: not a checkpoint or model (expected an experiment dir with hf/, a .ckpt file, "
+        "or a Hugging Face model dir with config.json)"
+    )
+
+
+def check_architecture(config: dict[str, Any], where: Path) -> None:
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
+        raise ValueError(f"{where}: unsupported architecture {model_type!r}; supported: {supported}")
+
+
+def _load_hf_dir(directory: Path) -> LoadedSource:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_architecture(json.loads((directory / "config.json").read_text(encoding="utf-8")), directory)
+    if not (directory / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{directory}: no tokenizer.json (save a fast tokenizer with the model)")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    return LoadedSource(model, directory, {"kind": "hf", "path": str(directory.resolve())})
+
+
+def _load_checkpoint(path: Path) -> LoadedSource:
+    """A Lightning checkpoint per DESIGN.md §2: `state_dict` keys `model.<HF name>`,
+    `hyper_parameters["model_config"]` the HF config dict; the tokenizer is the experiment's hf/."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # our own checkpoints pickle plain dicts; Lightning may add objects weights_only would refuse
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        model_config = dict(checkpoint["hyper_parameters"]["model_config"])
+        state = checkpoint["state_dict"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path}: not an lmfast checkpoint (needs state_dict and hyper_parameters['model_config'])"
+        ) from error
+    check_architecture(model_config, path)
+    tokenizer_dir = path.resolve().parent.parent / "hf"
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: no tokenizer at {tokenizer_dir} (the experiment's hf/ next to checkpoints/)"
+        )
+    config = AutoConfig.for_model(model_config.pop("model_type"), **model_config)
+    model = AutoModelForCausalLM.from_config(config)
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied to the embedding
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: state_dict does not fit the model (missing {missing}, unexpected {unexpected})"
+        )
+    model.tie_weights()
+    description = {"kind": "checkpoint", "path": str(path.resolve()), "tokenizer": str(tokenizer_dir)}
+    for key in ("epoch", "global_step"):
+        if key in checkpoint:
+            description[key] = checkpoint[key]
+    return LoadedSource(model.eval(), tokenizer_dir, description)

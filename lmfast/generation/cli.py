@@ -1,0 +1,76 @@
+"""`lmfast generate PATH --prompt TEXT [--prompt TEXT ...] [sampling flags]`.
+
+Sampling flags are built from `GenerationParams`' fields (flag = field), defaulting to the
+model's own `generation_config.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from lmfast.generation.params import GenerationParams
+
+_LIST_FIELDS = {"stop", "banned_words"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmfast generate",
+        description="Generate text from an export dir (ONNX Runtime), an experiment or a Hugging Face model dir.",
+    )
+    parser.add_argument("path", help="export dir, experiment dir or Hugging Face model dir")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--num_threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
+    parser.add_argument("--json", action="store_true", help="print {'texts': [[...], ...]} as JSON")
+    for f in dataclasses.fields(GenerationParams):
+        doc = (f.metadata or {}).get("help", "")
+        if f.name in _LIST_FIELDS:
+            parser.add_argument(f"--{f.name}", action="append", default=None, help=doc or "repeatable")
+        else:
+            kind = {"max_new_tokens": int, "top_k": int, "num_return_sequences": int, "seed": int}.get(
+                f.name, float
+            )
+            parser.add_argument(f"--{f.name}", type=kind, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate and print the continuations; exit 2 with one line on stderr for bad input."""
+    args = _parser().parse_args(argv)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(GenerationParams)
+        if getattr(args, f.name) is not None
+    }
+    try:
+        from lmfast.generation.generator import Generator
+
+        generator = Generator.load(
+            args.path, backend=args.backend, provider=args.provider, num_threads=args.num_threads
+        )
+        params = generator.resolve_params(**overrides)
+        if args.stream:
+            if len(args.prompt) != 1:
+                raise ValueError("--stream takes exactly one --prompt")
+            for piece in generator.stream(args.prompt[0], params):
+                print(piece, end="", flush=True)
+            print()
+            return 0
+        texts = generator(args.prompt, params)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lmfast generate: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"texts": texts}, ensure_ascii=False))
+    else:
+        for prompt, continuations in zip(args.prompt, texts, strict=True):
+            for text in continuations:
+                print(prompt + text)
+                print("-" * 40)
+    return 0

@@ -1,0 +1,147 @@
+"""The ONNX Runtime backend: `model.onnx` from `lmfast export onnx`, no torch needed.
+
+The graph (lmfast.export.decoder) takes input_ids, attention_mask, position_ids and
+`past_key_values.{i}.key/value`, and returns last-position `logits` and `present.{i}.key/value`.
+On CPU the cache stays in NumPy arrays that ONNX Runtime reads without copying. On CUDA the cache
+stays on the GPU through IO binding; only the logits come back each step, and the rare cache
+reshapes (rows joining or leaving) round-trip through host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lmfast.generation.backend import NumpyCacheOps
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def session_options(num_threads: int | None, allow_spinning: bool = True) -> ort.SessionOptions:
+    """Explicit threading: intra-op threads as asked, one inter-op thread (a decoder step is a
+    chain of ops), and optionally no busy-waiting (degrades far less on a shared, noisy CPU)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
+class OnnxBackend(NumpyCacheOps):
+    """One ONNX Runtime session serving both prompt and decode steps."""
+
+    name = "onnx"
+
+    def __init__(self, session: ort.InferenceSession, provider: str = "cpu") -> None:
+        self.session = session
+        self.provider = provider
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = sorted(
+            (n for n in inputs if n.startswith("past_key_values.")),
+            key=lambda n: (int(n.split(".")[1]), n.endswith("value")),
+        )
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.output_names = ["logits", *self.present_names]
+        first = inputs[self.past_names[0]]
+        self.num_kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.cache_dtype = _NUMPY_DTYPES[first.type]
+        self._binding = session.io_binding() if provider == "cuda" else None
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        provider: str = "cpu",
+        num_threads: int | None = None,
+        allow_spinning: bool = True,
+    ) -> OnnxBackend:
+        """Open `directory/model.onnx` on the CPU or CUDA execution provider.
+
+        Raises:
+            ValueError: provider "cuda" without onnxruntime-gpu / a visible GPU.
+        """
+        providers = ["CPUExecutionProvider"]
+        if provider == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError(
+                    "provider 'cuda' needs onnxruntime-gpu and a CUDA GPU (pip install lmfast[gpu])"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        session = ort.InferenceSession(
+            str(Path(directory) / "model.onnx"),
+            sess_options=session_options(num_threads, allow_spinning),
+            providers=providers,
+        )
+        logger.info("loaded %s on %s", directory, session.get_providers()[0])
+        return cls(session, provider)
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list | None,
+    ) -> tuple[np.ndarray, list]:
+        if past is None:
+            past = self._empty_past(input_ids.shape[0])
+        if self._binding is not None:
+            return self._forward_bound(input_ids, attention_mask, position_ids, past)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds.update(zip(self.past_names, past, strict=True))
+        logits, *present = self.session.run(self.output_names, feeds)
+        return logits.astype(np.float32, copy=False), present
+
+    def _empty_past(self, batch: int) -> list:
+        empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
+        if self._binding is not None:
+            return [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in self.past_names]
+        return [empty] * len(self.past_names)
+
+    # --- CUDA: cache as device OrtValues -------------------------------------------------------
+
+    def _forward_bound(self, input_ids, attention_mask, position_ids, past) -> tuple[np.ndarray, list]:
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in (
+            ("input_ids", input_ids),
+            ("attention_mask", attention_mask),
+            ("position_ids", position_ids),
+        ):
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy().astype(np.float32, copy=False), present
+
+    def _to_host(self, past: list) -> list[np.ndarray]:
+        return [v.numpy() if isinstance(v, ort.OrtValue) else v for v in past]
+
+    def _to_device(self, past: list[np.ndarray]) -> list:
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", 0) for a in past]
+
+    def select(self, past: list, rows: np.ndarray) -> list:
+        if self._binding is None:
+            return super().select(past, rows)
+        return self._to_device(super().select(self._to_host(past), rows))
+
+    def merge(self, first: list, second: list) -> list:
+        if self._binding is None:
+            return super().merge(first, second)
+        return self._to_device(super().merge(self._to_host(first), self._to_host(second)))
+
+    def trim(self, past: list, columns: int) -> list:
+        if self._binding is None:
+            return super().trim(past, columns)
+        return self._to_device(super().trim(self._to_host(past), columns))
