@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # getMe at start-up and getUpdates while polling: retried forever, at most this far apart
 TELEGRAM_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
+# updates handled at once; polling waits for a free slot beyond it, so a flood cannot pile up tasks
+MAX_CONCURRENT_UPDATES = 64
 
 
 def build_bot(config: BotConfig) -> Bot:
@@ -128,6 +130,7 @@ async def _poll(config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: async
             backoff_config=TELEGRAM_BACKOFF,
             handle_signals=False,  # ours set `stop`, which also ends a webhook run
             close_bot_session=False,
+            tasks_concurrency_limit=MAX_CONCURRENT_UPDATES,
         )
     )
     stopping = asyncio.create_task(stop.wait())

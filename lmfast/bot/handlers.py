@@ -102,6 +102,8 @@ async def on_reset(message: Message, db: Storage) -> None:
 
 
 async def on_unknown_command(message: Message) -> None:
+    if message.chat.type != "private":  # in a group it is likely meant for another bot: stay quiet
+        return
     await message.answer("I don't know that command.\n\n" + HELP)
 
 

@@ -111,6 +111,8 @@ class FakeTelegram:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (method, description) answered 400
     messages: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (chat, id) -> message
     fail_next: dict[str, int] = field(default_factory=dict)  # method -> connections to drop
+    flood_next: dict[str, int] = field(default_factory=dict)  # method -> 429 "retry after 1" answers
+    token: str | None = None  # if set, any other token is answered 401 Unauthorized
     dropped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -240,6 +242,20 @@ class FakeTelegram:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         params = await _read_params(request)
+        if self.token is not None and request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        if self.flood_next.get(method, 0) > 0:
+            self.flood_next[method] -= 1
+            self.dropped.append(method)
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 1",
+                    "parameters": {"retry_after": 1},
+                },
+                status=429,
+            )
         if self.fail_next.get(method, 0) > 0:
             self.fail_next[method] -= 1
             self.dropped.append(method)

@@ -6,9 +6,12 @@ bounded and re-checks what the peer recorded, nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
+from lmfast.bot.cli import main
 from lmfast.bot.handlers import API_DOWN
 from tests.bot.peers import FakeLmfastApi, FakeTelegram, buttons, closed_port_url, running_bot
 
@@ -237,9 +240,20 @@ async def test_keeps_polling_through_telegram_network_errors(make_config):
             tg.fail_next.update({"getUpdates": 2, "sendMessage": 1})
             tg.send_text(USER, "still there?")
             (reply,) = await tg.wait_sent(1, USER)
-    assert tg.dropped == ["getMe", "getUpdates", "getUpdates", "sendMessage"]
+            tg.flood_next["sendMessage"] = 1
+            tg.send_text(USER, "/help")
+            await tg.wait_sent(2, USER)
+    assert tg.dropped == ["getMe", "getUpdates", "getUpdates", "sendMessage", "sendMessage"]
     assert reply["_plain"].startswith("still there? [t=")
-    assert len(tg.sent("sendMessage", USER)) == 1, "the dropped send was retried once, not duplicated"
+    assert len(tg.sent("sendMessage", USER)) == 2, "dropped and flood-limited sends were retried, not lost"
+
+
+async def test_a_rejected_token_ends_the_cli_with_exit_2(make_config, capsys):
+    async with FakeTelegram(token="999:the-real-one") as tg:
+        argv = ["--token", "123:revoked", "--telegram_api_server", tg.url, "--db_path", make_config().db_path]
+        # main() runs its own event loop, so it gets a thread; the peer keeps serving on this one
+        assert await asyncio.to_thread(main, argv) == 2
+    assert "--token: rejected by Telegram" in capsys.readouterr().err
 
 
 async def test_webhook_mode(make_config):

@@ -70,6 +70,10 @@ async def test_bot_against_real_server(server, make_config):
             sampled = (await tg.wait_sent(6, USER))[5]
             assert sampled["_plain"].startswith("sampled") and buttons(sampled)
 
+            tg.send_text(USER, "word " * 600)  # ~600 tokens, beyond the tiny model's 256 positions
+            too_long = (await tg.wait_sent(7, USER))[6]
+            assert too_long["text"].startswith("The model cannot take this text:")
+
 
 async def test_bot_when_the_real_server_stops(tiny_model_dir, make_config):
     config = ServeConfig(model=str(tiny_model_dir), backend="torch", num_threads=1)
