@@ -1,0 +1,210 @@
+"""Monitoring callbacks: throughput and MFU, validation lines in the text log, generated text samples.
+
+TensorBoard gets the scalars, `logs/train.log` a plain-text line per log step and validation, and
+`generated.txt` one JSON line per text sample generated at each validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lmfast.train.model import flops_per_token
+
+log = logging.getLogger("lmfast.train")
+
+# Dense peak TFLOP/s per GPU (no sparsity): (bf16/fp16 tensor cores, tf32 tensor cores). First match wins,
+# so the more specific names come first. Sources: NVIDIA data sheets.
+GPU_PEAK_TFLOPS: list[tuple[str, tuple[float, float]]] = [
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H100 NVL", (835.0, 417.0)),
+    ("H100", (989.4, 494.7)),  # SXM
+    ("H200", (989.4, 494.7)),
+    ("GH200", (989.4, 494.7)),
+    ("B200", (2250.0, 1100.0)),
+    ("A100", (312.0, 156.0)),
+    ("A10G", (70.0, 35.0)),
+    ("A10", (125.0, 62.5)),
+    ("L40S", (362.0, 183.0)),
+    ("L4", (121.0, 60.0)),
+    ("RTX 4090", (165.2, 82.6)),
+    ("RTX 3090", (71.0, 35.6)),
+    ("V100", (125.0, 15.7)),  # no bf16 / tf32: fp16 tensor cores, fp32 CUDA cores
+    ("T4", (65.0, 8.1)),
+]
+
+
+def device_peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s of one device at this precision, or None where unknown (CPUs, unlisted GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32) in GPU_PEAK_TFLOPS:
+        if key in name:
+            return (half if ("16" in precision) else tf32) * 1e12
+    return None
+
+
+class ThroughputMonitor(pl.Callback):
+    """Logs learning rate, tokens/s (real tokens, padding excluded) and MFU every `log_every_n_steps`.
+
+    MFU = useful model FLOPs (6N + 12LHQT per real token) / elapsed / peak; padding is not counted
+    as useful work, so the figure is conservative.
+    """
+
+    def __init__(self, precision: str, peak_tflops: float | None = None) -> None:
+        self.precision = precision
+        self.peak_tflops = peak_tflops
+        self._tokens = 0
+        self._flops = 0.0
+        self._start = 0.0
+        self._num_params = 0
+        self._peak: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._num_params = sum(p.numel() for p in pl_module.model.parameters())
+        self._peak = (
+            self.peak_tflops * 1e12
+            if self.peak_tflops
+            else device_peak_flops(pl_module.device, self.precision)
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tokens, self._flops = 0, 0.0
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+    ) -> None:
+        tokens = int(batch.get("num_tokens", 0))
+        self._tokens += tokens
+        config = pl_module.model.config
+        self._flops += tokens * flops_per_token(config, self._num_params, batch["input_ids"].shape[1])
+        step = trainer.global_step
+        if trainer.fit_loop._should_accumulate() or step % trainer.log_every_n_steps != 0:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # once per log interval: honest wall time
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        metrics = {"train/lr": lr, "train/tokens_per_s": self._tokens * trainer.world_size / elapsed}
+        if self._peak:
+            metrics["train/mfu"] = self._flops / elapsed / self._peak
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=step)  # direct: exactly every log_every_n_steps
+        loss = trainer.callback_metrics.get("train/loss")
+        mfu = f" mfu {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else ""
+        if trainer.is_global_zero:
+            log.info(
+                "step %d epoch %d loss %.4f lr %.3g tokens/s %.0f%s",
+                step,
+                trainer.current_epoch,
+                float(loss) if loss is not None else float("nan"),
+                lr,
+                metrics["train/tokens_per_s"],
+                mfu,
+            )
+        self._reset()
+
+
+class ValidationLog(pl.Callback):
+    """One plain-text log line per validation."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
+        text = " ".join(f"{k.removeprefix('valid/')} {v:.4f}" for k, v in sorted(metrics.items()))
+        stage = "sanity check" if trainer.sanity_checking else "validation"
+        log.info("%s at step %d epoch %d: %s", stage, trainer.global_step, trainer.current_epoch, text)
+
+
+class TextSamples(pl.Callback):
+    """Generates text from the first tokens of a few validation samples at every validation.
+
+    Sampling runs under `torch.random.fork_rng` with a seed derived from the step, so it neither
+    disturbs nor depends on the training RNG: exact resume stays exact.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        tokenizer_dir: Path,
+        prompts: list[list[int]],
+        *,
+        seed: int,
+        max_new_tokens: int = 48,
+        real_vocab_size: int | None = None,
+    ) -> None:
+        self.output = Path(output)
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.prompts = prompts
+        self.seed = seed
+        self.max_new_tokens = max_new_tokens
+        self.real_vocab_size = real_vocab_size
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.prompts:
+            return
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
+        model = pl_module.model
+        device = pl_module.device
+        vocab = model.config.vocab_size
+        suppress = list(range(self.real_vocab_size, vocab)) if self.real_vocab_size else None
+        was_training = model.training
+        model.eval()
+        records = []
+        valid_loss = trainer.callback_metrics.get("valid/loss")
+        cuda = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+            torch.manual_seed(self.seed + trainer.global_step)
+            for prompt in self.prompts:
+                ids = torch.tensor([prompt], dtype=torch.long, device=device)
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    top_k=50,
+                    temperature=0.8,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=model.config.pad_token_id,
+                    suppress_tokens=suppress,
+                )
+                records.append(
+                    {
+                        "step": trainer.global_step,
+                        "epoch": trainer.current_epoch,
+                        "valid_loss": None if valid_loss is None else round(float(valid_loss), 6),
+                        "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                        "generated": tokenizer.decode(
+                            out[0, len(prompt) :].tolist(), skip_special_tokens=True
+                        ),
+                    }
+                )
+        model.train(was_training)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with self.output.open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_text"):
+            text = "\n\n".join(f"**{r['prompt']}**{r['generated']}" for r in records)
+            experiment.add_text("generated", text, global_step=trainer.global_step)

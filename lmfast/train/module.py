@@ -1,0 +1,157 @@
+"""`LMModule`: the LightningModule around a `transformers` causal LM.
+
+Checkpoint contract (DESIGN.md §2): `state_dict` keys are `model.<HF parameter name>` and
+`hyper_parameters["model_config"]` is the HF `config.to_dict()`, so the export stage rebuilds the
+model from a `.ckpt` without lmfast's training code.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from lmfast.train.losses import lm_loss_sum, shift_for_next_token, unlikelihood_candidates_loss
+from lmfast.train.optim import make_adamw, warmup_cosine_lambda
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stops, the last good checkpoint is kept."""
+
+
+class LMModule(pl.LightningModule):
+    """Next-token training of `model` (+ optional unlikelihood loss) with AdamW and warmup + cosine."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        num_warmup_steps: int = 0,
+        num_cycles: int = 0,
+        unlikelihood_alpha: float = 0.0,
+        train_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.num_warmup_steps = num_warmup_steps
+        self.num_cycles = num_cycles
+        self.unlikelihood_alpha = unlikelihood_alpha
+        self.save_hyperparameters(
+            {"model_config": model.config.to_dict(), "train_config": dict(train_config or {})}
+        )
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._valid_sums: list[torch.Tensor] = []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, V) logits."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # counted on the host before the copy: throughput logging never waits on the device
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        return batch
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits, targets = shift_for_next_token(logits, batch["labels"])
+        lm_sum, count = lm_loss_sum(logits, targets)
+        lm = lm_sum / count.clamp(min=1)
+        out = {"lm_sum": lm_sum, "count": count, "lm": lm, "total": lm}
+        if self.unlikelihood_alpha > 0:
+            ul = unlikelihood_candidates_loss(logits, targets, batch["input_ids"][:, :-1])
+            out["ul"] = ul
+            out["total"] = lm + self.unlikelihood_alpha * ul
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        loss = losses["total"]
+        # one host sync per step: a NaN must stop the run before it reaches a checkpoint
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}; stopped, the last good "
+                "checkpoint is kept (lower --learning_rate, raise --num_warmup_steps or use bf16 instead of fp16)"
+            )
+        log = {
+            "train/loss": loss,
+            "train/lm_loss": losses["lm"],
+            "train/ppl": torch.exp(losses["lm"].detach()),
+        }
+        if "ul" in losses:
+            log["train/ul_loss"] = losses["ul"]
+        self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._valid_sums = []
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses = self._losses(batch)
+        ul = losses.get("ul", torch.zeros((), device=self.device)) * losses["count"]
+        self._valid_sums.append(torch.stack([losses["lm_sum"], losses["count"].float(), ul.float()]))
+
+    def on_validation_epoch_end(self) -> None:
+        local = (
+            torch.stack(self._valid_sums).sum(0) if self._valid_sums else torch.zeros(3, device=self.device)
+        )
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # every rank's tokens count once
+        lm_sum, count, ul_sum = total[0], total[1].clamp(min=1), total[2]
+        lm = lm_sum / count
+        metrics = {"valid/loss": lm, "valid/ppl": torch.exp(lm)}
+        if self.unlikelihood_alpha > 0:
+            metrics["valid/ul_loss"] = ul_sum / count
+            metrics["valid/total_loss"] = lm + self.unlikelihood_alpha * ul_sum / count
+        # already reduced: logging without sync_dist keeps the value identical on every rank
+        self.log_dict(metrics, prog_bar=False, sync_dist=False, rank_zero_only=False)
+        self.log("val_loss", lm, prog_bar=True, logger=False)
+        self._valid_sums = []
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = make_adamw(self.model, self.learning_rate, self.weight_decay, self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine_lambda(self.num_warmup_steps, total, self.num_cycles)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # exact resume: RNG states travel with the checkpoint (Lightning saves loops, optimizer and scheduler)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # tensors and plain Python values only, so the checkpoint loads with torch.load(weights_only=True)
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [
+                str(kind),
+                torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(gauss),
+            ],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied at train start, after the sanity check and data loader set-up have run
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(states["python"])
