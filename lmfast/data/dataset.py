@@ -85,7 +85,9 @@ class PreparedDataset:
         self.directory = Path(directory)
         description_path = self.directory / "description.json"
         if not description_path.is_file():
-            raise DatasetFormatError(f"{self.directory}: no description.json (not an lmfast dataset directory)")
+            raise DatasetFormatError(
+                f"{self.directory}: no description.json (not an lmfast dataset directory)"
+            )
         try:
             self.description: dict[str, Any] = json.loads(description_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:

@@ -1,0 +1,290 @@
+"""Tokenizer engines: the same ids as the Hugging Face reference, at very different speeds.
+
+`prepare` spends its time here. Engines, fastest first:
+
+- `gigatoken`: a Rust byte-level BPE (MIT, PyPI) that encodes a whole window of documents from
+  one flat buffer in parallel, splitting long documents itself (~100x `tokenizers` here).
+- `tiktoken`: OpenAI's BPE with ranks built from the same vocab (GPT-2 style byte-level BPE
+  whose ids follow merge order), threads over documents.
+- `tokenizers`: the Hugging Face reference itself, `encode_batch` over documents cut at safe
+  points (`chunking.split_long_pieces`) so long documents spread over threads too.
+
+An engine is used only if it is *proven identical* for the tokenizer at hand: `select_engine`
+encodes a built-in torture text (special-token strings, odd whitespace, scripts, emoji, ...)
+plus a sample of the user's own documents with the engine and with the reference, and falls
+back to the next engine on any difference (or refuses a forced one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+
+from lmfast.data import chunking
+from lmfast.data.tokenizers import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+EngineName = Literal["auto", "gigatoken", "tiktoken", "tokenizers"]
+ENGINES: tuple[str, ...] = ("gigatoken", "tiktoken", "tokenizers")
+
+# GPT-2's pre-tokenizer regex; HF's ByteLevel(use_regex=True) uses the same one
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# pieces longer than this are cut at safe points for engines that do not split documents themselves
+MAX_PIECE_BYTES = 64 * 1024
+
+PROBE_TEXTS: tuple[str, ...] = (
+    "Hello world! It's a test: don't, won't, I'm, you're, we've, they'll, he'd. IT'S LOUD'S",
+    "<|endoftext|> inside text, <|endoftext|><|endoftext|>, <s></s>[CLS] [SEP] <pad> <unk> <|im_start|>",
+    "  leading spaces,\ttabs\t\tand   runs    of spaces   \n\n\n  trailing   \n \n\t\n",
+    "Zahlen 1234567890 3.14159 -42 1,000,000 ١٢٣ ⅷ ½ ²³",
+    "Ünïcödé: naïve café résumé Ångström straße İstanbul ǅ ﬁ",
+    "中文测试，日本語のテキスト、한국어 텍스트。Ελληνικά Русский текст עברית العربية हिन्दी ไทย",
+    "emoji 😀👍🏽👨‍👩‍👧‍👦 🇺🇦 ❤️ combining e\u0301 a\u0308 zero\u200bwidth\u200djoiner\u2060",
+    "odd spaces:\u00a0nbsp\u2009thin\u3000ideographic\u2028line\u2029para\x85nel\x0bvt\x0cff\r\nCRLF\rCR",
+    "control \x00\x01\x1b[31m ansi\x7f del \ufeff bom \ufffd replacement \U0001f9ea lab",
+    "code: def f(x):\n    return x**2 # comment\n\tif a != b and c <= d: pass\n{'k': [1, 2]}",
+    "punctuation --- ... !!! ??? ''' \"\"\" ``` ~~~ ___ *** ### @@@ $$$ %%% ^^^ &&& ((( ))) [[[ ]]]",
+    "URL https://example.com/a?b=c&d=e#f mail a.b@c.de path C:\\Users\\x /usr/bin/env",
+    "X\nY\nZ\n\nA\n \nB \n C\n",
+)
+
+
+class Engine(Protocol):
+    """Encodes documents' plain text (no BOS/EOS; special-token strings as text) to ids."""
+
+    name: str
+
+    def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Encode pieces flat[offsets[i]:offsets[i+1]] (UTF-8 bytes).
+
+        Returns:
+            (uint32 ids of all pieces concatenated, int64 offsets into them, len n+1).
+        """
+        ...
+
+
+def is_byte_level_bpe(tokenizer: Tokenizer) -> bool:
+    """GPT-2 style: BPE model, ByteLevel pre-tokenizer with its regex, no normalizer, no prefix space.
+
+    Only for these is a cut between "X\\nY" proven safe and are the fast engines eligible.
+    """
+    from tokenizers import models, pre_tokenizers
+
+    backend = tokenizer.backend
+    model, pre = backend.model, backend.pre_tokenizer
+    return (
+        isinstance(model, models.BPE)
+        and backend.normalizer is None
+        and isinstance(pre, pre_tokenizers.ByteLevel)
+        and pre.use_regex
+        and not pre.add_prefix_space
+        and not model.byte_fallback
+        and not model.dropout
+        and all(token.special for token in backend.get_added_tokens_decoder().values())
+    )
+
+
+def _without_special_tokens(tokenizer: Tokenizer) -> str:
+    """tokenizer.json text with the special added tokens removed: they become plain text."""
+    config = json.loads(tokenizer.backend.to_str())
+    config["added_tokens"] = [t for t in config.get("added_tokens", []) if not t.get("special")]
+    config["post_processor"] = None
+    return json.dumps(config)
+
+
+def _pieces_as_str(flat: np.ndarray, offsets: np.ndarray) -> list[str]:
+    data = flat.tobytes()
+    return [
+        data[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+    ]
+
+
+def _flatten(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32, count=int(offsets[-1]))
+    return ids, offsets
+
+
+def _encode_split(encode_pieces, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encode with long pieces cut at safe points, then regroup ids by the original pieces."""
+    bounds = chunking.split_long_pieces(flat, offsets, MAX_PIECE_BYTES)
+    ids, fine_offsets = encode_pieces(flat, bounds)
+    if len(bounds) == len(offsets):
+        return ids, fine_offsets
+    # bounds is a superset of offsets: keep the fine offsets that sit at an original boundary
+    keep = np.searchsorted(bounds, offsets)
+    return ids, np.ascontiguousarray(fine_offsets[keep])
+
+
+class TokenizersEngine:
+    """The Hugging Face reference: `encode_batch_fast` over pieces (threads via RAYON_NUM_THREADS)."""
+
+    name = "tokenizers"
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._backend = tokenizer.plain_text_backend()
+        self._splittable = is_byte_level_bpe(tokenizer)
+
+    def _encode_pieces(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+        encodings = encode(_pieces_as_str(flat, offsets), add_special_tokens=False)
+        return _flatten([e.ids for e in encodings])
+
+    def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._splittable:
+            return _encode_split(self._encode_pieces, flat, offsets)
+        return self._encode_pieces(flat, offsets)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+class TiktokenEngine:
+    """tiktoken with mergeable ranks = the vocabulary's ids (valid when ids follow merge order)."""
+
+    name = "tiktoken"
+
+    def __init__(self, tokenizer: Tokenizer, num_threads: int) -> None:
+        import tiktoken
+
+        if not is_byte_level_bpe(tokenizer):
+            raise ValueError("tiktoken needs a GPT-2 style byte-level BPE tokenizer")
+        decoder = {char: byte for byte, char in _bytes_to_unicode().items()}
+        special = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values()}
+        ranks = {
+            bytes(decoder[c] for c in token): token_id
+            for token, token_id in tokenizer.backend.get_vocab(with_added_tokens=False).items()
+            if token not in special
+        }
+        self._encoding = tiktoken.Encoding(
+            name=f"lmfast-{tokenizer.name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
+        )
+        self._threads = num_threads
+
+    def _encode_pieces(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        texts = _pieces_as_str(flat, offsets)
+        return _flatten(self._encoding.encode_ordinary_batch(texts, num_threads=self._threads))
+
+    def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _encode_split(self._encode_pieces, flat, offsets)
+
+
+class GigatokenEngine:
+    """gigatoken: one flat buffer + offsets in, one flat uint32 buffer + offsets out, all cores."""
+
+    name = "gigatoken"
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        import gigatoken
+
+        if not is_byte_level_bpe(tokenizer):
+            raise ValueError("gigatoken is used only for GPT-2 style byte-level BPE tokenizers here")
+        self._tokenizer = gigatoken.Tokenizer.from_json(_without_special_tokens(tokenizer))
+
+    def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import awkward as ak
+
+        layout = ak.contents.ListOffsetArray(
+            ak.index.Index64(offsets),
+            ak.contents.NumpyArray(flat, parameters={"__array__": "byte"}),
+            parameters={"__array__": "bytestring"},
+        )
+        result = self._tokenizer.encode_batch(ak.Array(layout), parallel=True)
+        packed = ak.to_packed(result).layout
+        ids = np.asarray(packed.content.data, dtype=np.uint32)
+        out_offsets = np.asarray(packed.offsets, dtype=np.int64)
+        if out_offsets[0] != 0:
+            ids, out_offsets = ids[out_offsets[0] :], out_offsets - out_offsets[0]
+        return ids, out_offsets
+
+
+def build_engine(name: str, tokenizer: Tokenizer, num_threads: int) -> Engine:
+    """Construct one engine by name (no identity check; see `select_engine`)."""
+    if name == "gigatoken":
+        return GigatokenEngine(tokenizer)
+    if name == "tiktoken":
+        return TiktokenEngine(tokenizer, num_threads)
+    if name == "tokenizers":
+        return TokenizersEngine(tokenizer)
+    raise ValueError(f"unknown tokenizer engine {name!r}; expected one of {('auto', *ENGINES)}")
+
+
+def _as_pieces(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def first_difference(engine: Engine, tokenizer: Tokenizer, texts: Sequence[str]) -> str | None:
+    """Compare `engine` with the reference on `texts`; a description of the first difference, or None."""
+    reference = tokenizer.plain_text_backend()
+    flat, offsets = _as_pieces(texts)
+    ids, id_offsets = engine.encode(flat, offsets)
+    for i, text in enumerate(texts):
+        expected = reference.encode(text, add_special_tokens=False).ids
+        got = ids[id_offsets[i] : id_offsets[i + 1]].tolist()
+        if got != expected:
+            return (
+                f"text {i} ({text[:40]!r}...): {engine.name} gave {got[:12]}..., reference {expected[:12]}..."
+            )
+    return None
+
+
+def select_engine(
+    tokenizer: Tokenizer, requested: str = "auto", samples: Sequence[str] = (), num_threads: int | None = None
+) -> Engine:
+    """The fastest engine proven identical to the reference on the probe texts and `samples`.
+
+    Args:
+        requested: "auto", or an engine name to force (still checked: a mismatch raises).
+        samples: a few of the user's documents, checked too.
+
+    Raises:
+        ValueError: a forced engine is unavailable or differs from the reference.
+    """
+    num_threads = num_threads or os.cpu_count() or 1
+    candidates = ENGINES if requested == "auto" else (requested,)
+    if requested != "auto" and requested not in ENGINES:
+        raise ValueError(f"unknown tokenizer engine {requested!r}; expected one of {('auto', *ENGINES)}")
+    texts = [*PROBE_TEXTS, *samples]
+    for name in candidates:
+        if name == "tokenizers":
+            return TokenizersEngine(tokenizer)
+        try:
+            engine = build_engine(name, tokenizer, num_threads)
+            difference = first_difference(engine, tokenizer, texts)
+        except (ImportError, ValueError) as error:
+            if requested != "auto":
+                raise ValueError(
+                    f"tokenizer engine {name!r} unavailable for {tokenizer.name}: {error}"
+                ) from None
+            logger.info("engine %s unavailable: %s", name, error)
+            continue
+        if difference is None:
+            return engine
+        if requested != "auto":
+            raise ValueError(f"tokenizer engine {name!r} differs from the reference: {difference}")
+        logger.warning("engine %s differs from the reference, falling back: %s", name, difference)
+    return TokenizersEngine(tokenizer)

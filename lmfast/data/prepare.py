@@ -1,0 +1,315 @@
+"""`prepare(config) -> Path`: raw documents files -> a tokenized, memory-mapped dataset (DESIGN.md §1).
+
+Pipeline per split: memory-mapped windows of the file -> documents cut into pieces (native
+kernels) -> the fastest tokenizer engine proven identical to the reference -> samples written
+straight into a preallocated uint16/int32 buffer -> appended to `corpus.npy`. Everything goes
+to a temporary directory beside the final one and is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmfast.data import chunking, documents, engines
+from lmfast.data.npy_writer import NpyAppender
+from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+UINT16_VOCAB_LIMIT = 65536
+
+
+class PrepareError(ValueError):
+    """Bad input for `prepare`: the message is one line naming the flag or file and the problem."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class PrepareConfig:
+    """Flags of `lmfast prepare` (flag name = field name = description.json key)."""
+
+    documents_train_file: Path = field(metadata=_help("Raw train documents, separated by delimiter lines."))
+    documents_valid_file: Path = field(metadata=_help("Raw validation documents, same format."))
+    end_of_document: str = field(metadata=_help("Delimiter line between documents, e.g. [END_OF_DOCUMENT]."))
+    tokenizer_cls_name: str = field(
+        metadata=_help(
+            "Registered tokenizer (GPT2Tokenizer), a local HF tokenizer dir or tokenizer.json, or module:factory."
+        )
+    )
+    max_sample_length: int = field(metadata=_help("Maximum tokens per sample; longer documents are cut."))
+    min_sample_length: int = field(default=10, metadata=_help("Samples shorter than this are dropped."))
+    datasets_root: Path = field(default=Path("data/datasets"), metadata=_help("Root directory of datasets."))
+    dataset_name: str = field(
+        default="default", metadata=_help("Dataset name; each run writes <root>/<name>/<N>/.")
+    )
+    tokenizer_engine: str = field(
+        default="auto", metadata=_help("auto (fastest proven identical), gigatoken, tiktoken or tokenizers.")
+    )
+    encoding_errors: str = field(
+        default="strict",
+        metadata=_help("Invalid UTF-8: strict (error saying where), replace (U+FFFD) or ignore."),
+    )
+    num_threads: int = field(default=0, metadata=_help("Tokenizer threads; 0 = all cores."))
+    window_mb: float = field(
+        default=32, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
+    )
+    kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
+
+    def __post_init__(self) -> None:
+        self.documents_train_file = Path(self.documents_train_file)
+        self.documents_valid_file = Path(self.documents_valid_file)
+        self.datasets_root = Path(self.datasets_root)
+        delimiter = self.end_of_document.strip()
+        if not delimiter:
+            raise PrepareError("--end_of_document: must not be empty or whitespace")
+        if any(c.isspace() for c in delimiter):
+            raise PrepareError(f"--end_of_document: {delimiter!r} must not contain whitespace")
+        if self.max_sample_length < 1:
+            raise PrepareError(f"--max_sample_length: must be positive, got {self.max_sample_length}")
+        if self.min_sample_length < 1:
+            raise PrepareError(f"--min_sample_length: must be positive, got {self.min_sample_length}")
+        if self.min_sample_length > self.max_sample_length:
+            raise PrepareError(
+                f"--min_sample_length ({self.min_sample_length}) must not exceed "
+                f"--max_sample_length ({self.max_sample_length})"
+            )
+        if self.tokenizer_engine not in ("auto", *engines.ENGINES):
+            raise PrepareError(
+                f"--tokenizer_engine: expected one of {('auto', *engines.ENGINES)}, got {self.tokenizer_engine!r}"
+            )
+        if self.encoding_errors not in documents.ENCODING_ERRORS:
+            raise PrepareError(
+                f"--encoding_errors: expected one of {documents.ENCODING_ERRORS}, got {self.encoding_errors!r}"
+            )
+        if self.kernel_backend not in ("auto", "cython", "python"):
+            raise PrepareError(
+                f"--kernel_backend: expected auto, cython or python, got {self.kernel_backend!r}"
+            )
+        if self.num_threads < 0:
+            raise PrepareError(f"--num_threads: must be >= 0, got {self.num_threads}")
+        if not self.window_mb > 0:
+            raise PrepareError(f"--window_mb: must be positive, got {self.window_mb}")
+        if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
+            raise PrepareError(f"--dataset_name: {self.dataset_name!r} is not a valid directory name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class SplitStats:
+    samples: int
+    tokens: int
+    documents: int
+
+
+def _check_writable_root(root: Path) -> None:
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PrepareError(f"--datasets_root: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PrepareError(f"--datasets_root: {existing} is not writable")
+
+
+def _first_free_version(dataset_dir: Path) -> int:
+    taken = {int(p.name) for p in dataset_dir.iterdir() if p.name.isdigit()}
+    return next(n for n in range(len(taken) + 1) if n not in taken)
+
+
+def write_split(
+    path: Path,
+    flag: str,
+    out_dir: Path,
+    engine: engines.Engine,
+    tokenizer: Tokenizer,
+    config: PrepareConfig,
+    dtype: np.dtype,
+    splittable: bool,
+) -> SplitStats:
+    """Tokenize one documents file into `out_dir/{corpus,sample_start_positions}.npy`, streaming.
+
+    Raises:
+        PrepareError: the file gave no samples.
+        documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, ...).
+    """
+    out_dir.mkdir()
+    bos = -1 if tokenizer.bos_token_id is None else tokenizer.bos_token_id
+    eos = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+    max_len, min_len = config.max_sample_length, config.min_sample_length
+    carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
+    in_doc, n_documents = False, 0
+    with (
+        NpyAppender(out_dir / "corpus.npy", dtype) as corpus,
+        NpyAppender(out_dir / "sample_start_positions.npy", np.int64) as starts,
+    ):
+        for batch in documents.iter_pieces(
+            path,
+            config.end_of_document,
+            flag=flag,
+            window_bytes=max(64, int(config.window_mb * (1 << 20))),
+            encoding_errors=config.encoding_errors,
+            splittable=splittable,
+            backend=config.kernel_backend,  # type: ignore[arg-type]
+        ):
+            ids, id_offsets = engine.encode(batch.flat, batch.offsets)
+            n_pieces = len(batch.first)
+            out = np.empty(len(carry) + len(ids) + 2 * n_pieces, dtype=dtype)
+            out[: len(carry)] = carry
+            starts_buffer = np.empty(len(out) // max_len + n_pieces + 2, dtype=np.int64)
+            out_pos, cur_start, in_doc, n_starts = chunking.write_samples(
+                ids, id_offsets, batch.first, batch.last, bos, eos, max_len, min_len,
+                out, len(carry), 0, in_doc, starts_buffer, backend=config.kernel_backend,  # type: ignore[arg-type]
+            )  # fmt: skip
+            # everything before the open sample is final; the open sample is carried over
+            starts.append(starts_buffer[:n_starts] + corpus.length)
+            corpus.append(out[:cur_start])
+            carry = out[cur_start:out_pos].copy()
+            n_documents += batch.n_documents
+        if in_doc or len(carry):
+            raise RuntimeError(f"{path}: input ended inside a document (internal error)")
+        stats = SplitStats(samples=starts.length, tokens=corpus.length, documents=n_documents)
+    if stats.samples == 0:
+        raise PrepareError(
+            f"{flag}: {path} gave no samples ({n_documents} documents, none reaching "
+            f"--min_sample_length {min_len} tokens)"
+        )
+    return stats
+
+
+def prepare(config: PrepareConfig) -> Path:
+    """Tokenize both splits into `<datasets_root>/<dataset_name>/<N>/` and return that directory.
+
+    Raises:
+        PrepareError: bad input (one line naming the flag or file); nothing is left on disk.
+    """
+    started = time.perf_counter()
+    try:
+        tokenizer = load_tokenizer(config.tokenizer_cls_name)
+    except UnknownTokenizerError as error:
+        raise PrepareError(f"--tokenizer_cls_name: {error}") from None
+    splits = {"train": config.documents_train_file, "valid": config.documents_valid_file}
+    try:
+        for name, path in splits.items():
+            documents.check_documents_file(path, config.end_of_document.strip(), f"--documents_{name}_file")
+    except documents.DocumentsError as error:
+        raise PrepareError(str(error)) from None
+    _check_writable_root(config.datasets_root)
+    try:
+        kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
+    except ImportError as error:
+        raise PrepareError(f"--kernel_backend: {error}") from None
+    try:
+        engine = engines.select_engine(
+            tokenizer,
+            config.tokenizer_engine,
+            samples=[documents.read_sample_text(config.documents_train_file)],
+            num_threads=config.num_threads or None,
+        )
+    except ValueError as error:
+        raise PrepareError(f"--tokenizer_engine: {error}") from None
+    vocab_size = tokenizer.vocab_size
+    dtype = np.dtype(np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.int32)
+    splittable = engines.is_byte_level_bpe(tokenizer)
+    logger.info(
+        "tokenizer %s (%d ids, %s), engine %s, kernels %s",
+        tokenizer.name,
+        vocab_size,
+        dtype,
+        engine.name,
+        kernel_backend,
+    )
+
+    dataset_dir = config.datasets_root / config.dataset_name
+    created = [p for p in (config.datasets_root, dataset_dir) if not p.exists()]
+    try:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PrepareError(
+            f"--datasets_root: cannot create {dataset_dir}: {error.strerror or error}"
+        ) from None
+    temporary = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=dataset_dir))
+    try:
+        stats = {}
+        for name, path in splits.items():
+            try:
+                stats[name] = write_split(
+                    path,
+                    f"--documents_{name}_file",
+                    temporary / name,
+                    engine,
+                    tokenizer,
+                    config,
+                    dtype,
+                    splittable,
+                )
+            except documents.DocumentsError as error:
+                raise PrepareError(str(error)) from None
+        tokenizer.save(temporary / "tokenizer")
+        description = _description(config, tokenizer, stats, dtype, engine.name, kernel_backend, started)
+        (temporary / "description.json").write_text(
+            json.dumps(description, indent=2) + "\n", encoding="utf-8"
+        )
+        while True:  # first free N; re-check in case another run took it meanwhile
+            final = dataset_dir / str(_first_free_version(dataset_dir))
+            if not final.exists():
+                os.rename(temporary, final)
+                break
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        for directory in reversed(created):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
+    logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
+    return final
+
+
+def _description(
+    config: PrepareConfig,
+    tokenizer: Tokenizer,
+    stats: dict[str, SplitStats],
+    dtype: np.dtype,
+    engine_name: str,
+    kernel_backend: str,
+    started: float,
+) -> dict[str, Any]:
+    from lmfast import __version__
+
+    description: dict[str, Any] = config.to_dict()
+    for name, split in stats.items():
+        description[f"number_of_{name}_samples"] = split.samples
+        description[f"number_of_{name}_tokens"] = split.tokens
+        description[f"number_of_{name}_documents"] = split.documents
+    description.update(
+        tokenizer_name=tokenizer.name,
+        vocab_size=tokenizer.vocab_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        token_dtype=dtype.name,
+        tokenizer_engine_used=engine_name,
+        kernel_backend_used=kernel_backend,
+        lmfast_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        wall_time_s=round(time.perf_counter() - started, 3),
+    )
+    return description

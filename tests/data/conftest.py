@@ -1,0 +1,59 @@
+"""Fixtures for the prepare tests: the GPT-2 tokenizer and a slow, obviously-correct reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmfast.data.chunking import samples_of_documents
+from lmfast.data.tokenizers import Tokenizer, load_tokenizer
+
+ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+
+
+def reference_documents(path: Path, delimiter: str, errors: str = "strict") -> list[str]:
+    """DESIGN.md §1 in plain Python: lines equal to the delimiter (stripped) separate documents."""
+    text = path.read_bytes().decode("utf-8", errors=errors).replace("\r\n", "\n")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    documents, current = [], []
+    for line in lines:
+        if line.strip(ASCII_WHITESPACE) == delimiter:
+            documents.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    if current:
+        documents.append("\n".join(current))
+    return [d for d in documents if d.strip(ASCII_WHITESPACE)]
+
+
+def reference_split(
+    tokenizer: Tokenizer, path: Path, delimiter: str, max_len: int, min_len: int, errors: str = "strict"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(corpus, sample start positions) computed the slow way, with the HF reference tokenizer."""
+    documents = [tokenizer.encode_document(d) for d in reference_documents(path, delimiter, errors)]
+    samples = samples_of_documents(documents, max_len, min_len)
+    lengths = np.array([len(s) for s in samples], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if samples else lengths
+    corpus = np.array([t for s in samples for t in s], dtype=np.int64)
+    return corpus, starts
+
+
+@pytest.fixture(scope="session")
+def gpt2() -> Tokenizer:
+    return load_tokenizer("GPT2Tokenizer")
+
+
+@pytest.fixture(scope="session")
+def reference() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    return reference_split
+
+
+@pytest.fixture(scope="session")
+def documents_of() -> Callable[..., list[str]]:
+    return reference_documents
