@@ -24,7 +24,7 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from lmfast.bot.client import LmfastClient
 from lmfast.bot.config import BotConfig
 from lmfast.bot.handlers import build_router
-from lmfast.bot.middlewares import AllowList, RetryTelegramCalls
+from lmfast.bot.middlewares import AllowList, InFlight, RetryTelegramCalls
 from lmfast.bot.ratelimit import RateLimiter
 from lmfast.bot.storage import Storage
 
@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 TELEGRAM_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
 # updates handled at once; polling waits for a free slot beyond it, so a flood cannot pile up tasks
 MAX_CONCURRENT_UPDATES = 64
+# on shutdown, replies being generated get this long to finish before the client is closed
+SHUTDOWN_GRACE_S = 30.0
 
 
 def build_bot(config: BotConfig) -> Bot:
@@ -50,9 +52,13 @@ def build_bot(config: BotConfig) -> Bot:
     )
 
 
-def build_dispatcher(config: BotConfig, db: Storage, api: LmfastClient) -> Dispatcher:
+def build_dispatcher(
+    config: BotConfig, db: Storage, api: LmfastClient, in_flight: InFlight | None = None
+) -> Dispatcher:
     """The dispatcher with the allow-list, the handlers, and their dependencies as workflow data."""
     dispatcher = Dispatcher(db=db, api=api, limiter=RateLimiter(config.rate_limit, config.rate_window_s))
+    if in_flight is not None:
+        dispatcher.update.outer_middleware(in_flight)
     allow_list = AllowList(config.allowed_users)
     dispatcher.message.outer_middleware(allow_list)
     dispatcher.callback_query.outer_middleware(allow_list)
@@ -81,7 +87,8 @@ async def run(config: BotConfig, stop: asyncio.Event | None = None, handle_signa
         backoff_s=config.api_backoff_s,
     )
     bot = build_bot(config)
-    dispatcher = build_dispatcher(config, db, api)
+    in_flight = InFlight()
+    dispatcher = build_dispatcher(config, db, api, in_flight)
     try:
         if not await _wait_for_telegram(bot, stop):
             return
@@ -89,6 +96,7 @@ async def run(config: BotConfig, stop: asyncio.Event | None = None, handle_signa
             await _serve_webhook(config, bot, dispatcher, stop)
         else:
             await _poll(config, bot, dispatcher, stop)
+        await in_flight.wait(SHUTDOWN_GRACE_S)
     finally:
         await api.aclose()
         await bot.session.close()

@@ -50,6 +50,36 @@ class AllowList(BaseMiddleware):
         return None
 
 
+class InFlight(BaseMiddleware):
+    """Tracks the updates being handled, so shutdown can let them finish instead of cutting replies off."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()  # bounded by the dispatcher's concurrency limit
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        task = asyncio.current_task()
+        if task is None:
+            return await handler(event, data)
+        self.tasks.add(task)
+        try:
+            return await handler(event, data)
+        finally:
+            self.tasks.discard(task)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the updates in flight to be handled."""
+        current = asyncio.current_task()
+        pending = {t for t in self.tasks if t is not current}
+        if pending:
+            logger.info("waiting up to %.0f s for %d update(s) in flight", timeout_s, len(pending))
+            await asyncio.wait(pending, timeout=timeout_s)
+
+
 class RetryTelegramCalls(BaseRequestMiddleware):
     """Retries a Telegram call after flood control (429), a 5xx or a network error.
 

@@ -290,3 +290,11 @@ async def test_webhook_mode(make_config):
     assert wrong.status == 401 and right.status == 200
     assert reply["_plain"].startswith("via webhook [t=")
     assert not tg.sent("deleteWebhook")
+
+
+async def test_stopping_lets_a_reply_in_progress_finish(make_config):
+    async with FakeTelegram() as tg, FakeLmfastApi(slow_next=1, slow_s=0.5) as api:
+        async with running_bot(make_config(telegram_api_server=tg.url, api_url=api.url)):
+            tg.send_text(USER, "last words")
+            await tg.wait_for(lambda: api.requests)  # generating when the stop comes
+        assert [m["_plain"] for m in tg.sent("sendMessage", USER)] == ["last words [t=0.7 n=64 p=1 #1]"]
