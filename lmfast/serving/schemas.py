@@ -54,6 +54,10 @@ class VersionResponse(BaseModel):
     model: str
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
+
+
 class CompletionRequest(BaseModel):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
@@ -70,6 +74,7 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     # extensions beyond OpenAI's fields, as vLLM and TGI offer them
     top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)

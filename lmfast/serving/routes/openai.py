@@ -86,8 +86,16 @@ async def completions(
     created = int(time.time())
     model = request.app.state.model_name
     if body.stream:
-        events = _sse(engine, request, job, deadline, completion_id, created, model)
-        return _SSEResponse(events, on_close=lambda: engine.cancel(job) if not job.done else None)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = _sse(engine, request, job, deadline, completion_id, created, model, include_usage)
+        metrics = request.app.state.metrics
+
+        def on_close() -> None:  # the stream ended early: the client left (or the server stops)
+            if not job.done:
+                engine.cancel(job)
+                metrics.rejected.labels("client_disconnected").inc()
+
+        return _SSEResponse(events, on_close=on_close)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
     choices = [
         CompletionChoice(text=r.text, index=i, finish_reason=_finish_reason(r.finish_reason))
@@ -110,11 +118,18 @@ async def _sse(
     completion_id: str,
     created: int,
     model: str,
+    include_usage: bool,
 ) -> AsyncIterator[str]:
-    """OpenAI's stream: one `data: {chunk}` event per decode step, then `data: [DONE]`."""
+    """OpenAI's stream: one `data: {chunk}` event per decode step, then `data: [DONE]`.
+
+    With `include_usage`, a last chunk with empty choices carries the token counts (OpenAI's
+    `stream_options`).
+    """
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    tokens = 0
     try:
         async for pieces in dispatch.stream(engine, request, job, deadline, _ROUTE):
+            tokens += len(pieces)
             choices = [
                 {
                     "text": p.text,
@@ -130,6 +145,11 @@ async def _sse(
     except HTTPException as exc:  # headers are sent: report the failure in-band, as OpenAI does
         error = {"error": {"message": exc.detail, "type": "server_error", "code": exc.status_code}}
         yield f"data: {json.dumps(error)}\n\n"
+    else:
+        if include_usage:
+            usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": tokens}
+            usage["total_tokens"] = job.prompt_tokens + tokens
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
 
 
