@@ -164,7 +164,7 @@ async def on_text_action(
     addition = await _generate(bot, chat_id, api, stored.prompt + stored.continuation, settings)
     if addition is None:
         return
-    if not addition:
+    if not addition.strip():
         await bot.send_message(chat_id, "<i>The model had nothing to add.</i>")
         return
     text_id = db.add_text(chat_id, stored.prompt, stored.continuation + addition)

@@ -226,13 +226,14 @@ class FakeTelegram:
             except asyncio.TimeoutError:
                 pass
 
-    async def wait_sent(self, count: int, chat_id: int, method: str = "sendMessage") -> list[dict[str, Any]]:
+    async def wait_sent(
+        self, count: int, chat_id: int, method: str = "sendMessage", timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
         """The first `count` messages sent to the chat, once there are that many."""
-        return (
-            await self.wait_for(
-                lambda: len(self.sent(method, chat_id)) >= count and self.sent(method, chat_id)
-            )
-        )[:count]
+        sent = await self.wait_for(
+            lambda: len(self.sent(method, chat_id)) >= count and self.sent(method, chat_id), timeout
+        )
+        return sent[:count]
 
     def message_of(self, params: dict[str, Any]) -> dict[str, Any]:
         """The stored message a recorded sendMessage produced (to press its buttons)."""

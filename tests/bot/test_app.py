@@ -7,16 +7,22 @@ bounded and re-checks what the peer recorded, nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from lmfast.bot.cli import main
 from lmfast.bot.handlers import API_DOWN
+from tests.bot.conftest import TOKEN
 from tests.bot.peers import FakeLmfastApi, FakeTelegram, buttons, closed_port_url, running_bot
 
 pytestmark = pytest.mark.anyio
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 USER = 1001
 OTHER = 2002
 
@@ -298,3 +304,33 @@ async def test_stopping_lets_a_reply_in_progress_finish(make_config):
             tg.send_text(USER, "last words")
             await tg.wait_for(lambda: api.requests)  # generating when the stop comes
         assert [m["_plain"] for m in tg.sent("sendMessage", USER)] == ["last words [t=0.7 n=64 p=1 #1]"]
+
+
+@pytest.mark.slow
+async def test_the_lmfast_bot_command_serves_and_stops_on_sigterm(make_config, tmp_path):
+    async with FakeTelegram() as tg, FakeLmfastApi() as api:
+        env = {
+            **os.environ,
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_SERVER": tg.url,
+            "LMFAST_API_URL": api.url,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "lmfast", "bot", "--db_path", str(tmp_path / "cli.sqlite3"), "--polling_timeout", "2"),
+            cwd=REPO_ROOT,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            tg.send_text(USER, "from the command line")
+            (reply,) = await tg.wait_sent(1, USER, timeout=60)  # includes the interpreter starting
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert reply["_plain"] == "from the command line [t=0.7 n=64 p=1 #1]"
+    assert process.returncode == 0, stderr.decode()
+    assert TOKEN not in stderr.decode(), "the token must never be logged"
