@@ -85,6 +85,7 @@ async def run(config: BotConfig, stop: asyncio.Event | None = None, handle_signa
         timeout_s=config.api_timeout_s,
         retries=config.api_retries,
         backoff_s=config.api_backoff_s,
+        deadline_s=config.api_deadline_s,
     )
     bot = build_bot(config)
     in_flight = InFlight()

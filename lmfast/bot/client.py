@@ -58,11 +58,14 @@ class LmfastClient:
         timeout_s: float = 120.0,
         retries: int = 3,
         backoff_s: float = 1.0,
+        deadline_s: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries
         self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
@@ -100,11 +103,18 @@ class LmfastClient:
         return texts[0]
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.deadline_s if self.deadline_s is not None else float("inf"))
         last_problem = "no attempt made"
+        attempts = 0
         for attempt in range(self.retries + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            attempts += 1
             retry_after = 0.0
             try:
-                response = await self._http.post(path, json=body)
+                response = await self._http.post(path, json=body, timeout=min(self.timeout_s, remaining))
             except httpx.TimeoutException:
                 last_problem = "timed out"
             except httpx.TransportError as error:
@@ -124,6 +134,8 @@ class LmfastClient:
             delay = min(
                 max(self.backoff_s * 2**attempt * random.uniform(0.8, 1.2), retry_after), MAX_BACKOFF_S
             )
+            if loop.time() + delay >= deadline:
+                break
             logger.warning(
                 "lmfast API %s (attempt %d of %d); retrying in %.1f s",
                 last_problem,
@@ -132,7 +144,7 @@ class LmfastClient:
                 delay,
             )
             await asyncio.sleep(delay)
-        raise ApiUnavailable(f"{last_problem} after {self.retries + 1} attempt(s)")
+        raise ApiUnavailable(f"{last_problem} after {attempts} attempt(s)")
 
 
 def _error_message(response: httpx.Response) -> str:

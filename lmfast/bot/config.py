@@ -56,13 +56,17 @@ class BotConfig:
     )
     rate_window_s: float = field(default=60.0, metadata=_help("Length of the per-chat rate-limit window."))
     api_timeout_s: float = field(
-        default=120.0, metadata=_help("Seconds to wait for one answer of the lmfast API before retrying.")
+        default=60.0, metadata=_help("Seconds to wait for one answer of the lmfast API before retrying.")
     )
     api_retries: int = field(
         default=3, metadata=_help("Extra attempts when the lmfast API is down, busy or slow (0: none).")
     )
     api_backoff_s: float = field(
         default=1.0, metadata=_help("First retry delay; doubles on each further attempt (capped at 30 s).")
+    )
+    api_deadline_s: float = field(
+        default=150.0,
+        metadata=_help("Give up on a reply (and say so) after this many seconds, retries included."),
     )
     polling_timeout: int = field(default=30, metadata=_help("Long-polling wait of getUpdates, in seconds."))
     webhook_url: str | None = field(
@@ -100,6 +104,8 @@ class BotConfig:
             raise ValueError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
         if self.api_timeout_s <= 0:
             raise ValueError(f"--api_timeout_s must be > 0, got {self.api_timeout_s}")
+        if self.api_deadline_s <= 0:
+            raise ValueError(f"--api_deadline_s must be > 0, got {self.api_deadline_s}")
         if self.api_retries < 0:
             raise ValueError(f"--api_retries must be >= 0, got {self.api_retries}")
         if self.api_backoff_s < 0:

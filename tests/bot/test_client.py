@@ -61,6 +61,16 @@ async def test_slow_answer_times_out_and_is_retried():
         assert (await lm.generate("x", PARAMS)).endswith("#2]")
 
 
+async def test_the_deadline_bounds_the_whole_call():
+    async with (
+        FakeLmfastApi(slow_next=5, slow_s=2.0) as api,
+        client(api.url, retries=5, deadline_s=0.3) as lm,
+    ):
+        with pytest.raises(ApiUnavailable, match="timed out after 1 attempt"):
+            await lm.generate("x", PARAMS)
+    assert len(api.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("peer", "status", "message"),
     [
