@@ -248,8 +248,8 @@ def write_samples(const uint32_t[::1] ids, const int64_t[::1] piece_offsets, con
     cdef int error = 0
     cdef Py_ssize_t bad_piece = -1
     cdef long long bad_token = 0
-    if max_len < 1 or min_len < 1:
-        raise ValueError("max_len and min_len must be >= 1")
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if piece_first.shape[0] != m or piece_last.shape[0] != m:
         raise ValueError("piece flags must have one entry per piece")
     if m > 0 and not (0 <= piece_offsets[0] and piece_offsets[m] <= ids.shape[0]):

@@ -266,6 +266,8 @@ def write_samples(
             ids, piece_offsets, piece_first, piece_last, bos, eos, max_len, min_len,
             out, out_pos, cur_start, in_doc, starts_out,
         )  # fmt: skip
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     limit = int(np.iinfo(out.dtype).max)
     n_starts = 0
 
