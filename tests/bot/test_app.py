@@ -306,8 +306,18 @@ async def test_stopping_lets_a_reply_in_progress_finish(make_config):
         assert [m["_plain"] for m in tg.sent("sendMessage", USER)] == ["last words [t=0.7 n=64 p=1 #1]"]
 
 
+# `lmfast bot ...` exactly as the console script runs it, reporting at exit what it had imported
+_CLI = (
+    "import atexit, sys\n"
+    "heavy = ('torch', 'transformers', 'onnxruntime', 'lmfast.serving', 'lmfast.generation.generator')\n"
+    "atexit.register(lambda: print('IMPORTED', [m for m in heavy if m in sys.modules], file=sys.stderr))\n"
+    "from lmfast.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
 @pytest.mark.slow
-async def test_the_lmfast_bot_command_serves_and_stops_on_sigterm(make_config, tmp_path):
+async def test_the_lmfast_bot_command_serves_and_stops_on_sigterm(tmp_path):
     async with FakeTelegram() as tg, FakeLmfastApi() as api:
         env = {
             **os.environ,
@@ -317,7 +327,7 @@ async def test_the_lmfast_bot_command_serves_and_stops_on_sigterm(make_config, t
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            *("-m", "lmfast", "bot", "--db_path", str(tmp_path / "cli.sqlite3"), "--polling_timeout", "2"),
+            *("-c", _CLI, "bot", "--db_path", str(tmp_path / "cli.sqlite3"), "--polling_timeout", "2"),
             cwd=REPO_ROOT,
             env=env,
             stderr=asyncio.subprocess.PIPE,
@@ -331,6 +341,8 @@ async def test_the_lmfast_bot_command_serves_and_stops_on_sigterm(make_config, t
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+    log = stderr.decode()
     assert reply["_plain"] == "from the command line [t=0.7 n=64 p=1 #1]"
-    assert process.returncode == 0, stderr.decode()
-    assert TOKEN not in stderr.decode(), "the token must never be logged"
+    assert process.returncode == 0, log
+    assert "IMPORTED []" in log, "the bot speaks HTTP only: no model stack in its process"
+    assert TOKEN not in log, "the token must never be logged"
