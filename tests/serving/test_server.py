@@ -181,3 +181,41 @@ def test_graceful_shutdown_finishes_running_requests(generator, tiny_model_dir):
     assert results[0].json()["usage"]["completion_tokens"] == 200
     with pytest.raises(httpx.TransportError):
         httpx.get(running.url + "/health_check/", timeout=2)
+
+
+def test_lmfast_serve_command_serves_and_stops_cleanly_on_sigint(tiny_model_dir):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "LMFAST_PORT": str(port),
+        "LMFAST_LOG_LEVEL": "warning",
+        "LMFAST_MAX_BATCH_SIZE": "4",
+    }
+    command = [sys.executable, "-m", "lmfast", "serve", str(tiny_model_dir), "--backend", "torch"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                return httpx.get(url + "/health_check/").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_for(ready, timeout_s=120)
+        assert httpx.get(url + "/version/").json()["model"] == tiny_model_dir.name
+        body = {"seed_text": "Truth is", "generation_max_len": 4}
+        assert len(httpx.post(url + "/generated_texts/", json=body).json()["texts"]) == 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output

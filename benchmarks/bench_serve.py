@@ -1,0 +1,436 @@
+"""Serving throughput: `lmfast serve` with continuous batching vs batching off vs `transformers serve`.
+
+    python benchmarks/bench_serve.py [--quick] [--model DIR] [--json PATH]
+
+Three real servers on loopback, each its own process, all on the same Hugging Face model directory
+(a random-weight GPT-2 built once if --model is not given) and the same thread count:
+  (a) lmfast serve --max_batch_size 32 (iteration-level batching)
+  (b) lmfast serve --max_batch_size 1  (batching off: one request at a time)
+  (c) transformers serve --continuous-batching (needs `transformers[serving]`, i.e. accelerate)
+An async httpx load generator keeps C requests in flight (closed loop) for C in 1, 8, 32; every
+request streams 64 new tokens greedily (OpenAI /v1/completions, stream_options.include_usage).
+Contenders alternate within each concurrency level. Before timing, greedy outputs of (a), sent
+concurrently so they share batches, must equal (b)'s; (c)'s agreement is reported.
+Prints requests/s, generated tokens/s, time to first token, p50/p99 latency and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Truth is",
+    "What does not kill me",
+    "The will to power",
+    "God is dead, and",
+    "Man is a rope stretched",
+    "He who fights with monsters",
+    "Without music, life would be",
+    "There are no facts, only",
+    "In individuals, insanity is rare;",
+    "The higher we soar,",
+    "One must still have chaos in oneself",
+    "Love is",
+]
+
+
+@dataclass
+class RunStats:
+    """One contender at one concurrency level."""
+
+    name: str
+    concurrency: int
+    stream: bool
+    requests: int
+    seconds: float
+    requests_per_s: float
+    tokens_per_s: float
+    ttft_p50_s: float
+    latency_p50_s: float
+    latency_p99_s: float
+
+
+# --- model ----------------------------------------------------------------------------------------
+def ensure_model(directory: Path, n_layer: int = 4, n_embd: int = 256) -> Path:
+    """A random-weight GPT-2 (real GPT-2 tokenizer) in Hugging Face form, built once and reused."""
+    if (directory / "config.json").is_file():
+        return directory
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_embd // 64, n_positions=512, vocab_size=50257
+    )
+    GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    GPT2TokenizerFast.from_pretrained(REPO / "lmfast" / "assets" / "gpt2").save_pretrained(directory)
+    return directory
+
+
+# --- servers --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server subprocess on loopback; `stop()` interrupts it (graceful), then kills it."""
+
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], health: str, model_id: str
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.health = health
+        self.model_id = model_id
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_serve_{name}_", suffix=".log", delete=False)
+        command = [part.replace("{port}", str(self.port)) for part in command]
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(self.url + self.health, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s} s (log: {self.log.name})")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def lmfast_server(name: str, model: Path, max_batch_size: int, threads: int, device: str) -> Server:
+    command = [sys.executable, "-m", "lmfast", "serve", str(model), "--port", "{port}", "--backend", "torch"]
+    command += ["--provider", device, "--num_threads", str(threads), "--max_batch_size", str(max_batch_size)]
+    command += ["--queue_size", "1024", "--log_level", "warning"]
+    return Server(name, command, thread_env(threads), "/health_check/", model.name)
+
+
+def transformers_server(model: Path, threads: int, device: str) -> Server | str:
+    """(c), or the reason it cannot run here."""
+    executable = shutil.which("transformers")
+    if executable is None:
+        return "the `transformers` command is not installed"
+    try:
+        import accelerate  # noqa: F401  (transformers serve loads with a device map, which needs it)
+    except ImportError:
+        return "transformers serve needs `accelerate` (pip install 'transformers[serving]')"
+    command = [
+        executable,
+        "serve",
+        str(model),
+        "--continuous-batching",
+        "--device",
+        device,
+        "--port",
+        "{port}",
+    ]
+    return Server("transformers", command, thread_env(threads), "/health", str(model))
+
+
+# --- load generator -------------------------------------------------------------------------------
+async def one_request(
+    client: httpx.AsyncClient, model_id: str, prompt: str, new_tokens: int, stream: bool
+) -> tuple[float, float, int, str]:
+    """Send one completion; returns (latency s, time to first token s, generated tokens, text)."""
+    body: dict[str, Any] = {"model": model_id, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0}
+    started = time.perf_counter()
+    if not stream:
+        response = await client.post("/v1/completions", json=body)
+        response.raise_for_status()
+        data = response.json()
+        latency = time.perf_counter() - started
+        return latency, latency, int(data["usage"]["completion_tokens"]), data["choices"][0]["text"]
+    body.update(stream=True, stream_options={"include_usage": True})
+    first: float | None = None
+    parts: list[str] = []
+    tokens = 0
+    usage_tokens: int | None = None
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            payload = line[6:]
+            if payload == "[DONE]":
+                break
+            chunk = json.loads(payload)
+            if chunk.get("usage"):
+                usage_tokens = int(chunk["usage"]["completion_tokens"])
+            for choice in chunk.get("choices") or []:
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(choice.get("text") or "")
+                tokens += 1
+    latency = time.perf_counter() - started
+    return latency, (first or time.perf_counter()) - started, usage_tokens or tokens, "".join(parts)
+
+
+async def run_load(
+    server: Server, concurrency: int, n_requests: int, new_tokens: int, stream: bool
+) -> RunStats:
+    """Closed loop: `concurrency` workers each send their next request as soon as one finishes."""
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    results: list[tuple[float, float, int, str]] = []
+    next_index = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < n_requests:
+            index = next_index
+            next_index += 1
+            prompt = PROMPTS[index % len(PROMPTS)]
+            results.append(await one_request(client, server.model_id, prompt, new_tokens, stream))
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    latencies = sorted(r[0] for r in results)
+    tokens = sum(r[2] for r in results)
+    return RunStats(
+        name=server.name,
+        concurrency=concurrency,
+        stream=stream,
+        requests=len(results),
+        seconds=seconds,
+        requests_per_s=len(results) / seconds,
+        tokens_per_s=tokens / seconds,
+        ttft_p50_s=statistics.median(r[1] for r in results),
+        latency_p50_s=statistics.median(latencies),
+        latency_p99_s=latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
+    )
+
+
+async def greedy_texts(server: Server, prompts: list[str], new_tokens: int) -> list[str]:
+    """All prompts at once (they share batches on a batching server), non-streamed."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+        results = await asyncio.gather(
+            *(one_request(client, server.model_id, p, new_tokens, stream=False) for p in prompts)
+        )
+    return [r[3] for r in results]
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+def run(
+    quick: bool,
+    model: Path | None = None,
+    threads: int = 2,
+    concurrencies: tuple[int, ...] = (1, 8, 32),
+    new_tokens: int = 64,
+    device: str = "cpu",
+    with_transformers: bool = True,
+) -> dict[str, Any]:
+    """Start the servers, check correctness, time every contender at every concurrency level."""
+    model = ensure_model(model or Path(tempfile.gettempdir()) / "lmfast_bench_serve_gpt2")
+    servers: list[Server] = [
+        lmfast_server("lmfast_batched", model, 32, threads, device),
+        lmfast_server("lmfast_batch1", model, 1, threads, device),
+    ]
+    skipped: dict[str, str] = {}
+    if with_transformers:
+        theirs = transformers_server(model, threads, device)
+        if isinstance(theirs, str):
+            skipped["transformers"] = theirs
+        else:
+            servers.append(theirs)
+    else:
+        skipped["transformers"] = "disabled with --no_transformers"
+    runs: list[RunStats] = []
+    try:
+        for server in list(servers):
+            try:
+                server.wait_ready()
+            except RuntimeError as exc:
+                if server.name != "transformers":
+                    raise
+                skipped["transformers"] = str(exc).splitlines()[0]
+                server.stop()
+                servers.remove(server)
+        by_name = {s.name: s for s in servers}
+        correctness = check_correctness(by_name, 16)
+        for server in servers:  # warm-up: first-request costs (transformers compiles its CB manager)
+            asyncio.run(run_load(server, 8, 8, 8, stream=True))
+        for concurrency in concurrencies:
+            n_requests = max(4, concurrency) if quick else max(16, 2 * concurrency)
+            for server in servers:
+                stats = asyncio.run(run_load(server, concurrency, n_requests, new_tokens, stream=True))
+                runs.append(stats)
+                print_row(stats)
+                if server.name == "lmfast_batched":
+                    plain = asyncio.run(run_load(server, concurrency, n_requests, new_tokens, stream=False))
+                    runs.append(plain)
+                    print_row(plain)
+    finally:
+        for server in servers:
+            server.stop()
+    return summarize(runs, correctness, skipped, model, threads, new_tokens, device, quick)
+
+
+def check_correctness(servers: dict[str, Server], new_tokens: int) -> dict[str, Any]:
+    """Greedy batched (a) must equal unbatched (b); report how often (c) agrees."""
+    prompts = PROMPTS[:8]
+    batched = asyncio.run(greedy_texts(servers["lmfast_batched"], prompts, new_tokens))
+    single = asyncio.run(greedy_texts(servers["lmfast_batch1"], prompts, new_tokens))
+    if batched != single:
+        raise AssertionError(f"batched greedy output differs from unbatched:\n{batched}\n{single}")
+    report: dict[str, Any] = {"batched_equals_unbatched": True, "prompts": len(prompts)}
+    if "transformers" in servers:
+        theirs = asyncio.run(greedy_texts(servers["transformers"], prompts, new_tokens))
+        report["transformers_same_text"] = sum(a == b for a, b in zip(batched, theirs, strict=True))
+    return report
+
+
+def print_row(stats: RunStats) -> None:
+    kind = "stream" if stats.stream else "json"
+    print(
+        f"{stats.name:>15} {kind:>6} C={stats.concurrency:<3} {stats.requests:>4} req "
+        f"{stats.requests_per_s:7.2f} req/s {stats.tokens_per_s:8.1f} tok/s  TTFT p50 {stats.ttft_p50_s * 1000:7.1f} ms  "
+        f"latency p50 {stats.latency_p50_s:6.2f} s p99 {stats.latency_p99_s:6.2f} s",
+        flush=True,
+    )
+
+
+def summarize(
+    runs: list[RunStats],
+    correctness: dict[str, Any],
+    skipped: dict[str, str],
+    model: Path,
+    threads: int,
+    new_tokens: int,
+    device: str,
+    quick: bool,
+) -> dict[str, Any]:
+    def find(name: str, concurrency: int, stream: bool = True) -> RunStats | None:
+        return next(
+            (r for r in runs if (r.name, r.concurrency, r.stream) == (name, concurrency, stream)), None
+        )
+
+    ratios: dict[str, dict[str, float]] = {}
+    for concurrency in sorted({r.concurrency for r in runs}):
+        a, b = find("lmfast_batched", concurrency), find("lmfast_batch1", concurrency)
+        c, plain = find("transformers", concurrency), find("lmfast_batched", concurrency, stream=False)
+        entry: dict[str, float] = {}
+        if a and b:
+            entry["tokens_per_s_vs_batch1"] = a.tokens_per_s / b.tokens_per_s
+            entry["p50_latency_ratio_batch1_over_batched"] = b.latency_p50_s / a.latency_p50_s
+        if a and c:
+            entry["tokens_per_s_vs_transformers"] = a.tokens_per_s / c.tokens_per_s
+        if a and plain:
+            entry["stream_over_nonstream_throughput_ratio"] = a.tokens_per_s / plain.tokens_per_s
+        ratios[f"c{concurrency}"] = entry
+    goals = {}
+    top = ratios.get("c32", {})
+    if top:
+        goals["c32_batched_ge_6x_batch1"] = top.get("tokens_per_s_vs_batch1", 0) >= 6
+        if "tokens_per_s_vs_transformers" in top:
+            goals["c32_batched_ge_2x_transformers"] = top["tokens_per_s_vs_transformers"] >= 2
+    if "c8" in ratios:
+        goals["c8_p50_latency_le_third_of_batch1"] = (
+            ratios["c8"].get("p50_latency_ratio_batch1_over_batched", 0) >= 3
+        )
+    stream_ratios = [
+        e["stream_over_nonstream_throughput_ratio"]
+        for e in ratios.values()
+        if "stream_over_nonstream_throughput_ratio" in e
+    ]
+    if stream_ratios:
+        goals["streaming_keeps_ge_90pct"] = min(stream_ratios) >= 0.9
+    return {
+        "model": str(model),
+        "device": device,
+        "threads": threads,
+        "new_tokens": new_tokens,
+        "quick": quick,
+        "correctness": correctness,
+        "skipped": skipped,
+        "runs": [asdict(r) for r in runs],
+        "ratios": ratios,
+        "goals": goals,
+    }
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print()
+    for level, entry in result["ratios"].items():
+        parts = [f"{key} {value:.2f}x" for key, value in entry.items()]
+        print(f"{level:>4}: " + ", ".join(parts))
+    for name, reason in result["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    print("goals:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in result["goals"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    parser.add_argument(
+        "--model", type=Path, help="a Hugging Face model dir (default: a random GPT-2, built once)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every server")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--no_transformers", action="store_true", help="skip contender (c)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    result = run(
+        args.quick,
+        model=args.model,
+        threads=args.threads,
+        concurrencies=tuple(args.concurrency),
+        new_tokens=args.new_tokens,
+        device=args.device,
+        with_transformers=not args.no_transformers,
+    )
+    print_summary(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
