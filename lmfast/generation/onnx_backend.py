@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def session_options(num_threads: int | None, allow_spinning: bool = True) -> ort.SessionOptions:
+def session_options(num_threads: int | None, allow_spinning: bool = False) -> ort.SessionOptions:
     """Explicit threading: intra-op threads as asked, one inter-op thread (a decoder step is a
     chain of ops), and optionally no busy-waiting (degrades far less on a shared, noisy CPU)."""
     options = ort.SessionOptions()
@@ -60,7 +60,7 @@ class OnnxBackend(NumpyCacheOps):
         directory: Path,
         provider: str = "cpu",
         num_threads: int | None = None,
-        allow_spinning: bool = True,
+        allow_spinning: bool = False,
     ) -> OnnxBackend:
         """Open `directory/model.onnx` on the CPU or CUDA execution provider.
 

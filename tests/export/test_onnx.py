@@ -1,0 +1,173 @@
+"""`lmfast export onnx`: the export dir's files, its options, and refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmfast.export import ExportConfig
+from lmfast.export.cli import main
+from lmfast.generation import GenerationParams, Generator
+
+
+def test_export_dir_holds_what_design_3_lists(onnx_dir: Path, source_model_dir: Path):
+    for name in ("model.onnx", "tokenizer.json", "config.json", "generation_config.json", "export.json"):
+        assert (onnx_dir / name).is_file(), name
+    assert GenerationParams.from_file(onnx_dir / "generation_config.json") == GenerationParams()
+    description = json.loads((onnx_dir / "export.json").read_text())
+    assert description["source"] == {"kind": "hf", "path": str(source_model_dir.resolve())}
+    assert description["opset"] >= 17 and description["precision"] == "fp32"
+    parity = description["parity"]
+    assert parity["passed"] and parity["greedy_tokens_identical"] and parity["greedy_steps"] == 32
+    assert 0 <= parity["max_abs_logit_diff"] <= parity["tolerance"]
+    assert not list(onnx_dir.parent.glob(".*partial*"))  # the staging dir was renamed into place
+
+
+def test_graph_has_dynamic_batch_sequence_and_past(onnx_dir: Path):
+    import onnx
+
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert set(dims) >= {"input_ids", "attention_mask", "position_ids", "past_key_values.0.key"}
+    assert all(isinstance(d, str) for d in dims["input_ids"] + dims["attention_mask"])
+    batch, heads, past, head_dim = dims["past_key_values.1.value"]
+    assert isinstance(batch, str) and isinstance(past, str) and (heads, head_dim) == (4, 16)
+    # tied input/output embeddings are stored once
+    initializers = [i for i in graph.initializer if 50257 in i.dims]
+    assert len(initializers) == 1
+
+
+def test_existing_output_is_refused_without_overwrite(onnx_dir, source_model_dir, capsys):
+    assert main(["onnx", str(source_model_dir), "--output", str(onnx_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_source_that_is_not_a_model_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["onnx", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "not a checkpoint or model" in capsys.readouterr().err
+    assert main(["onnx", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_names_what_is_supported(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    assert main(["onnx", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported architecture 'bert'" in err and "gpt2" in err
+
+
+def test_bad_option_combinations_are_refused():
+    with pytest.raises(ValueError, match="int8"):
+        ExportConfig(source="a", output="b", precision="fp16", quantize="int8")
+    with pytest.raises(ValueError, match="opset"):
+        ExportConfig(source="a", output="b", opset=13)
+
+
+def test_failed_fp32_parity_refuses_to_finish(onnx_dir, source_model_dir, monkeypatch):
+    import lmfast.export.onnx as export_module
+    import lmfast.export.parity as parity_module
+    from lmfast.export.source import load_source
+
+    failing = {
+        "passed": False,
+        "max_abs_logit_diff": 3.0,
+        "tolerance": 1e-3,
+        "greedy_tokens_identical": False,
+    }
+    monkeypatch.setattr(parity_module, "measure_parity", lambda *args, **kwargs: dict(failing))
+    config = ExportConfig(source=source_model_dir, output=onnx_dir.parent / "never")
+    with pytest.raises(export_module.ParityError, match="fp32 parity failed"):
+        export_module._parity(load_source(source_model_dir), onnx_dir, config)
+    # int8 reports its figures instead of failing
+    quantized = ExportConfig(source=source_model_dir, output=onnx_dir.parent / "never", quantize="int8")
+    assert export_module._parity(load_source(source_model_dir), onnx_dir, quantized)["passed"] is False
+
+
+def _lightning_experiment(source_model_dir: Path, root: Path) -> Path:
+    """An experiment dir as DESIGN.md §2 / contract 2 describe it, built by hand: hf/ (model +
+    tokenizer) and checkpoints/last.ckpt in Lightning's format (state_dict keys `model.<HF name>`,
+    hyper_parameters["model_config"] = the HF config dict)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    experiment = root / "experiment" / "0"
+    shutil.copytree(source_model_dir, experiment / "hf")
+    model = AutoModelForCausalLM.from_pretrained(source_model_dir)
+    with torch.no_grad():  # weights that differ from hf/, so the test sees the checkpoint was used
+        model.transformer.h[0].mlp.c_fc.bias.add_(0.5)
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model_config": model.config.to_dict(), "train_config": {}},
+    }
+    (experiment / "checkpoints").mkdir()
+    torch.save(checkpoint, experiment / "checkpoints" / "last.ckpt")
+    return experiment
+
+
+@pytest.mark.slow
+def test_export_of_a_lightning_checkpoint_with_int8_and_fusions(source_model_dir, tmp_path, capsys):
+    experiment = _lightning_experiment(source_model_dir, tmp_path)
+    output = tmp_path / "export_int8"
+    ckpt = experiment / "checkpoints" / "last.ckpt"
+    args = [
+        "onnx",
+        str(ckpt),
+        "--output",
+        str(output),
+        "--quantize",
+        "int8",
+        "--optimize",
+        "--parity_steps",
+        "8",
+    ]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(str(output))
+    description = json.loads((output / "export.json").read_text())
+    assert description["source"]["kind"] == "checkpoint" and description["source"]["global_step"] == 120
+    assert description["quantize"] == "int8" and description["fusions"].get("SkipLayerNormalization", 0) > 0
+    assert 0 < description["parity"]["max_abs_logit_diff"]  # measured, allowed to differ
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(output / "model.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
+    assert len(Generator.load(output)(["Truth is"], max_new_tokens=4, temperature=0.0)[0][0]) > 0
+
+    # fp32 export of the same checkpoint reproduces the checkpoint's weights, not hf/'s
+    fp32 = tmp_path / "export_fp32"
+    assert main(["onnx", str(ckpt), "--output", str(fp32), "--parity_steps", "8"]) == 0
+    from_ckpt = Generator.load(fp32)(["Truth is"], max_new_tokens=12, temperature=0.0)
+    from_hf = Generator.load(source_model_dir)(["Truth is"], max_new_tokens=12, temperature=0.0)
+    assert from_ckpt != from_hf
+
+
+@pytest.mark.slow
+def test_fp16_export_keeps_the_cache_in_half_precision(source_model_dir, tmp_path):
+    from lmfast.export import export_onnx
+
+    output = export_onnx(
+        ExportConfig(source=source_model_dir, output=tmp_path / "fp16", parity_steps=8, precision="fp16")
+    )
+    description = json.loads((output / "export.json").read_text())
+    assert description["precision"] == "fp16" and "max_abs_logit_diff" in description["parity"]
+    generator = Generator.load(output)
+    assert generator.backend.cache_dtype.__name__ == "float16"
+    assert generator(["Truth is"], max_new_tokens=4, temperature=0.0)[0][0]
+
+
+@pytest.mark.gpu
+def test_cuda_provider_matches_cpu_greedy(onnx_dir, prompts):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu and a CUDA GPU")
+    cpu, cuda = Generator.load(onnx_dir), Generator.load(onnx_dir, provider="cuda")
+    params = GenerationParams(max_new_tokens=16, temperature=0.0)
+    assert cuda(prompts, params) == cpu(prompts, params)
