@@ -11,6 +11,8 @@ import contextlib
 import logging
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from aiogram import Bot, Dispatcher
@@ -29,6 +31,7 @@ from lmfast.bot.ratelimit import RateLimiter
 from lmfast.bot.storage import Storage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # getMe at start-up and getUpdates while polling: retried forever, at most this far apart
 TELEGRAM_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
@@ -66,11 +69,22 @@ def build_dispatcher(
     return dispatcher
 
 
-async def run(config: BotConfig, stop: asyncio.Event | None = None, handle_signals: bool = True) -> None:
+async def run(
+    config: BotConfig,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    telegram_backoff: BackoffConfig = TELEGRAM_BACKOFF,
+) -> None:
     """Run the bot until `stop` is set (or SIGINT/SIGTERM when `handle_signals`).
 
     Survives Telegram being unreachable (at start-up and while polling) and the lmfast API being
     down; only a bad token or a broken config ends it early.
+
+    Args:
+        config: what to run.
+        stop: set it to stop gracefully (replies in progress finish first).
+        handle_signals: SIGINT and SIGTERM set `stop` (the CLI; not possible off the main thread).
+        telegram_backoff: pauses between attempts while Telegram is unreachable.
     """
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -91,52 +105,60 @@ async def run(config: BotConfig, stop: asyncio.Event | None = None, handle_signa
     in_flight = InFlight()
     dispatcher = build_dispatcher(config, db, api, in_flight)
     try:
-        if not await _wait_for_telegram(bot, stop):
+        me = await _until_answered(bot.me, stop, telegram_backoff)
+        if me is None:
             return
+        logger.info("connected to Telegram as @%s (id %d)", me.username, me.id)
         if config.webhook_url:
-            await _serve_webhook(config, bot, dispatcher, stop)
+            await _serve_webhook(config, bot, dispatcher, stop, telegram_backoff)
         else:
-            await _poll(config, bot, dispatcher, stop)
+            await _poll(config, bot, dispatcher, stop, telegram_backoff)
         await in_flight.wait(SHUTDOWN_GRACE_S)
     finally:
         await api.aclose()
         await bot.session.close()
         db.close()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    asyncio.get_running_loop().remove_signal_handler(sig)
         logger.info("bot stopped")
 
 
-async def _wait_for_telegram(bot: Bot, stop: asyncio.Event) -> bool:
-    """Call getMe until it answers (a bad token raises); False when stopped first.
+async def _until_answered(
+    call: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff_config: BackoffConfig
+) -> T | None:
+    """Make a Telegram call until it succeeds (a bad token raises); None when stopped first.
 
-    aiogram's polling calls getMe once and dies if it fails; waiting here keeps a bot that starts
-    while the network is down alive until it comes back.
+    aiogram's polling calls getMe once and dies if it fails; retrying the start-up calls here keeps
+    a bot that starts while the network is down alive until it comes back.
     """
-    backoff = Backoff(TELEGRAM_BACKOFF)
+    backoff = Backoff(backoff_config)
     while not stop.is_set():
         try:
-            me = await bot.me()
+            return await call()
         except TelegramUnauthorizedError:
             raise  # a revoked or mistyped token: waiting will not fix it
         except Exception as error:
             logger.warning("Telegram not reachable (%s); retrying in %.1f s", error, backoff.next_delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(backoff))
-            continue
-        logger.info("connected to Telegram as @%s (id %d)", me.username, me.id)
-        return True
-    return False
+    return None
 
 
-async def _poll(config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+async def _poll(
+    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: BackoffConfig
+) -> None:
     # getUpdates fails with 409 Conflict while a webhook is set (say, by an earlier webhook run)
-    await bot.delete_webhook(drop_pending_updates=False)
+    if await _until_answered(lambda: bot.delete_webhook(drop_pending_updates=False), stop, backoff) is None:
+        return
     started = asyncio.Event()
     dispatcher.startup.register(started.set)
     polling = asyncio.create_task(
         dispatcher.start_polling(
             bot,
             polling_timeout=config.polling_timeout,
-            backoff_config=TELEGRAM_BACKOFF,
+            backoff_config=backoff,
             handle_signals=False,  # ours set `stop`, which also ends a webhook run
             close_bot_session=False,
             tasks_concurrency_limit=MAX_CONCURRENT_UPDATES,
@@ -155,7 +177,9 @@ async def _poll(config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: async
     await polling  # re-raises what ended polling early, if anything did
 
 
-async def _serve_webhook(config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+async def _serve_webhook(
+    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: BackoffConfig
+) -> None:
     from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
     from aiohttp import web
 
@@ -168,11 +192,17 @@ async def _serve_webhook(config: BotConfig, bot: Bot, dispatcher: Dispatcher, st
     await runner.setup()
     try:
         await web.TCPSite(runner, config.webhook_host, config.webhook_port).start()
-        await bot.set_webhook(
-            config.webhook_url,
-            secret_token=secret,
-            allowed_updates=dispatcher.resolve_used_update_types(),
+        webhook_set = await _until_answered(
+            lambda: bot.set_webhook(
+                config.webhook_url,
+                secret_token=secret,
+                allowed_updates=dispatcher.resolve_used_update_types(),
+            ),
+            stop,
+            backoff,
         )
+        if webhook_set is None:
+            return
         logger.info("webhook server on %s, path %s", config.webhook_listen, path)
         await stop.wait()
     finally:

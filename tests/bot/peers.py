@@ -22,11 +22,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiogram.utils.backoff import BackoffConfig
 from aiohttp import web
 
 from lmfast.bot.app import run
 from lmfast.bot.config import BotConfig
 
+# Telegram retries in tests: the same code paths as the defaults, a tenth of the waiting
+FAST_BACKOFF = BackoffConfig(min_delay=0.1, max_delay=1.0, factor=1.5, jitter=0.1)
 BOT_USER = {"id": 424242, "is_bot": True, "first_name": "lmfast", "username": "lmfast_test_bot"}
 TELEGRAM_LIMIT = 4096
 ALLOWED_TAGS = {
@@ -446,7 +449,7 @@ class FakeLmfastApi:
 async def running_bot(config: BotConfig) -> AsyncIterator[asyncio.Task]:
     """Run `lmfast.bot.app.run(config)` as a task for the block; stop it (and re-raise its errors) after."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run(config, stop=stop, handle_signals=False))
+    task = asyncio.create_task(run(config, stop=stop, handle_signals=False, telegram_backoff=FAST_BACKOFF))
     try:
         yield task
     finally:

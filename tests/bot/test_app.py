@@ -240,16 +240,17 @@ async def test_restart_keeps_settings_and_buttons(make_config):
 
 
 async def test_keeps_polling_through_telegram_network_errors(make_config):
-    async with FakeTelegram(fail_next={"getMe": 1}) as tg, FakeLmfastApi() as api:
+    # four failed getMe: more than the per-call retries, so the start-up wait has to carry it
+    async with FakeTelegram(fail_next={"getMe": 4}) as tg, FakeLmfastApi() as api:
         async with running_bot(make_config(telegram_api_server=tg.url, api_url=api.url)):
-            await tg.wait_for(lambda: tg.sent("deleteWebhook"))  # started despite the failed getMe
+            await tg.wait_for(lambda: tg.sent("deleteWebhook"))  # started despite Telegram being away
             tg.fail_next.update({"getUpdates": 2, "sendMessage": 1})
             tg.send_text(USER, "still there?")
             (reply,) = await tg.wait_sent(1, USER)
             tg.flood_next["sendMessage"] = 1
             tg.send_text(USER, "/help")
             await tg.wait_sent(2, USER)
-    assert tg.dropped == ["getMe", "getUpdates", "getUpdates", "sendMessage", "sendMessage"]
+    assert tg.dropped == ["getMe"] * 4 + ["getUpdates", "getUpdates", "sendMessage", "sendMessage"]
     assert reply["_plain"].startswith("still there? [t=")
     assert len(tg.sent("sendMessage", USER)) == 2, "dropped and flood-limited sends were retried, not lost"
 
