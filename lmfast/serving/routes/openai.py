@@ -91,7 +91,7 @@ async def completions(
         metrics = request.app.state.metrics
 
         def on_close() -> None:  # the stream ended early: the client left (or the server stops)
-            if not job.done:
+            if not job.done and not job.cancelled:
                 engine.cancel(job)
                 metrics.rejected.labels("client_disconnected").inc()
 
