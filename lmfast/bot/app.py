@@ -21,11 +21,12 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramUnauthorizedError
+from aiogram.types import BotCommand
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from lmfast.bot.client import LmfastClient
 from lmfast.bot.config import BotConfig
-from lmfast.bot.handlers import build_router
+from lmfast.bot.handlers import COMMANDS, build_router
 from lmfast.bot.middlewares import AllowList, InFlight, RetryTelegramCalls
 from lmfast.bot.ratelimit import RateLimiter
 from lmfast.bot.storage import Storage
@@ -109,6 +110,7 @@ async def run(
         if me is None:
             return
         logger.info("connected to Telegram as @%s (id %d)", me.username, me.id)
+        await _publish_commands(bot)
         if config.webhook_url:
             await _serve_webhook(config, bot, dispatcher, stop, telegram_backoff)
         else:
@@ -144,6 +146,15 @@ async def _until_answered(
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(backoff))
     return None
+
+
+async def _publish_commands(bot: Bot) -> None:
+    """Fill Telegram's command menu; a nicety, so a failure is logged and the bot goes on."""
+    commands = [BotCommand(command=name, description=text) for name, text in COMMANDS.items()]
+    try:
+        await bot.set_my_commands(commands)
+    except Exception as error:
+        logger.warning("could not publish the command menu: %s", error)
 
 
 async def _poll(

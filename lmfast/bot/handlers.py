@@ -36,6 +36,13 @@ API_DOWN = (
     "😔 The language model is not answering right now (it may be restarting or busy). "
     "I tried a few times; please send your text again in a minute."
 )
+# shown in Telegram's command menu (setMyCommands)
+COMMANDS: dict[str, str] = {
+    "start": "Introduction",
+    "help": "How to use the bot",
+    "settings": "Temperature, max tokens, top-p for this chat",
+    "reset": "Default settings; forget stored texts",
+}
 SETTING_ALIASES = {
     "temp": "temperature",
     "max_tokens": "max_new_tokens",

@@ -85,6 +85,8 @@ class RetryTelegramCalls(BaseRequestMiddleware):
 
     The dispatcher already retries getUpdates forever with its own backoff, so that one passes
     straight through; replies get a few bounded attempts, so a blip does not lose an answer.
+    Trade-off: a send whose response was lost after Telegram had delivered it appears twice;
+    a rare duplicate beats a reply silently missing.
     """
 
     def __init__(self, attempts: int = 3, backoff_s: float = 0.5, max_retry_after_s: float = 30.0) -> None:

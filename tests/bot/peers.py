@@ -50,7 +50,14 @@ ALLOWED_TAGS = {
 }
 _BAD_AMPERSAND = re.compile(r"&(?!(?:lt|gt|amp|quot|#\d+|#x[0-9a-fA-F]+);)")
 # form fields aiogram sends JSON-encoded; every other field stays the string it was sent as
-_JSON_FIELDS = {"reply_markup", "allowed_updates", "entities", "link_preview_options", "reply_parameters"}
+_JSON_FIELDS = {
+    "reply_markup",
+    "allowed_updates",
+    "commands",
+    "entities",
+    "link_preview_options",
+    "reply_parameters",
+}
 _INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout"}
 
 
@@ -287,6 +294,9 @@ class FakeTelegram:
         return True
 
     def _api_setWebhook(self, params: dict[str, Any]) -> bool:
+        return True
+
+    def _api_setMyCommands(self, params: dict[str, Any]) -> bool:
         return True
 
     async def _api_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -52,6 +52,8 @@ async def test_start_help_unknown_command_and_non_text(make_config):
             start, help_, unknown, sticker = await tg.wait_sent(4, USER)
     assert "Hello, User&lt;1001&gt;!" in start["text"] and "/settings" in start["text"]
     assert "/reset" in help_["text"] and "Repeat" in help_["text"]
+    (menu,) = tg.sent("setMyCommands")
+    assert [c["command"] for c in menu["commands"]] == ["start", "help", "settings", "reset"]
     assert unknown["text"].startswith("I don't know that command")
     assert "text message" in sticker["text"]
     assert not api.requests, "commands must not reach the model"
