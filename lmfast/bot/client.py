@@ -55,7 +55,7 @@ class LmfastClient:
         self,
         base_url: str,
         api_key: str | None = None,
-        timeout_s: float = 120.0,
+        timeout_s: float = 60.0,
         retries: int = 3,
         backoff_s: float = 1.0,
         deadline_s: float | None = None,

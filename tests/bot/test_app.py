@@ -32,8 +32,12 @@ async def test_prompt_gets_bold_prompt_and_continuation_with_buttons(make_config
         async with running_bot(make_config(telegram_api_server=tg.url, api_url=api.url)):
             tg.send_text(USER, "Hello <world> & friends")
             (reply,) = await tg.wait_sent(1, USER)
+            api.reply = " *not bold* _nor italic_ `nor code` [nor](http://link) &amp;"
+            tg.send_text(USER, "Markdown?")
+            _, markdown = await tg.wait_sent(2, USER)
     assert reply["text"].startswith("<b>Hello &lt;world&gt; &amp; friends</b> [t=0.7 n=64 p=1 #1]")
     assert reply["_plain"] == "Hello <world> & friends [t=0.7 n=64 p=1 #1]"
+    assert markdown["_plain"] == "Markdown?" + api.reply, "Markdown and entities arrive literally"
     assert reply["parse_mode"] == "HTML"
     assert set(buttons(reply)) == {"🔁 Repeat", "➡️ Continue"}
     assert tg.sent("sendChatAction", USER)[0]["action"] == "typing"
