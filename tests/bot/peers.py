@@ -122,6 +122,7 @@ class FakeTelegram:
     messages: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (chat, id) -> message
     fail_next: dict[str, int] = field(default_factory=dict)  # method -> connections to drop
     flood_next: dict[str, int] = field(default_factory=dict)  # method -> 429 "retry after 1" answers
+    reject_next: dict[str, int] = field(default_factory=dict)  # method -> 400s not caused by the bot
     token: str | None = None  # if set, any other token is answered 401 Unauthorized
     dropped: list[str] = field(default_factory=list)
 
@@ -255,6 +256,10 @@ class FakeTelegram:
         params = await _read_params(request)
         if self.token is not None and request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
+        if self.reject_next.get(method, 0) > 0:
+            self.reject_next[method] -= 1
+            self.dropped.append(method)
+            return _error(400, "Bad Request: injected failure")
         if self.flood_next.get(method, 0) > 0:
             self.flood_next[method] -= 1
             self.dropped.append(method)

@@ -73,9 +73,11 @@ async def test_settings_buttons_and_typed_values_change_generation(make_config):
             keys = buttons(panel)
             assert "✓ 0.7" in keys and "✓ 64" in keys and "✓ 1" in keys
 
+            header = tg.press(USER, tg.message_of(panel), keys["Temperature: 0.7"])  # a label, not a choice
+            await tg.wait_for(lambda: tg.sent("answerCallbackQuery"))
             query = tg.press(USER, tg.message_of(panel), keys["0"])  # temperature 0: greedy
             await tg.wait_for(lambda: tg.sent("editMessageText", USER))
-            assert [a["callback_query_id"] for a in tg.sent("answerCallbackQuery")] == [query]
+            assert [a["callback_query_id"] for a in tg.sent("answerCallbackQuery")] == [header, query]
             edited = tg.sent("editMessageText", USER)[0]
             assert "0 (greedy)" in edited["text"] and "✓ 0" in buttons(edited)
 
@@ -259,6 +261,18 @@ async def test_keeps_polling_through_telegram_network_errors(make_config):
     assert tg.dropped == ["getMe"] * 4 + ["getUpdates", "getUpdates", "sendMessage", "sendMessage"]
     assert reply["_plain"].startswith("still there? [t=")
     assert len(tg.sent("sendMessage", USER)) == 2, "dropped and flood-limited sends were retried, not lost"
+
+
+async def test_an_unexpected_failure_is_reported_to_the_user(make_config):
+    async with FakeTelegram(reject_next={"sendMessage": 1}) as tg, FakeLmfastApi() as api:
+        async with running_bot(make_config(telegram_api_server=tg.url, api_url=api.url)):
+            tg.send_text(USER, "doomed")
+            (sorry,) = await tg.wait_sent(1, USER)
+            tg.send_text(USER, "fine")
+            _, fine = await tg.wait_sent(2, USER)
+    assert tg.dropped == ["sendMessage"]
+    assert sorry["text"] == "Sorry, something went wrong on my side. Please try again."
+    assert fine["_plain"].startswith("fine [t=")
 
 
 async def test_a_rejected_token_ends_the_cli_with_exit_2(make_config, capsys):
