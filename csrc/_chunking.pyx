@@ -77,6 +77,16 @@ def find_delimiter_lines(const uint8_t[::1] buf, bytes delimiter, bint at_eof):
     return np.ascontiguousarray(result[:k])
 
 
+def find_byte(const uint8_t[::1] buf, int value):
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef const void* hit = NULL
+    if n == 0:
+        return -1
+    with nogil:
+        hit = memchr(&buf[0], value, n)
+    return -1 if hit == NULL else <Py_ssize_t> (<const uint8_t*> hit - &buf[0])
+
+
 cdef inline Py_ssize_t _last_safe_cut(const uint8_t* buf, Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef Py_ssize_t p = hi
     cdef uint8_t before

@@ -105,6 +105,14 @@ def find_delimiter_lines(
     return np.asarray(found, dtype=np.int64).reshape(-1, 2)
 
 
+def find_byte(buf: np.ndarray, value: int, backend: Backend = "auto") -> int:
+    """Offset of the first byte equal to `value` in `buf`, or -1 (memchr; no temporary array)."""
+    native = _use_native(backend)
+    if native is not None:
+        return int(native.find_byte(buf, value))
+    return buf.tobytes().find(bytes([value]))
+
+
 def last_safe_cut(buf: np.ndarray, lo: int, hi: int, backend: Backend = "auto") -> int:
     """The largest p in [lo, hi] where cutting `buf` into [..p) and [p..) keeps every token id.
 

@@ -188,7 +188,7 @@ def iter_pieces(
             first, final = np.array([not doc_open], dtype=np.uint8), np.zeros(1, dtype=np.uint8)
             consumed, doc_open = cut, True
         starts, ends = starts.astype(np.int64), ends.astype(np.int64)
-        crlf = bool(np.any(buf[:consumed] == 0x0D))
+        crlf = chunking.find_byte(buf[:consumed], 0x0D, backend=backend) >= 0
         flat, offsets = chunking.gather_documents(buf, starts, ends, final, crlf, backend=backend)
         bad = chunking.utf8_error_offset(flat, backend=backend)
         if bad >= 0:

@@ -93,11 +93,19 @@ def is_byte_level_bpe(tokenizer: Tokenizer) -> bool:
 
 
 def _without_special_tokens(tokenizer: Tokenizer) -> str:
-    """tokenizer.json text with the special added tokens removed: they become plain text."""
-    config = json.loads(tokenizer.backend.to_str())
-    config["added_tokens"] = [t for t in config.get("added_tokens", []) if not t.get("special")]
-    config["post_processor"] = None
-    return json.dumps(config)
+    """tokenizer.json text with the special added tokens removed: they become plain text.
+
+    Only the small `added_tokens` list is parsed and rewritten; the vocabulary and merges (MBs of
+    JSON) are spliced through untouched, which keeps engine start-up short.
+    """
+    text = tokenizer.backend.to_str()
+    key = text.find('"added_tokens":')
+    if key < 0:
+        return text
+    start = text.index("[", key)
+    added, end = json.JSONDecoder().raw_decode(text, start)
+    kept = [t for t in added if not t.get("special")]
+    return text[:start] + json.dumps(kept) + text[end:]
 
 
 def _pieces_as_str(flat: np.ndarray, offsets: np.ndarray) -> list[str]:
@@ -210,13 +218,14 @@ class GigatokenEngine:
             ak.contents.NumpyArray(flat, parameters={"__array__": "byte"}),
             parameters={"__array__": "bytestring"},
         )
-        result = self._tokenizer.encode_batch(ak.Array(layout), parallel=True)
-        packed = ak.to_packed(result).layout
-        ids = np.asarray(packed.content.data, dtype=np.uint32)
-        out_offsets = np.asarray(packed.offsets, dtype=np.int64)
+        result = self._tokenizer.encode_batch(ak.Array(layout), parallel=True).layout
+        if not isinstance(result, ak.contents.ListOffsetArray):  # not seen with gigatoken 0.10
+            result = ak.to_packed(ak.Array(result)).layout
+        ids = np.asarray(result.content.data, dtype=np.uint32)
+        out_offsets = np.asarray(result.offsets, dtype=np.int64)
         if out_offsets[0] != 0:
             ids, out_offsets = ids[out_offsets[0] :], out_offsets - out_offsets[0]
-        return ids, out_offsets
+        return ids[: out_offsets[-1]], out_offsets
 
 
 def build_engine(name: str, tokenizer: Tokenizer, num_threads: int) -> Engine:

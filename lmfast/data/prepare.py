@@ -12,13 +12,16 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +32,7 @@ from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokeni
 logger = logging.getLogger(__name__)
 
 UINT16_VOCAB_LIMIT = 65536
+T = TypeVar("T")
 
 
 class PrepareError(ValueError):
@@ -133,6 +137,51 @@ def _first_free_version(dataset_dir: Path) -> int:
     return next(n for n in range(len(taken) + 1) if n not in taken)
 
 
+def _prefetched(iterator: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Run `iterator` in a thread, `depth` items ahead: reading the next window (native kernels,
+    GIL released) overlaps tokenizing and writing the current one. Errors re-raise here."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(_Failure(error))
+
+    thread = threading.Thread(target=produce, name="lmfast-prepare-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
 def write_split(
     path: Path,
     flag: str,
@@ -159,7 +208,7 @@ def write_split(
         NpyAppender(out_dir / "corpus.npy", dtype) as corpus,
         NpyAppender(out_dir / "sample_start_positions.npy", np.int64) as starts,
     ):
-        for batch in documents.iter_pieces(
+        batches = documents.iter_pieces(
             path,
             config.end_of_document,
             flag=flag,
@@ -167,7 +216,8 @@ def write_split(
             encoding_errors=config.encoding_errors,
             splittable=splittable,
             backend=config.kernel_backend,  # type: ignore[arg-type]
-        ):
+        )
+        for batch in _prefetched(batches):
             ids, id_offsets = engine.encode(batch.flat, batch.offsets)
             n_pieces = len(batch.first)
             out = np.empty(len(carry) + len(ids) + 2 * n_pieces, dtype=dtype)

@@ -67,6 +67,7 @@ class Tokenizer:
     pad_token: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
     _plain: HFTokenizer | None = field(default=None, init=False, repr=False, compare=False)
+    _vocab_size: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.pad_token is None:
@@ -94,9 +95,10 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of ids, added tokens included (one more than the largest id)."""
-        return max(
-            self.backend.get_vocab_size(with_added_tokens=True), max(self.backend.get_vocab().values()) + 1
-        )
+        if self._vocab_size is None:
+            largest = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
+            self._vocab_size = max(self.backend.get_vocab_size(with_added_tokens=True), largest + 1)
+        return self._vocab_size
 
     def plain_text_backend(self) -> HFTokenizer:
         """A copy of the backend that encodes special-token strings as plain text (the reference).

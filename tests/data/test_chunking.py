@@ -85,6 +85,13 @@ def test_last_safe_cut_against_reference(data, lo, hi):
         assert lo <= native <= hi and data[native - 1] == 0x0A
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=CUT_BYTES, value=st.sampled_from([0x0A, 0x0D, 0xC3, 0x00]))
+def test_find_byte_against_reference(data, value):
+    python, native = _both("find_byte", _u8(data), value)
+    assert python == native == data.find(bytes([value]))
+
+
 def test_last_safe_cut_edge_cases():
     assert chunking.last_safe_cut(_u8(b"a\nb"), 0, 3, backend="cython") == 2
     assert chunking.last_safe_cut(_u8(b"a\r\nb"), 0, 4, backend="cython") == 3

@@ -256,6 +256,31 @@ def test_failed_run_leaves_nothing(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+def test_interrupted_run_leaves_nothing(tmp_path, nietzsche_dir, monkeypatch):
+    """Ctrl-C in the middle of the second split: no dataset, no temporary directory, no new dirs."""
+    from lmfast.data import prepare as prepare_module
+
+    real = prepare_module.write_split
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "write_split", interrupted)
+    valid = nietzsche_dir / "valid.txt"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_config(valid, valid, tmp_path / "root"))
+    assert not (tmp_path / "root").exists()
+    (tmp_path / "root" / "t" / "0").mkdir(parents=True)  # an existing dataset is left alone
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        prepare(_config(valid, valid, tmp_path / "root"))
+    assert [p.name for p in (tmp_path / "root" / "t").iterdir()] == ["0"]
+
+
 def test_long_document_is_streamed_in_pieces(tmp_path, gutenberg_path, gpt2, reference):
     """A single 6.5 MB document through 64 KiB windows: cut at safe points, ids unchanged."""
     path = tmp_path / "one_document.txt"
