@@ -70,7 +70,7 @@ class PrepareConfig:
     )
     num_threads: int = field(default=0, metadata=_help("Tokenizer threads; 0 = all cores."))
     window_mb: float = field(
-        default=32, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
+        default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
     )
     kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
 
