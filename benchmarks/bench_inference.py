@@ -107,7 +107,9 @@ def _time(runners: dict[str, Any], rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def bench_model(name: str, shape: dict[str, int], threads: int, batches: list[int], rounds: int, cuda: bool) -> dict:
+def bench_model(
+    name: str, shape: dict[str, int], threads: int, batches: list[int], rounds: int, cuda: bool
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -140,7 +142,9 @@ def bench_model(name: str, shape: dict[str, int], threads: int, batches: list[in
             runners = {"hf_generate": _hf_runner(hf_model, prompts)}
             runners.update({k: _lmfast_runner(g, prompts) for k, g in generators.items()})
             if cuda:
-                cuda_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval().to("cuda")
+                cuda_model = (
+                    AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval().to("cuda")
+                )
                 runners["hf_generate_cuda"] = _hf_runner(cuda_model, prompts, "cuda")
                 runners.update({k: _lmfast_runner(g, prompts) for k, g in cuda_generators.items()})
             # correctness before timing (also the warm-up)
@@ -149,7 +153,12 @@ def bench_model(name: str, shape: dict[str, int], threads: int, batches: list[in
             for key, run in runners.items():
                 tokens = run()
                 agreement[key] = float((tokens == reference).mean())
-                exact = key in ("lmfast_torch", "lmfast_onnx_fp32", "lmfast_onnx_fp32_cuda", "hf_generate_cuda")
+                exact = key in (
+                    "lmfast_torch",
+                    "lmfast_onnx_fp32",
+                    "lmfast_onnx_fp32_cuda",
+                    "hf_generate_cuda",
+                )
                 if exact and not np.array_equal(tokens, reference):
                     raise AssertionError(f"{name} batch {batch}: {key} greedy tokens differ from HF generate")
             medians = _time(runners, rounds)
@@ -195,7 +204,9 @@ def _print_table(result: dict) -> None:
                     f"{run_['name']:<26}{key:<24}{row['tokens_per_s']:>9.1f}{row['ms_per_token_step']:>9.2f}"
                     f"{row['speedup_vs_hf_generate']:>7.2f}{row['token_agreement_with_hf']:>7.2f}"
                 )
-    print(f"(threads={result['threads']}, prompt {result['prompt_tokens']}, new {result['new_tokens']}, greedy)")
+    print(
+        f"(threads={result['threads']}, prompt {result['prompt_tokens']}, new {result['new_tokens']}, greedy)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,10 @@ from torch import nn
 # would leak through the cache; also representable in float16
 MASK_VALUE = -65504.0
 
-SUPPORTED_ARCHITECTURES = {"gpt2": "GPT-2 family (GPT2LMHeadModel: gpt2, distilgpt2, lmfast-trained GPT)"}
+SUPPORTED_ARCHITECTURES = {
+    "gpt2": "GPT-2 family (GPT2LMHeadModel: gpt2, distilgpt2, lmfast-trained GPT)",
+    "llama": "Llama family (LlamaForCausalLM: RMSNorm, rotary positions, grouped-query attention)",
+}
 
 
 class GPT2Decoder(nn.Module):
@@ -73,15 +76,79 @@ class GPT2Decoder(nn.Module):
             presents += [k, v]
             if allowed is None:
                 allowed = _allowed(attention_mask, T, k.shape[2])
-            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, T, P + T)
-            scores = torch.where(allowed, scores, torch.tensor(MASK_VALUE, dtype=scores.dtype))
-            y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, T, D)
-            y = y.transpose(1, 2).reshape(B, T, C)
+            y = _attend(q, k, v, allowed, self.scale).transpose(1, 2).reshape(B, T, C)
             h = h + _dense(block.attn.c_proj, y)
             h = h + _dense(block.mlp.c_proj, block.mlp.act(_dense(block.mlp.c_fc, block.ln_2(h))))
         last = transformer.ln_f(h[:, -1, :])  # (B, C): only the last position is sampled from
         logits = self.model.lm_head(last)  # (B, V)
         return (logits, *presents)
+
+
+class LlamaDecoder(nn.Module):
+    """LlamaForCausalLM as a single step; the cache holds the n_kv_head (grouped) keys/values."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        config = model.config
+        if getattr(config, "sliding_window", None):
+            raise ValueError(
+                "Llama-family models with sliding-window attention are not supported by the exporter"
+            )
+        self.model = model.eval()
+        self.n_layer = config.num_hidden_layers
+        self.n_head = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) int64
+        attention_mask: torch.Tensor,  # (B, P + T) int64
+        position_ids: torch.Tensor,  # (B, T) int64
+        *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, P, D)
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        inner = self.model.model
+        h = inner.embed_tokens(input_ids)  # (B, T, C)
+        B, T, _ = h.shape
+        cos, sin = inner.rotary_emb(h, position_ids)  # (B, T, D) each
+        groups = self.n_head // self.num_kv_heads
+        presents: list[torch.Tensor] = []
+        allowed = None
+        for i, layer in enumerate(inner.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = attn.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = torch.cat([past[2 * i], k], dim=2)  # (B, Hkv, P + T, D)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            if allowed is None:
+                allowed = _allowed(attention_mask, T, k.shape[2])
+            if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            y = (
+                _attend(q, k, v, allowed, self.scale)
+                .transpose(1, 2)
+                .reshape(B, T, self.n_head * self.head_dim)
+            )
+            h = h + attn.o_proj(y)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = self.model.lm_head(inner.norm(h[:, -1, :]))  # (B, V)
+        return (logits, *presents)
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Masked softmax attention: (B, H, T, D) queries over (B, H, P + T, D) keys/values."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, P + T)
+    scores = torch.where(allowed, scores, torch.tensor(MASK_VALUE, dtype=scores.dtype))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, T, D)
 
 
 def _dense(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +165,7 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(model: nn.Module) -> GPT2Decoder:
+def build_decoder(model: nn.Module) -> GPT2Decoder | LlamaDecoder:
     """The export module for a loaded HF causal LM.
 
     Raises:
@@ -107,6 +174,8 @@ def build_decoder(model: nn.Module) -> GPT2Decoder:
     model_type = getattr(model.config, "model_type", None)
     if model_type == "gpt2":
         return GPT2Decoder(model).eval()
+    if model_type == "llama":
+        return LlamaDecoder(model).eval()
     supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
     raise ValueError(
         f"unsupported architecture {model_type!r} ({type(model).__name__}); supported: {supported}"

@@ -55,7 +55,7 @@ def export_onnx(config: ExportConfig) -> Path:
     try:
         raw = staging / "raw" / "model.onnx"
         _torch_export(decoder, raw, config.opset)
-        fusions = _finalize(raw, staging / "model.onnx", config, loaded.model.config)
+        fusions = _finalize(raw, staging / "model.onnx", config, decoder)
         shutil.rmtree(raw.parent)
         _write_side_files(staging, loaded)
         parity = _parity(loaded, staging, config)
@@ -125,7 +125,7 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
         )
 
 
-def _finalize(raw: Path, target: Path, config: ExportConfig, model_config: Any) -> dict[str, int]:
+def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> dict[str, int]:
     """Apply --optimize, --precision fp16 and --quantize int8 and save model.onnx.
 
     Returns:
@@ -136,7 +136,7 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, model_config: Any) 
     fusions: dict[str, int] = {}
     model = onnx.load(str(raw))
     if config.optimize:
-        model, fusions = _optimize(raw, model_config)
+        model, fusions = _optimize(raw, decoder)
     if config.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -152,15 +152,15 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, model_config: Any) 
     return fusions
 
 
-def _optimize(raw: Path, model_config: Any) -> tuple[Any, dict[str, int]]:
+def _optimize(raw: Path, decoder: Any) -> tuple[Any, dict[str, int]]:
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 
         optimized = optimize_model(
             str(raw),
             model_type="gpt2",
-            num_heads=model_config.n_head,
-            hidden_size=model_config.n_embd,
+            num_heads=decoder.n_head,
+            hidden_size=decoder.n_head * decoder.head_dim,
             opt_level=1,
         )
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
