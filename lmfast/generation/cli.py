@@ -14,6 +14,17 @@ import sys
 from lmfast.generation.params import GenerationParams
 
 _LIST_FIELDS = {"stop", "banned_words"}
+_HELP = {
+    "max_new_tokens": "tokens to generate after the prompt",
+    "temperature": "softmax temperature; 0 = greedy",
+    "top_k": "keep the k most likely tokens; 0 disables",
+    "top_p": "nucleus sampling mass in (0, 1]; 1 disables",
+    "repetition_penalty": "> 1 discourages tokens already in the prompt or output",
+    "num_return_sequences": "continuations per prompt",
+    "stop": "stop when the text contains this (repeatable; cut from the output)",
+    "banned_words": "never generate this word (repeatable)",
+    "seed": "seed for reproducible sampling",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,15 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, f.name) is not None
     }
     try:
+        GenerationParams().replace(**overrides)  # bad flags fail before a model is loaded
+        if len(args.prompt) != 1 and args.stream:
+            raise ValueError("--stream takes exactly one --prompt")
         from lmfast.generation.generator import Generator
+        from lmfast.generation.model_files import resolve_model_dir
+
+        if resolve_model_dir(args.path)[1] == "hf":
+            _quiet_transformers()
 
         generator = Generator.load(
             args.path, backend=args.backend, provider=args.provider, num_threads=args.num_threads
         )
         params = generator.resolve_params(**overrides)
         if args.stream:
-            if len(args.prompt) != 1:
-                raise ValueError("--stream takes exactly one --prompt")
             for piece in generator.stream(args.prompt[0], params):
                 print(piece, end="", flush=True)
             print()
@@ -74,3 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(prompt + text)
                 print("-" * 40)
     return 0
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars on stderr: it carries errors only."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -17,6 +17,7 @@ from lmfast.generation.session import DecodeSession
 from lmfast.generation.text import TextCodec
 
 BackendName = Literal["auto", "torch", "onnx"]
+MAX_CALL_BATCH = 64
 
 
 class Generator:
@@ -116,7 +117,9 @@ class Generator:
         """
         params = self.resolve_params(params, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        session = self.session(max_batch_size=max(1, len(prompts) * params.num_return_sequences))
+        # all rows in one batch, up to a bound that keeps the cache's memory in check
+        rows = len(prompts) * params.num_return_sequences
+        session = self.session(max_batch_size=max(params.num_return_sequences, min(rows, MAX_CALL_BATCH)))
         owner: dict[int, tuple[int, int]] = {}
         for p, prompt in enumerate(prompts):
             for s, row_id in enumerate(session.add(prompt, params)):
