@@ -247,6 +247,7 @@ def run(
         }
     ours_speed = table["lmfast"]["mb_per_s"]
     return {
+        "kernels": run_kernels(0.5 if quick else 2),
         "input_mb": round(size / 1e6, 1),
         "threads": threads,
         "rounds": rounds,
@@ -256,6 +257,76 @@ def run(
         "speedup_vs_tokenizers_encode_batch": round(ours_speed / table["tokenizers"]["mb_per_s"], 2),
         "speedup_vs_datasets_map_group_texts": round(ours_speed / table["datasets"]["mb_per_s"], 2),
     }
+
+
+def run_kernels(megabytes: float) -> dict[str, dict[str, float]]:
+    """Each native kernel vs its Python reference on the same bytes (equal results checked first)."""
+    import numpy as np
+
+    from lmfast.data import chunking
+
+    data = SOURCE.read_bytes()[: int(megabytes * 1e6)]
+    data = data[: data.rindex(b"\n") + 1]
+    text = data.replace(b"\n\n", b"\n" + DELIMITER.encode() + b"\n")
+    buf = np.frombuffer(text, dtype=np.uint8)
+    lines = chunking.find_delimiter_lines(buf, DELIMITER.encode(), True)
+    starts = np.concatenate(([0], lines[:, 1])).astype(np.int64)
+    ends = np.concatenate((lines[:, 0], [len(buf)])).astype(np.int64)
+    final = np.ones(len(starts), dtype=np.uint8)
+    flat, offsets = chunking.gather_documents(buf, starts, ends, final, False)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50257, size=len(flat) // 4, dtype=np.uint32)
+    id_offsets = np.linspace(0, len(ids), len(offsets)).astype(np.int64)
+    ones = np.ones(len(offsets) - 1, dtype=np.uint8)
+
+    def samples(backend: str):
+        out = np.empty(len(ids) + 2 * len(ones), dtype=np.uint16)
+        starts_out = np.empty(len(out) // MAX_LEN + len(ones) + 2, dtype=np.int64)
+        result = chunking.write_samples(
+            ids,
+            id_offsets,
+            ones,
+            ones,
+            50256,
+            50256,
+            MAX_LEN,
+            MIN_LEN,
+            out,
+            0,
+            0,
+            False,
+            starts_out,
+            backend=backend,
+        )
+        return out[: result[0]].tobytes(), starts_out[: result[3]].tobytes()
+
+    cases = {
+        "find_delimiter_lines": lambda b: chunking.find_delimiter_lines(
+            buf, DELIMITER.encode(), True, backend=b
+        ),
+        "gather_documents": lambda b: chunking.gather_documents(buf, starts, ends, final, True, backend=b),
+        "utf8_error_offset": lambda b: chunking.utf8_error_offset(flat, backend=b),
+        "blank_documents": lambda b: chunking.blank_documents(flat, offsets, backend=b),
+        "split_long_pieces": lambda b: chunking.split_long_pieces(flat, offsets, 256, backend=b),
+        "write_samples": samples,
+    }
+    table = {}
+    for name, call in cases.items():
+        timings = {}
+        results = {}
+        for backend in ("cython", "python", "cython", "python"):
+            started = time.perf_counter()
+            results[backend] = call(backend)
+            timings[backend] = min(timings.get(backend, 1e9), time.perf_counter() - started)
+        same = repr(results["cython"]) == repr(results["python"])
+        if not same:
+            raise SystemExit(f"kernel {name}: Cython and Python reference disagree")
+        table[name] = {
+            "cython_s": round(timings["cython"], 5),
+            "python_s": round(timings["python"], 5),
+            "speedup": round(timings["python"] / max(timings["cython"], 1e-9), 1),
+        }
+    return table
 
 
 def measure_rss(gigabytes: float, threads: int) -> dict[str, Any]:

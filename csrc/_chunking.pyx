@@ -9,7 +9,7 @@ in Python, before each loop.
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 cnp.import_array()
@@ -183,8 +183,18 @@ def utf8_error_offset(const uint8_t[::1] buf):
     cdef Py_ssize_t n = buf.shape[0], i = 0
     cdef uint8_t c, c1
     cdef Py_ssize_t bad = -1
+    cdef uint64_t word
+    cdef const uint8_t* data = &buf[0] if n > 0 else NULL
     with nogil:
         while i < n:
+            # ASCII fast path: 8 bytes at a time while no byte has its high bit set
+            while i + 8 <= n:
+                memcpy(&word, data + i, 8)
+                if word & 0x8080808080808080ULL:
+                    break
+                i += 8
+            if i >= n:
+                break
             c = buf[i]
             if c < 0x80:
                 i += 1

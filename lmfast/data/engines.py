@@ -218,7 +218,8 @@ class GigatokenEngine:
             ak.contents.NumpyArray(flat, parameters={"__array__": "byte"}),
             parameters={"__array__": "bytestring"},
         )
-        result = self._tokenizer.encode_batch(ak.Array(layout), parallel=True).layout
+        # parallel=None: all cores, except inside a forked or multiprocessing worker (no deadlock)
+        result = self._tokenizer.encode_batch(ak.Array(layout), parallel=None).layout
         if not isinstance(result, ak.contents.ListOffsetArray):  # not seen with gigatoken 0.10
             result = ak.to_packed(ak.Array(result)).layout
         ids = np.asarray(result.content.data, dtype=np.uint32)

@@ -214,3 +214,15 @@ def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--tokenizer_engine" in out and "--documents_train_file" in out
+
+
+def test_lmfast_prepare_subcommand_is_the_same_command(tmp_path, good_file):
+    import subprocess
+    import sys
+
+    argv = _args(good_file, good_file, tmp_path / "root")
+    result = subprocess.run(
+        [sys.executable, "-m", "lmfast", "prepare", *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "root" / "t" / "0")
