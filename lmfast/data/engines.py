@@ -185,6 +185,7 @@ class TiktokenEngine:
             for token, token_id in tokenizer.backend.get_vocab(with_added_tokens=False).items()
             if token not in special
         }
+        _check_ranks_follow_merges(tokenizer, ranks, decoder)
         self._encoding = tiktoken.Encoding(
             name=f"lmfast-{tokenizer.name}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
         )
@@ -196,6 +197,31 @@ class TiktokenEngine:
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _encode_split(self._encode_pieces, flat, offsets)
+
+
+def _check_ranks_follow_merges(
+    tokenizer: Tokenizer, ranks: dict[bytes, int], decoder: dict[str, int]
+) -> None:
+    """tiktoken equals HF BPE only if merging by the merged token's id is merging by merge order.
+
+    Holds when every single byte is a token, each merge's result has a larger id than the one
+    before (ids in merge order) and no two merges produce the same bytes.
+
+    Raises:
+        ValueError: the vocabulary breaks one of these, so tiktoken could give other ids.
+    """
+    if any(bytes([b]) not in ranks for b in range(256)):
+        raise ValueError("not every byte is a token")
+    merges = json.loads(tokenizer.backend.to_str())["model"]["merges"]
+    previous, seen = -1, set()
+    for merge in merges:
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        merged = bytes(decoder[c] for c in left + right)
+        rank = ranks.get(merged)
+        if rank is None or rank <= previous or merged in seen:
+            raise ValueError(f"merge {left!r} + {right!r} is out of id order for tiktoken")
+        previous = rank
+        seen.add(merged)
 
 
 class GigatokenEngine:

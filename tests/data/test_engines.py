@@ -112,3 +112,19 @@ def test_a_differing_engine_is_refused(gpt2, monkeypatch):
     with pytest.raises(ValueError, match="differs from the reference"):
         engines.select_engine(gpt2, "gigatoken")
     assert engines.select_engine(gpt2, "auto").name == "tokenizers"
+
+
+def test_tiktoken_is_refused_when_ids_do_not_follow_merge_order(gpt2):
+    """Swap the ids of the first two merges' results: HF BPE is unaffected, tiktoken would not be."""
+    import json
+
+    config = json.loads(gpt2.backend.to_str())
+    vocab = config["model"]["vocab"]
+    vocab["Ġt"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġt"]
+    swapped = Tokenizer(
+        name="swapped", backend=HFTokenizer.from_str(json.dumps(config)), eos_token="<|endoftext|>"
+    )
+    assert swapped.plain_text_backend().encode(" t").ids == [gpt2.backend.token_to_id("Ġa")]
+    with pytest.raises(ValueError, match="out of id order"):
+        engines.select_engine(swapped, "tiktoken")
+    assert engines.select_engine(swapped, "auto", samples=["a tale of two cities"]).name == "gigatoken"
