@@ -66,6 +66,7 @@ class ThroughputMonitor(pl.Callback):
         self._start = 0.0
         self._num_params = 0
         self._peak: float | None = None
+        self._lr: float | None = None  # the rate the logged step used (read before the scheduler moves it)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._num_params = sum(p.numel() for p in pl_module.model.parameters())
@@ -79,6 +80,11 @@ class ThroughputMonitor(pl.Callback):
     def _reset(self) -> None:
         self._tokens, self._flops = 0, 0.0
         self._start = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(
         self,
@@ -98,12 +104,13 @@ class ThroughputMonitor(pl.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # once per log interval: honest wall time
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        lr = self._lr
         metrics = {"train/lr": lr, "train/tokens_per_s": self._tokens * trainer.world_size / elapsed}
         if self._peak:
             metrics["train/mfu"] = self._flops / elapsed / self._peak
         if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=step)  # direct: exactly every log_every_n_steps
+            # direct, exactly every log_every_n_steps; step index as Lightning's own scalars (0-based)
+            trainer.logger.log_metrics(metrics, step=step - 1)
         loss = trainer.callback_metrics.get("train/loss")
         mfu = f" mfu {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else ""
         if trainer.is_global_zero:

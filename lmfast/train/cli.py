@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import logging
 import sys
 import typing
 from typing import Any
@@ -100,6 +101,15 @@ def config_from_args(argv: list[str] | None) -> TrainConfig:
     return TrainConfig(**given)
 
 
+def _log_to_stderr() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("lmfast")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lmfast train`; returns the exit code."""
     from lmfast.train.model import TrainInputError
@@ -112,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from lmfast.train.module import NonFiniteLossError
     from lmfast.train.run import train
 
+    # no progress bar without a terminal: the plain-text log lines go to stderr instead
+    handler = None if sys.stderr.isatty() else _log_to_stderr()
     try:
         experiment_dir = train(config)
     except TrainInputError as error:
@@ -120,5 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 1
+    finally:
+        if handler is not None:
+            logging.getLogger("lmfast").removeHandler(handler)
     print(experiment_dir)
     return 0

@@ -111,7 +111,13 @@ class LMDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            generator=self._generator(),
         )
+
+    def _generator(self) -> torch.Generator:
+        # each iter() of a DataLoader draws its workers' base seed; from its own generator, not the global
+        # RNG, so an extra validation (e.g. when a run is stopped) leaves dropout's random stream untouched
+        return torch.Generator().manual_seed(self.seed)
 
     def train_sampler(self) -> ResumableBatchSampler:
         """This rank's training batches, positioned where a resumed run left off."""
@@ -147,6 +153,7 @@ class LMDataModule(pl.LightningDataModule):
             collate_fn=self.collator,
             num_workers=0,
             pin_memory=torch.cuda.is_available(),
+            generator=self._generator(),
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,8 +13,14 @@ from lmfast.train.datamodule import IGNORE_INDEX
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, V) logits and (B, T) labels -> aligned (B, T-1, V) and (B, T-1): position t predicts t+1."""
-    return logits[:, :-1, :], labels[:, 1:]
+    """(B, T, V) logits and (B, T) labels -> the same logits and (B, T) next-token targets.
+
+    The labels move left by one (the last position gets IGNORE_INDEX) instead of slicing the logits:
+    slicing (B, T, V) and flattening it would copy the largest tensor of the step.
+    """
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return logits, targets
 
 
 def lm_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,7 +30,7 @@ def lm_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     across batches and ranks.
     """
     loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
+        logits.view(-1, logits.size(-1)).float(),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",

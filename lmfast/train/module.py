@@ -67,7 +67,7 @@ class LMModule(pl.LightningModule):
         lm = lm_sum / count.clamp(min=1)
         out = {"lm_sum": lm_sum, "count": count, "lm": lm, "total": lm}
         if self.unlikelihood_alpha > 0:
-            ul = unlikelihood_candidates_loss(logits, targets, batch["input_ids"][:, :-1])
+            ul = unlikelihood_candidates_loss(logits, targets, batch["input_ids"])
             out["ul"] = ul
             out["total"] = lm + self.unlikelihood_alpha * ul
         return out

@@ -114,7 +114,7 @@ def _val_check_kwargs(config: TrainConfig, batches_per_epoch: int) -> dict[str, 
         )
     if isinstance(interval, float) and interval.is_integer() and interval > 1:
         interval = int(interval)
-    if isinstance(interval, int) and not isinstance(interval, bool) and interval != 1:
+    if type(interval) is int:
         # counted in batches across epochs, so an interval longer than an epoch still works
         return {"val_check_interval": interval, "check_val_every_n_epoch": None}
     return {"val_check_interval": float(interval)}
@@ -153,6 +153,10 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
             f"--dataset_dir {dataset_dir}: token id {corpus_max} is outside its vocabulary of {tokenizer.vocab_size}"
         )
 
+    if len(dataset.train) < config.batch_size:  # checked again per device once the world size is known
+        raise TrainInputError(
+            f"--batch_size {config.batch_size}: larger than the dataset ({len(dataset.train)} train samples)"
+        )
     precision = resolve_precision(config.precision, config.accelerator)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = build_model(config.model, tokenizer, max_length, config.dropout)

@@ -1,0 +1,281 @@
+"""Training step throughput: `lmfast train`'s step through the Lightning Trainer vs a plain PyTorch loop.
+
+Same model (gpt2-tiny, same initial weights), same batches (the Nietzsche dataset through lmfast's
+length-grouped sampler and collator), same AdamW, schedule, clipping and loss. Correctness first:
+both paths must produce the same losses for the first steps. Then the contenders alternate, rounds
+of steps each, and the median tokens/s (real tokens, padding excluded) of each is compared; the goal
+is a Lightning overhead of at most 3%. Also bf16-mixed against fp32 on this CPU, and, where a CUDA
+GPU exists, GPT-2 124M at sequence 1024 in bf16 with its MFU.
+
+    python benchmarks/bench_train.py [--quick] [--threads 2] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+NIETZSCHE = REPO_ROOT / "data" / "documents" / "nietzsche"
+WARMUP_STEPS = 2  # not timed: first-call allocations and kernel selection
+
+
+def prepare_dataset(root: Path, max_sample_length: int) -> Path:
+    """The Nietzsche example through the real `lmfast prepare`."""
+    command = [
+        sys.executable, "-m", "lmfast.prepare",
+        "--documents_train_file", str(NIETZSCHE / "train.txt"),
+        "--documents_valid_file", str(NIETZSCHE / "valid.txt"),
+        "--end_of_document", "[END_OF_DOCUMENT]", "--tokenizer_cls_name", "GPT2Tokenizer",
+        "--max_sample_length", str(max_sample_length), "--min_sample_length", "8",
+        "--datasets_root", str(root), "--dataset_name", "nietzsche",
+    ]  # fmt: skip
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+    return root / "nietzsche" / "0"
+
+
+class _Setup:
+    """Model, batches and optimizer settings shared by both contenders."""
+
+    def __init__(self, dataset_dir: Path, model_name: str, batch_size: int, seed: int = 0) -> None:
+        from lmfast.data.dataset import PreparedDataset
+        from lmfast.train.datamodule import LMDataModule
+        from lmfast.train.model import DatasetTokenizer
+
+        self.dataset_dir = dataset_dir
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.seed = seed
+        dataset = PreparedDataset(dataset_dir)
+        self.tokenizer = DatasetTokenizer.from_dataset(dataset_dir, dataset.description)
+        self.max_length = int(dataset.train.lengths().max())
+        self.datamodule = lambda: LMDataModule(
+            dataset_dir, batch_size, pad_token_id=self.tokenizer.pad_token_id, seed=seed, num_workers=0,
+            pad_to_multiple_of=8,
+        )  # fmt: skip
+
+    def model(self) -> Any:
+        import torch
+
+        from lmfast.train.model import build_model
+
+        torch.manual_seed(self.seed)
+        return build_model(self.model_name, self.tokenizer, self.max_length, None)
+
+
+def run_lightning(
+    setup: _Setup, steps: int, precision: str = "32-true"
+) -> tuple[list[float], list[float], list[int]]:
+    """`lmfast train`'s step: LMModule + LMDataModule in a Lightning Trainer. Returns losses, step times, tokens."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lmfast.train.callbacks import ThroughputMonitor
+    from lmfast.train.module import LMModule
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.ends: list[float] = []
+            self.tokens: list[int] = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            self.losses.append(float(outputs["loss"]))  # a host sync, as the plain loop's .item()
+            self.ends.append(time.perf_counter())
+            self.tokens.append(int(batch["num_tokens"]))
+
+    module = LMModule(setup.model(), learning_rate=1e-3, num_warmup_steps=10, num_cycles=1)
+    timer = Timer()
+    logs = tempfile.mkdtemp(prefix="bench_train_logs_")  # as `lmfast train`: TensorBoard + throughput monitor
+    trainer = pl.Trainer(
+        accelerator="auto", devices=1, precision=precision, max_steps=steps, log_every_n_steps=10,
+        logger=TensorBoardLogger(logs, name="", version=""), callbacks=[ThroughputMonitor(precision), timer],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        num_sanity_val_steps=0, gradient_clip_val=1.0, use_distributed_sampler=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule=setup.datamodule())
+    times = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)]
+    return timer.losses, times, timer.tokens[1:]
+
+
+def run_plain(setup: _Setup, steps: int) -> tuple[list[float], list[float], list[int]]:
+    """The same step written as a plain PyTorch loop (nanoGPT style)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lmfast.train.datamodule import IGNORE_INDEX
+    from lmfast.train.optim import make_adamw, warmup_cosine_lambda
+
+    model = setup.model()
+    model.train()
+    optimizer = make_adamw(model, 1e-3, 0.1, (0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(10, steps, 1))
+    loader = setup.datamodule().train_dataloader()
+    losses, ends, tokens = [], [], []
+    for _, batch in zip(range(steps), loader, strict=False):
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        targets = torch.full_like(batch["labels"], IGNORE_INDEX)
+        targets[:, :-1] = batch["labels"][:, 1:]
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=IGNORE_INDEX
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        losses.append(loss.item())
+        ends.append(time.perf_counter())
+        tokens.append(int(batch["attention_mask"].sum()))
+    times = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    return losses, times, tokens[1:]
+
+
+def _tokens_per_s(times: list[float], tokens: list[int]) -> float:
+    kept = slice(WARMUP_STEPS, None)
+    return sum(tokens[kept]) / sum(times[kept])
+
+
+def check_same_losses(setup: _Setup, steps: int = 4) -> float:
+    """Both paths compute the same training: max relative loss difference over the first steps."""
+    lightning_losses, _, _ = run_lightning(setup, steps)
+    plain_losses, _, _ = run_plain(setup, steps)
+    diff = max(abs(a - b) / abs(b) for a, b in zip(lightning_losses, plain_losses, strict=True))
+    if diff > 1e-4:
+        raise AssertionError(f"Lightning and plain losses differ: {lightning_losses} vs {plain_losses}")
+    return diff
+
+
+def bench_overhead(setup: _Setup, rounds: int, steps: int) -> dict[str, Any]:
+    lightning, plain = [], []
+    for _ in range(rounds):  # alternate, so drifting machine load hits both alike
+        _, times, tokens = run_lightning(setup, steps)
+        lightning.append(_tokens_per_s(times, tokens))
+        _, times, tokens = run_plain(setup, steps)
+        plain.append(_tokens_per_s(times, tokens))
+    ours, base = statistics.median(lightning), statistics.median(plain)
+    return {
+        "lmfast_tokens_per_s": round(ours, 1),
+        "plain_torch_tokens_per_s": round(base, 1),
+        "lmfast_vs_plain_ratio": round(ours / base, 4),
+        "lightning_overhead_pct": round(100 * (base / ours - 1), 2),
+        "rounds": rounds,
+        "steps_per_round": steps,
+    }
+
+
+def bench_precision(setup: _Setup, rounds: int, steps: int) -> dict[str, Any]:
+    fp32_losses, _, _ = run_lightning(setup, 3, "32-true")
+    bf16_losses, _, _ = run_lightning(setup, 3, "bf16-mixed")
+    drift = max(abs(a - b) / b for a, b in zip(bf16_losses, fp32_losses, strict=True))
+    if drift > 0.02:
+        raise AssertionError(f"bf16-mixed losses drift from fp32: {bf16_losses} vs {fp32_losses}")
+    results: dict[str, list[float]] = {"32-true": [], "bf16-mixed": []}
+    for _ in range(rounds):
+        for precision in results:
+            _, times, tokens = run_lightning(setup, steps, precision)
+            results[precision].append(_tokens_per_s(times, tokens))
+    fp32, bf16 = statistics.median(results["32-true"]), statistics.median(results["bf16-mixed"])
+    return {
+        "fp32_tokens_per_s": round(fp32, 1),
+        "bf16_mixed_tokens_per_s": round(bf16, 1),
+        "bf16_vs_fp32_ratio": round(bf16 / fp32, 4),
+        "bf16_max_loss_drift": round(drift, 5),
+    }
+
+
+def bench_gpu_gpt2(root: Path, steps: int) -> dict[str, Any] | None:
+    """GPT-2 124M, sequence 1024, bf16-mixed on a CUDA GPU: tokens/s and MFU (goal >= 40% on an H100)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from lmfast.train.callbacks import device_peak_flops
+    from lmfast.train.model import flops_per_token
+
+    setup = _Setup(prepare_dataset(root / "gpt2", 1024), "gpt2", batch_size=16)
+    torch.set_float32_matmul_precision("high")
+    _, times, tokens = run_lightning(setup, steps, "bf16-mixed")
+    rate = _tokens_per_s(times, tokens)
+    model = setup.model()
+    per_token = flops_per_token(model.config, sum(p.numel() for p in model.parameters()), 1024)
+    peak = device_peak_flops(torch.device("cuda"), "bf16-mixed")
+    return {
+        "device": torch.cuda.get_device_name(),
+        "gpt2_124m_bf16_tokens_per_s": round(rate, 1),
+        "mfu": None if peak is None else round(rate * per_token / peak, 4),
+        "note": "Nietzsche samples are often shorter than 1024 tokens: MFU counts real tokens, padding excluded",
+    }
+
+
+def run(quick: bool = False, threads: int = 2) -> dict[str, Any]:
+    """Everything above; returns the figures (what --json writes)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rounds, steps = (2, 8) if quick else (4, 16)
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = _Setup(prepare_dataset(Path(tmp), 64), "gpt2-tiny", batch_size=16)
+        result: dict[str, Any] = {
+            "model": "gpt2-tiny",
+            "batch": "16 samples of <= 64 tokens (Nietzsche, GPT-2 BPE)",
+            "threads": threads,
+            "max_loss_rel_diff_lightning_vs_plain": check_same_losses(setup),
+            "overhead": bench_overhead(setup, rounds, steps),
+            "precision_cpu": bench_precision(setup, rounds, steps),
+        }
+        gpu = bench_gpu_gpt2(Path(tmp), 30 if quick else 60)
+        if gpu is not None:
+            result["gpu"] = gpu
+    return result
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    o, p = result["overhead"], result["precision_cpu"]
+    rows = [
+        ("plain PyTorch loop (fp32)", o["plain_torch_tokens_per_s"], 1.0),
+        ("lmfast train step, Lightning (fp32)", o["lmfast_tokens_per_s"], o["lmfast_vs_plain_ratio"]),
+        ("lmfast, Lightning fp32", p["fp32_tokens_per_s"], 1.0),
+        ("lmfast, Lightning bf16-mixed", p["bf16_mixed_tokens_per_s"], p["bf16_vs_fp32_ratio"]),
+    ]
+    print(f"{result['model']}, {result['batch']}, {result['threads']} threads")
+    print(f"{'contender':<40} {'tokens/s':>10} {'ratio':>7}")
+    for name, rate, ratio in rows:
+        print(f"{name:<40} {rate:>10.1f} {ratio:>7.3f}")
+    print(f"Lightning overhead: {o['lightning_overhead_pct']:+.2f}% (goal <= 3%); "
+          f"losses agree within {result['max_loss_rel_diff_lightning_vs_plain']:.1e}")  # fmt: skip
+    if "gpu" in result:
+        g = result["gpu"]
+        print(
+            f"GPU {g['device']}: GPT-2 124M seq 1024 bf16 {g['gpt2_124m_bf16_tokens_per_s']:.0f} tokens/s, MFU {g['mfu']}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    result = run(args.quick, args.threads)
+    _print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
