@@ -164,9 +164,7 @@ class SamplerRows:
         sample. Work is skipped where no row needs it, so an all-greedy batch costs one argmax.
         """
         logits = logits.astype(np.float32, copy=False)
-        width = self.seen.shape[1]
-        if logits.shape[1] != width:  # the model's vocabulary may be padded past the tokenizer's
-            logits = logits[:, :width] if logits.shape[1] > width else logits
+        logits = logits[:, : self.seen.shape[1]]  # a padded vocabulary's extra ids are never drawn
         if np.any(self.repetition_penalty != 1.0):
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
         if self.has_banned.any():

@@ -194,7 +194,8 @@ class DecodeSession:
             rngs=[make_rng(row.params.seed, row.sequence_index) for row in rows],
             prompts=[requests[g].prompt_ids for g in expand],
             banned_ids=[requests[g].banned_ids for g in expand],
-            vocab_size=logits.shape[1],
+            # ids past the tokenizer's vocabulary (padding rows of the embedding) are never drawn
+            vocab_size=min(logits.shape[1], self.codec.vocab_size),
         )
         batch = _Batch(
             rows=rows,

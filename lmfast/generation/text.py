@@ -31,6 +31,11 @@ class TextCodec:
             )
         return cls(Tokenizer.from_file(str(path)))
 
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer can decode; a model's (padded) vocabulary may be larger."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
 

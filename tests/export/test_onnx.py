@@ -86,70 +86,43 @@ def test_failed_fp32_parity_refuses_to_finish(onnx_dir, source_model_dir, monkey
     assert export_module._parity(load_source(source_model_dir), onnx_dir, quantized)["passed"] is False
 
 
-def _lightning_experiment(source_model_dir: Path, root: Path) -> Path:
-    """An experiment dir as DESIGN.md §2 / contract 2 describe it, built by hand: hf/ (model +
-    tokenizer) and checkpoints/last.ckpt in Lightning's format (state_dict keys `model.<HF name>`,
-    hyper_parameters["model_config"] = the HF config dict)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    experiment = root / "experiment" / "0"
-    shutil.copytree(source_model_dir, experiment / "hf")
-    model = AutoModelForCausalLM.from_pretrained(source_model_dir)
-    with torch.no_grad():  # weights that differ from hf/, so the test sees the checkpoint was used
-        model.transformer.h[0].mlp.c_fc.bias.add_(0.5)
-    checkpoint = {
-        "epoch": 3,
-        "global_step": 120,
-        "pytorch-lightning_version": "2.6.6",
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model_config": model.config.to_dict(), "train_config": {}},
-    }
-    (experiment / "checkpoints").mkdir()
-    torch.save(checkpoint, experiment / "checkpoints" / "last.ckpt")
-    return experiment
-
-
 @pytest.mark.slow
-def test_export_of_a_lightning_checkpoint_with_fusions(source_model_dir, tmp_path, capsys, prompts):
+def test_export_of_an_lmfast_trained_checkpoint_with_fusions(trained_experiment, tmp_path, capsys, prompts):
     from lmfast.export.source import load_source
     from lmfast.generation.torch_backend import TorchBackend
 
-    experiment = _lightning_experiment(source_model_dir, tmp_path)
     output = tmp_path / "export"
-    ckpt = experiment / "checkpoints" / "last.ckpt"
+    ckpt = trained_experiment / "checkpoints" / "last.ckpt"
     assert main(["onnx", str(ckpt), "--output", str(output), "--optimize", "--parity_steps", "16"]) == 0
     assert capsys.readouterr().out.startswith(str(output))
     description = json.loads((output / "export.json").read_text())
-    assert description["source"]["kind"] == "checkpoint" and description["source"]["global_step"] == 120
+    assert description["source"]["kind"] == "checkpoint" and description["source"]["global_step"] > 0
     assert description["parity"]["passed"] and description["fusions"].get("SkipLayerNormalization", 0) > 0
 
-    # the export reproduces the checkpoint's weights, not those of hf/ beside it
+    # the export reproduces the checkpoint's model (its vocabulary padded past the tokenizer's)
     params = GenerationParams(max_new_tokens=12, temperature=0.0)
     exported = Generator.load(output)
+    assert exported.info.vocab_size > exported.codec.vocab_size
     from_ckpt = Generator(TorchBackend(load_source(ckpt).model), exported.codec, exported.info)
     assert exported(prompts, params) == from_ckpt(prompts, params)
-    assert exported(prompts, params) != Generator.load(source_model_dir)(prompts, params)
 
 
 @pytest.mark.slow
-def test_int8_export_of_an_experiment_dir(source_model_dir, tmp_path):
+def test_int8_export_of_an_experiment_dir(trained_experiment, tmp_path):
     import onnx
 
     from lmfast.export import export_onnx
 
-    experiment = _lightning_experiment(source_model_dir, tmp_path)
     output = export_onnx(
-        ExportConfig(source=experiment, output=tmp_path / "int8", quantize="int8", parity_steps=8)
+        ExportConfig(source=trained_experiment, output=tmp_path / "int8", quantize="int8", parity_steps=8)
     )
     description = json.loads((output / "export.json").read_text())
     assert description["source"]["kind"] == "experiment" and description["quantize"] == "int8"
+    assert description["source"]["path"] == str(trained_experiment.resolve())
     assert description["parity"]["max_abs_logit_diff"] > 0  # measured and reported, allowed to differ
     ops = {n.op_type for n in onnx.load(str(output / "model.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
-    assert Generator.load(output)(["Truth is"], max_new_tokens=4, temperature=0.0)[0][0]
+    assert len(Generator.load(output)(["Truth is"], max_new_tokens=4, temperature=0.0)[0]) == 1
 
 
 @pytest.mark.slow

@@ -83,3 +83,12 @@ def test_sampler_rows_select_concat_and_greedy_rows():
 def test_seeded_rngs_reproduce_and_differ_by_sequence_index():
     assert make_rng(7, 0).random() == make_rng(7, 0).random()
     assert make_rng(7, 0).random() != make_rng(7, 1).random()
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_drawn():
+    params = [GenerationParams(temperature=0.0), GenerationParams(temperature=1.0, seed=0)]
+    rows = SamplerRows.build(params, [make_rng(0, 0)] * 2, [[0], [0]], [np.array([], int)] * 2, 4)
+    padded = np.array([[0.0, 1.0, 0.0, 0.0, 0.0, 50.0]] * 2, dtype=np.float32)  # a padded vocab of 6
+    for _ in range(5):
+        tokens = rows.next_tokens(padded)
+        assert tokens[0] == 1 and tokens[1] < 4
