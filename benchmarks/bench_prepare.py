@@ -369,6 +369,9 @@ def _print_table(results: dict[str, Any]) -> None:
     print(
         f"corpus.npy byte-identical to the tokenizers reference: {results['corpus_byte_identical_to_tokenizers']}"
     )
+    print(f"\n{'kernel (Cython vs Python reference)':<40} {'cython s':>10} {'python s':>10} {'speedup':>9}")
+    for name, row in results["kernels"].items():
+        print(f"{name:<40} {row['cython_s']:>10.5f} {row['python_s']:>10.5f} {row['speedup']:>9.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

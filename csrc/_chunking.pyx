@@ -139,21 +139,27 @@ def gather_documents(const uint8_t[::1] buf, const int64_t[::1] starts, const in
     cdef uint8_t* flat = <uint8_t*> flat_arr.data
     cdef int64_t* off = <int64_t*> off_arr.data
     cdef const uint8_t* src = &buf[0] if n > 0 else NULL
-    cdef Py_ssize_t w = 0, a, b
+    cdef Py_ssize_t w = 0, a, b, run
+    cdef const uint8_t* cr
     with nogil:
         off[0] = 0
         for i in range(m):
             a = starts[i]
             b = ends[i]
             if crlf:
+                # copy runs between carriage returns with memcpy; drop each '\r' that precedes '\n'
                 j = a
                 while j < b:
-                    if src[j] == 13 and j + 1 < b and src[j + 1] == 10:
+                    cr = <const uint8_t*> memchr(src + j, 13, b - j)
+                    run = (cr - src) - j if cr != NULL else b - j
+                    memcpy(flat + w, src + j, run)
+                    w += run
+                    j += run
+                    if j < b:  # at a '\r'
+                        if not (j + 1 < b and src[j + 1] == 10):
+                            flat[w] = 13
+                            w += 1
                         j += 1
-                        continue
-                    flat[w] = src[j]
-                    w += 1
-                    j += 1
             elif b > a:
                 memcpy(flat + w, src + a, b - a)
                 w += b - a
