@@ -104,24 +104,27 @@ class GenerationJob:
             TimeoutError: past the deadline (the caller cancels the job).
             EngineStoppedError, RuntimeError: the engine stopped or the decode step failed.
         """
-        while self._open > 0:
-            if deadline is None:
+        # one timer per job rather than a wait_for (a task and a timer) per decode step
+        timer = None
+        if deadline is not None:
+            timer = self.loop.call_later(max(0.0, deadline - time.perf_counter()), self._expire)
+        try:
+            while self._open > 0:
                 item = await self._inbox.get()
-            else:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    raise TimeoutError("request timed out")
-                try:
-                    item = await asyncio.wait_for(self._inbox.get(), remaining)
-                except asyncio.TimeoutError:
-                    raise TimeoutError("request timed out") from None
-            if isinstance(item, BaseException):
-                self._open = 0
-                raise item
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self._open -= sum(piece.finished for piece in item)
-            yield item
+                if isinstance(item, BaseException):
+                    self._open = 0
+                    raise item
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                self._open -= sum(piece.finished for piece in item)
+                yield item
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        if self._open > 0:
+            self._inbox.put_nowait(TimeoutError("request timed out"))
 
     # --- called on the loop through call_soon_threadsafe -------------------------------------
     def _on_admitted(self, error: BaseException | None) -> None:

@@ -188,3 +188,18 @@ def test_streaming_usage_chunk_on_request(client, generator):
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 6
     assert last["usage"]["prompt_tokens"] == generator.count_tokens("Truth is")
+
+
+def test_request_timeout_answers_504_and_frees_the_batch(make_client):
+    with make_client(request_timeout_s=0.05) as client:
+        response = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 240})
+        assert response.status_code == 504 and "timed out" in response.json()["detail"]
+        with client.stream(
+            "POST", "/v1/completions", json={"prompt": "x", "max_tokens": 240, "stream": True}
+        ) as r:
+            events = _sse_events(r)
+        assert json.loads(events[-2])["error"]["code"] == 504 and events[-1] == "[DONE]"
+        engine = client.app.state.engine
+        assert engine.stop(timeout=10)  # nothing left running: the timed-out rows were dropped
+        metrics = client.get("/metrics").text
+        assert 'lmfast_rejected_requests_total{reason="timeout"} 2.0' in metrics

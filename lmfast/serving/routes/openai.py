@@ -126,6 +126,8 @@ async def _sse(
     `stream_options`).
     """
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    # every chunk shares its head: serialize it once, then only the choices per decode step
+    prefix = "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ', "choices": '
     tokens = 0
     try:
         async for pieces in dispatch.stream(engine, request, job, deadline, _ROUTE):
@@ -141,7 +143,7 @@ async def _sse(
                 if p.text or p.finished
             ]
             if choices:
-                yield f"data: {json.dumps({**head, 'choices': choices}, ensure_ascii=False)}\n\n"
+                yield prefix + json.dumps(choices, ensure_ascii=False) + "}\n\n"
     except HTTPException as exc:  # headers are sent: report the failure in-band, as OpenAI does
         error = {"error": {"message": exc.detail, "type": "server_error", "code": exc.status_code}}
         yield f"data: {json.dumps(error)}\n\n"
