@@ -155,12 +155,13 @@ class DecodeSession:
             batch.attention_mask = mask
             batch.next_position = batch.next_position + 1
             events += self._advance(batch, batch.sampler.next_tokens(logits))
+            self._drop_finished()  # rows done now free their places for waiting ones
         admitted = self._admit()
         if admitted:
             fresh, logits = self._prefill(admitted)
             events += self._advance(fresh, fresh.sampler.next_tokens(logits))
-            self._batch = fresh if batch is None else self._merge(batch, fresh)
-        self._drop_finished()
+            self._batch = fresh if self._batch is None else self._merge(self._batch, fresh)
+            self._drop_finished()
         return events
 
     def _admit(self) -> list[_Request]:

@@ -219,3 +219,12 @@ def test_load_rejects_what_is_not_a_model(tmp_path):
         Generator.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         Generator.load(tmp_path / "missing")
+
+
+def test_a_finishing_row_frees_its_place_in_the_same_step(torch_generator, prompts):
+    session = torch_generator.session(max_batch_size=1)
+    [first] = session.add(prompts[0], GREEDY.replace(max_new_tokens=2))
+    [second] = session.add(prompts[1], GREEDY)
+    assert [e.row_id for e in session.step()] == [first]
+    events = session.step()
+    assert [(e.row_id, e.finished) for e in events] == [(first, True), (second, False)]
