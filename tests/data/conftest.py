@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmfast.data.chunking import samples_of_documents
+from lmfast.data.chunking import native_available, samples_of_documents
 from lmfast.data.tokenizers import Tokenizer, load_tokenizer
+
+# without the built extension, native-only tests skip -- unless CI demands it (then they fail loudly)
+NATIVE_MISSING = not native_available() and os.environ.get("LMFAST_REQUIRE_NATIVE") != "1"
+needs_native = pytest.mark.skipif(
+    NATIVE_MISSING, reason="Cython kernels not built (python setup.py build_ext --inplace)"
+)
+KERNEL_BACKENDS = ["python"] if NATIVE_MISSING else ["cython", "python"]
 
 ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
 

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmfast.data import chunking
+from tests.data.conftest import needs_native
 
-pytestmark = pytest.mark.skipif(not chunking.native_available(), reason="Cython kernels not built")
+pytestmark = needs_native
 
 DELIM = b"[END]"
 LINE_PARTS = st.sampled_from(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from lmfast.data import engines
 from lmfast.data.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare, write_split
+from tests.data.conftest import KERNEL_BACKENDS, needs_native
 
 REPO = Path(__file__).resolve().parents[2]
 DELIMITER = "[END_OF_DOCUMENT]"
@@ -132,7 +133,7 @@ def test_samples_decode_to_documents(tmp_path, nietzsche_dir, gpt2, documents_of
 
 
 @pytest.mark.parametrize("engine", ["gigatoken", "tiktoken", "tokenizers"])
-@pytest.mark.parametrize("kernels", ["cython", "python"])
+@pytest.mark.parametrize("kernels", [pytest.param("cython", marks=needs_native), "python"])
 def test_every_engine_and_backend_writes_identical_bytes(tmp_path, nietzsche_dir, engine, kernels):
     valid = nietzsche_dir / "valid.txt"
     baseline = prepare(
@@ -207,7 +208,7 @@ def gigatoken_engine(gpt2):
     max_len=st.integers(1, 12),
     min_len=st.integers(1, 12),
     window=st.sampled_from([64, 97, 256, 1 << 20]),
-    kernels=st.sampled_from(["cython", "python"]),
+    kernels=st.sampled_from(KERNEL_BACKENDS),
 )
 def test_against_reference_on_random_files(
     tmp_path_factory,
