@@ -1,16 +1,20 @@
 """Serving throughput: `lmfast serve` with continuous batching vs batching off vs `transformers serve`.
 
-    python benchmarks/bench_serve.py [--quick] [--model DIR] [--json PATH]
+    python benchmarks/bench_serve.py [--quick] [--model HF_DIR] [--json PATH]
 
-Three real servers on loopback, each its own process, all on the same Hugging Face model directory
-(a random-weight GPT-2 built once if --model is not given) and the same thread count:
-  (a) lmfast serve --max_batch_size 32 (iteration-level batching)
-  (b) lmfast serve --max_batch_size 1  (batching off: one request at a time)
-  (c) transformers serve --continuous-batching (needs `transformers[serving]`, i.e. accelerate)
+Real servers on loopback, each its own process with the same intra-op thread count, all serving
+one model: a Hugging Face directory (a random-weight GPT-2, 4 layers x 256, built once if --model
+is not given) and its `lmfast export onnx` export, i.e. the same weights:
+  (a) lmfast_batched        lmfast serve EXPORT --max_batch_size 32 (iteration-level batching)
+  (b) lmfast_batch1         lmfast serve EXPORT --max_batch_size 1  (batching off)
+  (a') lmfast_batched_torch lmfast serve HF_DIR --backend torch --max_batch_size 32 (same runtime as (c))
+  (c) transformers          transformers serve HF_DIR --continuous-batching (needs accelerate,
+                            i.e. `pip install 'transformers[serving]'`)
 An async httpx load generator keeps C requests in flight (closed loop) for C in 1, 8, 32; every
-request streams 64 new tokens greedily (OpenAI /v1/completions, stream_options.include_usage).
-Contenders alternate within each concurrency level. Before timing, greedy outputs of (a), sent
-concurrently so they share batches, must equal (b)'s; (c)'s agreement is reported.
+request streams 64 new tokens greedily (OpenAI /v1/completions with stream_options.include_usage);
+(a) also runs non-streamed, for the streaming overhead. Contenders alternate within each level.
+Before timing, greedy outputs of (a), sent concurrently so that they share batches, must equal
+(b)'s; how many of (a')'s and (c)'s agree is reported.
 Prints requests/s, generated tokens/s, time to first token, p50/p99 latency and the ratios.
 """
 
@@ -84,6 +88,30 @@ def ensure_model(directory: Path, n_layer: int = 4, n_embd: int = 256) -> Path:
     return directory
 
 
+def ensure_export(model: Path, device: str) -> Path | str:
+    """The ONNX export of `model` (`lmfast export onnx`, built once), or why it could not be made."""
+    target = model.parent / f"{model.name}_onnx"
+    if (target / "model.onnx").is_file():
+        return target
+    command = [
+        sys.executable,
+        "-m",
+        "lmfast",
+        "export",
+        "onnx",
+        str(model),
+        "--output",
+        str(target),
+        "--overwrite",
+    ]
+    if device == "cuda":
+        command += ["--precision", "fp16"]
+    done = subprocess.run(command, cwd=REPO, env=thread_env(2), capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"lmfast export onnx failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+    return target
+
+
 # --- servers --------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -143,8 +171,10 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def lmfast_server(name: str, model: Path, max_batch_size: int, threads: int, device: str) -> Server:
-    command = [sys.executable, "-m", "lmfast", "serve", str(model), "--port", "{port}", "--backend", "torch"]
+def lmfast_server(
+    name: str, model: Path, max_batch_size: int, threads: int, device: str, backend: str = "onnx"
+) -> Server:
+    command = [sys.executable, "-m", "lmfast", "serve", str(model), "--port", "{port}", "--backend", backend]
     command += ["--provider", device, "--num_threads", str(threads), "--max_batch_size", str(max_batch_size)]
     command += ["--queue_size", "1024", "--request_timeout_s", "3600", "--log_level", "warning"]
     return Server(name, command, thread_env(threads), "/health_check/", model.name)
@@ -268,11 +298,21 @@ def run(
 ) -> dict[str, Any]:
     """Start the servers, check correctness, time every contender at every concurrency level."""
     model = ensure_model(model or Path(tempfile.gettempdir()) / "lmfast_bench_serve_gpt2")
-    servers: list[Server] = [
-        lmfast_server("lmfast_batched", model, 32, threads, device),
-        lmfast_server("lmfast_batch1", model, 1, threads, device),
-    ]
     skipped: dict[str, str] = {}
+    # (a) and (b) serve what `lmfast serve` is for: the ONNX export of the very HF dir (c) serves;
+    # the torch-backend server on the HF dir itself compares the batching engines on one runtime
+    export = ensure_export(model, device)
+    if isinstance(export, str):
+        skipped["onnx"] = export + "; (a) and (b) use the torch backend"
+        export, backend = model, "torch"
+    else:
+        backend = "onnx"
+    servers: list[Server] = [
+        lmfast_server("lmfast_batched", export, 32, threads, device, backend),
+        lmfast_server("lmfast_batch1", export, 1, threads, device, backend),
+    ]
+    if backend == "onnx":
+        servers.append(lmfast_server("lmfast_batched_torch", model, 32, threads, device, "torch"))
     if with_transformers:
         theirs = transformers_server(model, threads, device)
         if isinstance(theirs, str):
@@ -297,7 +337,8 @@ def run(
         for server in servers:  # warm-up: first-request costs (transformers compiles its CB manager)
             asyncio.run(run_load(server, 8, 8, 8, stream=True))
         for concurrency in concurrencies:
-            n_requests = max(4, concurrency) if quick else max(16, 2 * concurrency)
+            # several waves per client, so that batch-1 queueing reaches its steady state
+            n_requests = max(8, concurrency) if quick else max(24, 3 * concurrency)
             for server in servers:
                 stats = asyncio.run(run_load(server, concurrency, n_requests, new_tokens, stream=True))
                 runs.append(stats)
@@ -309,7 +350,7 @@ def run(
     finally:
         for server in servers:
             server.stop()
-    return summarize(runs, correctness, skipped, model, threads, new_tokens, device, quick)
+    return summarize(runs, correctness, skipped, model, backend, threads, new_tokens, device, quick)
 
 
 def check_correctness(servers: dict[str, Server], new_tokens: int) -> dict[str, Any]:
@@ -320,6 +361,9 @@ def check_correctness(servers: dict[str, Server], new_tokens: int) -> dict[str, 
     if batched != single:
         raise AssertionError(f"batched greedy output differs from unbatched:\n{batched}\n{single}")
     report: dict[str, Any] = {"batched_equals_unbatched": True, "prompts": len(prompts)}
+    if "lmfast_batched_torch" in servers:
+        torch_texts = asyncio.run(greedy_texts(servers["lmfast_batched_torch"], prompts, new_tokens))
+        report["torch_backend_same_text"] = sum(a == b for a, b in zip(batched, torch_texts, strict=True))
     if "transformers" in servers:
         theirs = asyncio.run(greedy_texts(servers["transformers"], prompts, new_tokens))
         report["transformers_same_text"] = sum(a == b for a, b in zip(batched, theirs, strict=True))
@@ -341,6 +385,7 @@ def summarize(
     correctness: dict[str, Any],
     skipped: dict[str, str],
     model: Path,
+    backend: str,
     threads: int,
     new_tokens: int,
     device: str,
@@ -361,6 +406,9 @@ def summarize(
             entry["p50_latency_ratio_batch1_over_batched"] = b.latency_p50_s / a.latency_p50_s
         if a and c:
             entry["tokens_per_s_vs_transformers"] = a.tokens_per_s / c.tokens_per_s
+        torch_a = find("lmfast_batched_torch", concurrency)
+        if torch_a and c:
+            entry["torch_backend_tokens_per_s_vs_transformers"] = torch_a.tokens_per_s / c.tokens_per_s
         if a and plain:
             entry["stream_over_nonstream_throughput_ratio"] = a.tokens_per_s / plain.tokens_per_s
         ratios[f"c{concurrency}"] = entry
@@ -383,6 +431,7 @@ def summarize(
         goals["streaming_keeps_ge_90pct"] = min(stream_ratios) >= 0.9
     return {
         "model": str(model),
+        "backend": backend,
         "device": device,
         "threads": threads,
         "new_tokens": new_tokens,
