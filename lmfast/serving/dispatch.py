@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from lmfast.generation.params import GenerationParams
-from lmfast.serving.batching import BatchingEngine, EngineStoppedError, GenerationJob, Piece, QueueFullError
+from lmfast.serving.batching import BatchingEngine, EngineStoppedError, GenerationJob, QueueFullError
 from lmfast.serving.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
@@ -159,29 +159,13 @@ async def collect(
         results = await until_disconnect(request, _collect(job, deadline))
     except BaseException as exc:
         engine.cancel(job)
-        raise _http_error(request.app.state.metrics, exc) from None
+        raise http_error(request.app.state.metrics, exc) from None
     observe_finished(request.app.state.metrics, job, route)
     return results
 
 
-async def stream(
-    engine: BatchingEngine, request: Request, job: GenerationJob, deadline: float, route: str
-) -> AsyncIterator[list[Piece]]:
-    """Yield an admitted job's pieces as decoded; the caller cancels the job if the client leaves.
-
-    Raises:
-        HTTPException: as `collect`, mid-stream (the caller turns it into an error event).
-    """
-    try:
-        async for pieces in job.pieces(deadline):
-            yield pieces
-    except Exception as exc:
-        engine.cancel(job)
-        raise _http_error(request.app.state.metrics, exc) from None
-    observe_finished(request.app.state.metrics, job, route)
-
-
-def _http_error(metrics: ServeMetrics, exc: BaseException) -> BaseException:
+def http_error(metrics: ServeMetrics, exc: BaseException) -> BaseException:
+    """The HTTP answer to a failed job (an HTTPException), or `exc` itself when nobody listens."""
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         metrics.rejected.labels("timeout").inc()
         return HTTPException(504, "request timed out while generating")

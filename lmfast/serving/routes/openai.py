@@ -128,9 +128,11 @@ async def _sse(
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
     # every chunk shares its head: serialize it once, then only the choices per decode step
     prefix = "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ', "choices": '
+    metrics = request.app.state.metrics
     tokens = 0
     try:
-        async for pieces in dispatch.stream(engine, request, job, deadline, _ROUTE):
+        # job.pieces directly, not through another async generator: this loop runs once per token
+        async for pieces in job.pieces(deadline):
             tokens += len(pieces)
             choices = [
                 {
@@ -144,10 +146,16 @@ async def _sse(
             ]
             if choices:
                 yield prefix + json.dumps(choices, ensure_ascii=False) + "}\n\n"
-    except HTTPException as exc:  # headers are sent: report the failure in-band, as OpenAI does
-        error = {"error": {"message": exc.detail, "type": "server_error", "code": exc.status_code}}
+    except Exception as exc:
+        engine.cancel(job)
+        failure = dispatch.http_error(metrics, exc)
+        if not isinstance(failure, HTTPException):
+            raise failure from None
+        # headers are sent: report the failure in-band, as OpenAI does
+        error = {"error": {"message": failure.detail, "type": "server_error", "code": failure.status_code}}
         yield f"data: {json.dumps(error)}\n\n"
     else:
+        dispatch.observe_finished(metrics, job, _ROUTE)
         if include_usage:
             usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": tokens}
             usage["total_tokens"] = job.prompt_tokens + tokens
