@@ -26,6 +26,9 @@ from lmfast.serving.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
 
+QUIET_S = 0.001
+"""While gathering a first batch, a gap this long between arrivals ends the burst."""
+
 
 class QueueFullError(RuntimeError):
     """The waiting queue is full; the client should retry after `retry_after_s` seconds (HTTP 429)."""
@@ -291,13 +294,20 @@ class BatchingEngine:
         self._fail_all(rows, EngineStoppedError("the server shut down before this request finished"))
 
     def _gather(self) -> None:
-        """Idle model, jobs waiting: wait up to max_wait for enough rows to fill a batch (lock held)."""
+        """Idle model, jobs waiting: let a burst of arrivals gather into one prefill (lock held).
+
+        Waits up to `max_wait_ms` for enough rows to fill a batch, but stops as soon as no new job
+        arrived for `QUIET_S`: a lone client pays about a millisecond, not the whole window.
+        """
         deadline = time.monotonic() + self.max_wait_s
         while not self._stopping and sum(j.n_rows for j in self._waiting) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._cond.wait(remaining)
+            before = len(self._waiting)
+            self._cond.wait(min(remaining, QUIET_S))
+            if len(self._waiting) == before:
+                break
 
     def _pop_admissible(self, active_rows: int) -> list[GenerationJob]:
         """First-come first-served jobs whose rows fit (lock held); an oversized job runs alone."""
