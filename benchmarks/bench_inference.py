@@ -2,7 +2,8 @@
 
 Random-weight GPT-2 models of the distilgpt2 shape (6 layers, 768 wide, 82M) and a small one
 (under 30M); prompt 32 tokens, 64 new tokens, greedy, batch 1 and 8; every contender at the same
-explicit thread count. Greedy tokens of lmfast torch and ONNX fp32 are checked against HF
+explicit thread count. The ONNX exports are made with `--optimize`; ONNX Runtime runs with
+spinning off (lmfast's default). Greedy tokens of lmfast torch and ONNX fp32 are checked against HF
 `generate` before anything is timed (int8 reports its token agreement instead). Contenders
 alternate within each round, and the median round is reported.
 
@@ -47,10 +48,14 @@ def _make_model_dir(root: Path, name: str, shape: dict[str, int]) -> Path:
     return directory
 
 
-def _export(source: Path, output: Path, quantize: str) -> Path:
+def _export(source: Path, output: Path, quantize: str = "none", precision: str = "fp32") -> Path:
+    """`lmfast export onnx --optimize` (ONNX Runtime's fusions; fp32 parity still enforced)."""
     from lmfast.export import ExportConfig, export_onnx
 
-    return export_onnx(ExportConfig(source=source, output=output, quantize=quantize, parity_steps=8))
+    config = ExportConfig(
+        source=source, output=output, quantize=quantize, precision=precision, optimize=True, parity_steps=8
+    )
+    return export_onnx(config)
 
 
 def _lmfast_runner(generator, prompts: np.ndarray):
@@ -119,8 +124,8 @@ def bench_model(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         source = _make_model_dir(root, name, shape)
-        fp32_dir = _export(source, root / "fp32", "none")
-        int8_dir = _export(source, root / "int8", "int8")
+        fp32_dir = _export(source, root / "fp32")
+        int8_dir = _export(source, root / "int8", quantize="int8")
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         params = sum(p.numel() for p in hf_model.parameters())
         generators = {
@@ -131,10 +136,7 @@ def bench_model(
         cuda_generators = {}
         if cuda:
             cuda_generators["lmfast_onnx_fp32_cuda"] = Generator.load(fp32_dir, provider="cuda")
-            fp16_dir = root / "fp16"
-            from lmfast.export import ExportConfig, export_onnx
-
-            export_onnx(ExportConfig(source=source, output=fp16_dir, precision="fp16", parity_steps=8))
+            fp16_dir = _export(source, root / "fp16", precision="fp16")
             cuda_generators["lmfast_onnx_fp16_cuda"] = Generator.load(fp16_dir, provider="cuda")
         results = []
         for batch in batches:
@@ -172,17 +174,19 @@ def bench_model(
                     "token_agreement_with_hf": agreement[key],
                 }
             results.append({"name": f"{name} batch {batch}", "batch": batch, "contenders": rows})
+            progress = ", ".join(f"{k} {v['ms_per_token_step']} ms" for k, v in rows.items())
+            print(f"[bench_inference] {name} batch {batch}: {progress}", file=sys.stderr, flush=True)
     return {"model": name, "parameters": params, "threads": threads, "runs": results}
 
 
-def run(quick: bool, threads: int = 2, cuda: bool | None = None) -> dict:
+def run(quick: bool, threads: int = 2, cuda: bool | None = None, rounds: int | None = None) -> dict:
     """Run the benchmark; quick: the small model only, 2 rounds."""
     import onnxruntime as ort
 
     if cuda is None:
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     shapes = {k: v for k, v in SHAPES.items() if not quick or k.startswith("small")}
-    rounds = 2 if quick else 5
+    rounds = rounds or (2 if quick else 5)
     models = [bench_model(name, shape, threads, [1, 8], rounds, cuda) for name, shape in shapes.items()]
     return {
         "prompt_tokens": PROMPT_TOKENS,
@@ -214,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small model only, 2 rounds")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender")
     parser.add_argument("--cuda", action="store_true", default=None, help="also time the CUDA provider")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (median kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
-    result = run(args.quick, threads=args.threads, cuda=args.cuda)
+    result = run(args.quick, threads=args.threads, cuda=args.cuda, rounds=args.rounds)
     _print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -81,7 +81,7 @@ class Generator:
             codec=TextCodec.load(directory),
             info=ModelInfo.from_config(config),
             default_params=_default_params(directory),
-            model_name=Path(path).resolve().name,
+            model_name=_model_name(Path(path)),
         )
 
     @property
@@ -142,6 +142,12 @@ class Generator:
             for event in session.step():
                 if event.text:
                     yield event.text
+
+
+def _model_name(path: Path) -> str:
+    """The directory's name; a versioned experiment dir (`<name>/<N>`) is called `name/N`."""
+    path = path.resolve()
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
 
 
 def _default_params(directory: Path) -> GenerationParams:

@@ -205,10 +205,12 @@ def test_generation_stops_at_the_context_end(torch_generator, run_to_end):
 def test_loads_an_experiment_dir_through_its_hf_subdir(varied_model_dir, tmp_path):
     from lmfast.generation import Generator
 
-    (tmp_path / "exp").mkdir()
-    (tmp_path / "exp" / "hf").symlink_to(varied_model_dir, target_is_directory=True)
-    generator = Generator.load(tmp_path / "exp")
+    experiment = tmp_path / "nietzsche" / "0"
+    experiment.mkdir(parents=True)
+    (experiment / "hf").symlink_to(varied_model_dir, target_is_directory=True)
+    generator = Generator.load(experiment)
     assert generator.backend.name == "torch" and generator.max_context == 128
+    assert generator.model_name == "nietzsche/0"
     assert generator.count_tokens("Hello world") == 2
 
 
