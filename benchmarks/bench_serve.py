@@ -293,6 +293,7 @@ def run(
     rounds: int | None = None,
 ) -> dict[str, Any]:
     """Start the servers, check correctness, time every contender at every concurrency level."""
+    load_before = os.getloadavg()
     model = ensure_model(model or Path(tempfile.gettempdir()) / "lmfast_bench_serve_gpt2")
     skipped: dict[str, str] = {}
     # (a) and (b) serve what `lmfast serve` is for: the ONNX export of the very HF dir (c) serves;
@@ -347,7 +348,10 @@ def run(
     finally:
         for server in servers:
             server.stop()
-    return summarize(runs, correctness, skipped, model, backend, threads, new_tokens, device, quick)
+    result = summarize(runs, correctness, skipped, model, backend, threads, new_tokens, device, quick)
+    # other processes on the machine slow some rounds down: say how busy it was
+    result["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
+    return result
 
 
 def check_correctness(servers: dict[str, Server], new_tokens: int) -> dict[str, Any]:
@@ -458,6 +462,8 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"{level:>4}: " + ", ".join(parts))
     for name, reason in result["skipped"].items():
         print(f"skipped {name}: {reason}")
+    before, after = result["load_average_before_after"]
+    print(f"machine load average (1 min) before/after: {before:.1f}/{after:.1f} on {os.cpu_count()} CPUs")
     print("goals:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in result["goals"].items()))
 
 
