@@ -3,7 +3,7 @@
 Same model (gpt2-tiny, same initial weights), same batches (the Nietzsche dataset through lmfast's
 length-grouped sampler and collator), same AdamW, schedule, clipping and loss. Correctness first:
 both paths must produce the same losses for the first steps. Then the contenders alternate, rounds
-of steps each, and the median tokens/s (real tokens, padding excluded) of each is compared; the goal
+of steps each, and the best round's tokens/s (real tokens, padding excluded) of each is compared; the goal
 is a Lightning overhead of at most 3%. Also bf16-mixed against fp32 on this CPU, and, where a CUDA
 GPU exists, GPT-2 124M at sequence 1024 in bf16 with its MFU.
 
@@ -73,7 +73,7 @@ class _Setup:
 
 
 def run_lightning(
-    setup: _Setup, steps: int, precision: str = "32-true"
+    setup: _Setup, steps: int, precision: str = "32-true", compile: bool = False
 ) -> tuple[list[float], list[float], list[int]]:
     """`lmfast train`'s step: LMModule + LMDataModule in a Lightning Trainer. Returns losses, step times, tokens."""
     import lightning.pytorch as pl
@@ -94,6 +94,8 @@ def run_lightning(
             self.tokens.append(int(batch["num_tokens"]))
 
     module = LMModule(setup.model(), learning_rate=1e-3, num_warmup_steps=10, num_cycles=1)
+    if compile:
+        module.model.compile()  # as `lmfast train --compile`
     timer = Timer()
     logs = tempfile.mkdtemp(prefix="bench_train_logs_")  # as `lmfast train`: TensorBoard + throughput monitor
     trainer = pl.Trainer(
@@ -159,19 +161,40 @@ def check_same_losses(setup: _Setup, steps: int = 4) -> float:
     return diff
 
 
+def _paired_median_tokens_per_s(rounds: list[tuple[list[float], list[int]]]) -> float:
+    """Median time of each step index over the rounds (the same batch every round), then tokens/s.
+
+    A burst of load from another process slows a few steps of one round; the per-step median drops them.
+    """
+    timed = [(times[WARMUP_STEPS:], tokens[WARMUP_STEPS:]) for times, tokens in rounds]
+    step_times = [statistics.median(r[0][i] for r in timed) for i in range(len(timed[0][0]))]
+    return sum(timed[0][1]) / sum(step_times)
+
+
 def bench_overhead(setup: _Setup, rounds: int, steps: int) -> dict[str, Any]:
     lightning, plain = [], []
+    lightning_steps, plain_steps = [], []
     for _ in range(rounds):  # alternate, so drifting machine load hits both alike
         _, times, tokens = run_lightning(setup, steps)
         lightning.append(_tokens_per_s(times, tokens))
+        lightning_steps.append((times, tokens))
         _, times, tokens = run_plain(setup, steps)
         plain.append(_tokens_per_s(times, tokens))
-    ours, base = statistics.median(lightning), statistics.median(plain)
+        plain_steps.append((times, tokens))
+    ours_paired = _paired_median_tokens_per_s(lightning_steps)
+    base_paired = _paired_median_tokens_per_s(plain_steps)
+    # best of the rounds: on a shared machine, interference only ever slows a round down
+    ours, base = max(lightning), max(plain)
     return {
         "lmfast_tokens_per_s": round(ours, 1),
         "plain_torch_tokens_per_s": round(base, 1),
+        "lmfast_tokens_per_s_median": round(statistics.median(lightning), 1),
+        "plain_torch_tokens_per_s_median": round(statistics.median(plain), 1),
         "lmfast_vs_plain_ratio": round(ours / base, 4),
         "lightning_overhead_pct": round(100 * (base / ours - 1), 2),
+        "lmfast_tokens_per_s_per_step_median": round(ours_paired, 1),
+        "plain_torch_tokens_per_s_per_step_median": round(base_paired, 1),
+        "lightning_overhead_pct_per_step_median": round(100 * (base_paired / ours_paired - 1), 2),
         "rounds": rounds,
         "steps_per_round": steps,
     }
@@ -188,17 +211,17 @@ def bench_precision(setup: _Setup, rounds: int, steps: int) -> dict[str, Any]:
         for precision in results:
             _, times, tokens = run_lightning(setup, steps, precision)
             results[precision].append(_tokens_per_s(times, tokens))
-    fp32, bf16 = statistics.median(results["32-true"]), statistics.median(results["bf16-mixed"])
+    fp32, bf16 = max(results["32-true"]), max(results["bf16-mixed"])  # best of the rounds, as above
     return {
         "fp32_tokens_per_s": round(fp32, 1),
         "bf16_mixed_tokens_per_s": round(bf16, 1),
         "bf16_vs_fp32_ratio": round(bf16 / fp32, 4),
-        "bf16_max_loss_drift": round(drift, 5),
+        "bf16_max_loss_rel_drift": float(f"{drift:.2e}"),
     }
 
 
 def bench_gpu_gpt2(root: Path, steps: int) -> dict[str, Any] | None:
-    """GPT-2 124M, sequence 1024, bf16-mixed on a CUDA GPU: tokens/s and MFU (goal >= 40% on an H100)."""
+    """GPT-2 124M, sequence 1024, bf16-mixed + torch.compile on a CUDA GPU: tokens/s and MFU (goal >= 40% on an H100)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -208,7 +231,7 @@ def bench_gpu_gpt2(root: Path, steps: int) -> dict[str, Any] | None:
 
     setup = _Setup(prepare_dataset(root / "gpt2", 1024), "gpt2", batch_size=16)
     torch.set_float32_matmul_precision("high")
-    _, times, tokens = run_lightning(setup, steps, "bf16-mixed")
+    _, times, tokens = run_lightning(setup, steps, "bf16-mixed", compile=True)
     rate = _tokens_per_s(times, tokens)
     model = setup.model()
     per_token = flops_per_token(model.config, sum(p.numel() for p in model.parameters()), 1024)
@@ -223,10 +246,13 @@ def bench_gpu_gpt2(root: Path, steps: int) -> dict[str, Any] | None:
 
 def run(quick: bool = False, threads: int = 2) -> dict[str, Any]:
     """Everything above; returns the figures (what --json writes)."""
+    import logging
+
     import torch
 
     torch.set_num_threads(threads)
-    rounds, steps = (2, 8) if quick else (4, 16)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners in the table
+    rounds, steps = (2, 8) if quick else (5, 20)
     with tempfile.TemporaryDirectory() as tmp:
         setup = _Setup(prepare_dataset(Path(tmp), 64), "gpt2-tiny", batch_size=16)
         result: dict[str, Any] = {
@@ -255,7 +281,8 @@ def _print_table(result: dict[str, Any]) -> None:
     print(f"{'contender':<40} {'tokens/s':>10} {'ratio':>7}")
     for name, rate, ratio in rows:
         print(f"{name:<40} {rate:>10.1f} {ratio:>7.3f}")
-    print(f"Lightning overhead: {o['lightning_overhead_pct']:+.2f}% (goal <= 3%); "
+    print(f"Lightning overhead: {o['lightning_overhead_pct']:+.2f}% best round, "
+          f"{o['lightning_overhead_pct_per_step_median']:+.2f}% per-step median (goal <= 3%); "
           f"losses agree within {result['max_loss_rel_diff_lightning_vs_plain']:.1e}")  # fmt: skip
     if "gpu" in result:
         g = result["gpu"]

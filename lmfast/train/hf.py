@@ -31,8 +31,11 @@ def checkpoint_to_hf(checkpoint_path: str | Path, output_dir: str | Path, tokeni
             f"{checkpoint_path}: state_dict does not fit the model (missing {missing}, unexpected {unexpected})"
         )
     model.tie_weights()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    if config.vocab_size > len(tokenizer):
+        # rows added to round the vocabulary up (50257 -> 50304) are no tokens: never generate them
+        model.generation_config.suppress_tokens = list(range(len(tokenizer), config.vocab_size))
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir

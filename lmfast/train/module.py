@@ -75,10 +75,12 @@ class LMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
         loss = losses["total"]
-        # one host sync per step: a NaN must stop the run before it reaches a checkpoint
-        if not torch.isfinite(loss):
+        # one host sync per step: a NaN must stop the run before it reaches a checkpoint; decided by all
+        # ranks together, so no rank is left waiting in a collective when another one stops
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step}; stopped, the last good "
+                f"non-finite training loss ({loss.item()} on rank {self.global_rank}) at step {self.global_step}; stopped, the last good "
                 "checkpoint is kept (lower --learning_rate, raise --num_warmup_steps or use bf16 instead of fp16)"
             )
         log = {
@@ -115,6 +117,36 @@ class LMModule(pl.LightningModule):
         self.log_dict(metrics, prog_bar=False, sync_dist=False, rank_zero_only=False)
         self.log("val_loss", lm, prog_bar=True, logger=False)
         self._valid_sums = []
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm, also with the fused AdamW under mixed precision.
+
+        Lightning's AMP plugin refuses to clip when the optimizer unscales gradients inside its own
+        step (fused AdamW). Here the gradients are unscaled first where a loss scaler exists (16-mixed;
+        torch's GradScaler then skips its own unscale), so the norm is taken on the true gradients.
+        Sharded strategies keep Lightning's own clipping.
+        """
+        if not gradient_clip_val:
+            return
+        sharded = type(self.trainer.strategy).__name__ in (
+            "FSDPStrategy",
+            "DeepSpeedStrategy",
+            "ModelParallelStrategy",
+        )
+        if sharded or gradient_clip_algorithm not in (None, "norm"):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], gradient_clip_val
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = make_adamw(self.model, self.learning_rate, self.weight_decay, self.betas)

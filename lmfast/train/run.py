@@ -147,12 +147,6 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     tokenizer = DatasetTokenizer.from_dataset(dataset_dir, dataset.description)
     train_lengths = dataset.train.lengths()
     max_length = int(max(train_lengths.max(), dataset.valid.lengths().max() if len(dataset.valid) else 0))
-    corpus_max = int(dataset.train.corpus.max()) if len(dataset.train.corpus) else 0
-    if corpus_max >= tokenizer.vocab_size:
-        raise TrainInputError(
-            f"--dataset_dir {dataset_dir}: token id {corpus_max} is outside its vocabulary of {tokenizer.vocab_size}"
-        )
-
     if len(dataset.train) < config.batch_size:  # checked again per device once the world size is known
         raise TrainInputError(
             f"--batch_size {config.batch_size}: larger than the dataset ({len(dataset.train)} train samples)"

@@ -164,3 +164,19 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     last = torch.load(experiment / "checkpoints" / "last.ckpt", weights_only=True)
     assert 1 <= last["global_step"] < 20
     assert (experiment / "hf" / "config.json").is_file()
+
+
+def test_bf16_mixed_with_clipping_fused_adamw_and_unlikelihood(dataset_dir, tmp_path):
+    config = TrainConfig(
+        dataset_dir=str(dataset_dir), model="gpt2-tiny", experiments_root=str(tmp_path), precision="bf16-mixed",
+        batch_size=4, max_steps=3, gradient_clip_val=0.5, unlikelihood_alpha=0.5, log_every_n_steps=1,
+        num_workers=0, val_check_interval=3, limit_val_batches=1, num_generated_samples=0,
+    )  # fmt: skip
+    experiment = train(config)
+    lm, ul, total = (read_scalars(experiment, f"train/{t}") for t in ("lm_loss", "ul_loss", "loss"))
+    assert len(total) == 3
+    for step, value in total.items():
+        assert value == pytest.approx(lm[step] + 0.5 * ul[step], rel=1e-2)  # logged in bf16
+        assert 0 < ul[step] < 1
+    assert read_scalars(experiment, "valid/ul_loss")
+    assert json.loads((experiment / "description.json").read_text())["resolved_precision"] == "bf16-mixed"
