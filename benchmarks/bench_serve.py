@@ -216,24 +216,62 @@ async def one_request(
         latency = time.perf_counter() - started
         return latency, latency, int(data["usage"]["completion_tokens"]), data["choices"][0]["text"]
     body.update(stream=True, stream_options={"include_usage": True})
-    first: float | None = None
-    received: list[bytes] = []
-    async with client.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
-        # raw bytes, split once at the end: parsing every event as it arrives would make the load
-        # generator, which shares the CPU with the servers, a bottleneck of the streamed runs
-        async for data in response.aiter_raw():
-            if first is None and b"data: " in data:
-                first = time.perf_counter()
-            received.append(data)
+    first, raw = await _stream_raw(client.base_url.host, client.base_url.port, body)
     latency = time.perf_counter() - started
-    events = [e[6:] for e in b"".join(received).split(b"\n\n") if e.startswith(b"data: ")]
+    events = [e[6:] for e in _dechunk(raw).split(b"\n\n") if e.startswith(b"data: ")]
     events = [e for e in events if e != b"[DONE]"]
     tokens = len(events)
     for event in events[-2:]:
         if b'"usage"' in event and (usage := json.loads(event).get("usage")):
             tokens = int(usage["completion_tokens"])
     return latency, (first or time.perf_counter()) - started, tokens, ""
+
+
+async def _stream_raw(host: str, port: int, body: dict[str, Any]) -> tuple[float | None, bytes]:
+    """POST a streamed completion over a bare asyncio connection; returns (first event time, body).
+
+    The load generator shares the CPU with the servers, so a streamed run must cost it little per
+    event: no HTTP client stack, just socket reads, with the body parsed once at the end.
+    """
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    first: float | None = None
+    received: list[bytes] = []
+    try:
+        writer.write(head + payload)
+        while data := await reader.read(65536):
+            if first is None and b"data: " in data:
+                first = time.perf_counter()
+            received.append(data)
+    finally:
+        writer.close()
+    response = b"".join(received)
+    header, _, content = response.partition(b"\r\n\r\n")
+    status = header.split(b" ", 2)[1:2]
+    if status != [b"200"]:
+        raise RuntimeError(f"streamed request failed: {header[:200]!r}")
+    if b"transfer-encoding: chunked" in header.lower():
+        content = b"\x00chunked\x00" + content
+    return first, content
+
+
+def _dechunk(content: bytes) -> bytes:
+    """Undo HTTP/1.1 chunked transfer encoding (marked by `_stream_raw`)."""
+    if not content.startswith(b"\x00chunked\x00"):
+        return content
+    content = content[len(b"\x00chunked\x00") :]
+    out, position = [], 0
+    while True:
+        end = content.index(b"\r\n", position)
+        size = int(content[position:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(content[end + 2 : end + 2 + size])
+        position = end + 2 + size + 2
 
 
 async def run_load(
