@@ -175,6 +175,12 @@ def iter_pieces(
             consumed, doc_open = len(buf), False
         else:
             cut = chunking.last_safe_cut(buf, 1, len(buf) - 1, backend=backend) if splittable else -1
+            if cut > 0 and chunking.find_byte(buf[cut:], 0x0A, backend=backend) < 0:
+                # The line at the cut runs past the window, so it may be the delimiter line
+                # (find_delimiter_lines never matches an incomplete line). Cutting there would
+                # end this non-final piece with the document's last line break, which only a
+                # final piece may drop. Cut before a complete, non-delimiter line instead.
+                cut = chunking.last_safe_cut(buf, 1, cut - 1, backend=backend)
             if cut <= 0:
                 del buf
                 if window >= MAX_WINDOW_BYTES:

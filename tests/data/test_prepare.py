@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmfast.data import engines
@@ -209,6 +209,17 @@ def gigatoken_engine(gpt2):
     min_len=st.integers(1, 12),
     window=st.sampled_from([64, 97, 256, 1 << 20]),
     kernels=st.sampled_from(KERNEL_BACKENDS),
+)
+# regression: the delimiter line straddles the 64-byte window (bytes 51..69), right after a safe
+# cut point at 51; the reader cut there and the document kept its last "\n" (GPT-2 id 198)
+@example(
+    lines=["plain words here"] * 3 + [DELIMITER, "x"],
+    crlf=False,
+    trailing_newline=False,
+    max_len=12,
+    min_len=1,
+    window=64,
+    kernels="python",
 )
 def test_against_reference_on_random_files(
     tmp_path_factory,
