@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = config_from_args(argv)
+    except SystemExit as done:  # argparse: --help (0) or a malformed flag (2, usage already printed)
+        return int(done.code or 0)
     except (ValueError, TrainInputError) as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 2

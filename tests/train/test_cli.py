@@ -41,6 +41,12 @@ def test_help_keeps_the_seed_flags():
         assert flag in text
 
 
+def test_malformed_flag_and_help_return_exit_codes(capsys):
+    assert main(["--batch_size", "many"]) == 2
+    assert "--batch_size: invalid int value" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+
+
 def test_flags_parse_into_the_config():
     config = config_from_args(
         [
