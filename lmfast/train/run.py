@@ -109,9 +109,11 @@ def _detach_text_log(handler: logging.Handler) -> None:
 def _val_check_kwargs(config: TrainConfig, batches_per_epoch: int) -> dict[str, Any]:
     interval = config.val_check_interval
     if interval is None:
-        interval = (
-            1.0 if batches_per_epoch <= MAX_BATCHES_BETWEEN_VALIDATIONS else MAX_BATCHES_BETWEEN_VALIDATIONS
-        )
+        # every epoch, at most every 1000 batches, and at least once before --max_steps ends the run
+        batches = min(batches_per_epoch, MAX_BATCHES_BETWEEN_VALIDATIONS)
+        if config.max_steps > 0:
+            batches = min(batches, config.max_steps * config.accumulate_grad_batches)
+        interval = 1.0 if batches == batches_per_epoch else batches
     if isinstance(interval, float) and interval.is_integer() and interval > 1:
         interval = int(interval)
     if type(interval) is int:
