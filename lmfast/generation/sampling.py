@@ -15,6 +15,25 @@ import numpy as np
 
 from lmfast.generation.params import GenerationParams
 
+MIN_DIVISOR = 1e-6
+"""Floor for temperature and repetition penalty as divisors, so logits stay finite."""
+
+
+def _scale(logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+    """Temperature-scaled float32 logits; a tiny temperature acts as (nearly) greedy, never inf."""
+    divisor = np.maximum(temperature.astype(np.float32), np.float32(MIN_DIVISOR))
+    return logits.astype(np.float32) / divisor[:, None]
+
+
+def _sample_unfiltered(logits: np.ndarray, temperature: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw over the full softmax of each row, in vocabulary order."""
+    scaled = _scale(logits, temperature)
+    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    cumulative = np.cumsum(probs, axis=1)
+    target = uniforms * cumulative[:, -1]
+    choice = np.argmax(cumulative > target[:, None], axis=1)
+    return choice.astype(np.int64)
+
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: np.ndarray) -> np.ndarray:
     """CTRL penalty (Keskar et al. 2019, as HF): seen tokens' positive logits are divided by the
@@ -25,7 +44,8 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: np.n
         seen: (B, V) bool, tokens already in the row's prompt or output.
         penalty: (B,) float32; 1 leaves the row unchanged.
     """
-    p = penalty[:, None]
+    # floor: a denormal penalty would turn logits into inf/NaN instead of just "very strong"
+    p = np.maximum(penalty, MIN_DIVISOR)[:, None]
     penalized = np.where(logits > 0, logits / p, logits * p)
     return np.where(seen, penalized, logits)
 
@@ -54,10 +74,27 @@ def sample(
     Returns:
         (B,) int64 token ids.
     """
+    # rows with neither top-k nor top-p draw from the whole softmax in vocabulary order: no sort
+    # (a full argsort of a 50k vocabulary per row per step dominated such requests)
+    unfiltered = (top_k <= 0) & (top_p >= 1.0)
+    if unfiltered.all():
+        return _sample_unfiltered(logits, temperature, uniforms)
+    nucleus_only = top_k <= 0  # (and top_p < 1): candidates come from the nucleus search below
+    if unfiltered.any() or (nucleus_only.any() and not nucleus_only.all()):
+        tokens = np.empty(logits.shape[0], dtype=np.int64)
+        for rows in (unfiltered, nucleus_only & ~unfiltered, ~nucleus_only):
+            if rows.any():
+                tokens[rows] = sample(
+                    logits[rows], temperature[rows], top_k[rows], top_p[rows], uniforms[rows]
+                )
+        return tokens
     batch, vocab = logits.shape
-    scaled = logits.astype(np.float32) / temperature[:, None].astype(np.float32)
-    # only the max k of the batch needs sorting; a row without top_k needs the full vocabulary
-    k_max = vocab if np.any(top_k <= 0) else int(min(top_k.max(), vocab))
+    scaled = _scale(logits, temperature)
+    log_total = None  # the softmax normalizer, when candidates are a subset of a row's support
+    if nucleus_only.all():
+        k_max, log_total = _nucleus_bound(scaled, top_p)
+    else:
+        k_max = int(min(top_k.max(), vocab))  # only the largest k of the batch needs sorting
     if k_max < vocab:
         candidates = np.argpartition(-scaled, k_max - 1, axis=1)[:, :k_max]
         values = np.take_along_axis(scaled, candidates, axis=1)
@@ -70,8 +107,11 @@ def sample(
 
     k_row = np.where(top_k <= 0, k_max, np.minimum(top_k, k_max))
     values = np.where(np.arange(k_max)[None, :] < k_row[:, None], values, -np.inf)
-    probs = np.exp(values - values[:, :1])
-    probs /= probs.sum(axis=1, keepdims=True)
+    if log_total is None:
+        probs = np.exp(values - values[:, :1])
+        probs /= probs.sum(axis=1, keepdims=True)
+    else:  # top-p over the whole vocabulary: probabilities of the full softmax, not renormalized
+        probs = np.exp(values - log_total[:, None])
     # nucleus: keep a token while the mass before it is below p (the top token always stays)
     before = np.cumsum(probs, axis=1) - probs
     probs = np.where(before < top_p[:, None], probs, 0.0)
@@ -80,6 +120,30 @@ def sample(
     target = uniforms * cumulative[:, -1]
     choice = np.argmax(cumulative > target[:, None], axis=1)
     return token_ids[np.arange(batch), choice].astype(np.int64)
+
+
+def _nucleus_bound(scaled: np.ndarray, top_p: np.ndarray, first_try: int = 256) -> tuple[int, np.ndarray]:
+    """How many of the most likely tokens certainly hold every row's nucleus.
+
+    Sorting only those gives the same nucleus as sorting the whole vocabulary: a token outside the
+    top m has at least the top m's mass before it, so once that mass reaches p it is excluded.
+    Usually a few hundred tokens suffice; otherwise the bound doubles up to the vocabulary.
+
+    Returns:
+        (m, log of each row's softmax normalizer), shape (B,).
+    """
+    vocab = scaled.shape[1]
+    peak = scaled.max(axis=1, keepdims=True)
+    probs = np.exp(scaled - peak)
+    total = probs.sum(axis=1)
+    log_total = np.log(total) + peak[:, 0]
+    m = min(first_try, vocab)
+    while m < vocab:
+        top = np.partition(probs, vocab - m, axis=1)[:, vocab - m :]
+        if np.all(top.sum(axis=1) >= top_p * total):
+            return m, log_total
+        m = min(2 * m, vocab)
+    return vocab, log_total
 
 
 def make_rng(seed: int | None, index: int) -> np.random.Generator:

@@ -92,3 +92,48 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_drawn():
     for _ in range(5):
         tokens = rows.next_tokens(padded)
         assert tokens[0] == 1 and tokens[1] < 4
+
+
+def test_top_p_alone_matches_the_full_sort_exactly():
+    """Top-p without top-k sorts only a bound on the nucleus; the draw must equal a full sort's."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        batch, vocab = 4, 1000
+        logits = (rng.normal(size=(batch, vocab)) * rng.uniform(0.5, 8)).astype(np.float32)
+        top_p = rng.uniform(0.05, 0.99, batch).astype(np.float32)
+        uniforms, temperature = rng.random(batch), np.full(batch, 0.8, dtype=np.float32)
+        bounded = sample(logits, temperature, np.zeros(batch, dtype=np.int64), top_p, uniforms)
+        full_sort = sample(logits, temperature, np.full(batch, vocab, dtype=np.int64), top_p, uniforms)
+        np.testing.assert_array_equal(bounded, full_sort)
+
+
+def test_rows_with_different_filters_draw_as_they_would_alone():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 500)).astype(np.float32)
+    temperature = np.full(3, 0.9, dtype=np.float32)
+    top_k, top_p, uniforms = np.array([0, 0, 20]), np.array([1.0, 0.8, 0.9], dtype=np.float32), rng.random(3)
+    together = sample(logits, temperature, top_k, top_p, uniforms)
+    alone = [
+        sample(
+            logits[i : i + 1], temperature[i : i + 1], top_k[i : i + 1], top_p[i : i + 1], uniforms[i : i + 1]
+        )[0]
+        for i in range(3)
+    ]
+    assert together.tolist() == alone
+
+
+def test_denormal_temperature_and_penalty_stay_finite(recwarn):
+    logits = np.array([[1.0, 3.0, -2.0, 0.5]], dtype=np.float32)
+    tokens = sample(
+        logits,
+        np.array([5e-324], dtype=np.float32),
+        np.array([0]),
+        np.array([1.0], dtype=np.float32),
+        np.array([0.5]),
+    )
+    assert tokens.tolist() == [1]  # a vanishing temperature is greedy, not NaN
+    penalized = apply_repetition_penalty(
+        logits, np.ones_like(logits, dtype=bool), np.array([5e-324], dtype=np.float32)
+    )
+    assert np.all(np.isfinite(penalized))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
