@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         print("lmfast export: choose a format: onnx", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the ONNX exporter's own passes log every removed node and folded constant at INFO
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = ExportConfig(
             source=args.source,
