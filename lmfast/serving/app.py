@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
 from lmfast.serving.batching import BatchingEngine
+from lmfast.serving.compat import FormBodyAsJSON
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.dispatch import ClientDisconnected
 from lmfast.serving.metrics import ServeMetrics
@@ -103,6 +104,7 @@ def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
     app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(FormBodyAsJSON)
     return app
 
 

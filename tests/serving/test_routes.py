@@ -204,3 +204,19 @@ def test_request_timeout_answers_504_and_frees_the_batch(make_client):
         assert engine.stop(timeout=10)  # nothing left running: the timed-out rows were dropped
         metrics = client.get("/metrics").text
         assert 'lmfast_rejected_requests_total{reason="timeout"} 2.0' in metrics
+
+
+def test_curl_style_form_labelled_json_body_is_read_as_json(client, generator):
+    """`curl URL -d '{...}'` labels JSON as a form; the seed's README example must still work."""
+    body = '{"seed_text": "Truth is", "generation_max_len": 4, "temperature": 0}'
+    response = client.post(
+        "/generated_texts/", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["texts"] == generator(["Truth is"], max_new_tokens=4, temperature=0.0)[0]
+    broken = client.post(
+        "/generated_texts/",
+        content="seed_text=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert broken.status_code == 422
