@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import platform
+import re
 import sys
 import time
 import traceback
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("prepare", "train", "inference", "serve")
-RATIO_WORDS = ("ratio", "speedup", "vs_")
+RATIO_WORDS = ("ratio", "speedup", "_vs_")
+NOT_RATIOS = ("diff",)  # e.g. a relative loss difference is a correctness check, not a speed ratio
 
 
 def machine_description() -> dict[str, Any]:
@@ -49,7 +51,8 @@ def collect_ratios(result: Any, prefix: str = "") -> dict[str, float]:
         for key, value in result.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if any(word in str(key).lower() for word in RATIO_WORDS):
+                name = str(key).lower()
+                if any(w in name for w in RATIO_WORDS) and not any(w in name for w in NOT_RATIOS):
                     found[path] = float(value)
             else:
                 found.update(collect_ratios(value, path))
@@ -58,6 +61,13 @@ def collect_ratios(result: Any, prefix: str = "") -> dict[str, float]:
             label = item.get("name", index) if isinstance(item, dict) else index
             found.update(collect_ratios(item, f"{prefix}[{label}]"))
     return found
+
+
+def short_label(path: str) -> str:
+    """`models[0].runs[small-16M batch 1].contenders.x.speedup_vs_y` -> `small-16M batch 1 x.speedup_vs_y`."""
+    path = re.sub(r"\w+\[\d+\]\.", "", path)
+    path = re.sub(r"runs\[(.*?)\]\.contenders\.", r"\1 ", path)
+    return re.sub(r"\[(.*?)\]", r" \1", path)
 
 
 def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
@@ -71,8 +81,8 @@ def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
     palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
     for index, (stage, stage_ratios) in enumerate(ratios.items()):
         for key, value in stage_ratios.items():
-            if value > 0:
-                labels.append(f"{stage}: {key}")
+            if value > 0 and value != 1.0:  # a baseline's ratio to itself says nothing
+                labels.append(f"{stage}: {short_label(key)}")
                 values.append(value)
                 colors.append(palette[index % len(palette)])
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.38 * len(values) + 1.2)))
@@ -90,12 +100,38 @@ def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def chart_title(machine: dict[str, Any]) -> str:
+    cpu = machine.get("cpu_model", machine["processor"])
+    return f"lmfast vs baselines — {cpu}, {machine['cpu_count']} cores"
+
+
+def replot(output: Path) -> int:
+    report = json.loads((output / "report.json").read_text(encoding="utf-8"))
+    ratios = {
+        stage: collect_ratios(entry["result"])
+        for stage, entry in report["stages"].items()
+        if "result" in entry
+    }
+    report["ratios"] = ratios
+    (output / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    plot(ratios, output / "report.png", chart_title(report["machine"]))
+    print(f"wrote {output / 'report.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--quick", action="store_true", help="short runs (minutes, not tens of minutes)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw report.png (and the ratios) from an existing report.json, running nothing",
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        return replot(args.output)
 
     args.output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": machine_description(), "quick": args.quick, "stages": {}}
@@ -122,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     png_path = args.output / "report.png"
     if any(ratios.values()):
-        cpu = report["machine"].get("cpu_model", report["machine"]["processor"])
-        plot(ratios, png_path, f"lmfast vs baselines — {cpu}, {report['machine']['cpu_count']} cores")
+        plot(ratios, png_path, chart_title(report["machine"]))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path.exists() else ""))
     if failed:
         print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
