@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -20,7 +19,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

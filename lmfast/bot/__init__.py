@@ -6,8 +6,7 @@ Speaks HTTP only, never imports torch. Names resolve lazily so that `import lmfa
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 _LAZY = {
     "BotConfig": "lmfast.bot.config",
@@ -19,7 +18,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast.bot' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

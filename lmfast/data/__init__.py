@@ -7,8 +7,7 @@ tokenizer engines, and nothing here imports torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 _LAZY = {
     "PreparedDataset": "lmfast.data.dataset",
@@ -22,7 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

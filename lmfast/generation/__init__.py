@@ -9,8 +9,7 @@ Names resolve lazily, so `import lmfast.generation` pulls in neither torch nor o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 _LAZY = {
     "Generator": "lmfast.generation.generator",
@@ -22,7 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast.generation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

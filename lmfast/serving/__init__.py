@@ -8,8 +8,7 @@ Names resolve lazily: `import lmfast.serving` imports neither FastAPI nor torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 _LAZY = {
     "create_app": "lmfast.serving.app",
@@ -21,7 +20,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast.serving' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,8 +5,7 @@ Public names resolve lazily so `import lmfast.train` does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmfast._lazy import lazy_getattr
 
 _LAZY = {
     "TrainConfig": "lmfast.train.config",
@@ -18,7 +17,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lmfast.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
