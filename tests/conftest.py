@@ -50,3 +50,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(config).eval().save_pretrained(directory)
     GPT2TokenizerFast.from_pretrained(GPT2_ASSETS).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    """Real prompts of different lengths (batched decoding must left-pad them correctly)."""
+    return [
+        "Supposing that Truth is a woman--what then?",
+        "God is dead.",
+        "Whoever fights monsters should see to it that in the process he does not become a monster",
+        "a",
+    ]

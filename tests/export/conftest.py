@@ -36,19 +36,6 @@ def onnx_dir(source_model_dir, tmp_path_factory) -> Path:
     )
 
 
-PROMPTS = [
-    "Supposing that Truth is a woman--what then?",
-    "God is dead.",
-    "Whoever fights monsters should see to it that in the process he does not become a monster",
-    "a",
-]
-
-
-@pytest.fixture(scope="session")
-def prompts() -> list[str]:
-    return list(PROMPTS)
-
-
 @pytest.fixture(scope="session")
 def trained_experiment(tmp_path_factory, nietzsche_dir) -> Path:
     """A real experiment dir: Nietzsche prepared by `lmfast prepare`, then 4 steps of `lmfast train`

@@ -31,19 +31,6 @@ def torch_generator(varied_model_dir):
     return Generator.load(varied_model_dir, backend="torch", num_threads=2)
 
 
-PROMPTS = [
-    "Supposing that Truth is a woman--what then?",
-    "God is dead.",
-    "Whoever fights monsters should see to it that in the process he does not become a monster",
-    "a",
-]
-
-
-@pytest.fixture(scope="session")
-def prompts() -> list[str]:
-    return list(PROMPTS)
-
-
 def _run_to_end(session, adds: dict[int, list]) -> dict[int, list[int]]:
     """Step a session until empty, adding (prompt, params) pairs at the given step numbers.
 
