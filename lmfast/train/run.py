@@ -23,6 +23,12 @@ from lmfast.train.model import DatasetTokenizer, TrainInputError
 
 log = logging.getLogger("lmfast.train")
 
+
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 logs a cloud-logger advertisement at every fit; keep the user's terminal for training."""
+    return "litlogger" not in record.getMessage()
+
+
 # set by the process that chose the experiment dir, inherited by the DDP processes Lightning starts
 EXPERIMENT_DIR_ENV = "LMFAST_EXPERIMENT_DIR"
 MAX_BATCHES_BETWEEN_VALIDATIONS = 1000
@@ -135,6 +141,8 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     """
     import lightning.pytorch as pl
     import torch
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)  # idempotent
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -278,6 +286,10 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        # LMModule counts tokens on the host in that hook; the datamodule defines none to shadow
+        warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer`.*")
+        # raised inside Lightning/torch's own pytree use, nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if last._last_global_step_saved != trainer.global_step:
