@@ -34,6 +34,18 @@ def gutenberg_path() -> Path:
 GPT2_ASSETS = REPO_ROOT / "lmfast" / "assets" / "gpt2"
 
 
+def _save_tiny_gpt2(directory: Path, **config_overrides) -> Path:
+    """A random-weight 2-layer GPT-2 (seed 0) with the real GPT-2 tokenizer, in Hugging Face form."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50257, **config_overrides)
+    GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    GPT2TokenizerFast.from_pretrained(GPT2_ASSETS).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight 2-layer GPT-2 (real GPT-2 tokenizer) saved in Hugging Face form.
@@ -41,15 +53,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     Shared by the generation, export, serving and bot tests: small enough to load and decode in
     milliseconds, real enough that every code path (KV cache, tied weights, tokenizer) is exercised.
     """
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    return _save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"), n_positions=256)
 
-    directory = tmp_path_factory.mktemp("tiny_gpt2")
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=50257)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    GPT2TokenizerFast.from_pretrained(GPT2_ASSETS).save_pretrained(directory)
-    return directory
+
+@pytest.fixture(scope="session")
+def varied_model_dir(tmp_path_factory) -> Path:
+    """The tiny GPT-2 with wide initial weights: its greedy output does not collapse into one
+    repeated token (as the default 0.02 init does), so token-for-token comparisons mean something."""
+    return _save_tiny_gpt2(tmp_path_factory.mktemp("varied_gpt2"), n_positions=128, initializer_range=0.3)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,12 @@ from lmfast.export.cli import main
 from lmfast.generation import GenerationParams, Generator
 
 
-def test_export_dir_holds_what_design_3_lists(onnx_dir: Path, source_model_dir: Path):
+def test_export_dir_holds_what_design_3_lists(onnx_dir: Path, varied_model_dir: Path):
     for name in ("model.onnx", "tokenizer.json", "config.json", "generation_config.json", "export.json"):
         assert (onnx_dir / name).is_file(), name
     assert GenerationParams.from_file(onnx_dir / "generation_config.json") == GenerationParams()
     description = json.loads((onnx_dir / "export.json").read_text())
-    assert description["source"] == {"kind": "hf", "path": str(source_model_dir.resolve())}
+    assert description["source"] == {"kind": "hf", "path": str(varied_model_dir.resolve())}
     assert description["opset"] >= 17 and description["precision"] == "fp32"
     parity = description["parity"]
     assert parity["passed"] and parity["greedy_tokens_identical"] and parity["greedy_steps"] == 32
@@ -39,8 +39,8 @@ def test_graph_has_dynamic_batch_sequence_and_past(onnx_dir: Path):
     assert len(initializers) == 1
 
 
-def test_existing_output_is_refused_without_overwrite(onnx_dir, source_model_dir, capsys):
-    assert main(["onnx", str(source_model_dir), "--output", str(onnx_dir)]) == 2
+def test_existing_output_is_refused_without_overwrite(onnx_dir, varied_model_dir, capsys):
+    assert main(["onnx", str(varied_model_dir), "--output", str(onnx_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -66,7 +66,7 @@ def test_bad_option_combinations_are_refused():
         ExportConfig(source="a", output="b", opset=13)
 
 
-def test_failed_fp32_parity_refuses_to_finish(onnx_dir, source_model_dir, monkeypatch):
+def test_failed_fp32_parity_refuses_to_finish(onnx_dir, varied_model_dir, monkeypatch):
     import lmfast.export.onnx as export_module
     import lmfast.export.parity as parity_module
     from lmfast.export.source import load_source
@@ -78,12 +78,12 @@ def test_failed_fp32_parity_refuses_to_finish(onnx_dir, source_model_dir, monkey
         "greedy_tokens_identical": False,
     }
     monkeypatch.setattr(parity_module, "measure_parity", lambda *args, **kwargs: dict(failing))
-    config = ExportConfig(source=source_model_dir, output=onnx_dir.parent / "never")
+    config = ExportConfig(source=varied_model_dir, output=onnx_dir.parent / "never")
     with pytest.raises(export_module.ParityError, match="fp32 parity failed"):
-        export_module._parity(load_source(source_model_dir), onnx_dir, config)
+        export_module._parity(load_source(varied_model_dir), onnx_dir, config)
     # int8 reports its figures instead of failing
-    quantized = ExportConfig(source=source_model_dir, output=onnx_dir.parent / "never", quantize="int8")
-    assert export_module._parity(load_source(source_model_dir), onnx_dir, quantized)["passed"] is False
+    quantized = ExportConfig(source=varied_model_dir, output=onnx_dir.parent / "never", quantize="int8")
+    assert export_module._parity(load_source(varied_model_dir), onnx_dir, quantized)["passed"] is False
 
 
 @pytest.mark.slow
@@ -126,11 +126,11 @@ def test_int8_export_of_an_experiment_dir(trained_experiment, tmp_path):
 
 
 @pytest.mark.slow
-def test_fp16_export_keeps_the_cache_in_half_precision(source_model_dir, tmp_path):
+def test_fp16_export_keeps_the_cache_in_half_precision(varied_model_dir, tmp_path):
     from lmfast.export import export_onnx
 
     output = export_onnx(
-        ExportConfig(source=source_model_dir, output=tmp_path / "fp16", parity_steps=8, precision="fp16")
+        ExportConfig(source=varied_model_dir, output=tmp_path / "fp16", parity_steps=8, precision="fp16")
     )
     description = json.loads((output / "export.json").read_text())
     assert description["precision"] == "fp16" and "max_abs_logit_diff" in description["parity"]

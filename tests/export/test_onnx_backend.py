@@ -14,8 +14,8 @@ GREEDY = GenerationParams(max_new_tokens=24, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def generators(source_model_dir, onnx_dir):
-    return Generator.load(source_model_dir, num_threads=2), Generator.load(onnx_dir, num_threads=2)
+def generators(varied_model_dir, onnx_dir):
+    return Generator.load(varied_model_dir, num_threads=2), Generator.load(onnx_dir, num_threads=2)
 
 
 def _tokens(session, adds):

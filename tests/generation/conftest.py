@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-GPT2_ASSETS = Path(__file__).resolve().parents[2] / "lmfast" / "assets" / "gpt2"
-
-
-@pytest.fixture(scope="session")
-def varied_model_dir(tmp_path_factory) -> Path:
-    """A tiny random GPT-2 with wide initial weights: its greedy output does not collapse into one
-    repeated token (as the default 0.02 init does), so token-for-token comparisons mean something."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    directory = tmp_path_factory.mktemp("varied_gpt2")
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, initializer_range=0.3)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    GPT2TokenizerFast.from_pretrained(GPT2_ASSETS).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")
