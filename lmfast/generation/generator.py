@@ -98,10 +98,6 @@ class Generator:
     def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
         """`params` (or the model's defaults) with `overrides` applied and validated."""
         base = params if params is not None else self.default_params
-        known = {f.name for f in dataclasses.fields(GenerationParams)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown generation parameter(s): {', '.join(unknown)}")
         return base.replace(**overrides) if overrides else base
 
     def __call__(

@@ -67,7 +67,8 @@ class GenerationParams:
         return self.temperature == 0.0
 
     def replace(self, **changes: Any) -> GenerationParams:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again; unknown names rejected by name)."""
+        self._reject_unknown(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,11 +77,14 @@ class GenerationParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerationParams:
         """Build from a dict, rejecting unknown keys (a typo must not pass silently)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        cls._reject_unknown(values)
+        return cls(**values)
+
+    @classmethod
+    def _reject_unknown(cls, names: dict[str, Any]) -> None:
+        unknown = sorted(set(names) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown generation parameter(s): {', '.join(unknown)}")
-        return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> GenerationParams:
