@@ -3,7 +3,7 @@
 Random-weight GPT-2 models of the distilgpt2 shape (6 layers, 768 wide, 82M) and a small one
 (under 30M); prompt 32 tokens, 64 new tokens, greedy, batch 1 and 8; every contender at the same
 explicit thread count. The ONNX exports are made with `--optimize`; ONNX Runtime runs with
-spinning off (lmfast's default). Greedy tokens of lmfast torch and ONNX fp32 are checked against HF
+spinning bounded to 20 us (lmfast's default). Greedy tokens of lmfast torch and ONNX fp32 are checked against HF
 `generate` before anything is timed (int8 reports its token agreement instead). Contenders
 alternate within each round, and the median round is reported.
 

@@ -1,0 +1,17 @@
+"""ONNX Runtime session settings of the decode loop (the speed of those is in benchmarks/)."""
+
+from __future__ import annotations
+
+from lmfast.generation.onnx_backend import DEFAULT_SPIN_US, session_options
+
+
+def test_spinning_is_bounded_by_default_and_can_be_turned_off():
+    bounded = session_options(2)
+    assert bounded.intra_op_num_threads == 2 and bounded.inter_op_num_threads == 1
+    assert bounded.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert bounded.get_session_config_entry("session.intra_op.spin_duration_us") == str(DEFAULT_SPIN_US)
+    assert bounded.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert not bounded.enable_cpu_mem_arena
+
+    off = session_options(None, spin_us=0)
+    assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
