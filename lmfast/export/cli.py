@@ -1,4 +1,5 @@
-"""`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize] [--overwrite]`."""
+"""`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize]
+[--attention fused|plain] [--overwrite]`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantization (CPU)")
     onnx.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer graph fusions")
+    onnx.add_argument(
+        "--attention",
+        choices=["fused", "plain"],
+        default="fused",
+        help="fused: ONNX Runtime's MultiHeadAttention operator (default); plain: standard ONNX ops",
+    )
     onnx.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     onnx.add_argument("--parity_steps", type=int, default=32, help="greedy steps compared with torch")
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             quantize=args.quantize or "none",
             optimize=args.optimize,
+            attention=args.attention,
             overwrite=args.overwrite,
             opset=args.opset,
             parity_steps=args.parity_steps,

@@ -28,8 +28,9 @@ SUPPORTED_ARCHITECTURES = {
 class GPT2Decoder(nn.Module):
     """GPT2LMHeadModel as a single step with the cache as flat (B, n_head, T, head_dim) tensors."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fused_attention: bool = True) -> None:
         super().__init__()
+        self.fused_attention = fused_attention
         config = model.config
         unsupported = [
             name
@@ -65,18 +66,14 @@ class GPT2Decoder(nn.Module):
         transformer = self.model.transformer
         h = transformer.wte(input_ids) + transformer.wpe(position_ids)  # (B, T, C)
         B, T, C = h.shape
+        attention = StepAttention(
+            attention_mask, T, self.n_head, self.n_head, self.scale, self.fused_attention
+        )
         presents: list[torch.Tensor] = []
-        allowed = None
         for i, block in enumerate(transformer.h):
-            x = block.ln_1(h)
-            q, k, v = _dense(block.attn.c_attn, x).split(C, dim=2)
-            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = torch.cat([past[2 * i], k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)], dim=2)
-            v = torch.cat([past[2 * i + 1], v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)], dim=2)
+            q, k, v = _dense(block.attn.c_attn, block.ln_1(h)).split(C, dim=2)
+            y, k, v = attention(q, k, v, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-            if allowed is None:
-                allowed = _allowed(attention_mask, T, k.shape[2])
-            y = _attend(q, k, v, allowed, self.scale).transpose(1, 2).reshape(B, T, C)
             h = h + _dense(block.attn.c_proj, y)
             h = h + _dense(block.mlp.c_proj, block.mlp.act(_dense(block.mlp.c_fc, block.ln_2(h))))
         last = transformer.ln_f(h[:, -1, :])  # (B, C): only the last position is sampled from
@@ -87,8 +84,9 @@ class GPT2Decoder(nn.Module):
 class LlamaDecoder(nn.Module):
     """LlamaForCausalLM as a single step; the cache holds the n_kv_head (grouped) keys/values."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fused_attention: bool = True) -> None:
         super().__init__()
+        self.fused_attention = fused_attention
         config = model.config
         if getattr(config, "sliding_window", None):
             raise ValueError(
@@ -114,41 +112,94 @@ class LlamaDecoder(nn.Module):
         h = inner.embed_tokens(input_ids)  # (B, T, C)
         B, T, _ = h.shape
         cos, sin = inner.rotary_emb(h, position_ids)  # (B, T, D) each
-        groups = self.n_head // self.num_kv_heads
+        attention = StepAttention(
+            attention_mask, T, self.n_head, self.num_kv_heads, self.scale, self.fused_attention
+        )
         presents: list[torch.Tensor] = []
-        allowed = None
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = attn.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = torch.cat([past[2 * i], k], dim=2)  # (B, Hkv, P + T, D)
-            v = torch.cat([past[2 * i + 1], v], dim=2)
+            q = attn.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D): token-major
+            k = attn.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+            y, k, v = attention(q.flatten(2), k.flatten(2), attn.v_proj(x), past[2 * i], past[2 * i + 1])
             presents += [k, v]
-            if allowed is None:
-                allowed = _allowed(attention_mask, T, k.shape[2])
-            if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            y = (
-                _attend(q, k, v, allowed, self.scale)
-                .transpose(1, 2)
-                .reshape(B, T, self.n_head * self.head_dim)
-            )
             h = h + attn.o_proj(y)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         logits = self.model.lm_head(inner.norm(h[:, -1, :]))  # (B, V)
         return (logits, *presents)
 
 
-def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Masked softmax attention: (B, H, T, D) queries over (B, H, P + T, D) keys/values."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, P + T)
-    scores = torch.where(allowed, scores, torch.tensor(MASK_VALUE, dtype=scores.dtype))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, T, D)
+class StepAttention:
+    """Attention for one forward step, shared by every layer: masked attention of the new tokens
+    over the cache plus themselves, which also extends the cache.
+
+    While exporting with `fused`, it emits ONNX Runtime's MultiHeadAttention operator (where the
+    key/value heads equal the query heads) fed the padding mask and `unidirectional=1`. That one
+    operator replaces about fifteen small ones per layer (cache concat, transposes, scores,
+    softmax) plus the shared mask arithmetic; a small model's decode step is mostly per-operator
+    overhead, so this is worth ~15% of a batch-1 step. Otherwise (eager, grouped-query attention,
+    fp16 exports) it writes the attention out in plain operators.
+    """
+
+    def __init__(
+        self,
+        attention_mask: torch.Tensor,
+        query_length: int,
+        num_heads: int,
+        num_kv_heads: int,
+        scale: float,
+        fused: bool,
+    ) -> None:
+        """attention_mask: (B, P + T) int64, 1 for real tokens; query_length: T."""
+        self.num_heads, self.num_kv_heads, self.scale = num_heads, num_kv_heads, scale
+        self.fused = fused and num_kv_heads == num_heads and torch.onnx.is_in_onnx_export()
+        if self.fused:
+            self.mask = attention_mask.to(torch.int32)  # MultiHeadAttention's key_padding_mask
+        else:
+            self.mask = _allowed(attention_mask, query_length, attention_mask.shape[1])
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q: (B, T, H * D); k, v: (B, T, Hkv * D); past_k, past_v: (B, Hkv, P, D).
+
+        Returns:
+            (output (B, T, H * D), present_k and present_v (B, Hkv, P + T, D)).
+        """
+        B, T, width = q.shape
+        D = width // self.num_heads
+        if self.fused:
+            present = (B, self.num_heads, past_k.shape[2] + T, D)
+            return torch.onnx.ops.symbolic_multi_out(
+                "com.microsoft::MultiHeadAttention",
+                (q, k, v, None, self.mask, None, past_k, past_v),
+                {
+                    "num_heads": self.num_heads,
+                    "scale": self.scale,
+                    "unidirectional": 1,
+                    "mask_filter_value": MASK_VALUE,
+                },
+                dtypes=[q.dtype] * 3,
+                shapes=[(B, T, width), present, present],
+                version=1,
+            )
+        present_k = torch.cat([past_k, k.view(B, T, self.num_kv_heads, D).transpose(1, 2)], dim=2)
+        present_v = torch.cat([past_v, v.view(B, T, self.num_kv_heads, D).transpose(1, 2)], dim=2)
+        keys, values = present_k, present_v
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+            keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        queries = q.view(B, T, self.num_heads, D).transpose(1, 2)  # (B, H, T, D)
+        scores = torch.matmul(queries, keys.transpose(-1, -2)) * self.scale  # (B, H, T, P + T)
+        scores = torch.where(self.mask, scores, torch.tensor(MASK_VALUE, dtype=scores.dtype))
+        y = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, H, T, D)
+        return y.transpose(1, 2).reshape(B, T, width), present_k, present_v
 
 
 def _dense(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -165,18 +216,23 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(model: nn.Module) -> GPT2Decoder | LlamaDecoder:
+def build_decoder(model: nn.Module, fused_attention: bool = True) -> GPT2Decoder | LlamaDecoder:
     """The export module for a loaded HF causal LM.
+
+    fused_attention: export attention as ONNX Runtime's MultiHeadAttention operator (where the
+    key/value heads equal the query heads; grouped-query attention keeps the plain operators).
 
     Raises:
         ValueError: the architecture is not supported (the message lists what is).
     """
     model_type = getattr(model.config, "model_type", None)
     if model_type == "gpt2":
-        return GPT2Decoder(model).eval()
-    if model_type == "llama":
-        return LlamaDecoder(model).eval()
-    supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
-    raise ValueError(
-        f"unsupported architecture {model_type!r} ({type(model).__name__}); supported: {supported}"
-    )
+        decoder = GPT2Decoder(model, fused_attention)
+    elif model_type == "llama":
+        decoder = LlamaDecoder(model, fused_attention)
+    else:
+        supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__}); supported: {supported}"
+        )
+    return decoder.eval()

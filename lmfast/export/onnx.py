@@ -48,7 +48,7 @@ def export_onnx(config: ExportConfig) -> Path:
         raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
     started = time.perf_counter()
     loaded = load_source(config.source)
-    decoder = build_decoder(loaded.model)
+    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused")
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -68,6 +68,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "precision": config.precision,
             "quantize": config.quantize,
             "optimize": config.optimize,
+            "attention": _attention_kind(staging / "model.onnx"),
             "fusions": fusions,
             "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
             "outputs": ["logits (last position)", "present.{i}.key/value"],
@@ -82,6 +83,15 @@ def export_onnx(config: ExportConfig) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def _attention_kind(model_path: Path) -> str:
+    """What export.json reports: fused where the saved graph runs attention as ONNX Runtime's
+    MultiHeadAttention (asked for, and the architecture allows it), else plain."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return "fused" if any(n.op_type == "MultiHeadAttention" for n in graph.node) else "plain"
 
 
 def _torch_export(decoder, path: Path, opset: int) -> None:

@@ -107,6 +107,69 @@ def test_export_of_an_lmfast_trained_checkpoint_with_fusions(trained_experiment,
     assert exported(prompts, params) == from_ckpt(prompts, params)
 
 
+def _graph_ops(export_dir: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(export_dir / "model.onnx"), load_external_data=False).graph.node}
+
+
+@pytest.mark.slow
+def test_fused_and_plain_attention_agree_on_padded_batches_and_the_cache(
+    onnx_dir: Path, varied_model_dir: Path, tmp_path: Path, prompts
+):
+    """The default (fused) graph runs ONNX Runtime's MultiHeadAttention with the padding mask and
+    causal flag; --attention plain writes it in standard operators. Both must give the same
+    logits for a left-padded prompt batch and for decode steps over the cache they returned."""
+    import numpy as np
+
+    plain_dir = tmp_path / "plain"
+    assert main(["onnx", str(varied_model_dir), "--output", str(plain_dir), "--attention", "plain"]) == 0
+    assert json.loads((onnx_dir / "export.json").read_text())["attention"] == "fused"
+    assert json.loads((plain_dir / "export.json").read_text())["attention"] == "plain"
+    assert "MultiHeadAttention" in _graph_ops(onnx_dir)
+    assert "MultiHeadAttention" not in _graph_ops(plain_dir)
+
+    fused, plain = Generator.load(onnx_dir), Generator.load(plain_dir)
+    ids = [fused.codec.encode(p) for p in prompts]
+    width = max(map(len, ids))
+    input_ids = np.zeros((len(ids), width), dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for row, tokens in enumerate(ids):
+        input_ids[row, width - len(tokens) :], mask[row, width - len(tokens) :] = tokens, 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    steps = [(input_ids, mask, positions)]
+    for step in range(3):  # three decode steps on top of the padded prompt
+        mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
+        steps.append((np.full((len(ids), 1), 11 + step), mask, positions[:, -1:] + 1 + step))
+    past = {"fused": None, "plain": None}
+    for step_ids, step_mask, step_positions in steps:
+        logits = {}
+        for name, generator in (("fused", fused), ("plain", plain)):
+            logits[name], past[name] = generator.backend.forward(
+                step_ids, step_mask, step_positions, past[name]
+            )
+        np.testing.assert_allclose(logits["fused"], logits["plain"], atol=1e-4, rtol=1e-4)
+        for a, b in zip(past["fused"], past["plain"], strict=True):
+            real = step_mask.astype(bool)[:, None, :, None]  # padded columns may differ, never read
+            np.testing.assert_allclose(np.where(real, a, 0), np.where(real, b, 0), atol=1e-5)
+    params = GenerationParams(max_new_tokens=16, temperature=0.0)
+    assert (
+        fused(prompts, params) == plain(prompts, params) == Generator.load(varied_model_dir)(prompts, params)
+    )
+
+
+def test_spinning_setting_changes_speed_only(onnx_dir: Path, prompts):
+    from lmfast.generation.onnx_backend import OnnxBackend
+
+    reference = Generator.load(onnx_dir)
+    params = GenerationParams(max_new_tokens=8, temperature=0.0)
+    for spin_us in (0, 1000):
+        backend = OnnxBackend.load(onnx_dir, num_threads=2, spin_us=spin_us)
+        assert Generator(backend, reference.codec, reference.info)(prompts, params) == reference(
+            prompts, params
+        )
+
+
 @pytest.mark.slow
 def test_int8_export_of_an_experiment_dir(trained_experiment, tmp_path):
     import onnx
@@ -151,7 +214,10 @@ def test_cuda_provider_matches_cpu_greedy(onnx_dir, prompts):
 
 
 @pytest.mark.slow
-def test_llama_family_with_grouped_query_attention_exports_with_parity(tmp_path, prompts):
+@pytest.mark.parametrize(("kv_heads", "attention"), [(2, "plain"), (4, "fused")])
+def test_llama_family_exports_with_parity(tmp_path, prompts, kv_heads, attention):
+    """Grouped-query attention (2 kv heads for 4 query heads) keeps plain attention; with as many
+    kv heads as query heads the rotary-embedded keys go through the fused operator."""
     import torch
     from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
 
@@ -165,7 +231,7 @@ def test_llama_family_with_grouped_query_attention_exports_with_parity(tmp_path,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=128,
         initializer_range=0.3,
         bos_token_id=50256,
@@ -178,7 +244,8 @@ def test_llama_family_with_grouped_query_attention_exports_with_parity(tmp_path,
     output = export_onnx(ExportConfig(source=source, output=tmp_path / "export", parity_steps=16))
     description = json.loads((output / "export.json").read_text())
     assert description["model_type"] == "llama" and description["parity"]["passed"]
+    assert description["attention"] == attention
     onnx_generator = Generator.load(output)
-    assert onnx_generator.backend.num_kv_heads == 2  # the cache keeps the grouped heads only
+    assert onnx_generator.backend.num_kv_heads == kv_heads  # the cache keeps the grouped heads only
     params = GenerationParams(max_new_tokens=12, temperature=0.0)
     assert onnx_generator(prompts, params) == Generator.load(source)(prompts, params)
