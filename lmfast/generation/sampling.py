@@ -9,7 +9,7 @@ the only per-row Python is one uniform draw from each sampling row's RNG.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -164,6 +164,16 @@ class SamplerRows:
     banned: np.ndarray  # (B, V) bool
     has_banned: np.ndarray  # (B,) bool, rows whose banned mask is not empty
     rngs: list[np.random.Generator]
+    # What the batch needs, decided once per batch composition rather than at every step: a
+    # step's small NumPy calls run with caches cold from the forward pass, ~10-20 us each.
+    _any_penalty: bool = field(init=False, repr=False)
+    _any_banned: bool = field(init=False, repr=False)
+    _sampling_rows: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._any_penalty = bool(np.any(self.repetition_penalty != 1.0))
+        self._any_banned = bool(self.has_banned.any())
+        self._sampling_rows = np.flatnonzero(self.temperature > 0)
 
     @classmethod
     def build(
@@ -222,19 +232,21 @@ class SamplerRows:
         )
 
     def next_tokens(self, logits: np.ndarray) -> np.ndarray:
-        """Pick each row's next token from its (B, V) logits and record it as seen.
+        """Pick each row's next token from its (B, V) logits.
 
         Greedy rows (temperature 0) take the argmax of the penalized, banned logits; the rest
         sample. Work is skipped where no row needs it, so an all-greedy batch costs one argmax.
+        Tokens are recorded as seen while some row of the batch uses a repetition penalty (a
+        row's `seen` is read only for its own penalty).
         """
         logits = logits.astype(np.float32, copy=False)
         logits = logits[:, : self.seen.shape[1]]  # a padded vocabulary's extra ids are never drawn
-        if np.any(self.repetition_penalty != 1.0):
+        if self._any_penalty:
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
-        if self.has_banned.any():
+        if self._any_banned:
             logits = apply_banned(logits, self.banned)
-        tokens = np.argmax(logits, axis=1).astype(np.int64)
-        sampling = np.flatnonzero(self.temperature > 0)
+        tokens = np.argmax(logits, axis=1)
+        sampling = self._sampling_rows
         if sampling.size:
             uniforms = np.array([self.rngs[i].random() for i in sampling.tolist()])
             tokens[sampling] = sample(
@@ -244,5 +256,6 @@ class SamplerRows:
                 self.top_p[sampling],
                 uniforms,
             )
-        self.seen[np.arange(len(tokens)), tokens] = True
+        if self._any_penalty:
+            self.seen[np.arange(len(tokens)), tokens] = True
         return tokens

@@ -81,7 +81,7 @@ class DecodeSession:
         self.codec = codec
         self.info = info
         self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE
-        self._eos = np.array(info.eos_token_ids, dtype=np.int64)
+        self._eos = frozenset(int(t) for t in info.eos_token_ids)
         self._batch: _Batch | None = None
         self._waiting: list[_Request] = []
         self._next_row_id = 0
@@ -210,12 +210,11 @@ class DecodeSession:
     def _advance(self, batch: _Batch, tokens: np.ndarray) -> list[TokenEvent]:
         """Record each row's new token, decode its text and decide whether the row is done."""
         batch.pending = tokens
-        is_eos = np.isin(tokens, self._eos)
         events = []
-        for row, token, eos in zip(batch.rows, tokens.tolist(), is_eos.tolist(), strict=True):
+        for row, token in zip(batch.rows, tokens.tolist(), strict=True):
             row.generated += 1
             reason: FinishReason | None = None
-            if eos:
+            if token in self._eos:
                 text, reason = row.stream.flush(), "eos"
             else:
                 text, stopped = row.stream.push(token)
@@ -247,11 +246,9 @@ class DecodeSession:
 
     def _drop_finished(self) -> None:
         batch = self._batch
-        if batch is None:
+        if batch is None or not any(row.finished for row in batch.rows):
             return
         keep = np.array([i for i, row in enumerate(batch.rows) if not row.finished], dtype=np.int64)
-        if len(keep) == len(batch.rows):
-            return
         if len(keep) == 0:
             self._batch = None
             return

@@ -69,13 +69,16 @@ def test_banned_tokens_cannot_be_chosen():
 
 
 def test_sampler_rows_select_concat_and_greedy_rows():
-    params = [GenerationParams(temperature=0.0), GenerationParams(temperature=1.0, top_k=0, seed=1)]
+    params = [
+        GenerationParams(temperature=0.0, repetition_penalty=1.2),
+        GenerationParams(temperature=1.0, top_k=0, seed=1),
+    ]
     rows = SamplerRows.build(
         params, [make_rng(p.seed, 0) for p in params], [[0], [1]], [np.array([0]), np.array([], int)], 4
     )
     tokens = rows.next_tokens(np.repeat(LOGITS, 2, axis=0))
     assert tokens[0] == 1  # greedy row: token 0 banned, so the runner-up
-    assert rows.seen[0, 1] and rows.seen[1, tokens[1]]
+    assert rows.seen[0, 1] and rows.seen[1, tokens[1]]  # tracked: a row uses a penalty
     both = rows.concat(rows.select(np.array([1])))
     assert len(both) == 3 and both.temperature.tolist() == [0.0, 1.0, 1.0]
 
