@@ -3,9 +3,10 @@
 Random-weight GPT-2 models of the distilgpt2 shape (6 layers, 768 wide, 82M) and a small one
 (under 30M); prompt 32 tokens, 64 new tokens, greedy, batch 1 and 8; every contender at the same
 explicit thread count. The ONNX exports are made with `--optimize`; ONNX Runtime runs with
-spinning bounded to 20 us (lmfast's default). Greedy tokens of lmfast torch and ONNX fp32 are checked against HF
-`generate` before anything is timed (int8 reports its token agreement instead). Contenders
-alternate within each round, and the median round is reported.
+lmfast's session settings (spinning bounded to 20 us, dynamic parallel blocks). Greedy tokens of
+lmfast torch and ONNX fp32 are checked against HF `generate` before anything is timed (int8
+reports its token agreement instead). Contenders alternate within each round, in an order that
+rotates from round to round, and the median round is reported.
 
     python benchmarks/bench_inference.py [--quick] [--threads 2] [--json PATH] [--cuda]
 """
@@ -102,10 +103,14 @@ def _hf_runner(model, prompts: np.ndarray, device: str = "cpu"):
 
 
 def _time(runners: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median seconds per full generation, contenders alternating within each round."""
+    """Median seconds per full generation. Contenders alternate within each round, and the order
+    rotates from round to round, so no contender always runs first (or always after HF)."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    names = list(runners)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runners[name]
             start = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - start)
