@@ -138,7 +138,7 @@ class StepAttention:
     key/value heads equal the query heads) fed the padding mask and `unidirectional=1`. That one
     operator replaces about fifteen small ones per layer (cache concat, transposes, scores,
     softmax) plus the shared mask arithmetic: the 16M benchmark model's graph went from ~100 to
-    ~48 nodes and its batch-1 step got 5-12% faster. Otherwise (eager, grouped-query attention,
+    ~48 nodes, and a decode step got 10-17% faster at batch 1 and 7-10% at batch 8. Otherwise (eager, grouped-query attention,
     `--attention plain`) it writes the attention out in standard operators.
     """
 
