@@ -178,6 +178,9 @@ def bench_model(
                     "speedup_vs_hf_generate": round(medians["hf_generate"] / seconds, 2),
                     "token_agreement_with_hf": agreement[key],
                 }
+                if "int8" not in key:  # every fp32 weight is read once per step: at batch 1 this
+                    # is the memory bandwidth the contender reaches (the 82M model is bound by it)
+                    rows[key]["fp32_weights_gb_per_s"] = round(4 * params * NEW_TOKENS / seconds / 1e9, 1)
             results.append({"name": f"{name} batch {batch}", "batch": batch, "contenders": rows})
             progress = ", ".join(f"{k} {v['ms_per_token_step']} ms" for k, v in rows.items())
             print(f"[bench_inference] {name} batch {batch}: {progress}", file=sys.stderr, flush=True)
@@ -203,7 +206,10 @@ def run(quick: bool, threads: int = 2, cuda: bool | None = None, rounds: int | N
 
 
 def _print_table(result: dict) -> None:
-    header = f"{'model / batch':<26}{'contender':<24}{'tok/s':>9}{'ms/step':>9}{'x HF':>7}{'agree':>7}"
+    header = (
+        f"{'model / batch':<26}{'contender':<24}{'tok/s':>9}{'ms/step':>9}{'x HF':>7}{'agree':>7}"
+        f"{'weights GB/s':>14}"
+    )
     print(header)
     print("-" * len(header))
     for model in result["models"]:
@@ -212,9 +218,11 @@ def _print_table(result: dict) -> None:
                 print(
                     f"{run_['name']:<26}{key:<24}{row['tokens_per_s']:>9.1f}{row['ms_per_token_step']:>9.2f}"
                     f"{row['speedup_vs_hf_generate']:>7.2f}{row['token_agreement_with_hf']:>7.2f}"
+                    f"{row.get('fp32_weights_gb_per_s', ''):>14}"
                 )
     print(
-        f"(threads={result['threads']}, prompt {result['prompt_tokens']}, new {result['new_tokens']}, greedy)"
+        f"(threads={result['threads']}, prompt {result['prompt_tokens']}, new {result['new_tokens']}, greedy;"
+        " weights GB/s: fp32 weight bytes read per step / step time)"
     )
 
 
