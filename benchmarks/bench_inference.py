@@ -8,7 +8,7 @@ lmfast torch and ONNX fp32 are checked against HF `generate` before anything is 
 reports its token agreement instead). Contenders alternate within each round, in an order that
 rotates from round to round, and the median round is reported.
 
-    python benchmarks/bench_inference.py [--quick] [--threads 2] [--json PATH] [--cuda]
+    python benchmarks/bench_inference.py [--quick] [--threads 2] [--json PATH] [--cuda] [--ablations]
 """
 
 from __future__ import annotations
@@ -49,12 +49,20 @@ def _make_model_dir(root: Path, name: str, shape: dict[str, int]) -> Path:
     return directory
 
 
-def _export(source: Path, output: Path, quantize: str = "none", precision: str = "fp32") -> Path:
+def _export(
+    source: Path, output: Path, quantize: str = "none", precision: str = "fp32", attention: str = "plain"
+) -> Path:
     """`lmfast export onnx --optimize` (ONNX Runtime's fusions; fp32 parity still enforced)."""
     from lmfast.export import ExportConfig, export_onnx
 
     config = ExportConfig(
-        source=source, output=output, quantize=quantize, precision=precision, optimize=True, parity_steps=8
+        source=source,
+        output=output,
+        quantize=quantize,
+        precision=precision,
+        attention=attention,
+        optimize=True,
+        parity_steps=8,
     )
     return export_onnx(config)
 
@@ -118,7 +126,13 @@ def _time(runners: dict[str, Any], rounds: int) -> dict[str, float]:
 
 
 def bench_model(
-    name: str, shape: dict[str, int], threads: int, batches: list[int], rounds: int, cuda: bool
+    name: str,
+    shape: dict[str, int],
+    threads: int,
+    batches: list[int],
+    rounds: int,
+    cuda: bool,
+    ablations: bool = False,
 ) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -138,6 +152,15 @@ def bench_model(
             "lmfast_onnx_fp32": Generator.load(fp32_dir, num_threads=threads),
             "lmfast_onnx_int8": Generator.load(int8_dir, num_threads=threads),
         }
+        if ablations:  # each ablation swaps one of lmfast's choices for its alternative
+            from lmfast.generation.onnx_backend import OnnxBackend
+
+            fp32 = generators["lmfast_onnx_fp32"]
+            fused_dir = _export(source, root / "fused", attention="fused")
+            generators["ablation_fused_attention"] = Generator.load(fused_dir, num_threads=threads)
+            generators["ablation_spinning_off"] = Generator(
+                OnnxBackend.load(fp32_dir, num_threads=threads, spin_us=0), fp32.codec, fp32.info
+            )
         cuda_generators = {}
         if cuda:
             cuda_generators["lmfast_onnx_fp32_cuda"] = Generator.load(fp32_dir, provider="cuda")
@@ -160,7 +183,7 @@ def bench_model(
             for key, run in runners.items():
                 tokens = run()
                 agreement[key] = float((tokens == reference).mean())
-                exact = key in (
+                exact = key.startswith("ablation_") or key in (
                     "lmfast_torch",
                     "lmfast_onnx_fp32",
                     "lmfast_onnx_fp32_cuda",
@@ -187,15 +210,24 @@ def bench_model(
     return {"model": name, "parameters": params, "threads": threads, "runs": results}
 
 
-def run(quick: bool, threads: int = 2, cuda: bool | None = None, rounds: int | None = None) -> dict:
-    """Run the benchmark; quick: the small model only, 2 rounds."""
+def run(
+    quick: bool,
+    threads: int = 2,
+    cuda: bool | None = None,
+    rounds: int | None = None,
+    ablations: bool = False,
+) -> dict:
+    """Run the benchmark; quick: the small model only, 2 rounds; ablations: also the ONNX fp32
+    export with `--attention fused`, and with ONNX Runtime's spinning off."""
     import onnxruntime as ort
 
     if cuda is None:
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     shapes = {k: v for k, v in SHAPES.items() if not quick or k.startswith("small")}
     rounds = rounds or (2 if quick else 5)
-    models = [bench_model(name, shape, threads, [1, 8], rounds, cuda) for name, shape in shapes.items()]
+    models = [
+        bench_model(name, shape, threads, [1, 8], rounds, cuda, ablations) for name, shape in shapes.items()
+    ]
     return {
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": NEW_TOKENS,
@@ -233,8 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda", action="store_true", default=None, help="also time the CUDA provider")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (median kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also time ONNX fp32 exported with --attention fused, and with spinning off",
+    )
     args = parser.parse_args(argv)
-    result = run(args.quick, threads=args.threads, cuda=args.cuda, rounds=args.rounds)
+    result = run(
+        args.quick, threads=args.threads, cuda=args.cuda, rounds=args.rounds, ablations=args.ablations
+    )
     _print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

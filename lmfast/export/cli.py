@@ -1,5 +1,5 @@
 """`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize]
-[--attention fused|plain] [--overwrite]`."""
+[--attention plain|fused] [--overwrite]`."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument(
         "--attention",
         choices=["fused", "plain"],
-        default="fused",
-        help="fused: ONNX Runtime's MultiHeadAttention operator (default); plain: standard ONNX ops",
+        default="plain",
+        help="plain: standard ONNX operators (default); fused: ONNX Runtime's MultiHeadAttention",
     )
     onnx.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")

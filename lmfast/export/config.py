@@ -21,10 +21,10 @@ class ExportConfig:
     """int8: dynamic quantization of the matrix multiplications (CPU)."""
     optimize: bool = False
     """Run ONNX Runtime's transformer graph fusions on the exported graph."""
-    attention: Literal["fused", "plain"] = "fused"
-    """fused: ONNX Runtime's MultiHeadAttention operator (fewer, larger operators; faster at
-    small batch). plain: standard ONNX operators, for runtimes without ONNX Runtime's contrib
-    operators. Grouped-query attention is always plain."""
+    attention: Literal["plain", "fused"] = "plain"
+    """plain: standard ONNX operators. fused: ONNX Runtime's MultiHeadAttention contrib operator
+    (half the graph's nodes, but no faster in lmfast's CPU decode loop; see StepAttention).
+    Grouped-query attention is always plain."""
     overwrite: bool = False
     """Replace `output` if it exists."""
     opset: int = 18
@@ -41,8 +41,8 @@ class ExportConfig:
             raise ValueError(f"--quantize must be int8 (or omitted), got {self.quantize!r}")
         if self.quantize == "int8" and self.precision == "fp16":
             raise ValueError("--quantize int8 applies to fp32 weights; drop --precision fp16")
-        if self.attention not in ("fused", "plain"):
-            raise ValueError(f"--attention must be fused or plain, got {self.attention!r}")
+        if self.attention not in ("plain", "fused"):
+            raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
         if self.opset < 17:
             raise ValueError(f"--opset must be >= 17, got {self.opset}")
         if self.parity_steps < 1:

@@ -28,7 +28,7 @@ SUPPORTED_ARCHITECTURES = {
 class GPT2Decoder(nn.Module):
     """GPT2LMHeadModel as a single step with the cache as flat (B, n_head, T, head_dim) tensors."""
 
-    def __init__(self, model: nn.Module, fused_attention: bool = True) -> None:
+    def __init__(self, model: nn.Module, fused_attention: bool = False) -> None:
         super().__init__()
         self.fused_attention = fused_attention
         config = model.config
@@ -84,7 +84,7 @@ class GPT2Decoder(nn.Module):
 class LlamaDecoder(nn.Module):
     """LlamaForCausalLM as a single step; the cache holds the n_kv_head (grouped) keys/values."""
 
-    def __init__(self, model: nn.Module, fused_attention: bool = True) -> None:
+    def __init__(self, model: nn.Module, fused_attention: bool = False) -> None:
         super().__init__()
         self.fused_attention = fused_attention
         config = model.config
@@ -134,12 +134,15 @@ class StepAttention:
     """Attention for one forward step, shared by every layer: masked attention of the new tokens
     over the cache plus themselves, which also extends the cache.
 
-    While exporting with `fused`, it emits ONNX Runtime's MultiHeadAttention operator (where the
-    key/value heads equal the query heads) fed the padding mask and `unidirectional=1`. That one
-    operator replaces about fifteen small ones per layer (cache concat, transposes, scores,
-    softmax) plus the shared mask arithmetic: the 16M benchmark model's graph went from ~100 to
-    ~48 nodes, and a decode step got 10-17% faster at batch 1 and 7-10% at batch 8. Otherwise (eager, grouped-query attention,
-    `--attention plain`) it writes the attention out in standard operators.
+    By default the attention is written out in standard operators. While exporting with `fused`
+    (`--attention fused`) it emits ONNX Runtime's MultiHeadAttention contrib operator instead
+    (where the key/value heads equal the query heads), fed the padding mask and
+    `unidirectional=1`: one node for the cache concat, transposes, scores and softmax, which
+    halves the graph (16M benchmark model: ~100 -> ~48 nodes). Timed in lmfast's own decode loop
+    on CPU (2 threads, order rotated, 16 rounds) it was no faster: 0-4% slower on the 16M model
+    and 4-9% slower on the 82M one. Isolated `session.run` loops had suggested 10-17%. So plain is the
+    default, and fused stays an option for ONNX Runtime builds whose fused kernels do better
+    (its CUDA kernels have not been measured here).
     """
 
     def __init__(
@@ -216,7 +219,7 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(model: nn.Module, fused_attention: bool = True) -> GPT2Decoder | LlamaDecoder:
+def build_decoder(model: nn.Module, fused_attention: bool = False) -> GPT2Decoder | LlamaDecoder:
     """The export module for a loaded HF causal LM.
 
     fused_attention: export attention as ONNX Runtime's MultiHeadAttention operator (where the

@@ -33,17 +33,18 @@ def session_options(num_threads: int | None, spin_us: int = DEFAULT_SPIN_US) -> 
     """Explicit threading for a decode loop: intra-op threads as asked and one inter-op thread (a
     decoder step is a chain of operators).
 
-    Spinning is bounded. A decode step is ~50 short operators, and a worker that sleeps between
-    them pays a wake-up for each (off: 12-19% slower on a quiet 2-core machine). ONNX Runtime's
-    default unbounded spinning fights a noisy neighbour for the cores (30-40% slower than off
-    with one busy process beside it). Spinning at most 20 us, and never after `run` returns, was
-    as fast as unbounded spinning when quiet and faster than no spinning under load
-    (measured on the 16M benchmark model, batch 1 and 8, 2 threads). `spin_us=0` turns it off.
+    Spinning is bounded. A decode step is ~50-100 short operators, and a worker that sleeps
+    between them pays a wake-up for each; ONNX Runtime's default unbounded spinning instead fights
+    a noisy neighbour for the cores (30-40% slower than no spinning with one busy process beside
+    it). Spinning at most 20 us, and never after `run` returns: in lmfast's decode loop (2 threads,
+    order rotated, 12 rounds) 12% faster than no spinning on the 16M benchmark model and 4-6% on
+    the 82M one. Beside a busy process (timed in bare `run` loops) it was 17% faster at batch 1
+    and 9% slower at batch 8.
+    `spin_us=0` turns it off.
 
     Parallel loops use dynamic block sizes (`DYNAMIC_BLOCK_BASE`): with fixed shares a step waits
-    for the slower of the two threads, and on a shared machine one of them is often slower.
-    Measured with 2 threads: 7-15% faster per step on the 16M model and 5-9% on the 82M one when
-    quiet, 14% faster on the 16M model beside one busy process.
+    for the slower thread, and on a shared machine one often is. Same loop: 2-5% faster on the
+    82M model at batch 1, within noise elsewhere.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

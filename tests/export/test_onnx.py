@@ -117,19 +117,19 @@ def _graph_ops(export_dir: Path) -> set[str]:
 def test_fused_and_plain_attention_agree_on_padded_batches_and_the_cache(
     onnx_dir: Path, varied_model_dir: Path, tmp_path: Path, prompts
 ):
-    """The default (fused) graph runs ONNX Runtime's MultiHeadAttention with the padding mask and
-    causal flag; --attention plain writes it in standard operators. Both must give the same
-    logits for a left-padded prompt batch and for decode steps over the cache they returned."""
+    """--attention fused runs ONNX Runtime's MultiHeadAttention with the padding mask and causal
+    flag; the default writes it in standard operators. Both must give the same logits for a
+    left-padded prompt batch and for decode steps over the cache they returned."""
     import numpy as np
 
-    plain_dir = tmp_path / "plain"
-    assert main(["onnx", str(varied_model_dir), "--output", str(plain_dir), "--attention", "plain"]) == 0
-    assert json.loads((onnx_dir / "export.json").read_text())["attention"] == "fused"
-    assert json.loads((plain_dir / "export.json").read_text())["attention"] == "plain"
-    assert "MultiHeadAttention" in _graph_ops(onnx_dir)
-    assert "MultiHeadAttention" not in _graph_ops(plain_dir)
+    fused_dir = tmp_path / "fused"
+    assert main(["onnx", str(varied_model_dir), "--output", str(fused_dir), "--attention", "fused"]) == 0
+    assert json.loads((onnx_dir / "export.json").read_text())["attention"] == "plain"
+    assert json.loads((fused_dir / "export.json").read_text())["attention"] == "fused"
+    assert "MultiHeadAttention" in _graph_ops(fused_dir)
+    assert "MultiHeadAttention" not in _graph_ops(onnx_dir)
 
-    fused, plain = Generator.load(onnx_dir), Generator.load(plain_dir)
+    fused, plain = Generator.load(fused_dir), Generator.load(onnx_dir)
     ids = [fused.codec.encode(p) for p in prompts]
     width = max(map(len, ids))
     input_ids = np.zeros((len(ids), width), dtype=np.int64)
@@ -216,8 +216,9 @@ def test_cuda_provider_matches_cpu_greedy(onnx_dir, prompts):
 @pytest.mark.slow
 @pytest.mark.parametrize(("kv_heads", "attention"), [(2, "plain"), (4, "fused")])
 def test_llama_family_exports_with_parity(tmp_path, prompts, kv_heads, attention):
-    """Grouped-query attention (2 kv heads for 4 query heads) keeps plain attention; with as many
-    kv heads as query heads the rotary-embedded keys go through the fused operator."""
+    """Asked for fused attention: grouped-query attention (2 kv heads for 4 query heads) keeps
+    plain operators; with as many kv heads as query heads the rotary-embedded keys go through the
+    fused operator."""
     import torch
     from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
 
@@ -241,7 +242,9 @@ def test_llama_family_exports_with_parity(tmp_path, prompts, kv_heads, attention
     GPT2TokenizerFast.from_pretrained(
         Path(__file__).parents[2] / "lmfast" / "assets" / "gpt2"
     ).save_pretrained(source)
-    output = export_onnx(ExportConfig(source=source, output=tmp_path / "export", parity_steps=16))
+    output = export_onnx(
+        ExportConfig(source=source, output=tmp_path / "export", parity_steps=16, attention="fused")
+    )
     description = json.loads((output / "export.json").read_text())
     assert description["model_type"] == "llama" and description["parity"]["passed"]
     assert description["attention"] == attention
