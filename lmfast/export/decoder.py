@@ -139,8 +139,8 @@ class StepAttention:
     (where the key/value heads equal the query heads), fed the padding mask and
     `unidirectional=1`: one node for the cache concat, transposes, scores and softmax, which
     halves the graph (16M benchmark model: ~100 -> ~48 nodes). Timed in lmfast's own decode loop
-    on CPU (2 threads, order rotated, 16 rounds) it was no faster: 0-4% slower on the 16M model
-    and 4-9% slower on the 82M one. Isolated `session.run` loops had suggested 10-17%. So plain is the
+    on CPU (2 threads, order rotated) it was no faster: within 2% on the 16M model (30 rounds,
+    twice) and 0-9% slower on the 82M one. Bare `session.run` loops had suggested 10-17%. So plain is the
     default, and fused stays an option for ONNX Runtime builds whose fused kernels do better
     (its CUDA kernels have not been measured here).
     """
