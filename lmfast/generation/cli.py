@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--num_threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument(
+        "--spin_us",
+        type=int,
+        default=None,
+        help="ONNX Runtime: microseconds an idle thread busy-waits for work (default 20; 0: off)",
+    )
     parser.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
     parser.add_argument("--json", action="store_true", help="print {'texts': [[...], ...]} as JSON")
     for f in dataclasses.fields(GenerationParams):
@@ -70,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             _quiet_transformers()
 
         generator = Generator.load(
-            args.path, backend=args.backend, provider=args.provider, num_threads=args.num_threads
+            args.path,
+            backend=args.backend,
+            provider=args.provider,
+            num_threads=args.num_threads,
+            spin_us=args.spin_us,
         )
         params = generator.resolve_params(**overrides)
         if args.stream:

@@ -44,6 +44,7 @@ class Generator:
         backend: BackendName = "auto",
         provider: Literal["cpu", "cuda"] = "cpu",
         num_threads: int | None = None,
+        spin_us: int | None = None,
     ) -> Generator:
         """Load an export dir (ONNX Runtime), an experiment dir (its `hf/`) or an HF model dir (torch).
 
@@ -52,6 +53,9 @@ class Generator:
             backend: "auto" picks ONNX for an export dir, torch otherwise.
             provider: "cpu" or "cuda" (the ONNX CUDA provider, or the torch model on a GPU).
             num_threads: intra-op threads (None leaves the library default).
+            spin_us: ONNX Runtime only: how long an idle worker thread busy-waits for the next
+                operator, in microseconds (None: lmfast's default, 20; 0: no spinning, which
+                can be better on a machine shared with busy processes).
 
         Raises:
             FileNotFoundError, ValueError: no usable model at `path`, or a backend that cannot
@@ -70,7 +74,9 @@ class Generator:
         if chosen == "onnx":
             from lmfast.generation.onnx_backend import OnnxBackend
 
-            runner: Backend = OnnxBackend.load(directory, provider=provider, num_threads=num_threads)
+            runner: Backend = OnnxBackend.load(
+                directory, provider=provider, num_threads=num_threads, spin_us=spin_us
+            )
         else:
             from lmfast.generation.torch_backend import TorchBackend
 

@@ -29,7 +29,7 @@ DYNAMIC_BLOCK_BASE = 4
 instead of one fixed share per thread."""
 
 
-def session_options(num_threads: int | None, spin_us: int = DEFAULT_SPIN_US) -> ort.SessionOptions:
+def session_options(num_threads: int | None, spin_us: int | None = None) -> ort.SessionOptions:
     """Explicit threading for a decode loop: intra-op threads as asked and one inter-op thread (a
     decoder step is a chain of operators).
 
@@ -40,12 +40,16 @@ def session_options(num_threads: int | None, spin_us: int = DEFAULT_SPIN_US) -> 
     order rotated, 12 rounds) 12% faster than no spinning on the 16M benchmark model and 4-6% on
     the 82M one. Beside a busy process (timed in bare `run` loops) it was 17% faster at batch 1
     and 9% slower at batch 8.
-    `spin_us=0` turns it off.
+    `spin_us=0` turns it off; None means `DEFAULT_SPIN_US`.
 
     Parallel loops use dynamic block sizes (`DYNAMIC_BLOCK_BASE`): with fixed shares a step waits
     for the slower thread, and on a shared machine one often is. Same loop: 2-5% faster on the
     82M model at batch 1, within noise elsewhere.
     """
+    if spin_us is None:
+        spin_us = DEFAULT_SPIN_US
+    if spin_us < 0:
+        raise ValueError(f"spin_us must be >= 0, got {spin_us}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
@@ -85,7 +89,7 @@ class OnnxBackend(NumpyCacheOps):
         directory: Path,
         provider: str = "cpu",
         num_threads: int | None = None,
-        spin_us: int = DEFAULT_SPIN_US,
+        spin_us: int | None = None,
     ) -> OnnxBackend:
         """Open `directory/model.onnx` on the CPU or CUDA execution provider.
 

@@ -37,7 +37,11 @@ def load_generator(config: ServeConfig) -> Any:
     from lmfast.generation import Generator
 
     return Generator.load(
-        config.model, backend=config.backend, provider=config.provider, num_threads=config.num_threads
+        config.model,
+        backend=config.backend,
+        provider=config.provider,
+        num_threads=config.num_threads,
+        spin_us=config.spin_us,
     )
 
 

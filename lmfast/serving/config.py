@@ -29,6 +29,8 @@ class ServeConfig:
     """Device: ONNX Runtime execution provider or torch device."""
     num_threads: int | None = None
     """Intra-op threads of the model (None: the runtime's default)."""
+    spin_us: int | None = None
+    """ONNX Runtime: microseconds an idle worker busy-waits for the next operator (None: 20; 0: off, for busy shared machines)."""
     model_name: str | None = None
     """Name reported by /version/ and /v1/models (None: the generator's model name)."""
     max_batch_size: int = 32
@@ -55,6 +57,8 @@ class ServeConfig:
             raise ValueError(f"--provider must be cpu or cuda, got {self.provider!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"--num_threads must be >= 1, got {self.num_threads}")
+        if self.spin_us is not None and self.spin_us < 0:
+            raise ValueError(f"--spin_us must be >= 0, got {self.spin_us}")
         if self.max_batch_size < 1:
             raise ValueError(f"--max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_wait_ms < 0:

@@ -158,16 +158,14 @@ def test_fused_and_plain_attention_agree_on_padded_batches_and_the_cache(
     )
 
 
-def test_spinning_setting_changes_speed_only(onnx_dir: Path, prompts):
-    from lmfast.generation.onnx_backend import OnnxBackend
-
+def test_spinning_setting_reaches_the_session_and_changes_speed_only(onnx_dir: Path, prompts):
     reference = Generator.load(onnx_dir)
     params = GenerationParams(max_new_tokens=8, temperature=0.0)
-    for spin_us in (0, 1000):
-        backend = OnnxBackend.load(onnx_dir, num_threads=2, spin_us=spin_us)
-        assert Generator(backend, reference.codec, reference.info)(prompts, params) == reference(
-            prompts, params
-        )
+    for spin_us, allowed in ((0, "0"), (1000, "1")):
+        generator = Generator.load(onnx_dir, num_threads=2, spin_us=spin_us)
+        options = generator.backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allowed
+        assert generator(prompts, params) == reference(prompts, params)
 
 
 @pytest.mark.slow

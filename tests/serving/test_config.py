@@ -33,6 +33,7 @@ def test_malformed_env_variable_is_named():
         ("port", 0, "--port"),
         ("max_batch_size", 0, "--max_batch_size"),
         ("request_timeout_s", 0, "--request_timeout_s"),
+        ("spin_us", -1, "--spin_us"),
     ],
 )
 def test_invalid_values_name_the_flag(field, value, flag):
