@@ -140,9 +140,9 @@ class StepAttention:
     `unidirectional=1`: one node for the cache concat, transposes, scores and softmax, which
     halves the graph (16M benchmark model: ~100 -> ~48 nodes). Timed in lmfast's own decode loop
     on CPU (2 threads, order rotated) it was no faster: within 2% on the 16M model (30 rounds,
-    twice) and 0-9% slower on the 82M one. Bare `session.run` loops had suggested 10-17%. So plain is the
-    default, and fused stays an option for ONNX Runtime builds whose fused kernels do better
-    (its CUDA kernels have not been measured here).
+    twice) and 0-9% slower on the 82M one; bare `session.run` loops had suggested 10-17%. So
+    plain is the default, and fused stays an option for ONNX Runtime builds whose fused kernels
+    do better (its CUDA kernels have not been measured here).
     """
 
     def __init__(
