@@ -39,8 +39,7 @@ def session_options(num_threads: int | None, spin_us: int | None = None) -> ort.
     it). Spinning at most 20 us, and never after `run` returns: in lmfast's decode loop (2 threads,
     order rotated, 12 rounds) 12% faster than no spinning on the 16M benchmark model and 4-6% on
     the 82M one. Beside a busy process (timed in bare `run` loops) it was 17% faster at batch 1
-    and 9% slower at batch 8.
-    `spin_us=0` turns it off; None means `DEFAULT_SPIN_US`.
+    and 9% slower at batch 8. `spin_us=0` turns it off; None means `DEFAULT_SPIN_US`.
 
     Parallel loops use dynamic block sizes (`DYNAMIC_BLOCK_BASE`): with fixed shares a step waits
     for the slower thread, and on a shared machine one often is. Same loop: 2-5% faster on the
