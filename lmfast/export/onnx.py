@@ -55,7 +55,7 @@ def export_onnx(config: ExportConfig) -> Path:
     try:
         raw = staging / "raw" / "model.onnx"
         _torch_export(decoder, raw, config.opset)
-        fusions = _finalize(raw, staging / "model.onnx", config, decoder)
+        fusions, attention = _finalize(raw, staging / "model.onnx", config, decoder)
         shutil.rmtree(raw.parent)
         _write_side_files(staging, loaded)
         parity = _parity(loaded, staging, config)
@@ -68,7 +68,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "precision": config.precision,
             "quantize": config.quantize,
             "optimize": config.optimize,
-            "attention": _attention_kind(staging / "model.onnx"),
+            "attention": attention,
             "fusions": fusions,
             "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
             "outputs": ["logits (last position)", "present.{i}.key/value"],
@@ -83,15 +83,6 @@ def export_onnx(config: ExportConfig) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
-
-
-def _attention_kind(model_path: Path) -> str:
-    """What export.json reports: fused where the saved graph runs attention as ONNX Runtime's
-    MultiHeadAttention (asked for, and the architecture allows it), else plain."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    return "fused" if any(n.op_type == "MultiHeadAttention" for n in graph.node) else "plain"
 
 
 def _torch_export(decoder, path: Path, opset: int) -> None:
@@ -135,18 +126,21 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
         )
 
 
-def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> dict[str, int]:
+def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tuple[dict[str, int], str]:
     """Apply --optimize, --precision fp16 and --quantize int8 and save model.onnx.
 
     Returns:
-        The fused operator counts from --optimize (empty without it).
+        The fused operator counts from --optimize (empty without it), and what export.json
+        reports as "attention": fused where the saved graph runs ONNX Runtime's
+        MultiHeadAttention (asked for, and the architecture allows it), else plain.
     """
     import onnx
 
     fusions: dict[str, int] = {}
-    model = onnx.load(str(raw))
     if config.optimize:
         model, fusions = _optimize(raw, decoder)
+    else:
+        model = onnx.load(str(raw))
     if config.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -159,7 +153,8 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> di
         quantize_dynamic(str(staged), str(target), weight_type=QuantType.QInt8)
         model = onnx.load(str(target))
     _save(model, target)
-    return fusions
+    fused = any(node.op_type == "MultiHeadAttention" for node in model.graph.node)
+    return fusions, "fused" if fused else "plain"
 
 
 def _optimize(raw: Path, decoder: Any) -> tuple[Any, dict[str, int]]:
