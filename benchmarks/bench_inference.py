@@ -153,14 +153,9 @@ def bench_model(
             "lmfast_onnx_int8": Generator.load(int8_dir, num_threads=threads),
         }
         if ablations:  # each ablation swaps one of lmfast's choices for its alternative
-            from lmfast.generation.onnx_backend import OnnxBackend
-
-            fp32 = generators["lmfast_onnx_fp32"]
             fused_dir = _export(source, root / "fused", attention="fused")
             generators["ablation_fused_attention"] = Generator.load(fused_dir, num_threads=threads)
-            generators["ablation_spinning_off"] = Generator(
-                OnnxBackend.load(fp32_dir, num_threads=threads, spin_us=0), fp32.codec, fp32.info
-            )
+            generators["ablation_spinning_off"] = Generator.load(fp32_dir, num_threads=threads, spin_us=0)
         cuda_generators = {}
         if cuda:
             cuda_generators["lmfast_onnx_fp32_cuda"] = Generator.load(fp32_dir, provider="cuda")
