@@ -1,0 +1,262 @@
+"""Command-line flags built from a config dataclass: the one parser builder of every subcommand.
+
+A config dataclass is the single description of a subcommand's options: each field is a `--flag`
+(flag = field = saved-config key), its annotation gives the type (`Literal` gives the choices,
+`X | None` accepts `none`, `list[X]` is repeatable), its default is shown in `--help`, and the
+string literal under the field (an attribute docstring, as in litgpt's and jsonargparse's
+configs) is its help text. `LMFAST_<FIELD>` environment variables go through the same parsing.
+
+Imports only the standard library, so `lmfast <command> --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import operator
+import os
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LMFAST_"
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class FlagError(ValueError):
+    """A flag or environment value that does not parse; the message names it."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors raise `FlagError` (one line, no usage dump) instead of exiting 2.
+
+    The caller prints `<prog>: error: <message>` and returns 2, so every subcommand reports bad
+    input the same way; `--help` still exits 0 through `SystemExit`.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise FlagError(message)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases (the string literal under each field)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (frozen app, REPL): help falls back to metadata
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    for spec in dataclasses.fields(cls):
+        if spec.name not in docs and spec.metadata.get("help"):
+            docs[spec.name] = str(spec.metadata["help"])
+    return docs
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE_WORDS:
+        return True
+    if lowered in _FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_number(text: str) -> int | float:
+    """An int when it looks like one (Lightning reads ints as batch counts, floats as fractions)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """argparse prints a converter's `__name__` in its 'invalid X value' message."""
+    parse.__name__ = name  # type: ignore[attr-defined]
+    return parse
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _strip_optional(hint: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (hint, False)."""
+    if _is_union(hint):
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        optional = len(members) < len(typing.get_args(hint))
+        return (members[0] if len(members) == 1 else functools.reduce(operator.or_, members)), optional
+    return hint, False
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+    """How one field reads from text: its converter, argparse choices and repetition."""
+
+    parse: Callable[[str], Any]
+    choices: tuple[Any, ...] | None = None
+    is_list: bool = False
+    is_bool: bool = False
+
+
+def flag_spec(hint: Any) -> FlagSpec:
+    """The parsing rule for a resolved type hint (see the module docstring for what maps to what)."""
+    base, optional = _strip_optional(hint)
+    origin = typing.get_origin(base)
+    if origin in (list, tuple) and typing.get_args(base):
+        item = flag_spec(typing.get_args(base)[0])
+        return FlagSpec(item.parse, item.choices, is_list=True)
+    if origin is typing.Literal:
+        values = typing.get_args(base)
+        kinds = {type(value) for value in values}
+        kind = kinds.pop() if len(kinds) == 1 else str
+        parse: Callable[[str], Any] = _parse_bool if kind is bool else kind
+        spec = FlagSpec(_optional(parse) if optional else parse, tuple(values))
+        return spec
+    if _is_union(base):  # e.g. `int | float`: the narrowest number that parses
+        parse = _parse_number
+    elif base is bool:
+        return FlagSpec(_optional(_parse_bool) if optional else _parse_bool, is_bool=True)
+    elif base in (int, float, str, Path):
+        parse = base
+    else:
+        parse = str
+    return FlagSpec(_optional(parse) if optional else parse)
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.strip().lower() in _NONE_WORDS else parse(text)
+
+    return _named(parse_optional, getattr(parse, "__name__", "value"))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    positional: Iterable[str] = (),
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    exclude: Iterable[str] = (),
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env_prefix: str | None = None,
+) -> None:
+    """Add one argument per field of dataclass CLS to PARSER.
+
+    Only what the command line gives reaches the namespace (`argparse.SUPPRESS` defaults), so the
+    dataclass's own defaults (and environment values, when merged) stay the single source.
+    `positional` fields become optional positional arguments; `overrides` replaces argparse
+    keywords of a field (e.g. `nargs="?"` for `--resume [DIR]`).
+    """
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    aliases = aliases or {}
+    overrides = overrides or {}
+    positional, exclude = set(positional), set(exclude)
+    for spec in dataclasses.fields(cls):
+        name = spec.name
+        if name in exclude or not spec.init:
+            continue
+        rule = flag_spec(hints[name])
+        default = spec.default
+        if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = spec.default_factory()  # type: ignore[misc]
+        help_text = docs.get(name, "")
+        if default is not dataclasses.MISSING:
+            help_text += f" (default: {_shown(default)})"
+        if env_prefix:
+            help_text += f" [env {env_prefix}{name.upper()}]"
+        kwargs: dict[str, Any] = {"type": rule.parse, "default": argparse.SUPPRESS, "help": help_text.strip()}
+        if rule.choices is not None:
+            kwargs["choices"] = rule.choices
+            kwargs["metavar"] = "{" + ",".join(map(str, rule.choices)) + "}"
+        if rule.is_list:
+            kwargs.update(action="extend", nargs="+")
+        elif rule.is_bool:
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        kwargs.update(overrides.get(name, {}))
+        if name in positional:
+            kwargs.setdefault("nargs", "?")
+            kwargs.pop("metavar", None)
+            parser.add_argument(name, **kwargs)
+        else:
+            parser.add_argument(f"--{name}", *aliases.get(name, ()), dest=name, **kwargs)
+
+
+def env_values(
+    cls: type, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Field values from `<PREFIX><FIELD>` variables, parsed as the flags are.
+
+    Raises:
+        FlagError: a variable that does not parse; the message names it.
+    """
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        variable = prefix + spec.name.upper()
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        rule = flag_spec(hints[spec.name])
+        try:
+            if rule.is_list:
+                parsed: Any = [rule.parse(part.strip()) for part in raw.split(",") if part.strip()]
+                bad = [v for v in parsed if rule.choices is not None and v not in rule.choices]
+            else:
+                parsed = rule.parse(raw)
+                bad = [parsed] if rule.choices is not None and parsed not in rule.choices else []
+        except ValueError as error:
+            raise FlagError(f"{variable}: {error}") from None
+        if bad:
+            choices = ", ".join(map(str, rule.choices or ()))
+            raise FlagError(f"{variable}: {bad[0]!r} is not one of {choices}")
+        values[spec.name] = parsed
+    return values
+
+
+def parse_config(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    argv: list[str] | None,
+    *,
+    env_prefix: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Any, argparse.Namespace]:
+    """Parse ARGV into an instance of CLS (flags win over environment values); also the namespace.
+
+    Fields of CLS are taken from the namespace; anything else PARSER defines stays in the returned
+    namespace for the caller.
+    """
+    namespace = parser.parse_args(argv)
+    given = vars(namespace)
+    names = {spec.name for spec in dataclasses.fields(cls)}
+    values = env_values(cls, env_prefix, environ) if env_prefix else {}
+    values.update({name: value for name, value in given.items() if name in names})
+    return cls(**values), namespace

@@ -1,0 +1,125 @@
+"""The one flag builder: types, choices, optional, lists, bools, aliases, env values, help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from lmfast.flags import FlagError, OneLineParser, add_config_flags, env_values, field_docs, parse_config
+
+
+@dataclass
+class Example:
+    """An example config."""
+
+    source: str = ""
+    """Where to read from."""
+    steps: int = 10
+    """How many steps."""
+    rate: float = 0.5
+    """A rate."""
+    mode: Literal["fast", "slow"] = "fast"
+    """Which mode."""
+    threads: int | None = None
+    """Threads (none: the runtime's default)."""
+    interval: int | float = 1.0
+    """An int is a count, a float a fraction."""
+    verbose: bool = False
+    """Say more."""
+    stop: list[str] = field(default_factory=list)
+    """Repeatable stop strings."""
+    root: Path = Path("data")
+    """A directory."""
+
+
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="example")
+    add_config_flags(
+        parser, Example, positional=["source"], aliases={"steps": ["--max_steps"]}, env_prefix="X_"
+    )
+    return parser
+
+
+def test_flags_parse_into_the_dataclass_with_its_types():
+    config, _ = parse_config(
+        _parser(),
+        Example,
+        [
+            "src",
+            "--max_steps",
+            "3",
+            "--rate",
+            "0.25",
+            "--mode",
+            "slow",
+            "--threads",
+            "none",
+            "--interval",
+            "5",
+            "--verbose",
+            "--stop",
+            "a",
+            "b",
+            "--stop",
+            "c",
+            "--root",
+            "/tmp/x",
+        ],
+    )
+    assert config == Example("src", 3, 0.25, "slow", None, 5, True, ["a", "b", "c"], Path("/tmp/x"))
+    assert isinstance(config.interval, int)
+
+
+def test_absent_flags_keep_the_dataclass_defaults_and_env_fills_in():
+    config, _ = parse_config(
+        _parser(),
+        Example,
+        ["--verbose", "false"],
+        env_prefix="X_",
+        environ={"X_STEPS": "7", "X_STOP": "p, q", "X_MODE": "slow"},
+    )
+    assert (config.steps, config.stop, config.mode, config.verbose, config.rate) == (
+        7,
+        ["p", "q"],
+        "slow",
+        False,
+        0.5,
+    )
+    config, _ = parse_config(_parser(), Example, ["--steps", "2"], env_prefix="X_", environ={"X_STEPS": "7"})
+    assert config.steps == 2  # a flag wins over its variable
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--steps", "x"], ["--steps", "'x'"]),
+        (["--mode", "medium"], ["--mode", "medium"]),
+        (["--nope"], ["--nope"]),
+        (["--verbose", "maybe"], ["--verbose"]),
+    ],
+)
+def test_bad_flags_are_one_line_errors_naming_the_flag(argv, words):
+    with pytest.raises(FlagError) as caught:
+        _parser().parse_args(argv)
+    message = str(caught.value)
+    assert "\n" not in message and all(word in message for word in words)
+
+
+def test_bad_env_values_name_the_variable():
+    with pytest.raises(FlagError, match="X_STEPS"):
+        env_values(Example, "X_", {"X_STEPS": "ten"})
+    with pytest.raises(FlagError, match="X_MODE"):
+        env_values(Example, "X_", {"X_MODE": "medium"})
+
+
+def test_help_comes_from_attribute_docstrings_with_defaults_and_env(capsys):
+    assert field_docs(Example)["threads"] == "Threads (none: the runtime's default)."
+    with pytest.raises(SystemExit) as done:
+        _parser().parse_args(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "How many steps. (default: 10) [env X_STEPS]" in text
+    assert "{fast,slow}" in text and "--max_steps" in text
