@@ -70,8 +70,8 @@ def short_label(path: str) -> str:
     return re.sub(r"\[(.*?)\]", r" \1", path)
 
 
-def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
-    """A horizontal bar per comparison, log-scaled, with the 1x line marked."""
+def figure(ratios: dict[str, dict[str, float]], title: str) -> Any:
+    """A horizontal bar per comparison, log-scaled, with the 1x line marked and every label inside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,12 +90,23 @@ def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    if values:
+        # room right of the longest bar for its " 1055.30x" label (a log axis: a factor, not a margin)
+        ax.set_xlim(min(min(values), 1.0) / 1.5, max(max(values), 1.0) * 6)
     ax.axvline(1.0, color="black", linewidth=0.8)
     for y, value in enumerate(values):
         ax.text(value, y, f" {value:.2f}x", va="center", fontsize=8)
     ax.set_xlabel("ratio (lmfast / baseline; > 1 is better for lmfast unless the key says otherwise)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Write `figure(...)` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(ratios, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
