@@ -1,4 +1,4 @@
-"""`prepare(config) -> Path`: raw documents files -> a tokenized, memory-mapped dataset (DESIGN.md §1).
+"""`prepare(config) -> Path`: raw documents files -> a tokenized, memory-mapped dataset (docs/architecture.md §1).
 
 Pipeline per split: memory-mapped windows of the file -> documents cut into pieces (native
 kernels) -> the fastest tokenizer engine proven identical to the reference -> samples written

@@ -21,7 +21,7 @@ How to add a new tokenizer (the seed's "How to implement new tokenizer", without
 then either import that module before calling `prepare()`, or pass
 `--tokenizer_cls_name my_package.my_module:my_tokenizer` on the command line.
 
-Semantics (DESIGN.md §1): BOS/EOS are added *by id* around each document; special-token strings
+Semantics (docs/architecture.md §1): BOS/EOS are added *by id* around each document; special-token strings
 that occur inside the text are plain text (encoded by the BPE like any other characters).
 """
 

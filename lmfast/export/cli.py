@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     onnx = formats.add_parser(
         "onnx",
         help="ONNX Runtime directory: model.onnx with KV cache, tokenizer, configs, export.json.",
-        description="Export to a self-contained ONNX Runtime directory (DESIGN.md §3), checking "
+        description="Export to a self-contained ONNX Runtime directory (docs/architecture.md §3), checking "
         "parity with the torch model (fp32 must match).",
     )
     onnx.add_argument(
