@@ -8,11 +8,13 @@ whose key names a ratio or speed-up, so a benchmark adds a comparison just by re
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import platform
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -25,8 +27,6 @@ NOT_RATIOS = ("diff",)  # e.g. a relative loss difference is a correctness check
 
 def machine_description() -> dict[str, Any]:
     """What the figures were measured on: they only compare within one machine and one run."""
-    import os
-
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -42,6 +42,31 @@ def machine_description() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+_STAGE_CHILD = (
+    "import json, sys; from benchmarks.bench_{stage} import run; "
+    "result = run(quick={quick}); open(sys.argv[1], 'w').write(json.dumps(result, default=str))"
+)
+
+
+def run_stage(stage: str, quick: bool) -> tuple[dict[str, Any], float]:
+    """Run one stage's `run(quick)` in a process of its own; return its result and peak RSS in MB.
+
+    One process per stage keeps stages from inheriting each other's memory (models, arenas and
+    allocator caches a stage leaves behind are never given back to the OS), so the run's peak is the
+    largest stage's, and the peak is attributed to the stage that made it: `wait4` reports the
+    maximum RSS of the child and of every process it waited for (the contenders it spawned).
+    """
+    with tempfile.TemporaryDirectory(prefix="lmfast-bench-") as scratch:
+        output = Path(scratch) / "result.json"
+        code = _STAGE_CHILD.format(stage=stage, quick=quick)
+        child = subprocess.Popen([sys.executable, "-c", code, str(output)])
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            raise RuntimeError(f"benchmarks/bench_{stage}.py exited with {child.returncode}")
+        return json.loads(output.read_text(encoding="utf-8")), usage.ru_maxrss / 1024
 
 
 def collect_ratios(result: Any, prefix: str = "") -> dict[str, float]:
@@ -70,8 +95,8 @@ def short_label(path: str) -> str:
     return re.sub(r"\[(.*?)\]", r" \1", path)
 
 
-def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
-    """A horizontal bar per comparison, log-scaled, with the 1x line marked."""
+def figure(ratios: dict[str, dict[str, float]], title: str) -> Any:
+    """A horizontal bar per comparison, log-scaled, with the 1x line marked and every label inside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,12 +115,23 @@ def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    if values:
+        # room right of the longest bar for its " 1055.30x" label (a log axis: a factor, not a margin)
+        ax.set_xlim(min(min(values), 1.0) / 1.5, max(max(values), 1.0) * 6)
     ax.axvline(1.0, color="black", linewidth=0.8)
     for y, value in enumerate(values):
         ax.text(value, y, f" {value:.2f}x", va="center", fontsize=8)
     ax.set_xlabel("ratio (lmfast / baseline; > 1 is better for lmfast unless the key says otherwise)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(ratios: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Write `figure(...)` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(ratios, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -141,14 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== benchmark {stage}", flush=True)
         started = time.perf_counter()
         try:
-            module = importlib.import_module(f"benchmarks.bench_{stage}")
-            result = module.run(quick=args.quick)
+            result, peak_rss_mb = run_stage(stage, args.quick)
         except Exception as error:  # one broken stage must not hide the others' figures
             traceback.print_exc()
             report["stages"][stage] = {"error": f"{type(error).__name__}: {error}"}
             failed.append(stage)
             continue
-        report["stages"][stage] = {"result": result, "seconds": round(time.perf_counter() - started, 1)}
+        report["stages"][stage] = {
+            "result": result,
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+        }
+        print(f"   peak RSS of the stage (its largest process): {peak_rss_mb:,.0f} MB", flush=True)
         ratios[stage] = collect_ratios(result)
         for key, value in ratios[stage].items():
             print(f"   {key}: {value:.2f}x", flush=True)

@@ -40,7 +40,10 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `lmfast <command> ...` to the command's own `main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: usage on stderr, and a failing exit code for scripts
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):

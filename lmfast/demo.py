@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 DEFAULT_DOCUMENTS = Path("data/documents/nietzsche")
+# the demo's own tree, so the README walkthrough's paths (data/datasets/nietzsche/0, ...) stay free
+DEFAULT_WORK_DIR = Path("data/demo")
 
 
 def newest_version(directory: Path) -> Path:
@@ -91,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmfast demo", description=__doc__.splitlines()[0])
     parser.add_argument("--documents_dir", type=Path, default=DEFAULT_DOCUMENTS,
                         help="directory with train.txt and valid.txt (default: the bundled Nietzsche example)")
-    parser.add_argument("--work_dir", type=Path, default=Path("data"),
-                        help="where datasets/, experiments/ and exports/ are written (default: data)")
+    parser.add_argument("--work_dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="where datasets/, experiments/ and exports/ are written (default: data/demo)")
     parser.add_argument("--max_steps", type=int, default=300, help="training steps of the tiny model")
     parser.add_argument("--prompt", default="Supposing that Truth is a woman")
     parser.add_argument("--max_new_tokens", type=int, default=48)
@@ -137,7 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         f"\nlmfast demo: done in {time.perf_counter() - started:.0f} s — dataset {dataset_dir}, "
         f"experiment {experiment_dir}, export {export_dir}"
     )
+    print(next_steps(export_dir, experiments_root, args.prompt))
     return 0
+
+
+def next_steps(export_dir: Path, experiments_root: Path, prompt: str) -> str:
+    """The commands to try next on what the demo wrote (printed last, so they are on screen)."""
+    export, logs = shlex.quote(str(export_dir)), shlex.quote(str(experiments_root))
+    return "\n".join([
+        "",
+        "next, try:",
+        f"  lmfast generate {export} --prompt {shlex.quote(prompt)} --max_new_tokens 64",
+        f"  lmfast serve {export} --host 127.0.0.1 --port 8000     # then open http://127.0.0.1:8000/",
+        f"  tensorboard --logdir {logs}",
+    ])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command 'nonsense'" in capsys.readouterr().err
 
 
+def test_no_command_is_an_error_with_the_usage(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: lmfast <command>" in captured.err
+    assert subprocess.run([sys.executable, "-m", "lmfast"], capture_output=True).returncode == 2
+
+
 def test_help_and_import_leave_torch_unimported():
     code = (
         "import sys, lmfast; from lmfast.__main__ import main; main(['--help']);"

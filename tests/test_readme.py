@@ -1,9 +1,10 @@
-"""The README's commands, extracted from README.md itself and run on a shortened configuration.
+"""The README's commands, extracted from README.md itself and run in its order on a shortened configuration.
 
-Docs cannot drift: every shell command in the Prepare, Train, Export, Serve and Inference sections
-and the Python inference example run as written, with only these changes: `lmfast` runs as
-`python -m lmfast` (the same entry point without relying on PATH), training is cut to a few steps,
-and the server listens on a free port instead of 8000.
+Docs cannot drift: `lmfast demo` runs first (as a new user would), then every shell command of the
+Prepare, Train, Export, Serve and Inference sections, the Python inference example and the
+tokenizer example run as written in the same directory, with only these changes: `lmfast` is this
+environment's console script (or `python -m lmfast` where there is none), training is cut to a few
+steps, and the server listens on a free port instead of 8000.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 SHORTEN = {"--max_steps 2000": "--max_steps 6", "--num_warmup_steps 100": "--num_warmup_steps 2"}
+DEMO_STEPS = 4
+# what an export must not print: third-party INFO chatter, torchvision registry notes, temp-dir names
+EXPORT_NOISE = ("torchvision", "LeafSpec", ".partial", "INFO root", "INFO fusion", "Loading weights")
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +55,24 @@ def command_starting(commands: list[str], prefix: str) -> str:
     return matches[0]
 
 
+def python_block(text: str, needle: str) -> str:
+    matches = [block for block in fenced_blocks(text, "python") if needle in block]
+    assert matches, f"README.md has no python block containing {needle!r}"
+    return matches[0]
+
+
+def lmfast_command() -> str:
+    """The `lmfast` a user types: the console script beside this Python (it does not see the cwd)."""
+    script = Path(sys.executable).parent / "lmfast"
+    return str(script) if script.is_file() else f"{sys.executable} -m lmfast"
+
+
 def as_python(command: str, port: int) -> str:
     for old, new in SHORTEN.items():
         command = command.replace(old, new)
     command = command.replace("8000", str(port))
-    command = re.sub(r"^lmfast ", f"{sys.executable} -m lmfast ", command)
-    command = re.sub(r"^python -", f"{sys.executable} -", command)
+    command = re.sub(r"^lmfast ", f"{lmfast_command()} ", command)
+    command = re.sub(r"^python3? ", f"{sys.executable} ", command)
     return command
 
 
@@ -64,15 +80,16 @@ def as_python(command: str, port: int) -> str:
 ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
-def run(command: str, cwd: Path, timeout: float = 300) -> str:
+def run(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         command, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result
 
 
 def free_port() -> int:
@@ -94,35 +111,54 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> No
     raise AssertionError(f"{url} not healthy after {timeout} s")
 
 
-def test_readme_commands_run_as_written(tmp_path):
+def test_ci_runs_the_readme_test_command():
+    text = README.read_text(encoding="utf-8")
+    command = re.search(r"`(python3 -m pytest[^`]*)`", text)
+    assert command, "README.md names no `python3 -m pytest ...` test command"
+    assert command.group(1) in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_readme_commands_run_as_written_in_order_after_the_demo(tmp_path):
     text = README.read_text(encoding="utf-8")
     commands = shell_commands(text)
     shutil.copytree(REPO_ROOT / "data" / "documents", tmp_path / "data" / "documents")
     port = free_port()
 
+    # 1. the set-up's `lmfast demo`, shortened; it must leave the walkthrough's paths free
+    demo = command_starting(commands, "bash scripts/install.sh && lmfast demo").split("&& ")[1]
+    out = run(as_python(f"{demo} --max_steps {DEMO_STEPS}", port), tmp_path).stdout
+    assert "=== generated text" in out and "lmfast demo: done" in out
+    demo_export = tmp_path / "data/demo/exports/nietzsche"
+    assert (demo_export / "model.onnx").is_file()
+    assert f"lmfast generate {demo_export.relative_to(tmp_path)} --prompt" in out  # the next steps
+    assert f"tensorboard --logdir {demo_export.parent.parent.relative_to(tmp_path)}/experiments" in out
+
+    # 2. the walkthrough, in the README's order
     prepare = command_starting(commands, "python -m lmfast.prepare")
-    assert run(as_python(prepare, port), tmp_path).strip().endswith("data/datasets/nietzsche/0")
+    assert run(as_python(prepare, port), tmp_path).stdout.strip().endswith("data/datasets/nietzsche/0")
     description = json.loads((tmp_path / "data/datasets/nietzsche/0/description.json").read_text())
     assert description["number_of_train_samples"] > 1000
 
     train = command_starting(commands, "lmfast train --dataset_dir")
-    run(as_python(train, port), tmp_path)
+    assert run(as_python(train, port), tmp_path).stdout.strip().endswith("data/experiments/nietzsche/0")
     experiment = tmp_path / "data/experiments/nietzsche/0"
     assert (experiment / "hf" / "config.json").is_file() and (
         experiment / "checkpoints" / "last.ckpt"
     ).is_file()
 
     export = command_starting(commands, "lmfast export onnx")
-    run(as_python(export, port), tmp_path)
+    exported = run(as_python(export, port), tmp_path)
     export_dir = tmp_path / "data/exports/nietzsche"
+    assert exported.stdout.splitlines()[0] == "data/exports/nietzsche"
     assert json.loads((export_dir / "export.json").read_text())["parity"]["passed"] is True
+    noise = [line for line in exported.stderr.splitlines() if any(n in line for n in EXPORT_NOISE)]
+    assert not noise, noise
 
     generate = command_starting(commands, "lmfast generate")
-    assert run(as_python(generate, port), tmp_path).startswith("Supposing that Truth is a woman")
+    assert run(as_python(generate, port), tmp_path).stdout.startswith("Supposing that Truth is a woman")
 
-    inference = next(block for block in fenced_blocks(text, "python") if "Generator.load" in block)
     script = tmp_path / "inference.py"
-    script.write_text(inference, encoding="utf-8")
+    script.write_text(python_block(text, "Generator.load"), encoding="utf-8")
     run(f"{sys.executable} {script}", tmp_path)
 
     serve = command_starting(commands, "lmfast serve")
@@ -132,7 +168,7 @@ def test_readme_commands_run_as_written(tmp_path):
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health_check/", server)
         curl = json.loads(
-            run(as_python(command_starting(commands, "curl -s localhost:8000"), port), tmp_path)
+            run(as_python(command_starting(commands, "curl -s localhost:8000"), port), tmp_path).stdout
         )
         assert len(curl["texts"]) == 1 and isinstance(curl["texts"][0], str)
         # the official openai client against /v1 (run() asserts it exits 0, i.e. the call succeeded)
@@ -142,27 +178,28 @@ def test_readme_commands_run_as_written(tmp_path):
         server.wait(timeout=30)
     assert server.returncode == 0
 
+    # 3. the tokenizer example: make tokenizer.json, write the factory, prepare from the CLI and Python
+    for needle in ("# make_tokenizer.py", "# my_package/my_tokenizer.py"):
+        block = python_block(text, needle)
+        target = tmp_path / needle.removeprefix("# ")
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(block, encoding="utf-8")
+    run(as_python(command_starting(commands, "python make_tokenizer.py"), port), tmp_path)
+    assert (tmp_path / "my_package/tokenizer.json").is_file()
+    cli = command_starting(commands, "lmfast prepare --tokenizer_cls_name my_package")
+    first = run(as_python(cli, port), tmp_path).stdout.strip()
+    assert first.endswith("data/datasets/nietzsche-mytokenizer/0")
+    (tmp_path / "prepare_mine.py").write_text(python_block(text, "prepare(\n"), encoding="utf-8")
+    second = run(f"{sys.executable} prepare_mine.py", tmp_path).stdout.strip()
+    assert second.endswith("data/datasets/nietzsche-mytokenizer/1")
+    corpora = [np_load(tmp_path / d / "train" / "corpus.npy") for d in (first, second)]
+    assert corpora[0] == corpora[1] and len(corpora[0]) > 1000
+    description = json.loads((tmp_path / first / "description.json").read_text())
+    assert description["vocab_size"] == 4096
 
-def test_demo_runs_end_to_end_on_a_short_training(tmp_path):
-    """The README's first command, `lmfast demo`, with a few training steps."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmfast",
-            "demo",
-            "--work_dir",
-            str(tmp_path),
-            "--max_steps",
-            "4",
-            "--documents_dir",
-            str(REPO_ROOT / "data" / "documents" / "nietzsche"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "=== generated text" in result.stdout and "lmfast demo: done" in result.stdout
-    assert (tmp_path / "exports" / "nietzsche" / "model.onnx").is_file()
+
+def np_load(path: Path) -> bytes:
+    """A corpus as bytes (equal corpora, equal bytes), read the way training reads it."""
+    import numpy as np
+
+    return np.load(path, mmap_mode="r").tobytes()

@@ -1,4 +1,4 @@
-"""`prepare(config) -> Path`: raw documents files -> a tokenized, memory-mapped dataset (DESIGN.md §1).
+"""`prepare(config) -> Path`: raw documents files -> a tokenized, memory-mapped dataset (docs/architecture.md §1).
 
 Pipeline per split: memory-mapped windows of the file -> documents cut into pieces (native
 kernels) -> the fastest tokenizer engine proven identical to the reference -> samples written
@@ -243,12 +243,24 @@ def write_split(
     return stats
 
 
-def prepare(config: PrepareConfig) -> Path:
+def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     """Tokenize both splits into `<datasets_root>/<dataset_name>/<N>/` and return that directory.
+
+    Takes either a `PrepareConfig` or its fields as keyword arguments (the CLI's flag names), so
+    `prepare(documents_train_file=..., ..., tokenizer_cls_name="MyTokenizer")` works as written.
 
     Raises:
         PrepareError: bad input (one line naming the flag or file); nothing is left on disk.
+        TypeError: both a config and keyword arguments, neither, or an unknown keyword.
     """
+    if config is None:
+        config = PrepareConfig(**flags)
+    elif flags:
+        raise TypeError(
+            f"prepare() takes a PrepareConfig or keyword arguments, not both (got {sorted(flags)})"
+        )
+    elif not isinstance(config, PrepareConfig):
+        raise TypeError(f"prepare() expects a PrepareConfig, got {type(config).__name__}")
     started = time.perf_counter()
     try:
         tokenizer = load_tokenizer(config.tokenizer_cls_name)

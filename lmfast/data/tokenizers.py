@@ -21,7 +21,7 @@ How to add a new tokenizer (the seed's "How to implement new tokenizer", without
 then either import that module before calling `prepare()`, or pass
 `--tokenizer_cls_name my_package.my_module:my_tokenizer` on the command line.
 
-Semantics (DESIGN.md §1): BOS/EOS are added *by id* around each document; special-token strings
+Semantics (docs/architecture.md §1): BOS/EOS are added *by id* around each document; special-token strings
 that occur inside the text are plain text (encoded by the BPE like any other characters).
 """
 
@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -240,18 +243,49 @@ def _from_path(path: Path, name: str) -> Tokenizer:
     )
 
 
+def _import_from_cwd(module_name: str) -> ModuleType:
+    """Import MODULE_NAME with the current directory on `sys.path`, as `python -m` would have it.
+
+    A console script (`lmfast prepare`) starts with its own bin directory on `sys.path`, not the
+    current one, so without this `my_package.my_tokenizer` next to the user's data is not found.
+    """
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        return importlib.import_module(module_name)
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(cwd)
+
+
 def _from_import_path(spec: str) -> Tokenizer:
     module_name, _, attribute = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
+        factory = getattr(_import_from_cwd(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise UnknownTokenizerError(f"cannot import tokenizer factory {spec!r} ({error})") from None
-    tokenizer = factory()
+    except Exception as error:  # the module itself raised while being imported
+        raise UnknownTokenizerError(
+            f"importing {module_name!r} failed: {type(error).__name__}: {_one_line(error)}"
+        ) from None
+    if not callable(factory):
+        raise UnknownTokenizerError(f"{spec!r} is a {type(factory).__name__}, not a callable factory")
+    try:
+        tokenizer = factory()
+    except Exception as error:  # a user's factory: report it in one line, not a traceback
+        raise UnknownTokenizerError(
+            f"factory {spec!r} failed: {type(error).__name__}: {_one_line(error)}"
+        ) from None
     if not isinstance(tokenizer, Tokenizer):
         raise UnknownTokenizerError(
             f"{spec!r} returned {type(tokenizer).__name__}, expected lmfast Tokenizer"
         )
     return tokenizer
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or "(no message)"
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

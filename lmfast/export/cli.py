@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 
 from lmfast.export.config import ExportConfig
 
@@ -17,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     onnx = formats.add_parser(
         "onnx",
         help="ONNX Runtime directory: model.onnx with KV cache, tokenizer, configs, export.json.",
-        description="Export to a self-contained ONNX Runtime directory (DESIGN.md §3), checking "
+        description="Export to a self-contained ONNX Runtime directory (docs/architecture.md §3), checking "
         "parity with the torch model (fp32 must match).",
     )
     onnx.add_argument(
@@ -49,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("lmfast export: choose a format: onnx", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # the ONNX exporter's own passes log every removed node and folded constant at INFO
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configure_logging()
     try:
         config = ExportConfig(
             source=args.source,
@@ -67,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         from lmfast.export.onnx import ParityError, export_onnx
 
+        _quiet_torch_and_transformers()
         output = export_onnx(config)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"lmfast export onnx: {error}", file=sys.stderr)
@@ -78,3 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     print(output)
     print(json.dumps(parity))
     return 0
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of `prefixes` (advice that does not apply here)."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def _configure_logging() -> None:
+    """lmfast's own INFO lines; other libraries at WARNING, less the noise that says nothing about an export.
+
+    ONNX Runtime's fusions and quantizer log every fused node and skipped tensor at INFO (the
+    quantizer on the root logger), and the ONNX exporter logs every pass. Parity loads the staging
+    directory, whose temporary name must not reach the terminal, so ONNX loading is quiet too.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lmfast").setLevel(logging.INFO)
+    logging.getLogger("lmfast.generation.onnx_backend").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        # the quantizer suggests a pre-processing step meant for static quantization of CNNs
+        handler.addFilter(_DropMessages("Please consider to run pre-processing before quantization"))
+    # torch's pytree, pickled by the exporter through copyreg, warns about its own deprecated API
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+
+
+def _quiet_torch_and_transformers() -> None:
+    """Called once torch is imported (its logging set-up would reset levels set before)."""
+    from transformers.utils import logging as hf_logging
+
+    # the exporter's op registry names every torchvision operator it skips: irrelevant to LMs
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr, which carries errors only

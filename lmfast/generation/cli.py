@@ -11,19 +11,19 @@ import dataclasses
 import json
 import sys
 
-from lmfast.generation.params import GenerationParams
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES, GenerationParams
 
 _LIST_FIELDS = {"stop", "banned_words"}
 _HELP = {
-    "max_new_tokens": "tokens to generate after the prompt",
+    "max_new_tokens": f"tokens to generate after the prompt, at most {MAX_NEW_TOKENS_LIMIT}",
     "temperature": "softmax temperature; 0 = greedy",
     "top_k": "keep the k most likely tokens; 0 disables",
     "top_p": "nucleus sampling mass in (0, 1]; 1 disables",
     "repetition_penalty": "> 1 discourages tokens already in the prompt or output",
-    "num_return_sequences": "continuations per prompt",
+    "num_return_sequences": f"continuations per prompt, at most {MAX_RETURN_SEQUENCES}",
     "stop": "stop when the text contains this (repeatable; cut from the output)",
     "banned_words": "never generate this word (repeatable)",
-    "seed": "seed for reproducible sampling",
+    "seed": "seed for reproducible sampling; none draws a fresh one",
 }
 
 
@@ -34,9 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", help="export dir, experiment dir or Hugging Face model dir")
     parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
-    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--num_threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto: ONNX Runtime for an export dir, torch otherwise (default: auto)",
+    )
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="(default: cpu)")
+    parser.add_argument("--num_threads", type=int, default=None, help="intra-op threads (default: all cores)")
     parser.add_argument(
         "--spin_us",
         type=int,
@@ -45,15 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
     parser.add_argument("--json", action="store_true", help="print {'texts': [[...], ...]} as JSON")
+    sampling = parser.add_argument_group(
+        "sampling",
+        "Unset flags take the model's generation_config.json (an export has one), else the default shown.",
+    )
+    defaults = GenerationParams()
     for f in dataclasses.fields(GenerationParams):
-        doc = (f.metadata or {}).get("help", "")
+        default = getattr(defaults, f.name)
+        shown = "none" if default in (None, []) else default
+        help_text = f"{_HELP[f.name]} (default: {shown})"
         if f.name in _LIST_FIELDS:
-            parser.add_argument(f"--{f.name}", action="append", default=None, help=doc or "repeatable")
+            sampling.add_argument(
+                f"--{f.name}", action="append", default=None, metavar="TEXT", help=help_text
+            )
         else:
             kind = {"max_new_tokens": int, "top_k": int, "num_return_sequences": int, "seed": int}.get(
                 f.name, float
             )
-            parser.add_argument(f"--{f.name}", type=kind, default=None)
+            sampling.add_argument(
+                f"--{f.name}", type=kind, default=None, metavar=kind.__name__.upper(), help=help_text
+            )
     return parser
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from lmfast.generation.cli import main
+import pytest
+
+from lmfast.generation.cli import _HELP, main
+from lmfast.generation.params import GenerationParams
 
 
 def test_generate_prints_json_continuations_for_each_prompt(varied_model_dir, torch_generator, capsys):
@@ -45,3 +49,15 @@ def test_bad_input_exits_2_with_one_line(tmp_path, varied_model_dir, capsys):
     err = capsys.readouterr().err
     assert "temperature" in err and err.count("\n") == 1
     assert main([str(varied_model_dir), "--prompt", "a", "--prompt", "b", "--stream"]) == 2
+
+
+def test_help_shows_every_sampling_flag_with_its_meaning_and_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    defaults = GenerationParams()
+    for f in dataclasses.fields(GenerationParams):
+        default = getattr(defaults, f.name)
+        shown = "none" if default in (None, []) else default
+        assert f"--{f.name}" in out and f"{_HELP[f.name]} (default: {shown})" in out, f.name
