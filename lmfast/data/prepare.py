@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lmfast.data import chunking, documents, engines
+from lmfast.data.boundaries import BoundaryError, DocumentBoundaries, resolve_boundaries
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
 
@@ -73,6 +74,16 @@ class PrepareConfig:
         default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
     )
     kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
+    document_bos_token: str = field(
+        default="auto",
+        metadata=_help("Token before each document: auto (the tokenizer's convention), none, or a token."),
+    )
+    document_eos_token: str = field(
+        default="auto",
+        metadata=_help(
+            "Token after each document: auto (the pretraining separator, e.g. <|endoftext|>), none, or a token."
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.documents_train_file = Path(self.documents_train_file)
@@ -108,6 +119,9 @@ class PrepareConfig:
             raise PrepareError(f"--num_threads: must be >= 0, got {self.num_threads}")
         if not self.window_mb > 0:
             raise PrepareError(f"--window_mb: must be positive, got {self.window_mb}")
+        for name in ("document_bos_token", "document_eos_token"):
+            if not getattr(self, name):
+                raise PrepareError(f"--{name}: must be auto, none or a token, got an empty string")
         if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
             raise PrepareError(f"--dataset_name: {self.dataset_name!r} is not a valid directory name")
 
@@ -199,8 +213,9 @@ def write_split(
         documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, ...).
     """
     out_dir.mkdir()
-    bos = -1 if tokenizer.bos_token_id is None else tokenizer.bos_token_id
-    eos = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+    boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
+    bos = -1 if boundaries.bos_token_id is None else boundaries.bos_token_id
+    eos = -1 if boundaries.eos_token_id is None else boundaries.eos_token_id
     max_len, min_len = config.max_sample_length, config.min_sample_length
     carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
     in_doc, n_documents = False, 0
@@ -262,6 +277,10 @@ def prepare(config: PrepareConfig) -> Path:
         raise PrepareError(str(error)) from None
     _check_writable_root(config.datasets_root)
     try:
+        boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
+    except BoundaryError as error:
+        raise PrepareError(str(error)) from None
+    try:
         kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
     except ImportError as error:
         raise PrepareError(f"--kernel_backend: {error}") from None
@@ -285,6 +304,7 @@ def prepare(config: PrepareConfig) -> Path:
         engine.name,
         kernel_backend,
     )
+    logger.info("document boundaries: %s", boundaries.source)
 
     dataset_dir = config.datasets_root / config.dataset_name
     created = [p for p in (config.datasets_root, dataset_dir) if not p.exists()]
@@ -312,7 +332,9 @@ def prepare(config: PrepareConfig) -> Path:
             except documents.DocumentsError as error:
                 raise PrepareError(str(error)) from None
         tokenizer.save(temporary / "tokenizer")
-        description = _description(config, tokenizer, stats, dtype, engine.name, kernel_backend, started)
+        description = _description(
+            config, tokenizer, boundaries, stats, dtype, engine.name, kernel_backend, started
+        )
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )
@@ -336,6 +358,7 @@ def prepare(config: PrepareConfig) -> Path:
 def _description(
     config: PrepareConfig,
     tokenizer: Tokenizer,
+    boundaries: DocumentBoundaries,
     stats: dict[str, SplitStats],
     dtype: np.dtype,
     engine_name: str,
@@ -352,8 +375,7 @@ def _description(
     description.update(
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **boundaries.description(),
         pad_token_id=tokenizer.pad_token_id,
         token_dtype=dtype.name,
         tokenizer_engine_used=engine_name,
