@@ -9,12 +9,11 @@ to a temporary directory beside the final one and is renamed into place only whe
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lmfast.data import chunking, documents, engines
+from lmfast.data import chunking, documents, engines, staging
 from lmfast.data.boundaries import BoundaryError, DocumentBoundaries, resolve_boundaries
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
@@ -134,6 +133,7 @@ class SplitStats:
     samples: int
     tokens: int
     documents: int
+    forced_cuts: int = 0
 
 
 def _check_writable_root(root: Path) -> None:
@@ -149,6 +149,21 @@ def _check_writable_root(root: Path) -> None:
 def _first_free_version(dataset_dir: Path) -> int:
     taken = {int(p.name) for p in dataset_dir.iterdir() if p.name.isdigit()}
     return next(n for n in range(len(taken) + 1) if n not in taken)
+
+
+def _commit(stage: staging.Staging, dataset_dir: Path) -> Path:
+    """Rename the finished directory to the first free version N (another run may take N first)."""
+    while True:
+        final = dataset_dir / str(_first_free_version(dataset_dir))
+        if final.exists():
+            continue
+        try:
+            stage.commit(final)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        return final
 
 
 def _prefetched(iterator: Iterator[T], depth: int = 1) -> Iterator[T]:
@@ -218,7 +233,7 @@ def write_split(
     eos = -1 if boundaries.eos_token_id is None else boundaries.eos_token_id
     max_len, min_len = config.max_sample_length, config.min_sample_length
     carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
-    in_doc, n_documents = False, 0
+    in_doc, n_documents, forced_cuts = False, 0, 0
     with (
         NpyAppender(out_dir / "corpus.npy", dtype) as corpus,
         NpyAppender(out_dir / "sample_start_positions.npy", np.int64) as starts,
@@ -247,9 +262,10 @@ def write_split(
             corpus.append(out[:cur_start])
             carry = out[cur_start:out_pos].copy()
             n_documents += batch.n_documents
+            forced_cuts += batch.forced_cuts
         if in_doc or len(carry):
             raise RuntimeError(f"{path}: input ended inside a document (internal error)")
-        stats = SplitStats(samples=starts.length, tokens=corpus.length, documents=n_documents)
+        stats = SplitStats(starts.length, corpus.length, n_documents, forced_cuts)
     if stats.samples == 0:
         raise PrepareError(
             f"{flag}: {path} gave no samples ({n_documents} documents, none reaching "
@@ -314,8 +330,11 @@ def prepare(config: PrepareConfig) -> Path:
         raise PrepareError(
             f"--datasets_root: cannot create {dataset_dir}: {error.strerror or error}"
         ) from None
-    temporary = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=dataset_dir))
+    staging.remove_stale(dataset_dir)
+    stage: staging.Staging | None = None
     try:
+        stage = staging.Staging(dataset_dir)
+        temporary = stage.directory
         stats = {}
         for name, path in splits.items():
             try:
@@ -338,18 +357,19 @@ def prepare(config: PrepareConfig) -> Path:
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )
-        while True:  # first free N; re-check in case another run took it meanwhile
-            final = dataset_dir / str(_first_free_version(dataset_dir))
-            if not final.exists():
-                os.rename(temporary, final)
-                break
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        final = _commit(stage, dataset_dir)
+    except BaseException as error:
+        if stage is not None:
+            stage.discard()
         for directory in reversed(created):
             try:
                 directory.rmdir()
             except OSError:
                 pass
+        if isinstance(error, OSError):  # full disk, read-only or vanished output directory
+            raise PrepareError(
+                f"--datasets_root: cannot write the dataset in {dataset_dir}: {error.strerror or error}"
+            ) from None
         raise
     logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
     return final
@@ -372,6 +392,7 @@ def _description(
         description[f"number_of_{name}_samples"] = split.samples
         description[f"number_of_{name}_tokens"] = split.tokens
         description[f"number_of_{name}_documents"] = split.documents
+        description[f"number_of_{name}_forced_cuts"] = split.forced_cuts
     description.update(
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,
