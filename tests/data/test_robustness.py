@@ -204,3 +204,24 @@ def test_a_directory_without_a_lock_is_stale(tmp_path):
     assert removed == [tmp_path / ".incomplete-old"] and live.directory.is_dir()
     live.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A write that fails mid-run (a file-size limit, as a full disk would): exit 2, one line."""
+    train = REPO / "data" / "documents" / "nietzsche" / "train.txt"
+    root = tmp_path / "root"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        _prepare_command(train, root), env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=_limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--datasets_root: cannot write" in result.stderr
+    assert not root.exists()
