@@ -17,20 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmfast.data.errors import PrepareError
 from lmfast.data.tokenizers import Tokenizer
 
 AUTO, NONE = "auto", "none"
 # pretraining separators of today's families, most common first (GPT-2/SmolLM2/Qwen, Llama 3,
 # Llama 2/Mistral, Gemma); chat-turn tokens are deliberately absent
 DOCUMENT_SEPARATORS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
-
-
-class BoundaryError(ValueError):
-    """A boundary flag names a token the tokenizer does not have."""
-
-    def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"--{field}: {rule}")
-        self.field, self.rule = field, rule
 
 
 @dataclass(frozen=True)
@@ -85,7 +78,7 @@ def _explicit(tokenizer: Tokenizer, field: str, value: str) -> tuple[str | None,
     if value == NONE:
         return None, f"--{field} none"
     if tokenizer.backend.token_to_id(value) is None:
-        raise BoundaryError(
+        raise PrepareError(
             field, f"{value!r} is not a token of {tokenizer.name} (give a token, none or auto)"
         )
     return value, f"--{field} {value}"
@@ -95,7 +88,7 @@ def resolve_boundaries(tokenizer: Tokenizer, bos: str = AUTO, eos: str = AUTO) -
     """The document boundaries for the flag values `bos`/`eos` ("auto", "none" or a token).
 
     Raises:
-        BoundaryError: a named token is not in the tokenizer's vocabulary.
+        PrepareError: a named token is not in the tokenizer's vocabulary.
     """
     bos_token, bos_why = (
         _auto_bos(tokenizer) if bos == AUTO else _explicit(tokenizer, "document_bos_token", bos)

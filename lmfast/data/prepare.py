@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lmfast.data import chunking, documents, engines, staging
-from lmfast.data.boundaries import BoundaryError, DocumentBoundaries, resolve_boundaries
+from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
+from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
 
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 UINT16_VOCAB_LIMIT = 65536
 T = TypeVar("T")
-
-
-class PrepareError(ValueError):
-    """Bad input for `prepare`: the message is one line naming the flag or file and the problem."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -85,44 +82,45 @@ class PrepareConfig:
     )
 
     def __post_init__(self) -> None:
+        """Every option is checked here, once; the kernels and engines assume checked options.
+
+        Raises:
+            PrepareError: with `.field` (the flag) and `.rule` (what it must satisfy).
+        """
         self.documents_train_file = Path(self.documents_train_file)
         self.documents_valid_file = Path(self.documents_valid_file)
         self.datasets_root = Path(self.datasets_root)
         delimiter = self.end_of_document.strip()
         if not delimiter:
-            raise PrepareError("--end_of_document: must not be empty or whitespace")
+            raise PrepareError("end_of_document", "must not be empty or whitespace")
         if any(c.isspace() for c in delimiter):
-            raise PrepareError(f"--end_of_document: {delimiter!r} must not contain whitespace")
-        if self.max_sample_length < 1:
-            raise PrepareError(f"--max_sample_length: must be positive, got {self.max_sample_length}")
-        if self.min_sample_length < 1:
-            raise PrepareError(f"--min_sample_length: must be positive, got {self.min_sample_length}")
+            raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
+        for name in ("max_sample_length", "min_sample_length"):
+            if getattr(self, name) < 1:
+                raise PrepareError(name, f"must be positive, got {getattr(self, name)}")
         if self.min_sample_length > self.max_sample_length:
             raise PrepareError(
+                "min_sample_length",
                 f"--min_sample_length ({self.min_sample_length}) must not exceed "
-                f"--max_sample_length ({self.max_sample_length})"
+                f"--max_sample_length ({self.max_sample_length})",
             )
-        if self.tokenizer_engine not in ("auto", *engines.ENGINES):
-            raise PrepareError(
-                f"--tokenizer_engine: expected one of {('auto', *engines.ENGINES)}, got {self.tokenizer_engine!r}"
-            )
-        if self.encoding_errors not in documents.ENCODING_ERRORS:
-            raise PrepareError(
-                f"--encoding_errors: expected one of {documents.ENCODING_ERRORS}, got {self.encoding_errors!r}"
-            )
-        if self.kernel_backend not in ("auto", "cython", "python"):
-            raise PrepareError(
-                f"--kernel_backend: expected auto, cython or python, got {self.kernel_backend!r}"
-            )
+        choices = {
+            "tokenizer_engine": ("auto", *engines.ENGINES),
+            "encoding_errors": documents.ENCODING_ERRORS,
+            "kernel_backend": ("auto", "cython", "python"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PrepareError(name, f"expected one of {allowed}, got {getattr(self, name)!r}")
         if self.num_threads < 0:
-            raise PrepareError(f"--num_threads: must be >= 0, got {self.num_threads}")
-        if not self.window_mb > 0:
-            raise PrepareError(f"--window_mb: must be positive, got {self.window_mb}")
+            raise PrepareError("num_threads", f"must be >= 0, got {self.num_threads}")
+        if not self.window_mb > 0 or self.window_mb == float("inf"):
+            raise PrepareError("window_mb", f"must be a positive number, got {self.window_mb}")
         for name in ("document_bos_token", "document_eos_token"):
             if not getattr(self, name):
-                raise PrepareError(f"--{name}: must be auto, none or a token, got an empty string")
+                raise PrepareError(name, "must be auto, none or a token, got an empty string")
         if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
-            raise PrepareError(f"--dataset_name: {self.dataset_name!r} is not a valid directory name")
+            raise PrepareError("dataset_name", f"{self.dataset_name!r} is not a valid directory name")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -292,10 +290,7 @@ def prepare(config: PrepareConfig) -> Path:
     except documents.DocumentsError as error:
         raise PrepareError(str(error)) from None
     _check_writable_root(config.datasets_root)
-    try:
-        boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
-    except BoundaryError as error:
-        raise PrepareError(str(error)) from None
+    boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
     try:
         kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
     except ImportError as error:
