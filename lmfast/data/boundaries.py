@@ -56,7 +56,7 @@ def _auto_bos(tokenizer: Tokenizer) -> tuple[str | None, str]:
     if tokenizer.add_bos_token is None:
         return tokenizer.bos_token, "the registered tokenizer's bos_token"
     if tokenizer.add_bos_token and tokenizer.bos_token is not None:
-        return tokenizer.bos_token, "the tokenizer adds its bos_token (add_bos_token)"
+        return tokenizer.bos_token, "the tokenizer adds its bos_token (add_bos_token or its post-processor)"
     return None, "the tokenizer adds no BOS"
 
 
