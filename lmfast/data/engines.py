@@ -2,8 +2,10 @@
 
 `prepare` spends its time here. Engines, fastest first:
 
-- `gigatoken`: a Rust byte-level BPE (MIT, PyPI) that encodes a whole window of documents from
-  one flat buffer in parallel, splitting long documents itself (~100x `tokenizers` here).
+- `gigatoken`: a Rust BPE (MIT, PyPI) that encodes a whole window of documents from one flat
+  buffer in parallel, splitting long documents itself. It reads tokenizer.json's pre-tokenizer
+  and normalizer, so it serves GPT-2, SmolLM2, Qwen2/3 and Llama 3 byte-level BPE and Llama 2 /
+  Mistral SentencePiece BPE with byte fallback (`bench_prepare.py --families`).
 - `tiktoken`: OpenAI's BPE with ranks built from the same vocab (GPT-2 style byte-level BPE
   whose ids follow merge order), threads over documents.
 - `tokenizers`: the Hugging Face reference itself, `encode_batch` over documents cut at safe
