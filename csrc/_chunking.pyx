@@ -233,8 +233,7 @@ def utf8_error_offset(const uint8_t[::1] buf):
 def split_long_pieces(const uint8_t[::1] flat, const int64_t[::1] offsets, Py_ssize_t max_piece_bytes):
     cdef Py_ssize_t m = offsets.shape[0] - 1, i, k = 0
     cdef Py_ssize_t n = flat.shape[0]
-    if max_piece_bytes < 1:
-        raise ValueError("max_piece_bytes must be >= 1")
+    assert max_piece_bytes >= 1
     if m >= 0 and not (0 <= offsets[0] and offsets[m] <= n):
         raise ValueError("offsets outside the buffer")
     cdef Py_ssize_t cap = offsets.shape[0] + (n // max_piece_bytes) + 1
@@ -274,8 +273,7 @@ def write_samples(const uint32_t[::1] ids, const int64_t[::1] piece_offsets, con
     cdef int error = 0
     cdef Py_ssize_t bad_piece = -1
     cdef long long bad_token = 0
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    assert 1 <= min_len <= max_len, "checked by PrepareConfig"
     if piece_first.shape[0] != m or piece_last.shape[0] != m:
         raise ValueError("piece flags must have one entry per piece")
     if m > 0 and not (0 <= piece_offsets[0] and piece_offsets[m] <= ids.shape[0]):

@@ -266,7 +266,8 @@ def write_samples(
         (out_pos, cur_start, in_doc, number of starts written).
 
     Raises:
-        ValueError: an id does not fit `out`'s dtype, or the piece flags are inconsistent.
+        ValueError: an id does not fit `out`'s dtype, or the piece flags are inconsistent (the
+            data, not the options: those are checked once, by `PrepareConfig`).
     """
     native = _use_native(backend)
     if native is not None:
@@ -274,8 +275,7 @@ def write_samples(
             ids, piece_offsets, piece_first, piece_last, bos, eos, max_len, min_len,
             out, out_pos, cur_start, in_doc, starts_out,
         )  # fmt: skip
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    assert 1 <= min_len <= max_len, "checked by PrepareConfig"
     limit = int(np.iinfo(out.dtype).max)
     n_starts = 0
 
@@ -311,13 +311,3 @@ def write_samples(
             out_pos = cur_start if length < min_len else out_pos
             cur_start, in_doc = out_pos, False
     return out_pos, cur_start, in_doc, n_starts
-
-
-def samples_of_documents(documents: list[list[int]], max_len: int, min_len: int) -> list[list[int]]:
-    """The semantics in one line per step (the seed's): whole documents' ids -> kept samples."""
-    samples = []
-    for tokens in documents:
-        for i in range(0, len(tokens), max_len):
-            if len(tokens[i : i + max_len]) >= min_len:
-                samples.append(tokens[i : i + max_len])
-    return samples

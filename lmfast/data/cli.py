@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import typing
 from pathlib import Path
@@ -58,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     values = {k: v for k, v in args.items() if v is not None}
-    if values.get("num_threads"):
-        # the Rust engines (gigatoken, tokenizers) size their rayon pools from this on first use
-        os.environ["RAYON_NUM_THREADS"] = str(values["num_threads"])
     try:
         directory = prepare(PrepareConfig(**values))
     except PrepareError as error:

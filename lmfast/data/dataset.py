@@ -1,4 +1,10 @@
-"""Reading a prepared dataset back (DESIGN.md §1): memory-mapped, no copy of the corpus.
+"""Reading a prepared dataset back (docs/architecture.md §1): memory-mapped, no copy of the corpus.
+
+Opening a `PreparedDataset` checks what is cheap (description.json's shape, each `.npy` header
+and size against the description, the first and last start position), so a damaged directory is
+one clear `DatasetFormatError` instead of a traceback or a 256 TB allocation later.
+`PreparedDataset.verify()` is the full check (every id below `vocab_size`, start positions
+strictly increasing, the tokenizer loads): training calls it once before it starts.
 
 Worker processes of a DataLoader can hold a `PreparedDataset` cheaply: only the file paths
 are pickled and each process maps the arrays itself.
@@ -13,10 +19,28 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "valid")
+TOKEN_DTYPES = ("uint16", "int32")
+# description.json keys every dataset has, with their types (bool is not an int here)
+REQUIRED_KEYS: dict[str, type] = {
+    "vocab_size": int,
+    "token_dtype": str,
+    **{f"number_of_{split}_{what}": int for split in SPLITS for what in ("samples", "tokens")},
+}
+_SCAN_ITEMS = 1 << 24  # verify() reads the corpus this many ids at a time
 
 
 class DatasetFormatError(ValueError):
-    """The directory is not a dataset written by `lmfast prepare`."""
+    """The directory is not a usable dataset written by `lmfast prepare`; says which file and why."""
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # bad magic/header, truncated, unreadable
+        raise DatasetFormatError(f"{path}: not a readable .npy array ({error})") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 1:
+        raise DatasetFormatError(f"{path}: expected a 1-D array")
+    return array
 
 
 class PreparedSplit:
@@ -31,10 +55,8 @@ class PreparedSplit:
         self._starts: np.ndarray | None = None
 
     def _load(self) -> None:
-        self._corpus = np.load(self.directory / "corpus.npy", mmap_mode="r")
-        self._starts = np.load(self.directory / "sample_start_positions.npy", mmap_mode="r")
-        if self._corpus.ndim != 1 or self._starts.ndim != 1:
-            raise DatasetFormatError(f"{self.directory}: corpus and start positions must be 1-D arrays")
+        self._corpus = _load_npy(self.directory / "corpus.npy")
+        self._starts = _load_npy(self.directory / "sample_start_positions.npy")
 
     @property
     def corpus(self) -> np.ndarray:
@@ -49,6 +71,58 @@ class PreparedSplit:
         if self._starts is None:
             self._load()
         return self._starts  # type: ignore[return-value]
+
+    def check(self, token_dtype: str, samples: int, tokens: int) -> None:
+        """The cheap check: dtypes, lengths against the description, first and last start.
+
+        Raises:
+            DatasetFormatError: naming the file and what is wrong.
+        """
+        corpus, starts = self.corpus, self.starts
+        where = self.directory
+        if corpus.dtype != np.dtype(token_dtype):
+            raise DatasetFormatError(
+                f"{where}/corpus.npy: dtype {corpus.dtype}, description says {token_dtype}"
+            )
+        if starts.dtype != np.int64:
+            raise DatasetFormatError(
+                f"{where}/sample_start_positions.npy: dtype {starts.dtype}, expected int64"
+            )
+        if len(corpus) != tokens or len(starts) != samples:
+            raise DatasetFormatError(
+                f"{where}: {len(starts)} samples and {len(corpus)} tokens on disk, "
+                f"description.json says {samples} and {tokens} (truncated or mismatched files)"
+            )
+        if samples and (int(starts[0]) != 0 or not 0 <= int(starts[-1]) < len(corpus)):
+            raise DatasetFormatError(
+                f"{where}/sample_start_positions.npy: start positions must begin at 0 and stay below "
+                f"the corpus length {len(corpus)} (first {int(starts[0])}, last {int(starts[-1])})"
+            )
+
+    def verify(self, vocab_size: int) -> None:
+        """The full check: start positions strictly increasing, every id in [0, vocab_size).
+
+        Raises:
+            DatasetFormatError: the first problem found, with its position.
+        """
+        starts = self.starts
+        for lo in range(0, len(starts), _SCAN_ITEMS):
+            block = np.asarray(starts[lo : lo + _SCAN_ITEMS + 1])
+            bad = np.flatnonzero(np.diff(block) <= 0)
+            if len(bad):
+                raise DatasetFormatError(
+                    f"{self.directory}/sample_start_positions.npy: not strictly increasing at sample "
+                    f"{lo + int(bad[0]) + 1}"
+                )
+        corpus = self.corpus
+        for lo in range(0, len(corpus), _SCAN_ITEMS):
+            block = np.asarray(corpus[lo : lo + _SCAN_ITEMS])
+            if block.size and (int(block.max()) >= vocab_size or int(block.min()) < 0):
+                position = lo + int(np.flatnonzero((block >= vocab_size) | (block < 0))[0])
+                raise DatasetFormatError(
+                    f"{self.directory}/corpus.npy: token id {int(corpus[position])} at position {position} "
+                    f"is outside the vocabulary (vocab_size {vocab_size})"
+                )
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
@@ -78,8 +152,32 @@ class PreparedSplit:
         return {"directory": self.directory, "_corpus": None, "_starts": None}
 
 
+def _read_description(path: Path) -> dict[str, Any]:
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path}: invalid JSON ({error})") from None
+    if not isinstance(description, dict):
+        raise DatasetFormatError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    for key, kind in REQUIRED_KEYS.items():
+        value = description.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DatasetFormatError(f"{path}: {key!r} must be {kind.__name__}, got {value!r}")
+        if kind is int and value < 0:
+            raise DatasetFormatError(f"{path}: {key!r} must be >= 0, got {value}")
+    if description["vocab_size"] < 1:
+        raise DatasetFormatError(f"{path}: 'vocab_size' must be positive")
+    if description["token_dtype"] not in TOKEN_DTYPES:
+        raise DatasetFormatError(f"{path}: 'token_dtype' must be one of {TOKEN_DTYPES}")
+    return description
+
+
 class PreparedDataset:
-    """A dataset directory `<datasets_root>/<name>/<N>/` with its description and both splits."""
+    """A dataset directory `<datasets_root>/<name>/<N>/` with its description and both splits.
+
+    Raises:
+        DatasetFormatError: on open, when the cheap checks fail (see the module docstring).
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -88,12 +186,46 @@ class PreparedDataset:
             raise DatasetFormatError(
                 f"{self.directory}: no description.json (not an lmfast dataset directory)"
             )
-        try:
-            self.description: dict[str, Any] = json.loads(description_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DatasetFormatError(f"{description_path}: invalid JSON ({error})") from None
+        self.description: dict[str, Any] = _read_description(description_path)
         self.train = PreparedSplit(self.directory / "train")
         self.valid = PreparedSplit(self.directory / "valid")
+        for name in SPLITS:
+            self.split(name).check(
+                self.description["token_dtype"],
+                self.description[f"number_of_{name}_samples"],
+                self.description[f"number_of_{name}_tokens"],
+            )
+
+    def verify(self) -> PreparedDataset:
+        """The full check, once before training: ids, start positions, the tokenizer. Returns self.
+
+        Reads the whole corpus (about 1 s per GB), never holding more than a block of it.
+
+        Raises:
+            DatasetFormatError: the first problem found, naming the file.
+        """
+        vocab_size = int(self.description["vocab_size"])
+        self._verify_tokenizer(vocab_size)
+        for name in SPLITS:
+            self.split(name).verify(vocab_size)
+        return self
+
+    def _verify_tokenizer(self, vocab_size: int) -> None:
+        from tokenizers import Tokenizer
+
+        path = self.directory / "tokenizer" / "tokenizer.json"
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing (the dataset's tokenizer)")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on bad JSON
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DatasetFormatError(f"{path}: not a Hugging Face tokenizer.json ({first_line})") from None
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > vocab_size:
+            raise DatasetFormatError(
+                f"{path}: {size} tokens, but description.json says vocab_size {vocab_size}"
+            )
 
     def split(self, name: str) -> PreparedSplit:
         if name not in SPLITS:

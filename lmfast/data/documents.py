@@ -4,14 +4,20 @@ A document is the text between lines equal to the delimiter (ASCII whitespace st
 line), its lines joined by '\\n' ("\\r\\n" line endings become "\\n"); documents holding only
 whitespace are skipped; text after the last delimiter line is a document too.
 
-Memory stays bounded whatever the file size: only one window (`window_bytes`) is mapped at a
-time, and a document longer than a window is cut into pieces at safe points
+Memory stays bounded whatever the file and whatever its content: one window (`window_bytes`) is
+read at a time into a buffer (read, not memory-mapped, so a file that shrinks meanwhile is a clear
+error instead of SIGBUS), and a document longer than a window is cut into pieces at safe points
 (`chunking.last_safe_cut`), which the tokenizer engines encode separately with identical ids.
+Where no safe point exists (one 200 MB "word", or any long document of a tokenizer whose cuts are
+not provably safe), the window grows up to `max_window_bytes(window_bytes)` and the document is
+then cut at a byte bound (`forced_cut`): memory stays bounded, every engine still gets the same
+pieces (so their ids agree), and only ids right at such a cut can differ from encoding the
+document whole. The count is reported as `PieceBatch.forced_cuts`.
 """
 
 from __future__ import annotations
 
-import mmap
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +28,18 @@ import numpy as np
 from lmfast.data import chunking
 from lmfast.data.chunking import Backend
 
+logger = logging.getLogger(__name__)
+
 ENCODING_ERRORS = ("strict", "replace", "ignore")
-# a window grows (doubling) up to this size when it holds no delimiter line and no safe cut
-MAX_WINDOW_BYTES = 1 << 31
+# a window with no delimiter line and no safe cut grows (doubling) up to twice its size, and at
+# least to this, before a document is cut at a byte bound
+MIN_GROWN_WINDOW_BYTES = 1 << 20
+_WHITESPACE = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+
+
+def max_window_bytes(window_bytes: int) -> int:
+    """The largest window read while looking for a safe cut: the bound on memory per window."""
+    return max(2 * window_bytes, MIN_GROWN_WINDOW_BYTES)
 
 
 class DocumentsError(ValueError):
@@ -46,6 +61,7 @@ class PieceBatch:
     offsets: np.ndarray
     first: np.ndarray
     last: np.ndarray
+    forced_cuts: int = 0
 
     @property
     def n_documents(self) -> int:
@@ -74,14 +90,77 @@ def check_documents_file(path: Path, delimiter: str, flag: str) -> None:
         with path.open("rb") as file:
             if os.fstat(file.fileno()).st_size == 0:
                 raise DocumentsError(f"{flag}: file is empty: {path}")
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                found = mapped.find(delimiter.encode("utf-8")) >= 0
+            found = _contains(file, delimiter.encode("utf-8"))
     except PermissionError:
         raise DocumentsError(f"{flag}: permission denied: {path}") from None
     except OSError as error:
         raise DocumentsError(f"{flag}: cannot read {path}: {error.strerror or error}") from None
     if not found:
         raise DocumentsError(f"{flag}: no line equal to --end_of_document {delimiter!r} in {path}")
+
+
+def _contains(file, needle: bytes, block: int = 1 << 20) -> bool:
+    """Whether the file holds `needle`, read in blocks (never mapped: a shrinking file is no SIGBUS)."""
+    tail = b""
+    while chunk := file.read(block):
+        if needle in tail + chunk[: len(needle)] or needle in chunk:
+            return True
+        tail = chunk[-(len(needle) - 1) :] if len(needle) > 1 else b""
+    return False
+
+
+def _read_window(file, path: Path, flag: str, position: int, length: int, size: int) -> np.ndarray:
+    """`length` bytes at `position`, read into a fresh buffer.
+
+    Raises:
+        DocumentsError: the file ended early, i.e. it shrank after the run started.
+    """
+    buf = np.empty(length, dtype=np.uint8)
+    view, done = memoryview(buf), 0
+    while done < length:
+        got = os.preadv(file.fileno(), [view[done:]], position + done)
+        if got == 0:
+            raise DocumentsError(
+                f"{flag}: {path} shrank while being read (was {size} bytes, ends at {position + done}); "
+                "do not modify a documents file during prepare"
+            )
+        done += got
+    return buf
+
+
+def _line_may_be_delimiter(prefix: bytes, delimiter: bytes) -> bool:
+    """Whether a line starting with `prefix` could still equal the delimiter once stripped."""
+    text = prefix.lstrip(_WHITESPACE)
+    return delimiter.startswith(text) or (
+        text.startswith(delimiter) and not text[len(delimiter) :].strip(_WHITESPACE)
+    )
+
+
+def forced_cut(buf: np.ndarray, delimiter: bytes, open_line: bool) -> int:
+    """A byte bound p in (0, len(buf)] to cut a window that holds no delimiter line and no safe cut.
+
+    The cut is at a UTF-8 character boundary, never between "\r" and "\n" nor right after a
+    "\n", and never inside a line that could still be the delimiter line, so the documents
+    (their bytes) are exactly those of the uncut file. `open_line`: buf starts inside a line
+    already known not to be the delimiter.
+
+    Returns:
+        p, or -1 when none exists (only for a window that is one line of whitespace around a
+        possible delimiter).
+    """
+    data = buf.tobytes()
+    newline = data.rfind(b"\n")
+    line_start = newline + 1
+    p = len(data) - 1  # the byte after the cut must be seen to know the cut is a character boundary
+    while p > line_start and (0x80 <= data[p] < 0xC0 or data[p - 1] == 0x0D):
+        p -= 1
+    if p > line_start and (
+        (newline < 0 and open_line) or not _line_may_be_delimiter(data[line_start:p], delimiter)
+    ):
+        return p
+    # cut just before the last line break: the line it ends is complete, so not the delimiter
+    p = newline - 1 if newline > 0 and data[newline - 1] == 0x0D else newline
+    return p if p > 0 else -1
 
 
 def read_sample_text(path: Path, max_bytes: int = 64 * 1024) -> str:
@@ -137,91 +216,113 @@ def iter_pieces(
     Args:
         delimiter: the document delimiter line (stripped), e.g. "[END_OF_DOCUMENT]".
         flag: the CLI flag that named `path`, for error messages.
-        window_bytes: bytes mapped at a time (peak memory is a few times this).
-        encoding_errors: "strict" (invalid UTF-8 raises, saying where), "replace" or "ignore".
+        window_bytes: bytes read at a time (peak memory is a few times `max_window_bytes`).
+        encoding_errors: "strict" (invalid UTF-8 raises, saying where), "replace" or "ignore"
+            (checked by `PrepareConfig`).
         splittable: whether long documents may be cut at safe points (byte-level BPE only);
-            otherwise a window grows to hold a whole document.
+            otherwise only at byte bounds, once a window has grown to `max_window_bytes`.
 
     Raises:
-        DocumentsError: invalid UTF-8 (strict), no delimiter line, a document with no safe cut
-            within MAX_WINDOW_BYTES.
+        DocumentsError: invalid UTF-8 (strict), no delimiter line, the file shrank while read.
     """
-    if encoding_errors not in ENCODING_ERRORS:
-        raise DocumentsError(f"--encoding_errors: expected one of {ENCODING_ERRORS}, got {encoding_errors!r}")
     needle = delimiter.strip().encode("utf-8")
     size = path.stat().st_size
+    grown_limit = max_window_bytes(window_bytes)
     position, window, doc_open, delimiters_seen = 0, window_bytes, False, 0
-    while position < size:
-        end = min(position + window, size)
-        at_eof = end == size
-        buf = np.memmap(path, dtype=np.uint8, mode="r", offset=position, shape=(end - position,))
-        lines = chunking.find_delimiter_lines(buf, needle, at_eof, backend=backend)
-        if len(lines):
-            delimiters_seen += len(lines)
-            starts = np.concatenate(([0], lines[:, 1]))
-            ends = np.concatenate((lines[:, 0], [len(buf)]))
-            final = np.ones(len(starts), dtype=np.uint8)
-            first = np.ones(len(starts), dtype=np.uint8)
-            first[0] = not doc_open
-            if at_eof:
-                consumed = len(buf)
-            else:  # the text after the last delimiter line continues in the next window
-                starts, ends, final, first = starts[:-1], ends[:-1], final[:-1], first[:-1]
-                consumed = int(lines[-1, 1])
-            doc_open = False
-        elif at_eof:
-            starts, ends = np.array([0]), np.array([len(buf)])
-            first, final = np.array([not doc_open], dtype=np.uint8), np.ones(1, dtype=np.uint8)
-            consumed, doc_open = len(buf), False
-        else:
-            cut = chunking.last_safe_cut(buf, 1, len(buf) - 1, backend=backend) if splittable else -1
-            if cut > 0 and chunking.find_byte(buf[cut:], 0x0A, backend=backend) < 0:
-                # The line at the cut runs past the window, so it may be the delimiter line
-                # (find_delimiter_lines never matches an incomplete line). Cutting there would
-                # end this non-final piece with the document's last line break, which only a
-                # final piece may drop. Cut before a complete, non-delimiter line instead.
-                cut = chunking.last_safe_cut(buf, 1, cut - 1, backend=backend)
-            if cut <= 0:
-                del buf
-                if window >= MAX_WINDOW_BYTES:
-                    raise DocumentsError(
-                        f"{flag}: {path}: a document around byte {position} is longer than "
-                        f"{MAX_WINDOW_BYTES} bytes with no safe point to cut it"
-                    )
-                window *= 2
-                continue
-            starts, ends = np.array([0]), np.array([cut])
-            first, final = np.array([not doc_open], dtype=np.uint8), np.zeros(1, dtype=np.uint8)
-            consumed, doc_open = cut, True
-        starts, ends = starts.astype(np.int64), ends.astype(np.int64)
-        crlf = chunking.find_byte(buf[:consumed], 0x0D, backend=backend) >= 0
-        flat, offsets = chunking.gather_documents(buf, starts, ends, final, crlf, backend=backend)
-        bad = chunking.utf8_error_offset(flat, backend=backend)
-        if bad >= 0:
-            if encoding_errors == "strict":
-                piece = int(np.searchsorted(offsets, bad, side="right")) - 1
-                file_offset = position + int(starts[piece]) + (bad - int(offsets[piece]))
-                raise DocumentsError(
-                    f"{flag}: {path}: invalid UTF-8 at byte {file_offset} (line "
-                    f"{_line_number(path, file_offset)}); fix the file or pass --encoding_errors replace"
+    # open_line: the window starts inside a line (after a byte-bound cut) that is not the delimiter
+    open_line, forced_total = False, 0
+    with path.open("rb") as file:
+        while position < size:
+            end = min(position + window, size)
+            at_eof = end == size
+            buf = _read_window(file, path, flag, position, end - position, size)
+            skip = 0
+            if open_line:
+                newline = chunking.find_byte(buf, 0x0A, backend=backend)
+                skip = len(buf) if newline < 0 else newline + 1
+            lines = chunking.find_delimiter_lines(buf[skip:], needle, at_eof, backend=backend) + skip
+            forced = 0
+            if len(lines):
+                delimiters_seen += len(lines)
+                starts = np.concatenate(([0], lines[:, 1]))
+                ends = np.concatenate((lines[:, 0], [len(buf)]))
+                final = np.ones(len(starts), dtype=np.uint8)
+                first = np.ones(len(starts), dtype=np.uint8)
+                first[0] = not doc_open
+                if at_eof:
+                    consumed = len(buf)
+                else:  # the text after the last delimiter line continues in the next window
+                    starts, ends, final, first = starts[:-1], ends[:-1], final[:-1], first[:-1]
+                    consumed = int(lines[-1, 1])
+                doc_open, open_line = False, False
+            elif at_eof:
+                starts, ends = np.array([0]), np.array([len(buf)])
+                first, final = np.array([not doc_open], dtype=np.uint8), np.ones(1, dtype=np.uint8)
+                consumed, doc_open = len(buf), False
+            else:
+                cut = (
+                    chunking.last_safe_cut(buf, max(skip, 1), len(buf) - 1, backend=backend)
+                    if splittable
+                    else -1
                 )
-            flat, offsets = _fix_encoding(flat, offsets, encoding_errors, backend)
-        blank = chunking.blank_documents(flat, offsets, backend=backend) & (first == 1) & (final == 1)
-        if blank.any():
-            keep = ~blank
-            flat, offsets = chunking.gather_documents(
-                flat,
-                offsets[:-1][keep],
-                offsets[1:][keep],
-                np.zeros(int(keep.sum()), np.uint8),
-                False,
-                backend=backend,
-            )
-            first, final = first[keep], final[keep]
-        del buf  # unmap the window: resident memory stays bounded
-        position += consumed
-        window = window_bytes
-        if len(first):
-            yield PieceBatch(flat=flat, offsets=offsets, first=first, last=final)
+                if cut > 0 and chunking.find_byte(buf[cut:], 0x0A, backend=backend) < 0:
+                    # The line at the cut runs past the window, so it may be the delimiter line
+                    # (find_delimiter_lines never matches an incomplete line). Cutting there would
+                    # end this non-final piece with the document's last line break, which only a
+                    # final piece may drop. Cut before a complete, non-delimiter line instead.
+                    cut = chunking.last_safe_cut(buf, max(skip, 1), cut - 1, backend=backend)
+                if cut > 0:
+                    open_line = False
+                elif window < grown_limit:
+                    window = min(2 * window, grown_limit)
+                    continue
+                else:
+                    cut = forced_cut(buf, needle, open_line)
+                    if cut <= 0:
+                        raise DocumentsError(
+                            f"{flag}: {path}: the line at byte {position} holds more than {len(buf)} "
+                            "bytes of whitespace around the delimiter; raise --window_mb"
+                        )
+                    # the next window starts inside the cut line, which is not the delimiter
+                    forced, open_line = 1, True
+                starts, ends = np.array([0]), np.array([cut])
+                first, final = np.array([not doc_open], dtype=np.uint8), np.zeros(1, dtype=np.uint8)
+                consumed, doc_open = cut, True
+            starts, ends = starts.astype(np.int64), ends.astype(np.int64)
+            crlf = chunking.find_byte(buf[:consumed], 0x0D, backend=backend) >= 0
+            flat, offsets = chunking.gather_documents(buf, starts, ends, final, crlf, backend=backend)
+            bad = chunking.utf8_error_offset(flat, backend=backend)
+            if bad >= 0:
+                if encoding_errors == "strict":
+                    piece = int(np.searchsorted(offsets, bad, side="right")) - 1
+                    file_offset = position + int(starts[piece]) + (bad - int(offsets[piece]))
+                    raise DocumentsError(
+                        f"{flag}: {path}: invalid UTF-8 at byte {file_offset} (line "
+                        f"{_line_number(path, file_offset)}); fix the file or pass --encoding_errors replace"
+                    )
+                flat, offsets = _fix_encoding(flat, offsets, encoding_errors, backend)
+            blank = chunking.blank_documents(flat, offsets, backend=backend) & (first == 1) & (final == 1)
+            if blank.any():
+                keep = ~blank
+                flat, offsets = chunking.gather_documents(
+                    flat,
+                    offsets[:-1][keep],
+                    offsets[1:][keep],
+                    np.zeros(int(keep.sum()), np.uint8),
+                    False,
+                    backend=backend,
+                )
+                first, final = first[keep], final[keep]
+            del buf  # one window at a time: resident memory stays bounded
+            position += consumed
+            window = window_bytes
+            if forced and (forced_total := forced_total + 1) == 1:
+                logger.warning(
+                    "%s: %s: no safe cut within %d bytes before byte %d: cut at a byte bound (ids "
+                    "right at such a cut may differ from encoding the document whole; more may follow)",
+                    flag, path, grown_limit, position,
+                )  # fmt: skip
+            if len(first):
+                yield PieceBatch(flat=flat, offsets=offsets, first=first, last=final, forced_cuts=forced)
     if delimiters_seen == 0:
         raise DocumentsError(f"{flag}: no line equal to --end_of_document {delimiter.strip()!r} in {path}")

@@ -2,8 +2,10 @@
 
 `prepare` spends its time here. Engines, fastest first:
 
-- `gigatoken`: a Rust byte-level BPE (MIT, PyPI) that encodes a whole window of documents from
-  one flat buffer in parallel, splitting long documents itself (~100x `tokenizers` here).
+- `gigatoken`: a Rust BPE (MIT, PyPI) that encodes a whole window of documents from one flat
+  buffer in parallel, splitting long documents itself. It reads tokenizer.json's pre-tokenizer
+  and normalizer, so it serves GPT-2, SmolLM2, Qwen2/3 and Llama 3 byte-level BPE and Llama 2 /
+  Mistral SentencePiece BPE with byte fallback (`bench_prepare.py --families`).
 - `tiktoken`: OpenAI's BPE with ranks built from the same vocab (GPT-2 style byte-level BPE
   whose ids follow merge order), threads over documents.
 - `tokenizers`: the Hugging Face reference itself, `encode_batch` over documents cut at safe
@@ -224,17 +226,52 @@ def _check_ranks_follow_merges(
         seen.add(merged)
 
 
+def _gigatoken_json(tokenizer: Tokenizer) -> tuple[str, int | None]:
+    """tokenizer.json text for gigatoken, and the first id to drop from its output (or None).
+
+    gigatoken maps every byte to a single-byte token. Byte-level vocabularies that lack some
+    bytes (SmolLM2 has no token for 0x04, 0xC0, ...) get those bytes added with ids past the
+    vocabulary; no merge involves them, so gigatoken gives them back as lone ids, and dropping
+    those ids is exactly what the reference does with a byte it has no token for (BPE without
+    an unk token skips it).
+
+    Raises:
+        ValueError: a byte is missing but the BPE model has an unk token (the reference would
+            emit it, possibly fused); not mapped here.
+    """
+    text = _without_special_tokens(tokenizer)
+    config = json.loads(text)
+    model = config.get("model") or {}
+    pre = json.dumps(config.get("pre_tokenizer"))
+    if model.get("type") != "BPE" or model.get("byte_fallback") or '"ByteLevel"' not in pre:
+        return text, None
+    vocab: dict[str, int] = model["vocab"]
+    missing = [char for char in _bytes_to_unicode().values() if char not in vocab]
+    if not missing:
+        return text, None
+    if model.get("unk_token") is not None:
+        raise ValueError(f"{len(missing)} bytes have no token and the BPE model has an unk token")
+    if any(any(char in token for char in missing) for token in vocab):
+        raise ValueError("a token holds a byte that is not itself a token")
+    first = tokenizer.vocab_size
+    vocab.update({char: first + i for i, char in enumerate(missing)})
+    return json.dumps(config), first
+
+
 class GigatokenEngine:
-    """gigatoken: one flat buffer + offsets in, one flat uint32 buffer + offsets out, all cores."""
+    """gigatoken: one flat buffer + offsets in, one flat uint32 buffer + offsets out, all cores.
+
+    Serves byte-level BPE (GPT-2, SmolLM2, Qwen2/3, Llama 3 pre-tokenizer regexes) and
+    SentencePiece BPE with byte fallback (Llama 2, Mistral); `select_engine` proves each one.
+    """
 
     name = "gigatoken"
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         import gigatoken
 
-        if not is_byte_level_bpe(tokenizer):
-            raise ValueError("gigatoken is used only for GPT-2 style byte-level BPE tokenizers here")
-        self._tokenizer = gigatoken.Tokenizer.from_json(_without_special_tokens(tokenizer))
+        text, self._drop_from = _gigatoken_json(tokenizer)
+        self._tokenizer = gigatoken.Tokenizer.from_json(text)
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import awkward as ak
@@ -252,15 +289,40 @@ class GigatokenEngine:
         out_offsets = np.asarray(result.offsets, dtype=np.int64)
         if out_offsets[0] != 0:
             ids, out_offsets = ids[out_offsets[0] :], out_offsets - out_offsets[0]
-        return ids[: out_offsets[-1]], out_offsets
+        ids = ids[: out_offsets[-1]]
+        if self._drop_from is not None:
+            ids, out_offsets = _drop_ids_from(ids, out_offsets, self._drop_from)
+        return ids, out_offsets
 
 
-def build_engine(name: str, tokenizer: Tokenizer, num_threads: int) -> Engine:
-    """Construct one engine by name (no identity check; see `select_engine`)."""
+def _drop_ids_from(ids: np.ndarray, offsets: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove ids >= `first` from every piece, keeping the pieces' offsets consistent."""
+    keep = ids < first
+    if keep.all():
+        return ids, offsets
+    kept_before = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    return ids[keep], kept_before[offsets]
+
+
+def set_thread_pool_size(num_threads: int | None) -> None:
+    """Size the Rust engines' rayon pools (gigatoken, tokenizers) before their first use.
+
+    Both read RAYON_NUM_THREADS once, when their global pool starts; setting it here (and not
+    only in the CLI) makes `prepare(PrepareConfig(num_threads=2))` from Python bound them too.
+    A pool already started in this process keeps its size.
+    """
+    if num_threads:
+        os.environ["RAYON_NUM_THREADS"] = str(num_threads)
+
+
+def build_engine(name: str, tokenizer: Tokenizer, num_threads: int | None = None) -> Engine:
+    """Construct one engine by name (no identity check; see `select_engine`); 0/None threads = all."""
+    set_thread_pool_size(num_threads)
     if name == "gigatoken":
         return GigatokenEngine(tokenizer)
     if name == "tiktoken":
-        return TiktokenEngine(tokenizer, num_threads)
+        return TiktokenEngine(tokenizer, num_threads or os.cpu_count() or 1)
     if name == "tokenizers":
         return TokenizersEngine(tokenizer)
     raise ValueError(f"unknown tokenizer engine {name!r}; expected one of {('auto', *ENGINES)}")
@@ -288,39 +350,52 @@ def first_difference(engine: Engine, tokenizer: Tokenizer, texts: Sequence[str])
     return None
 
 
+def _one_line(error: BaseException) -> str:
+    """The first line of an engine's error (Rust panics append a multi-line location)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def select_engine(
     tokenizer: Tokenizer, requested: str = "auto", samples: Sequence[str] = (), num_threads: int | None = None
 ) -> Engine:
     """The fastest engine proven identical to the reference on the probe texts and `samples`.
 
+    Any failure of a fast engine (missing package, a tokenizer it cannot load, a Rust panic, a
+    difference in ids) makes `auto` fall back to the next one; the reference always works.
+
     Args:
-        requested: "auto", or an engine name to force (still checked: a mismatch raises).
+        requested: "auto", or an engine name to force (still checked: any failure raises).
         samples: a few of the user's documents, checked too.
+        num_threads: threads for the engines' pools; None or 0 = all cores.
 
     Raises:
-        ValueError: a forced engine is unavailable or differs from the reference.
+        ValueError: a forced engine is unavailable, cannot serve this tokenizer or differs from
+            the reference (one line).
     """
-    num_threads = num_threads or os.cpu_count() or 1
-    candidates = ENGINES if requested == "auto" else (requested,)
     if requested != "auto" and requested not in ENGINES:
         raise ValueError(f"unknown tokenizer engine {requested!r}; expected one of {('auto', *ENGINES)}")
+    candidates = ENGINES if requested == "auto" else (requested,)
     texts = [*PROBE_TEXTS, *samples]
     for name in candidates:
         if name == "tokenizers":
-            return TokenizersEngine(tokenizer)
+            break
         try:
             engine = build_engine(name, tokenizer, num_threads)
             difference = first_difference(engine, tokenizer, texts)
-        except (ImportError, ValueError) as error:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # pyo3's PanicException derives from BaseException
             if requested != "auto":
                 raise ValueError(
-                    f"tokenizer engine {name!r} unavailable for {tokenizer.name}: {error}"
+                    f"tokenizer engine {name!r} cannot serve {tokenizer.name}: {_one_line(error)}"
                 ) from None
-            logger.info("engine %s unavailable: %s", name, error)
+            logger.info("engine %s cannot serve %s: %s", name, tokenizer.name, _one_line(error))
             continue
         if difference is None:
             return engine
         if requested != "auto":
             raise ValueError(f"tokenizer engine {name!r} differs from the reference: {difference}")
         logger.warning("engine %s differs from the reference, falling back: %s", name, difference)
+    set_thread_pool_size(num_threads)
     return TokenizersEngine(tokenizer)

@@ -9,12 +9,11 @@ to a temporary directory beside the final one and is renamed into place only whe
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lmfast.data import chunking, documents, engines
+from lmfast.data import chunking, documents, engines, staging
+from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
+from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
 
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 UINT16_VOCAB_LIMIT = 65536
 T = TypeVar("T")
-
-
-class PrepareError(ValueError):
-    """Bad input for `prepare`: the message is one line naming the flag or file and the problem."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -73,43 +70,57 @@ class PrepareConfig:
         default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
     )
     kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
+    document_bos_token: str = field(
+        default="auto",
+        metadata=_help("Token before each document: auto (the tokenizer's convention), none, or a token."),
+    )
+    document_eos_token: str = field(
+        default="auto",
+        metadata=_help(
+            "Token after each document: auto (the pretraining separator, e.g. <|endoftext|>), none, or a token."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        """Every option is checked here, once; the kernels and engines assume checked options.
+
+        Raises:
+            PrepareError: with `.field` (the flag) and `.rule` (what it must satisfy).
+        """
         self.documents_train_file = Path(self.documents_train_file)
         self.documents_valid_file = Path(self.documents_valid_file)
         self.datasets_root = Path(self.datasets_root)
         delimiter = self.end_of_document.strip()
         if not delimiter:
-            raise PrepareError("--end_of_document: must not be empty or whitespace")
+            raise PrepareError("end_of_document", "must not be empty or whitespace")
         if any(c.isspace() for c in delimiter):
-            raise PrepareError(f"--end_of_document: {delimiter!r} must not contain whitespace")
-        if self.max_sample_length < 1:
-            raise PrepareError(f"--max_sample_length: must be positive, got {self.max_sample_length}")
-        if self.min_sample_length < 1:
-            raise PrepareError(f"--min_sample_length: must be positive, got {self.min_sample_length}")
+            raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
+        for name in ("max_sample_length", "min_sample_length"):
+            if getattr(self, name) < 1:
+                raise PrepareError(name, f"must be positive, got {getattr(self, name)}")
         if self.min_sample_length > self.max_sample_length:
             raise PrepareError(
+                "min_sample_length",
                 f"--min_sample_length ({self.min_sample_length}) must not exceed "
-                f"--max_sample_length ({self.max_sample_length})"
+                f"--max_sample_length ({self.max_sample_length})",
             )
-        if self.tokenizer_engine not in ("auto", *engines.ENGINES):
-            raise PrepareError(
-                f"--tokenizer_engine: expected one of {('auto', *engines.ENGINES)}, got {self.tokenizer_engine!r}"
-            )
-        if self.encoding_errors not in documents.ENCODING_ERRORS:
-            raise PrepareError(
-                f"--encoding_errors: expected one of {documents.ENCODING_ERRORS}, got {self.encoding_errors!r}"
-            )
-        if self.kernel_backend not in ("auto", "cython", "python"):
-            raise PrepareError(
-                f"--kernel_backend: expected auto, cython or python, got {self.kernel_backend!r}"
-            )
+        choices = {
+            "tokenizer_engine": ("auto", *engines.ENGINES),
+            "encoding_errors": documents.ENCODING_ERRORS,
+            "kernel_backend": ("auto", "cython", "python"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PrepareError(name, f"expected one of {allowed}, got {getattr(self, name)!r}")
         if self.num_threads < 0:
-            raise PrepareError(f"--num_threads: must be >= 0, got {self.num_threads}")
-        if not self.window_mb > 0:
-            raise PrepareError(f"--window_mb: must be positive, got {self.window_mb}")
+            raise PrepareError("num_threads", f"must be >= 0, got {self.num_threads}")
+        if not self.window_mb > 0 or self.window_mb == float("inf"):
+            raise PrepareError("window_mb", f"must be a positive number, got {self.window_mb}")
+        for name in ("document_bos_token", "document_eos_token"):
+            if not getattr(self, name):
+                raise PrepareError(name, "must be auto, none or a token, got an empty string")
         if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
-            raise PrepareError(f"--dataset_name: {self.dataset_name!r} is not a valid directory name")
+            raise PrepareError("dataset_name", f"{self.dataset_name!r} is not a valid directory name")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -120,6 +131,7 @@ class SplitStats:
     samples: int
     tokens: int
     documents: int
+    forced_cuts: int = 0
 
 
 def _check_writable_root(root: Path) -> None:
@@ -135,6 +147,21 @@ def _check_writable_root(root: Path) -> None:
 def _first_free_version(dataset_dir: Path) -> int:
     taken = {int(p.name) for p in dataset_dir.iterdir() if p.name.isdigit()}
     return next(n for n in range(len(taken) + 1) if n not in taken)
+
+
+def _commit(stage: staging.Staging, dataset_dir: Path) -> Path:
+    """Rename the finished directory to the first free version N (another run may take N first)."""
+    while True:
+        final = dataset_dir / str(_first_free_version(dataset_dir))
+        if final.exists():
+            continue
+        try:
+            stage.commit(final)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        return final
 
 
 def _prefetched(iterator: Iterator[T], depth: int = 1) -> Iterator[T]:
@@ -199,11 +226,12 @@ def write_split(
         documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, ...).
     """
     out_dir.mkdir()
-    bos = -1 if tokenizer.bos_token_id is None else tokenizer.bos_token_id
-    eos = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+    boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
+    bos = -1 if boundaries.bos_token_id is None else boundaries.bos_token_id
+    eos = -1 if boundaries.eos_token_id is None else boundaries.eos_token_id
     max_len, min_len = config.max_sample_length, config.min_sample_length
     carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
-    in_doc, n_documents = False, 0
+    in_doc, n_documents, forced_cuts = False, 0, 0
     with (
         NpyAppender(out_dir / "corpus.npy", dtype) as corpus,
         NpyAppender(out_dir / "sample_start_positions.npy", np.int64) as starts,
@@ -232,9 +260,10 @@ def write_split(
             corpus.append(out[:cur_start])
             carry = out[cur_start:out_pos].copy()
             n_documents += batch.n_documents
+            forced_cuts += batch.forced_cuts
         if in_doc or len(carry):
             raise RuntimeError(f"{path}: input ended inside a document (internal error)")
-        stats = SplitStats(samples=starts.length, tokens=corpus.length, documents=n_documents)
+        stats = SplitStats(starts.length, corpus.length, n_documents, forced_cuts)
     if stats.samples == 0:
         raise PrepareError(
             f"{flag}: {path} gave no samples ({n_documents} documents, none reaching "
@@ -273,6 +302,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     except documents.DocumentsError as error:
         raise PrepareError(str(error)) from None
     _check_writable_root(config.datasets_root)
+    boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
     try:
         kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
     except ImportError as error:
@@ -297,6 +327,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         engine.name,
         kernel_backend,
     )
+    logger.info("document boundaries: %s", boundaries.source)
 
     dataset_dir = config.datasets_root / config.dataset_name
     created = [p for p in (config.datasets_root, dataset_dir) if not p.exists()]
@@ -306,8 +337,11 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         raise PrepareError(
             f"--datasets_root: cannot create {dataset_dir}: {error.strerror or error}"
         ) from None
-    temporary = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=dataset_dir))
+    staging.remove_stale(dataset_dir)
+    stage: staging.Staging | None = None
     try:
+        stage = staging.Staging(dataset_dir)
+        temporary = stage.directory
         stats = {}
         for name, path in splits.items():
             try:
@@ -324,22 +358,25 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
             except documents.DocumentsError as error:
                 raise PrepareError(str(error)) from None
         tokenizer.save(temporary / "tokenizer")
-        description = _description(config, tokenizer, stats, dtype, engine.name, kernel_backend, started)
+        description = _description(
+            config, tokenizer, boundaries, stats, dtype, engine.name, kernel_backend, started
+        )
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )
-        while True:  # first free N; re-check in case another run took it meanwhile
-            final = dataset_dir / str(_first_free_version(dataset_dir))
-            if not final.exists():
-                os.rename(temporary, final)
-                break
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        final = _commit(stage, dataset_dir)
+    except BaseException as error:
+        if stage is not None:
+            stage.discard()
         for directory in reversed(created):
             try:
                 directory.rmdir()
             except OSError:
                 pass
+        if isinstance(error, OSError):  # full disk, read-only or vanished output directory
+            raise PrepareError(
+                f"--datasets_root: cannot write the dataset in {dataset_dir}: {error.strerror or error}"
+            ) from None
         raise
     logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
     return final
@@ -348,6 +385,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
 def _description(
     config: PrepareConfig,
     tokenizer: Tokenizer,
+    boundaries: DocumentBoundaries,
     stats: dict[str, SplitStats],
     dtype: np.dtype,
     engine_name: str,
@@ -361,11 +399,11 @@ def _description(
         description[f"number_of_{name}_samples"] = split.samples
         description[f"number_of_{name}_tokens"] = split.tokens
         description[f"number_of_{name}_documents"] = split.documents
+        description[f"number_of_{name}_forced_cuts"] = split.forced_cuts
     description.update(
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **boundaries.description(),
         pad_token_id=tokenizer.pad_token_id,
         token_dtype=dtype.name,
         tokenizer_engine_used=engine_name,

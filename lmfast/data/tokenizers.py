@@ -61,6 +61,10 @@ class Tokenizer:
         bos_token: string added by id before each document, or None.
         eos_token: string added by id after each document, or None.
         pad_token: padding token for training; defaults to `eos_token`.
+        add_bos_token: the tokenizer's own convention for a BOS before a text (tokenizer_config's
+            `add_bos_token`, or what its post-processor adds); None = unknown, then documents
+            keep `bos_token` (see `lmfast.data.boundaries`).
+        generation_eos_token_ids: the eos ids of a `generation_config.json` beside the tokenizer.
     """
 
     name: str
@@ -69,6 +73,8 @@ class Tokenizer:
     eos_token: str | None = None
     pad_token: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    add_bos_token: bool | None = None
+    generation_eos_token_ids: tuple[int, ...] = ()
     _plain: HFTokenizer | None = field(default=None, init=False, repr=False, compare=False)
     _vocab_size: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -113,10 +119,14 @@ class Tokenizer:
             self._plain.encode_special_tokens = True
         return self._plain
 
-    def encode_document(self, text: str) -> list[int]:
-        """Reference ids of one document: BOS + plain-text ids + EOS (slow; for tests and checks)."""
+    def encode_document(self, text: str, bos: int | None = -1, eos: int | None = -1) -> list[int]:
+        """Reference ids of one document: BOS + plain-text ids + EOS (slow; for tests and checks).
+
+        `bos`/`eos` are the boundary ids (None = no token); -1 = the tokenizer's own bos/eos.
+        """
         ids = self.plain_text_backend().encode(text, add_special_tokens=False).ids
-        bos, eos = self.bos_token_id, self.eos_token_id
+        bos = self.bos_token_id if bos == -1 else bos
+        eos = self.eos_token_id if eos == -1 else eos
         return ([bos] if bos is not None else []) + ids + ([eos] if eos is not None else [])
 
     def decode(self, ids: list[int]) -> str:
@@ -238,8 +248,16 @@ def _from_path(path: Path, name: str) -> Tokenizer:
             except json.JSONDecodeError as error:
                 raise UnknownTokenizerError(f"{file}: invalid JSON ({error})") from None
     bos, eos, pad = (_token_content(config.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
+    backend = _with_special(backend, bos, eos, pad)
+    add_bos = config.get("add_bos_token")
     return Tokenizer(
-        name=name, backend=_with_special(backend, bos, eos, pad), bos_token=bos, eos_token=eos, pad_token=pad
+        name=name,
+        backend=backend,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        add_bos_token=add_bos if isinstance(add_bos, bool) else _post_processor_adds_bos(backend),
+        generation_eos_token_ids=_generation_eos_ids(directory / "generation_config.json"),
     )
 
 
@@ -257,6 +275,22 @@ def _import_from_cwd(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     finally:
         sys.path.remove(cwd)
+
+
+def _post_processor_adds_bos(backend: HFTokenizer) -> bool:
+    """Whether encoding a text with special tokens puts a special token before it (Llama 3 style)."""
+    encoding = backend.encode("a", add_special_tokens=True)
+    return bool(encoding.special_tokens_mask) and encoding.special_tokens_mask[0] == 1
+
+
+def _generation_eos_ids(path: Path) -> tuple[int, ...]:
+    """The eos id(s) of a generation_config.json, () when absent or unreadable."""
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return ()
+    eos = eos if isinstance(eos, list) else [eos]
+    return tuple(int(i) for i in eos if isinstance(i, int) and not isinstance(i, bool))
 
 
 def _from_import_path(spec: str) -> Tokenizer:

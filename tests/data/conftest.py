@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmfast.data.chunking import native_available, samples_of_documents
+from lmfast.data.chunking import native_available
 from lmfast.data.tokenizers import Tokenizer, load_tokenizer
 
 # without the built extension, native-only tests skip -- unless CI demands it (then they fail loudly)
@@ -20,6 +20,16 @@ needs_native = pytest.mark.skipif(
 KERNEL_BACKENDS = ["python"] if NATIVE_MISSING else ["cython", "python"]
 
 ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+
+
+def samples_of_documents(documents: list[list[int]], max_len: int, min_len: int) -> list[list[int]]:
+    """The test oracle, the seed's semantics in one line per step: whole documents' ids -> kept samples."""
+    samples = []
+    for tokens in documents:
+        for i in range(0, len(tokens), max_len):
+            if len(tokens[i : i + max_len]) >= min_len:
+                samples.append(tokens[i : i + max_len])
+    return samples
 
 
 def reference_documents(path: Path, delimiter: str, errors: str = "strict") -> list[str]:

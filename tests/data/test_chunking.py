@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmfast.data import chunking
-from tests.data.conftest import needs_native
+from tests.data.conftest import needs_native, samples_of_documents
 
 pytestmark = needs_native
 
@@ -232,7 +232,7 @@ def _run_stream(pieces, calls, bos, eos, max_len, min_len, dtype, backend):
 def test_write_samples_against_reference(stream, max_len, min_len, bos, eos):
     documents, pieces, calls = stream
     min_len = min(min_len, max_len)
-    expected = chunking.samples_of_documents(
+    expected = samples_of_documents(
         [([bos] if bos >= 0 else []) + d + ([eos] if eos >= 0 else []) for d in documents], max_len, min_len
     )
     expected_corpus = [t for s in expected for t in s]

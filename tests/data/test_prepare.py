@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import partial
@@ -319,3 +320,43 @@ def test_prepare_path_never_imports_torch(tmp_path, nietzsche_dir):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "rule"),
+    [
+        ({"max_sample_length": 0}, "max_sample_length", "must be positive"),
+        ({"min_sample_length": 20}, "min_sample_length", "must not exceed"),
+        ({"tokenizer_engine": "fast"}, "tokenizer_engine", "expected one of"),
+        ({"window_mb": float("nan")}, "window_mb", "positive number"),
+        ({"document_eos_token": ""}, "document_eos_token", "empty string"),
+    ],
+)
+def test_options_are_checked_once_with_field_and_rule(tmp_path, overrides, field, rule):
+    with pytest.raises(PrepareError) as caught:
+        _config(tmp_path / "a", tmp_path / "b", tmp_path, **overrides)
+    assert caught.value.field == field and rule in caught.value.rule
+    assert str(caught.value).startswith(f"--{field}")
+
+
+def test_num_threads_bounds_the_engine_pool_from_python(tmp_path, nietzsche_dir):
+    """No environment variable set by a CLI: `prepare(PrepareConfig(num_threads=N))` sizes the
+    Rust engine's pool itself (threads counted in /proc after the run, in fresh interpreters)."""
+    counts = {}
+    for n in (1, 3):
+        code = (
+            "import os; from pathlib import Path; from lmfast.data.prepare import PrepareConfig, prepare;"
+            f"p = Path({str(nietzsche_dir / 'valid.txt')!r});"
+            "prepare(PrepareConfig(documents_train_file=p, documents_valid_file=p,"
+            " end_of_document='[END_OF_DOCUMENT]', tokenizer_cls_name='GPT2Tokenizer',"
+            f" max_sample_length=64, datasets_root={str(tmp_path)!r}, num_threads={n},"
+            " tokenizer_engine='gigatoken'));"
+            "print(len(os.listdir('/proc/self/task')))"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        counts[n] = int(result.stdout.split()[-1])
+    assert counts[3] - counts[1] == 2, counts
