@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "valid")
+LOSS_MASK_FILE = "loss_mask.npy"  # dialog datasets: uint8, 1 on the tokens trained on (lmfast.data.dialogs)
 
 
 class DatasetFormatError(ValueError):
@@ -29,12 +30,19 @@ class PreparedSplit:
                 raise DatasetFormatError(f"{self.directory}: missing {name} (not an lmfast dataset split)")
         self._corpus: np.ndarray | None = None
         self._starts: np.ndarray | None = None
+        self._loss_mask: np.ndarray | None = None
 
     def _load(self) -> None:
         self._corpus = np.load(self.directory / "corpus.npy", mmap_mode="r")
         self._starts = np.load(self.directory / "sample_start_positions.npy", mmap_mode="r")
         if self._corpus.ndim != 1 or self._starts.ndim != 1:
             raise DatasetFormatError(f"{self.directory}: corpus and start positions must be 1-D arrays")
+        if (self.directory / LOSS_MASK_FILE).is_file():
+            self._loss_mask = np.load(self.directory / LOSS_MASK_FILE, mmap_mode="r")
+            if self._loss_mask.shape != self._corpus.shape:
+                raise DatasetFormatError(
+                    f"{self.directory}: {LOSS_MASK_FILE} has shape {self._loss_mask.shape}, corpus.npy {self._corpus.shape}"
+                )
 
     @property
     def corpus(self) -> np.ndarray:
@@ -49,6 +57,20 @@ class PreparedSplit:
         if self._starts is None:
             self._load()
         return self._starts  # type: ignore[return-value]
+
+    @property
+    def loss_mask(self) -> np.ndarray | None:
+        """uint8 per corpus token, 1 where it is trained on (dialog datasets), or None: every token is."""
+        if self._corpus is None:
+            self._load()
+        return self._loss_mask
+
+    def sample_loss_mask(self, i: int) -> np.ndarray | None:
+        """The loss mask of sample i (aligned with `split[i]`), or None where the split has none."""
+        if self.loss_mask is None:
+            return None
+        start, end = self.bounds(i)
+        return self.loss_mask[start:end]
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
@@ -75,7 +97,7 @@ class PreparedSplit:
 
     def __getstate__(self) -> dict[str, Any]:
         # memory maps are not pickled: each DataLoader worker maps the files itself
-        return {"directory": self.directory, "_corpus": None, "_starts": None}
+        return {"directory": self.directory, "_corpus": None, "_starts": None, "_loss_mask": None}
 
 
 class PreparedDataset:
