@@ -187,7 +187,7 @@ def iter_conversations(
             if not line.strip():
                 continue
             try:
-                messages = _messages_of(line)
+                messages = _messages_of(line.rstrip("\r\n"))
             except ValueError as error:
                 if bad_lines == "skip":
                     counts.skip(f"line {number}: {error}")
