@@ -389,6 +389,7 @@ def write_dialog_split(
 
         def flush() -> None:
             encodings = backend.encode_batch([r.text for r in batch], add_special_tokens=False)
+            kept_ids, kept_masks, lengths = [], [], []  # written once per batch, not once per sample
             for rendered, encoding in zip(batch, encodings, strict=True):
                 ids = np.asarray(encoding.ids, dtype=dtype)
                 offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
@@ -405,10 +406,15 @@ def write_dialog_split(
                     if b - a < min_len or trained == 0:
                         stats.samples_dropped += 1
                         continue
-                    starts.append(np.array([corpus.length], dtype=np.int64))
-                    corpus.append(ids[a:b])
-                    masks.append(mask[a:b])
+                    kept_ids.append(ids[a:b])
+                    kept_masks.append(mask[a:b])
+                    lengths.append(b - a)
                     stats.trained_tokens += trained
+            if lengths:
+                offsets_in_batch = np.concatenate(([0], np.cumsum(lengths[:-1]))).astype(np.int64)
+                starts.append(offsets_in_batch + corpus.length)
+                corpus.append(np.concatenate(kept_ids))
+                masks.append(np.concatenate(kept_masks))
             batch.clear()
 
         conversations = iter_conversations(
