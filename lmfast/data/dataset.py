@@ -27,6 +27,7 @@ REQUIRED_KEYS: dict[str, type] = {
     **{f"number_of_{split}_{what}": int for split in SPLITS for what in ("samples", "tokens")},
 }
 _SCAN_ITEMS = 1 << 24  # verify() reads the corpus this many ids at a time
+LOSS_MASK_FILE = "loss_mask.npy"  # dialog datasets: uint8, 1 on the tokens trained on (lmfast.data.dialogs)
 
 
 class DatasetFormatError(ValueError):
@@ -53,10 +54,17 @@ class PreparedSplit:
                 raise DatasetFormatError(f"{self.directory}: missing {name} (not an lmfast dataset split)")
         self._corpus: np.ndarray | None = None
         self._starts: np.ndarray | None = None
+        self._loss_mask: np.ndarray | None = None
 
     def _load(self) -> None:
         self._corpus = _load_npy(self.directory / "corpus.npy")
         self._starts = _load_npy(self.directory / "sample_start_positions.npy")
+        if (self.directory / LOSS_MASK_FILE).is_file():
+            self._loss_mask = _load_npy(self.directory / LOSS_MASK_FILE)
+            if self._loss_mask.shape != self._corpus.shape:
+                raise DatasetFormatError(
+                    f"{self.directory}: {LOSS_MASK_FILE} has shape {self._loss_mask.shape}, corpus.npy {self._corpus.shape}"
+                )
 
     @property
     def corpus(self) -> np.ndarray:
@@ -124,6 +132,20 @@ class PreparedSplit:
                     f"is outside the vocabulary (vocab_size {vocab_size})"
                 )
 
+    @property
+    def loss_mask(self) -> np.ndarray | None:
+        """uint8 per corpus token, 1 where it is trained on (dialog datasets), or None: every token is."""
+        if self._corpus is None:
+            self._load()
+        return self._loss_mask
+
+    def sample_loss_mask(self, i: int) -> np.ndarray | None:
+        """The loss mask of sample i (aligned with `split[i]`), or None where the split has none."""
+        if self.loss_mask is None:
+            return None
+        start, end = self.bounds(i)
+        return self.loss_mask[start:end]
+
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
@@ -149,7 +171,7 @@ class PreparedSplit:
 
     def __getstate__(self) -> dict[str, Any]:
         # memory maps are not pickled: each DataLoader worker maps the files itself
-        return {"directory": self.directory, "_corpus": None, "_starts": None}
+        return {"directory": self.directory, "_corpus": None, "_starts": None, "_loss_mask": None}
 
 
 def _read_description(path: Path) -> dict[str, Any]:

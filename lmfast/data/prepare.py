@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lmfast.data import chunking, documents, engines, staging
+from lmfast.data import chunking, dialogs, documents, engines, staging
 from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
@@ -46,7 +46,11 @@ class PrepareConfig:
 
     documents_train_file: Path = field(metadata=_help("Raw train documents, separated by delimiter lines."))
     documents_valid_file: Path = field(metadata=_help("Raw validation documents, same format."))
-    end_of_document: str = field(metadata=_help("Delimiter line between documents, e.g. [END_OF_DOCUMENT]."))
+    end_of_document: str = field(
+        default="",
+        kw_only=True,
+        metadata=_help("Delimiter line between documents, e.g. [END_OF_DOCUMENT] (required for text)."),
+    )
     tokenizer_cls_name: str = field(
         metadata=_help(
             "Registered tokenizer (GPT2Tokenizer), a local HF tokenizer dir or tokenizer.json, or module:factory."
@@ -80,6 +84,22 @@ class PrepareConfig:
             "Token after each document: auto (the pretraining separator, e.g. <|endoftext|>), none, or a token."
         ),
     )
+    documents_format: str = field(
+        default="text",
+        metadata=_help(
+            'text (delimiter-separated documents) or dialogs (JSONL, one {"messages": [...]} a line).'
+        ),
+    )
+    chat_template: str = field(
+        default="", metadata=_help("dialogs: a jinja chat template file; default: the tokenizer's own.")
+    )
+    train_on: str = field(
+        default="assistant", metadata=_help("dialogs: tokens trained on, assistant (turns) or all.")
+    )
+    bad_lines: str = field(
+        default="error",
+        metadata=_help("dialogs: a bad JSONL line is an error, or skip (skipped and counted)."),
+    )
 
     def __post_init__(self) -> None:
         """Every option is checked here, once; the kernels and engines assume checked options.
@@ -90,14 +110,26 @@ class PrepareConfig:
         self.documents_train_file = Path(self.documents_train_file)
         self.documents_valid_file = Path(self.documents_valid_file)
         self.datasets_root = Path(self.datasets_root)
+        if self.documents_format not in dialogs.FORMATS:
+            raise PrepareError("documents_format", f"expected one of {dialogs.FORMATS}, got {self.documents_format!r}")
+        if self.train_on not in dialogs.TRAIN_ON:
+            raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
+        if self.bad_lines not in dialogs.BAD_LINES:
+            raise PrepareError("bad_lines", f"expected one of {dialogs.BAD_LINES}, got {self.bad_lines!r}")
         delimiter = self.end_of_document.strip()
-        if not delimiter:
-            raise PrepareError("end_of_document", "must not be empty or whitespace")
+        if self.documents_format == "text" and not delimiter:
+            raise PrepareError("end_of_document", "must not be empty or whitespace (required with --documents_format text)")
         if any(c.isspace() for c in delimiter):
             raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
         for name in ("max_sample_length", "min_sample_length"):
             if getattr(self, name) < 1:
                 raise PrepareError(name, f"must be positive, got {getattr(self, name)}")
+        if self.documents_format == "dialogs" and self.tokenizer_engine not in ("auto", "tokenizers"):
+            raise PrepareError(
+                "tokenizer_engine",
+                "dialogs are encoded by tokenizers (the chat template's special tokens must be recognised), "
+                f"got {self.tokenizer_engine!r}",
+            )
         if self.min_sample_length > self.max_sample_length:
             raise PrepareError(
                 "min_sample_length",
@@ -296,10 +328,16 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     except UnknownTokenizerError as error:
         raise PrepareError(f"--tokenizer_cls_name: {error}") from None
     splits = {"train": config.documents_train_file, "valid": config.documents_valid_file}
+    dialog = config.documents_format == "dialogs"
     try:
         for name, path in splits.items():
-            documents.check_documents_file(path, config.end_of_document.strip(), f"--documents_{name}_file")
-    except documents.DocumentsError as error:
+            if dialog:
+                dialogs.check_dialogs_file(path, f"--documents_{name}_file")
+            else:
+                documents.check_documents_file(
+                    path, config.end_of_document.strip(), f"--documents_{name}_file"
+                )
+    except (documents.DocumentsError, dialogs.DialogsError) as error:
         raise PrepareError(str(error)) from None
     _check_writable_root(config.datasets_root)
     boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
@@ -307,15 +345,24 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
     except ImportError as error:
         raise PrepareError(f"--kernel_backend: {error}") from None
+    renderer = None
     try:
-        engine = engines.select_engine(
-            tokenizer,
-            config.tokenizer_engine,
-            samples=[documents.read_sample_text(config.documents_train_file)],
-            num_threads=config.num_threads or None,
-        )
+        if dialog:  # special tokens in a rendered chat are tokens: only the reference engine encodes them so
+            template = dialogs.load_chat_template(config.chat_template, config.tokenizer_cls_name)
+            renderer = dialogs.DialogRenderer(template, tokenizer, config.train_on)
+            engine = None
+        else:
+            engine = engines.select_engine(
+                tokenizer,
+                config.tokenizer_engine,
+                samples=[documents.read_sample_text(config.documents_train_file)],
+                num_threads=config.num_threads or None,
+            )
+    except dialogs.DialogsError as error:
+        raise PrepareError(str(error)) from None
     except ValueError as error:
         raise PrepareError(f"--tokenizer_engine: {error}") from None
+    engine_name = engine.name if engine is not None else "tokenizers"
     vocab_size = tokenizer.vocab_size
     dtype = np.dtype(np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.int32)
     splittable = engines.is_byte_level_bpe(tokenizer)
@@ -324,7 +371,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         tokenizer.name,
         vocab_size,
         dtype,
-        engine.name,
+        engine_name,
         kernel_backend,
     )
     logger.info("document boundaries: %s", boundaries.source)
@@ -342,25 +389,38 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     try:
         stage = staging.Staging(dataset_dir)
         temporary = stage.directory
-        stats = {}
+        stats, dialog_stats = {}, {}
         for name, path in splits.items():
             try:
-                stats[name] = write_split(
-                    path,
-                    f"--documents_{name}_file",
-                    temporary / name,
-                    engine,
-                    tokenizer,
-                    config,
-                    dtype,
-                    splittable,
-                )
-            except documents.DocumentsError as error:
+                if renderer is not None:
+                    dialog_stats[name] = dialogs.write_dialog_split(
+                        path, f"--documents_{name}_file", temporary / name, tokenizer, renderer, dtype=dtype,
+                        max_len=config.max_sample_length, min_len=config.min_sample_length,
+                        bad_lines=config.bad_lines, encoding_errors=config.encoding_errors,
+                    )  # fmt: skip
+                    split = dialog_stats[name]
+                    stats[name] = SplitStats(split.samples, split.tokens, split.conversations)
+                else:
+                    assert engine is not None
+                    stats[name] = write_split(
+                        path,
+                        f"--documents_{name}_file",
+                        temporary / name,
+                        engine,
+                        tokenizer,
+                        config,
+                        dtype,
+                        splittable,
+                    )
+            except (documents.DocumentsError, dialogs.DialogsError) as error:
                 raise PrepareError(str(error)) from None
         tokenizer.save(temporary / "tokenizer")
         description = _description(
-            config, tokenizer, boundaries, stats, dtype, engine.name, kernel_backend, started
+            config, tokenizer, boundaries, stats, dtype, engine_name, kernel_backend, started
         )
+        if renderer is not None:
+            dialogs.save_chat_template(temporary / "tokenizer", renderer.template)
+            description.update(dialogs.description_keys(renderer.template, dialog_stats))
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )

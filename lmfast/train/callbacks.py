@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
+from lmfast.data.dataset import PreparedSplit
 from lmfast.train.model import flops_per_token
 
 log = logging.getLogger("lmfast.train")
@@ -56,6 +58,9 @@ class ThroughputMonitor(pl.Callback):
 
     MFU = useful model FLOPs (6N + 12LHQT per real token) / elapsed / peak; padding is not counted
     as useful work, so the figure is conservative.
+
+    Also `train/trained_tokens`: the tokens the loss has covered so far, over all ranks and resumes
+    (padding never; in a dialog dataset only the tokens its loss mask keeps, the assistant turns).
     """
 
     def __init__(self, precision: str, peak_tflops: float | None = None) -> None:
@@ -67,6 +72,14 @@ class ThroughputMonitor(pl.Callback):
         self._num_params = 0
         self._peak: float | None = None
         self._lr: float | None = None  # the rate the logged step used (read before the scheduler moves it)
+        self._trained = 0  # this rank's trained tokens since the last log step
+        self.trained_tokens = 0  # all ranks', since the run began (saved in checkpoints)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trained_tokens": self.trained_tokens}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.trained_tokens = int(state_dict.get("trained_tokens", 0))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._num_params = sum(p.numel() for p in pl_module.model.parameters())
@@ -96,6 +109,7 @@ class ThroughputMonitor(pl.Callback):
     ) -> None:
         tokens = int(batch.get("num_tokens", 0))
         self._tokens += tokens
+        self._trained += int(batch.get("num_trained_tokens", 0))
         config = pl_module.model.config
         self._flops += tokens * flops_per_token(config, self._num_params, batch["input_ids"].shape[1])
         step = trainer.global_step
@@ -105,7 +119,16 @@ class ThroughputMonitor(pl.Callback):
             torch.cuda.synchronize(pl_module.device)  # once per log interval: honest wall time
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         lr = self._lr
-        metrics = {"train/lr": lr, "train/tokens_per_s": self._tokens * trainer.world_size / elapsed}
+        trained = trainer.strategy.reduce(
+            torch.tensor(float(self._trained), device=pl_module.device), reduce_op="sum"
+        )
+        self.trained_tokens += int(trained.item())
+        self._trained = 0
+        metrics = {
+            "train/lr": lr,
+            "train/tokens_per_s": self._tokens * trainer.world_size / elapsed,
+            "train/trained_tokens": self.trained_tokens,
+        }
         if self._peak:
             metrics["train/mfu"] = self._flops / elapsed / self._peak
         if trainer.logger is not None:
@@ -115,12 +138,13 @@ class ThroughputMonitor(pl.Callback):
         mfu = f" mfu {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else ""
         if trainer.is_global_zero:
             log.info(
-                "step %d epoch %d loss %.4f lr %.3g tokens/s %.0f%s",
+                "step %d epoch %d loss %.4f lr %.3g tokens/s %.0f trained tokens %d%s",
                 step,
                 trainer.current_epoch,
                 float(loss) if loss is not None else float("nan"),
                 lr,
                 metrics["train/tokens_per_s"],
+                self.trained_tokens,
                 mfu,
             )
         self._reset()
@@ -138,8 +162,29 @@ class ValidationLog(pl.Callback):
         log.info("%s at step %d epoch %d: %s", stage, trainer.global_step, trainer.current_epoch, text)
 
 
+def sample_prompts(split: PreparedSplit, count: int, text_prefix: int = 8) -> list[list[int]]:
+    """The prompts TextSamples continues: the first `text_prefix` tokens of validation samples, or in a
+    dialog dataset each sample up to its first trained token, i.e. the chat template's rendering of the
+    turns before the first answer with its generation prompt (samples that start with an answer are skipped)."""
+    prompts: list[list[int]] = []
+    for i in range(len(split)):
+        if len(prompts) >= count:
+            break
+        ids, mask = split[i], split.sample_loss_mask(i)
+        if mask is None:
+            prompts.append(ids[:text_prefix].tolist())
+            continue
+        trained = np.flatnonzero(mask)
+        if len(trained) and trained[0] > 0:
+            prompts.append(ids[: trained[0]].tolist())
+    return prompts
+
+
 class TextSamples(pl.Callback):
     """Generates text from the first tokens of a few validation samples at every validation.
+
+    For a dialog dataset (`chat=True`) the prompts are chat-template renderings (see `sample_prompts`),
+    written with their special tokens so the template shows, and the model answers until its end of turn.
 
     Sampling runs under `torch.random.fork_rng` with a seed derived from the step, so it neither
     disturbs nor depends on the training RNG: exact resume stays exact.
@@ -154,7 +199,9 @@ class TextSamples(pl.Callback):
         seed: int,
         max_new_tokens: int = 48,
         real_vocab_size: int | None = None,
+        chat: bool = False,
     ) -> None:
+        self.chat = chat
         self.output = Path(output)
         self.tokenizer_dir = Path(tokenizer_dir)
         self.prompts = prompts
@@ -200,7 +247,7 @@ class TextSamples(pl.Callback):
                         "step": trainer.global_step,
                         "epoch": trainer.current_epoch,
                         "valid_loss": None if valid_loss is None else round(float(valid_loss), 6),
-                        "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                        "prompt": tokenizer.decode(prompt, skip_special_tokens=not self.chat),
                         "generated": tokenizer.decode(
                             out[0, len(prompt) :].tolist(), skip_special_tokens=True
                         ),

@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from lmfast.data.dataset import PreparedDataset, PreparedSplit
 from lmfast.train.sampler import ResumableBatchSampler
 
-IGNORE_INDEX = -100  # labels never counted in the loss (padding)
+IGNORE_INDEX = -100  # labels never counted in the loss (padding, tokens a dialog's loss mask excludes)
 
 
 class SplitSamples(Dataset):
-    """Map-style view of a split: item i is sample i as an int64 tensor."""
+    """Map-style view of a split: item i is sample i as an int64 tensor, with its bool loss mask
+    as a second element where the split has one (dialog datasets)."""
 
     def __init__(self, split: PreparedSplit) -> None:
         self.split = split
@@ -32,8 +33,10 @@ class SplitSamples(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.split[i], dtype=np.int64))
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.from_numpy(np.asarray(self.split[i], dtype=np.int64))
+        mask = self.split.sample_loss_mask(i)
+        return ids if mask is None else (ids, torch.from_numpy(np.asarray(mask, dtype=np.bool_)))
 
 
 @dataclass
@@ -41,13 +44,18 @@ class Collator:
     """Pads a list of samples into a batch.
 
     Returns a dict of (B, T) int64 tensors: `input_ids` (padding = `pad_token_id`), `attention_mask`
-    (1 on real tokens) and `labels` (= input_ids, IGNORE_INDEX on padding so it never counts in the loss).
+    (1 on real tokens) and `labels` (= input_ids, IGNORE_INDEX on padding and, for (ids, loss mask)
+    samples, where the mask is 0, so neither ever counts in the loss).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int = 1
 
-    def __call__(self, samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, samples: list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        masks = [s[1] if isinstance(s, tuple) else None for s in samples]
+        samples = [s[0] if isinstance(s, tuple) else s for s in samples]
         longest = max(len(s) for s in samples)
         m = self.pad_to_multiple_of
         width = -(-longest // m) * m
@@ -57,6 +65,9 @@ class Collator:
             input_ids[row, : len(sample)] = sample
             attention_mask[row, : len(sample)] = 1
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        for row, mask in enumerate(masks):
+            if mask is not None:
+                labels[row, : len(mask)].masked_fill_(~mask, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

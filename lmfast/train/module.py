@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lmfast.train.datamodule import IGNORE_INDEX
 from lmfast.train.losses import lm_loss_sum, shift_for_next_token, unlikelihood_candidates_loss
 from lmfast.train.optim import make_adamw, warmup_cosine_lambda
 
@@ -58,6 +59,8 @@ class LMModule(pl.LightningModule):
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # counted on the host before the copy: throughput logging never waits on the device
         batch["num_tokens"] = int(batch["attention_mask"].sum())
+        # the targets the loss covers (a row's first token is never predicted): fewer under a dialog's loss mask
+        batch["num_trained_tokens"] = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         return batch
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

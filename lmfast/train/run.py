@@ -146,7 +146,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lmfast.train.callbacks import TextSamples, ThroughputMonitor, ValidationLog
+    from lmfast.train.callbacks import TextSamples, ThroughputMonitor, ValidationLog, sample_prompts
     from lmfast.train.datamodule import LMDataModule
     from lmfast.train.hf import checkpoint_to_hf
     from lmfast.train.model import build_model
@@ -208,9 +208,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         save_last=True,
         every_n_train_steps=config.checkpoint_every_n_steps,
     )
-    prompts = [
-        dataset.valid[i][:8].tolist() for i in range(min(config.num_generated_samples, len(dataset.valid)))
-    ]
+    prompts = sample_prompts(dataset.valid, config.num_generated_samples)
     all_callbacks: list[pl.Callback] = [
         best,
         last,
@@ -223,6 +221,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
             seed=config.seed,
             max_new_tokens=config.generation_max_new_tokens,
             real_vocab_size=tokenizer.vocab_size,
+            chat=dataset.description.get("documents_format") == "dialogs",
         ),
     ]
     interactive = sys.stderr.isatty()
