@@ -332,3 +332,13 @@ def test_smollm2_capital_of_france_equals_transformers(smollm2_dir):
     assert answer.choices[0].message.content == expected
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage.completion_tokens == len(tokens)
+
+
+def test_tokenize_counts_messages_as_the_chat_route_does(chat_client, client, chat_model_dir):
+    data = chat_client.post("/tokenize", json={"messages": CONVERSATION}).json()
+    expected = _tokenizer(chat_model_dir).apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    assert data["tokens"] == expected["input_ids"] and data["count"] == len(expected["input_ids"])
+    assert data["max_model_len"] == 128
+    assert chat_client.post("/tokenize", json={"prompt": "Truth is"}).json()["count"] == 2
+    assert client.post("/tokenize", json={"messages": QUESTION}).status_code == 400, "no chat template"
+    assert chat_client.post("/tokenize", json={}).status_code == 422

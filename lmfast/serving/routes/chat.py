@@ -27,6 +27,8 @@ from lmfast.serving.chat_schemas import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key
@@ -35,6 +37,8 @@ from lmfast.serving.schemas import Usage
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+# vLLM's /tokenize: lets a client (the bot) fit a conversation into the context without a tokenizer
+extras = APIRouter(tags=["extensions"], dependencies=[Depends(require_api_key)])
 
 _FIELD_OF = {
     "max_new_tokens": "max_completion_tokens",
@@ -88,6 +92,34 @@ def install(app: FastAPI, config: ServeConfig) -> None:
     app.state.chat_template = template
     app.state.chat_template_error = error
     app.include_router(router)
+    app.include_router(extras)
+
+
+def _render(request: Request, messages: list[Any]) -> str:
+    """The conversation's prompt text; 400 when there is no template or it refuses the messages."""
+    state = request.app.state
+    if state.chat_template is None:
+        raise HTTPException(400, state.chat_template_error)
+    try:
+        return state.chat_template.render([m.for_template() for m in messages], add_generation_prompt=True)
+    except ChatTemplateError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _chat_ids(request: Request, prompt: str) -> list[int]:
+    # as apply_chat_template(tokenize=True): the template writes every special token itself
+    return request.app.state.generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+
+
+@extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
+    generator = request.app.state.generator
+    if body.messages is not None:
+        ids = _chat_ids(request, _render(request, body.messages))
+    else:
+        ids = generator.codec.encode(body.prompt or "")
+    return TokenizeResponse(count=len(ids), max_model_len=generator.max_context, tokens=ids)
 
 
 @router.post(
@@ -110,15 +142,9 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer a conversation; choice j is the j-th sampled answer (`n`)."""
     state = request.app.state
-    template: ChatTemplate | None = state.chat_template
-    if template is None:
-        raise HTTPException(400, state.chat_template_error)
-    try:
-        prompt = template.render([m.for_template() for m in body.messages], add_generation_prompt=True)
-    except ChatTemplateError as exc:
-        raise HTTPException(400, str(exc)) from None
+    prompt = _render(request, body.messages)
     dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
-    prompt_ids = state.generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+    prompt_ids = _chat_ids(request, prompt)
     params = dispatch.make_params(
         _FIELD_OF,
         max_new_tokens=body.max_new_tokens(),
