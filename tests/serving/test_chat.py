@@ -342,3 +342,39 @@ def test_tokenize_counts_messages_as_the_chat_route_does(chat_client, client, ch
     assert chat_client.post("/tokenize", json={"prompt": "Truth is"}).json()["count"] == 2
     assert client.post("/tokenize", json={"messages": QUESTION}).status_code == 400, "no chat template"
     assert chat_client.post("/tokenize", json={}).status_code == 422
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_playground_chat_view_streams_a_conversation(chat_generator, chat_model_dir):
+    """The page's own script (node, a minimal DOM) holds two turns over the real server."""
+    import subprocess
+
+    page = Path(__file__).parents[2] / "lmfast" / "serving" / "static" / "index.html"
+    script = Path(__file__).parent / "js" / "playground_chat.mjs"
+    config = ServeConfig(model=str(chat_model_dir))
+    with ServerThread(create_app(config, generator=chat_generator)) as server:
+        result = subprocess.run(
+            ["node", str(script), str(page), server.url + "/", "Who are you?", "Really?"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        shown = json.loads(result.stdout)
+        said: list[dict[str, str]] = []
+        for question, answer in zip(["Who are you?", "Really?"], shown["answers"], strict=True):
+            said.append({"role": "user", "content": question})
+            expected = server_chat(server.url, said)
+            assert answer == expected
+            said.append({"role": "assistant", "content": answer})
+    assert shown["view"] == "chat", "a model with a chat template opens in the chat view"
+    assert shown["history"] == said and shown["status"].startswith("done in")
+
+
+def server_chat(url: str, messages: list[dict[str, str]]) -> str:
+    import httpx
+
+    body = {"messages": messages, "max_tokens": 8, "temperature": 0}
+    response = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+    return response.json()["choices"][0]["message"]["content"]
