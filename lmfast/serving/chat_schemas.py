@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
 from lmfast.serving.schemas import (
     MAX_PROMPT_CHARS,
-    MAX_ROWS_PER_REQUEST,
     MAX_STOP,
     MAX_STOP_CHARS,
     SEED_MAX,
@@ -115,12 +114,6 @@ class ChatCompletionRequest(BaseModel):
         if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
         return stop
-
-    @model_validator(mode="after")
-    def _check_rows(self) -> ChatCompletionRequest:
-        if self.n > MAX_ROWS_PER_REQUEST:
-            raise ValueError(f"n must be at most {MAX_ROWS_PER_REQUEST}")
-        return self
 
     def max_new_tokens(self) -> int:
         """What to generate at most: the context bounds it anyway (finish_reason "length")."""
