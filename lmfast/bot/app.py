@@ -60,7 +60,12 @@ def build_dispatcher(
     config: BotConfig, db: Storage, api: LmfastClient, in_flight: InFlight | None = None
 ) -> Dispatcher:
     """The dispatcher with the allow-list, the handlers, and their dependencies as workflow data."""
-    dispatcher = Dispatcher(db=db, api=api, limiter=RateLimiter(config.rate_limit, config.rate_window_s))
+    dispatcher = Dispatcher(
+        db=db,
+        api=api,
+        limiter=RateLimiter(config.rate_limit, config.rate_window_s),
+        edit_interval_s=config.stream_edit_interval_s,
+    )
     if in_flight is not None:
         dispatcher.update.outer_middleware(in_flight)
     allow_list = AllowList(config.allowed_users)

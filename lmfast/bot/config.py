@@ -45,7 +45,8 @@ class BotConfig:
         metadata=_help("Comma-separated Telegram user ids allowed to use the bot; empty allows everyone."),
     )
     db_path: str = field(
-        default="lmfast_bot.sqlite3", metadata=_help("SQLite file keeping per-chat settings and button data.")
+        default="lmfast_bot.sqlite3",
+        metadata=_help("SQLite file keeping per-chat settings, conversations and button data."),
     )
     max_stored_texts: int = field(
         default=10_000,
@@ -67,6 +68,10 @@ class BotConfig:
     api_deadline_s: float = field(
         default=150.0,
         metadata=_help("Give up on a reply (and say so) after this many seconds, retries included."),
+    )
+    stream_edit_interval_s: float = field(
+        default=1.0,
+        metadata=_help("Chat mode: the answer's message is edited with new text at most this often."),
     )
     polling_timeout: int = field(default=30, metadata=_help("Long-polling wait of getUpdates, in seconds."))
     webhook_url: str | None = field(
@@ -110,6 +115,8 @@ class BotConfig:
             raise ValueError(f"--api_retries must be >= 0, got {self.api_retries}")
         if self.api_backoff_s < 0:
             raise ValueError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
+        if self.stream_edit_interval_s < 0:
+            raise ValueError(f"--stream_edit_interval_s must be >= 0, got {self.stream_edit_interval_s}")
         if self.polling_timeout < 1:
             raise ValueError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -1,7 +1,9 @@
 """The bot's conversation: commands, prompts, and the Repeat/Continue/settings buttons.
 
 Handlers get what they use as arguments, injected by aiogram from the dispatcher's data:
-`db` (Storage), `api` (LmfastClient) and `limiter` (RateLimiter).
+`db` (Storage), `api` (LmfastClient), `limiter` (RateLimiter) and `edit_interval_s`. A text goes to
+chat mode (lmfast/bot/chat.py: history, /v1/chat/completions) or continuation mode (here), by the
+chat's `/mode`; `auto` picks chat when the served model has a chat template.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, ErrorEvent, InlineKeyboardMarkup, Message
 from aiogram.utils.chat_action import ChatActionSender
 
+from lmfast.bot import chat
 from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
 from lmfast.bot.formatting import escape, render_reply, render_segments
 from lmfast.bot.keyboards import SetValue, TextAction, settings_keyboard, settings_text, text_keyboard
@@ -24,12 +27,15 @@ from lmfast.bot.storage import Storage
 logger = logging.getLogger(__name__)
 
 HELP = (
-    "<b>I continue your text with a language model.</b>\n\n"
-    "Send any text and I reply with it in bold followed by what the model writes next.\n"
-    "Under each reply: <b>Repeat</b> draws a new continuation of the same text, "
-    "<b>Continue</b> makes the model write on.\n\n"
+    "<b>I talk with you through a language model.</b>\n\n"
+    "With a chat model, we have a conversation: I remember what we said, and <b>Repeat</b> under my "
+    "last answer gives another one.\n"
+    "With a plain language model, I reply with your text in bold followed by what the model writes "
+    "next; <b>Repeat</b> draws a new continuation, <b>Continue</b> makes the model write on.\n\n"
+    "/mode: chat, continue, or auto (chat when the model can)\n"
+    "/system: the system prompt of our conversation\n"
     "/settings: temperature (0 = always the same, most likely words), maximum new tokens, top-p\n"
-    "/reset: back to default settings, and forget the texts I keep for the buttons\n"
+    "/reset: a new conversation, default settings, and forget the texts I keep for the buttons\n"
     "/help: this message"
 )
 API_DOWN = (
@@ -41,7 +47,9 @@ COMMANDS: dict[str, str] = {
     "start": "Introduction",
     "help": "How to use the bot",
     "settings": "Temperature, max tokens, top-p for this chat",
-    "reset": "Default settings; forget stored texts",
+    "mode": "Chat, continue text, or auto",
+    "system": "System prompt of the conversation",
+    "reset": "New conversation; default settings",
 }
 SETTING_ALIASES = {
     "temp": "temperature",
@@ -58,11 +66,15 @@ def build_router() -> Router:
     router.message.register(on_help, Command("help"))
     router.message.register(on_settings, Command("settings"))
     router.message.register(on_reset, Command("reset"))
+    router.message.register(chat.on_mode, Command("mode"))
+    router.message.register(chat.on_system, Command("system"))
     router.message.register(on_unknown_command, F.text.startswith("/"))
     router.message.register(on_prompt, F.text)
     router.message.register(on_not_text)
     router.callback_query.register(on_text_action, TextAction.filter())
     router.callback_query.register(on_set_value, SetValue.filter())
+    router.callback_query.register(chat.on_chat_repeat, chat.ChatAction.filter())
+    router.callback_query.register(chat.on_mode_choice, chat.ModeChoice.filter())
     router.callback_query.register(on_stale_button)
     router.errors.register(on_error)
     return router
@@ -102,8 +114,8 @@ async def on_reset(message: Message, db: Storage) -> None:
     db.reset_chat(message.chat.id)
     defaults = ChatSettings()
     await message.answer(
-        "Done: settings are back to the defaults, and the Repeat/Continue buttons of earlier replies "
-        "no longer work.\n\n" + settings_text(defaults),
+        "Done: a new conversation starts, settings are back to the defaults, and the buttons of "
+        "earlier replies no longer work.\n\n" + settings_text(defaults),
         reply_markup=settings_keyboard(defaults),
     )
 
@@ -119,12 +131,32 @@ async def on_not_text(message: Message) -> None:
 
 
 # generation -----------------------------------------------------------------------------------------
-async def on_prompt(message: Message, bot: Bot, db: Storage, api: LmfastClient, limiter: RateLimiter) -> None:
-    """Any text: generate a continuation and reply with prompt (bold) + continuation + buttons."""
+async def on_prompt(
+    message: Message,
+    bot: Bot,
+    db: Storage,
+    api: LmfastClient,
+    limiter: RateLimiter,
+    edit_interval_s: float = 1.0,
+) -> None:
+    """Any text: the next turn of the conversation (chat mode), or a continuation replied as prompt
+    (bold) + continuation + buttons."""
     chat_id = message.chat.id
     wait_s = limiter.acquire(chat_id)
     if wait_s:
         await message.answer(_slow_down(wait_s))
+        return
+    try:
+        use_chat = await chat.uses_chat(db, api, chat_id)
+    except ApiUnavailable as error:
+        logger.warning("lmfast API unavailable: %s", error)
+        await message.answer(API_DOWN)
+        return
+    except ApiRejected as error:
+        await message.answer(_rejection(error))
+        return
+    if use_chat:
+        await chat.on_chat_message(message, bot, db, api, db.get_settings(chat_id), edit_interval_s)
         return
     prompt = message.text or ""
     continuation = await _generate(bot, chat_id, api, prompt, db.get_settings(chat_id))

@@ -1,4 +1,5 @@
-"""SQLite storage: per-chat settings and the texts behind the Repeat/Continue buttons.
+"""SQLite storage: per-chat settings, the texts behind the Repeat/Continue buttons, and each chat's
+conversation (its turns, mode and system prompt) for chat models.
 
 A file rather than memory so that both survive a restart, and bounded (the oldest texts are pruned)
 so that a busy bot cannot grow it without limit. Every call is a single short statement on a
@@ -34,7 +35,37 @@ CREATE TABLE IF NOT EXISTS texts (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS texts_by_chat ON texts (chat_id);
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id INTEGER NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_chat ON turns (chat_id, id);
+CREATE TABLE IF NOT EXISTS chat_modes (
+    chat_id INTEGER PRIMARY KEY,
+    mode TEXT NOT NULL DEFAULT 'auto',
+    system_prompt TEXT
+);
 """
+MODES = ("auto", "chat", "continue")
+"""auto: chat when the served model has a chat template, else continuation (the bot's first behaviour)."""
+MAX_TURNS_PER_CHAT = 200
+"""Turns kept per chat; a conversation longer than the context is trimmed when sent anyway."""
+MAX_SYSTEM_PROMPT_CHARS = 2_000
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation, as sent to /v1/chat/completions."""
+
+    id: int
+    role: str
+    content: str
+
+    def message(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
 
 
 @dataclass(frozen=True)
@@ -92,9 +123,65 @@ class Storage:
         )
 
     def reset_chat(self, chat_id: int) -> None:
-        """Forget the chat: settings back to defaults, its texts (and so its buttons) dropped."""
+        """Forget the chat: settings, mode and system prompt back to defaults, its texts (and so its
+        buttons) and its conversation dropped."""
         self._db.execute("DELETE FROM chat_settings WHERE chat_id = ?", (chat_id,))
         self._db.execute("DELETE FROM texts WHERE chat_id = ?", (chat_id,))
+        self._db.execute("DELETE FROM turns WHERE chat_id = ?", (chat_id,))
+        self._db.execute("DELETE FROM chat_modes WHERE chat_id = ?", (chat_id,))
+
+    # conversation -----------------------------------------------------------------------------------
+    def add_turn(self, chat_id: int, role: str, content: str) -> int:
+        """Append a turn; keeps the newest MAX_TURNS_PER_CHAT of the chat."""
+        cursor = self._db.execute(
+            "INSERT INTO turns (chat_id, role, content, created_at) VALUES (?, ?, ?, ?)",
+            (chat_id, role, content[:MAX_STORED_CHARS], time.time()),
+        )
+        self._db.execute(
+            "DELETE FROM turns WHERE chat_id = ? AND id NOT IN"
+            " (SELECT id FROM turns WHERE chat_id = ? ORDER BY id DESC LIMIT ?)",
+            (chat_id, chat_id, MAX_TURNS_PER_CHAT),
+        )
+        return int(cursor.lastrowid)
+
+    def turns(self, chat_id: int) -> list[Turn]:
+        """The chat's conversation, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, role, content FROM turns WHERE chat_id = ? ORDER BY id", (chat_id,)
+        ).fetchall()
+        return [Turn(*row) for row in rows]
+
+    def delete_turn(self, chat_id: int, turn_id: int) -> None:
+        self._db.execute("DELETE FROM turns WHERE chat_id = ? AND id = ?", (chat_id, turn_id))
+
+    def get_mode(self, chat_id: int) -> str:
+        row = self._db.execute("SELECT mode FROM chat_modes WHERE chat_id = ?", (chat_id,)).fetchone()
+        return row[0] if row is not None and row[0] in MODES else "auto"
+
+    def set_mode(self, chat_id: int, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self._db.execute(
+            "INSERT INTO chat_modes (chat_id, mode) VALUES (?, ?)"
+            " ON CONFLICT (chat_id) DO UPDATE SET mode = excluded.mode",
+            (chat_id, mode),
+        )
+
+    def get_system_prompt(self, chat_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT system_prompt FROM chat_modes WHERE chat_id = ?", (chat_id,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
+    def set_system_prompt(self, chat_id: int, prompt: str | None) -> None:
+        """Set (or with None, clear) the chat's system prompt; the model's template default applies then."""
+        if prompt is not None and len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
+            raise ValueError(f"a system prompt may have at most {MAX_SYSTEM_PROMPT_CHARS} characters")
+        self._db.execute(
+            "INSERT INTO chat_modes (chat_id, system_prompt) VALUES (?, ?)"
+            " ON CONFLICT (chat_id) DO UPDATE SET system_prompt = excluded.system_prompt",
+            (chat_id, prompt),
+        )
 
     # texts ----------------------------------------------------------------------------------------
     def add_text(self, chat_id: int, prompt: str, continuation: str) -> int:

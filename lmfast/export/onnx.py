@@ -194,6 +194,13 @@ def _write_side_files(directory: Path, loaded) -> None:
         if (loaded.tokenizer_dir / name).is_file():
             shutil.copy2(loaded.tokenizer_dir / name, directory / name)
     config = loaded.model.config.to_dict()
+    # generation_config.json below is lmfast's format: keep every eos id of HF's (a chat model's
+    # end-of-turn token among them) in config.json, where the decode loop reads them
+    generation = getattr(loaded.model, "generation_config", None)
+    eos = [config.get("eos_token_id"), getattr(generation, "eos_token_id", None)]
+    eos_ids = list(dict.fromkeys(i for v in eos for i in (v if isinstance(v, list) else [v]) if i is not None))
+    if len(eos_ids) > 1:
+        config["eos_token_id"] = eos_ids
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
     GenerationParams().save(directory / "generation_config.json")
 

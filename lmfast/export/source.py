@@ -9,7 +9,7 @@ from typing import Any
 
 from lmfast.export.decoder import SUPPORTED_ARCHITECTURES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclass

@@ -82,10 +82,12 @@ class Generator:
 
             runner = TorchBackend.load(directory, device=provider, num_threads=num_threads)
         config = read_json(directory / "config.json")
+        generation_file = directory / "generation_config.json"
+        generation_config = read_json(generation_file) if generation_file.is_file() else None
         return cls(
             backend=runner,
             codec=TextCodec.load(directory),
-            info=ModelInfo.from_config(config),
+            info=ModelInfo.from_config(config, generation_config),
             default_params=_default_params(directory),
             model_name=_model_name(Path(path)),
         )

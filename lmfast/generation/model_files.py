@@ -25,7 +25,12 @@ class ModelInfo:
     bos_token_id: int | None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
+    def from_config(cls, config: dict[str, Any], generation_config: dict[str, Any] | None = None) -> ModelInfo:
+        """From `config.json`, plus the eos ids of a Hugging Face `generation_config.json`.
+
+        The latter may list more eos ids than config.json (a chat model ends its turns with one and
+        its documents with another); generation stops at any of them, as transformers' `generate` does.
+        """
         context = None
         for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
             if isinstance(config.get(key), int):
@@ -33,8 +38,9 @@ class ModelInfo:
                 break
         if context is None:
             raise ValueError("config.json names no context length (n_positions / max_position_embeddings)")
-        eos = config.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_ids = _ids(config.get("eos_token_id"))
+        extra = _ids((generation_config or {}).get("eos_token_id"))
+        eos_ids += tuple(i for i in extra if i not in eos_ids)
         return cls(
             model_type=str(config.get("model_type", "unknown")),
             vocab_size=int(config["vocab_size"]),
@@ -42,6 +48,12 @@ class ModelInfo:
             eos_token_ids=eos_ids,
             bos_token_id=config.get("bos_token_id"),
         )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if isinstance(value, list):
+        return tuple(int(v) for v in value)
+    return () if value is None else (int(value),)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The model is loaded in the lifespan (FastAPI "Lifespan Events"), never at import, and lives on
 `app.state` with its batching engine; shutdown stops admitting requests and finishes the running
-ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py), `/metrics` and the
+ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py, routes/chat.py), `/metrics` and the
 playground page at `/`.
 """
 
@@ -26,7 +26,7 @@ from lmfast.serving.compat import FormBodyAsJSON
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.dispatch import ClientDisconnected
 from lmfast.serving.metrics import ServeMetrics
-from lmfast.serving.routes import legacy, openai
+from lmfast.serving.routes import chat, legacy, openai
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -93,6 +93,7 @@ def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
     app.state.engine = None
     app.include_router(legacy.router)
     app.include_router(openai.router)
+    chat.install(app, config)  # /v1/chat/completions and the chat template
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus_metrics() -> Response:

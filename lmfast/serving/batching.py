@@ -48,6 +48,7 @@ class _Session(Protocol):
     max_batch_size: int
 
     def add(self, prompt: str, params: GenerationParams) -> list[int]: ...
+    def add_token_ids(self, prompt_ids: list[int], params: GenerationParams) -> list[int]: ...
     def step(self) -> list[Any]: ...
     def cancel(self, row_id: int) -> None: ...
     def __len__(self) -> int: ...
@@ -74,8 +75,9 @@ class GenerationJob:
     """One request's sequences: created and read on the event loop, decoded on the engine thread."""
 
     def __init__(
-        self, prompts: Sequence[str], params: GenerationParams, loop: asyncio.AbstractEventLoop
+        self, prompts: Sequence[str | list[int]], params: GenerationParams, loop: asyncio.AbstractEventLoop
     ) -> None:
+        """`prompts` are texts, or token ids already (a rendered chat template: no special tokens added)."""
         self.prompts = list(prompts)
         self.params = params
         self.n_rows = len(self.prompts) * params.num_return_sequences
@@ -332,10 +334,18 @@ class BatchingEngine:
         # oversized job runs alone (the session admits a too-large request into an empty batch)
         try:
             for p, prompt in enumerate(job.prompts):
-                for s, row_id in enumerate(session.add(prompt, job.params)):
+                added = (
+                    session.add_token_ids(prompt, job.params)
+                    if isinstance(prompt, list)
+                    else session.add(prompt, job.params)
+                )
+                for s, row_id in enumerate(added):
                     rows[row_id] = (job, p * n + s)
                     job.row_ids.append(row_id)
-            job.prompt_tokens = sum(self.generator.count_tokens(prompt) for prompt in job.prompts)
+            job.prompt_tokens = sum(
+                len(prompt) if isinstance(prompt, list) else self.generator.count_tokens(prompt)
+                for prompt in job.prompts
+            )
         except ValueError as exc:  # e.g. a prompt longer than the context: the client's fault
             self._drop(session, job, rows)
             job._post(job._on_admitted, exc)

@@ -84,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(config.model).is_dir():
         print(f"lmfast serve: MODEL: {config.model} is not a directory", file=sys.stderr)
         return 2
+    if config.chat_template is not None:
+        from lmfast.serving.routes.chat import load_chat_template
+
+        try:
+            load_chat_template(config)
+        except ValueError as exc:
+            print(f"lmfast serve: --chat_template: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

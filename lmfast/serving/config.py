@@ -43,6 +43,8 @@ class ServeConfig:
     """A request still unanswered after this many seconds is dropped and answered 504."""
     api_key: str | None = None
     """If set, every API call needs `Authorization: Bearer <api_key>` (401 otherwise)."""
+    chat_template: str | None = None
+    """A Jinja chat template file for /v1/chat/completions (None: the model's own, from its tokenizer files)."""
     max_prompt_chars: int = 16_000
     """Longest prompt accepted, in characters (422 beyond it; the model's context is checked too)."""
     log_level: str = "info"
@@ -71,6 +73,8 @@ class ServeConfig:
             raise ValueError(f"--max_prompt_chars must be >= 1, got {self.max_prompt_chars}")
         if self.api_key == "":
             self.api_key = None
+        if self.chat_template == "":
+            self.chat_template = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values, with the API key masked (it ends up in logs)."""

@@ -90,7 +90,7 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
 async def start(
     engine: BatchingEngine,
     request: Request,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[int]],
     params: GenerationParams,
     timeout_s: float,
     prompt_field: str,

@@ -417,6 +417,9 @@ class FakeLmfastApi:
     max_seed_chars: int = 20_000
     body: Any = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    chat: bool = False  # serve /tokenize and /v1/chat/completions, as for a model with a chat template
+    max_model_len: int = 1000  # the context /tokenize reports; a token is a word here (plus 2 per message)
+    chat_requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -425,6 +428,9 @@ class FakeLmfastApi:
     async def __aenter__(self) -> FakeLmfastApi:
         app = web.Application()
         app.router.add_post("/generated_texts/", self._generate)
+        if self.chat:
+            app.router.add_post("/tokenize", self._tokenize)
+            app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -458,6 +464,31 @@ class FakeLmfastApi:
         if text is None:  # spells out the settings it was given, so tests can see them applied
             text = f" [t={body['temperature']:g} n={body['generation_max_len']} p={body['top_p']:g} #{len(self.requests)}]"
         return web.json_response({"texts": [text] * body["num_return_sequences"]})
+
+    def count(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) + 2 for m in messages)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(
+            {"count": self.count(body["messages"]), "max_model_len": self.max_model_len, "tokens": []}
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """Streams an answer naming how many messages it was given, in two pieces, OpenAI's way."""
+        body = await request.json()
+        self.chat_requests.append(body)
+        if self.count(body["messages"]) + body["max_tokens"] > self.max_model_len:
+            return web.json_response({"detail": "prompt does not fit the context"}, status=422)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        pieces = [f"answer #{len(self.chat_requests)}", f" to {len(body['messages'])} messages"]
+        for piece in pieces:
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 @contextlib.asynccontextmanager

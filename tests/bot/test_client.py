@@ -86,3 +86,43 @@ async def test_refusals_are_final(peer, status, message):
             await lm.generate("x", PARAMS)
     assert caught.value.status == status
     assert len(api.requests) <= 1, "no retries for a request the server refused"
+
+
+async def test_chat_stream_probe_and_counts():
+    async with FakeLmfastApi(chat=True, max_model_len=77) as api, client(api.url) as lm:
+        assert await lm.supports_chat()
+        messages = [{"role": "user", "content": "two words"}]
+        assert await lm.count_chat_tokens(messages) == (4, 77)
+        pieces = [piece async for piece in lm.chat_stream(messages, PARAMS)]
+    assert pieces == ["answer #1", " to 1 messages"]
+    assert api.chat_requests[0] == {
+        "messages": messages,
+        "max_tokens": 12,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "stream": True,
+    }
+    async with FakeLmfastApi() as base, client(base.url) as lm:
+        assert not await lm.supports_chat(), "no /tokenize: a server without chat"
+
+
+async def test_chat_stream_failures_are_api_errors():
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/chat/completions" and b'"broken"' in request.content:
+            return httpx.Response(200, text='data: {"choices": [{"delta": {"content": "half"}}]}\n\n')
+        if request.url.path == "/v1/chat/completions":
+            return httpx.Response(
+                200, text='data: {"error": {"message": "decode step failed"}}\n\ndata: [DONE]\n\n'
+            )
+        return httpx.Response(422, json={"detail": [{"msg": "prompt does not fit"}]})
+
+    async with LmfastClient("http://lmfast", transport=httpx.MockTransport(answer)) as lm:
+        with pytest.raises(ApiUnavailable, match="without \\[DONE\\]"):
+            [p async for p in lm.chat_stream([{"role": "user", "content": "broken"}], PARAMS)]
+        with pytest.raises(ApiUnavailable, match="decode step failed"):
+            [p async for p in lm.chat_stream([{"role": "user", "content": "x"}], PARAMS)]
+        with pytest.raises(ApiRejected) as rejected:
+            await lm.count_chat_tokens([{"role": "user", "content": "x"}])
+    assert rejected.value.status == 422 and "does not fit" in rejected.value.message

@@ -60,3 +60,27 @@ def test_settings_stored_out_of_bounds_fall_back_to_defaults(tmp_path):
 def test_max_texts_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="max_texts"):
         Storage(tmp_path / "x.sqlite3", max_texts=0)
+
+
+def test_conversation_turns_mode_and_system_prompt_survive_reopening(tmp_path, monkeypatch):
+    import lmfast.bot.storage as storage
+
+    monkeypatch.setattr(storage, "MAX_TURNS_PER_CHAT", 4)
+    path = tmp_path / "bot.sqlite3"
+    with Storage(path) as db:
+        ids = [db.add_turn(1, role, f"{role} {i}") for i, role in enumerate(["user", "assistant"] * 3)]
+        db.add_turn(2, "user", "other chat")
+        db.set_mode(1, "chat")
+        db.set_system_prompt(1, "Be brief.")
+        with pytest.raises(ValueError, match="mode must be one of"):
+            db.set_mode(1, "poetry")
+    with Storage(path) as db:
+        assert [t.id for t in db.turns(1)] == ids[2:], "the oldest turns beyond the bound are pruned"
+        assert db.turns(1)[0].message() == {"role": "user", "content": "user 2"}
+        assert (db.get_mode(1), db.get_system_prompt(1)) == ("chat", "Be brief.")
+        assert (db.get_mode(3), db.get_system_prompt(3)) == ("auto", None)
+        db.delete_turn(1, ids[-1])
+        assert db.turns(1)[-1].id == ids[-2]
+        db.reset_chat(1)
+        assert db.turns(1) == [] and db.get_mode(1) == "auto" and db.get_system_prompt(1) is None
+        assert [t.content for t in db.turns(2)] == ["other chat"]

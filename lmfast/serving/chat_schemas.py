@@ -1,0 +1,172 @@
+"""Bodies of OpenAI's `POST /v1/chat/completions` (pydantic), beside schemas.py's completions ones.
+
+Shared bounds come from schemas.py and `lmfast.generation.params`. Fields this server does not
+implement (tools, logprobs, response formats other than text) are refused with a 422 naming them,
+not silently ignored; unknown fields (user, metadata, presence_penalty...) are ignored as OpenAI's
+own optional hints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
+from lmfast.serving.schemas import (
+    MAX_PROMPT_CHARS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    SEED_MAX,
+    FinishReason,
+    StreamOptions,
+    Usage,
+)
+
+MAX_MESSAGES = 512
+"""Messages in one conversation."""
+
+
+class TextPart(BaseModel):
+    """A content part; only text is served (a text-only model)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ChatMessage(BaseModel):
+    """One turn. `content` may be a string or a list of text parts (joined with newlines, as vLLM
+    does for templates that expect a string)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(default=None)
+    name: str | None = Field(default=None, max_length=256)
+
+    @field_validator("content")
+    @classmethod
+    def _check_content(cls, content: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        if isinstance(content, str) and len(content) > MAX_PROMPT_CHARS:
+            raise ValueError(f"a message may have at most {MAX_PROMPT_CHARS} characters")
+        return content
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: role, content string, and name when given."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI `POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        default=None, max_length=256, description="Accepted and echoed; one model is served."
+    )
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="Wins over max_tokens when both are given."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_NEW_TOKENS_LIMIT,
+        description="OpenAI's older name for max_completion_tokens. Neither: up to the model's context.",
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_RETURN_SEQUENCES)
+    stop: str | list[str] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # extensions beyond OpenAI's fields, as vLLM and TGI offer them
+    top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    # OpenAI options this server does not implement: refused rather than silently ignored
+    logprobs: Literal[False] | None = None
+    top_logprobs: None = None
+    tools: None = None
+    tool_choice: Literal["none"] | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
+        return stop
+
+    def max_new_tokens(self) -> int:
+        """What to generate at most: the context bounds it anyway (finish_reason "length")."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if value is not None:
+                return value
+        return MAX_NEW_TOKENS_LIMIT
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize`: a prompt, or messages rendered with the chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int = Field(description="Tokens of the prompt (as the generation routes count them).")
+    max_model_len: int = Field(description="The model's context: prompt plus generated tokens fit in it.")
+    tokens: list[int]

@@ -1,0 +1,268 @@
+"""OpenAI's `POST /v1/chat/completions`: the messages rendered with the model's chat template, then
+decoded by the same batching engine as /v1/completions (continuous batching, SSE streaming).
+
+The prompt is the template's text with the generation prompt, tokenized without added special
+tokens, exactly as transformers' `apply_chat_template(..., add_generation_prompt=True)` makes it;
+generation stops at any of the model's eos ids (`<|im_end|>` for ChatML models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from lmfast.generation.chat_template import ChatTemplate, ChatTemplateError
+from lmfast.generation.model_files import resolve_model_dir
+from lmfast.serving import dispatch
+from lmfast.serving.batching import BatchingEngine, GenerationJob
+from lmfast.serving.chat_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from lmfast.serving.config import ServeConfig
+from lmfast.serving.deps import get_engine, require_api_key
+from lmfast.serving.routes.openai import _finish_reason, _SSEResponse
+from lmfast.serving.schemas import Usage
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+# vLLM's /tokenize: lets a client (the bot) fit a conversation into the context without a tokenizer
+extras = APIRouter(tags=["extensions"], dependencies=[Depends(require_api_key)])
+
+_FIELD_OF = {
+    "max_new_tokens": "max_completion_tokens",
+    "num_return_sequences": "n",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
+    "stop": "stop",
+    "seed": "seed",
+}
+_ROUTE = "/v1/chat/completions"
+NO_TEMPLATE = (
+    "this model has no chat template (no chat_template.jinja and no chat_template in "
+    "tokenizer_config.json): start lmfast serve with --chat_template FILE, or use /v1/completions"
+)
+
+
+def load_chat_template(config: ServeConfig) -> ChatTemplate | None:
+    """`--chat_template`'s file, else the template in the served model's tokenizer files, else None.
+
+    Raises:
+        ChatTemplateError: the --chat_template file (or the model's template) cannot be used.
+    """
+    model_dir = None
+    if config.model:
+        try:
+            model_dir, _ = resolve_model_dir(config.model)
+        except (FileNotFoundError, ValueError):
+            model_dir = None
+    if config.chat_template is not None:
+        return ChatTemplate.from_file(config.chat_template, model_dir)
+    return ChatTemplate.from_model_dir(model_dir) if model_dir is not None else None
+
+
+def install(app: FastAPI, config: ServeConfig) -> None:
+    """Register the route and load the chat template once.
+
+    Raises:
+        ChatTemplateError: the --chat_template file is unusable (the user asked for it: fail now).
+    """
+    error = NO_TEMPLATE
+    try:
+        template = load_chat_template(config)
+    except ChatTemplateError as exc:
+        if config.chat_template is not None:
+            raise
+        # the model's own template is broken: completions still work, chat answers why not
+        logger.warning("chat completions disabled: %s", exc)
+        template, error = None, f"this model's chat template cannot be used: {exc}"
+    app.state.chat_template = template
+    app.state.chat_template_error = error
+    app.include_router(router)
+    app.include_router(extras)
+
+
+def _render(request: Request, messages: list[Any]) -> str:
+    """The conversation's prompt text; 400 when there is no template or it refuses the messages."""
+    state = request.app.state
+    if state.chat_template is None:
+        raise HTTPException(400, state.chat_template_error)
+    try:
+        return state.chat_template.render([m.for_template() for m in messages], add_generation_prompt=True)
+    except ChatTemplateError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _chat_ids(request: Request, prompt: str) -> list[int]:
+    # as apply_chat_template(tokenize=True): the template writes every special token itself
+    return request.app.state.generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+
+
+@extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
+    generator = request.app.state.generator
+    if body.messages is not None:
+        ids = _chat_ids(request, _render(request, body.messages))
+    else:
+        ids = generator.codec.encode(body.prompt or "")
+    return TokenizeResponse(count=len(ids), max_model_len=generator.max_context, tokens=ids)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "JSON, or server-sent events with stream: true",
+        },
+        400: {"description": "the model has no chat template, or the template refused the messages"},
+        401: {},
+        429: {},
+        503: {},
+        504: {},
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, engine: BatchingEngine = Depends(get_engine)
+) -> ChatCompletionResponse | StreamingResponse:
+    """Answer a conversation; choice j is the j-th sampled answer (`n`)."""
+    state = request.app.state
+    prompt = _render(request, body.messages)
+    dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
+    prompt_ids = _chat_ids(request, prompt)
+    params = dispatch.make_params(
+        _FIELD_OF,
+        max_new_tokens=body.max_new_tokens(),
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        repetition_penalty=body.repetition_penalty,
+        num_return_sequences=body.n,
+        stop=body.stops(),
+        seed=body.seed,
+    )
+    job, deadline = await dispatch.start(
+        engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages"
+    )
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = state.model_name
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        events = _sse(engine, request, job, deadline, head, include_usage)
+        metrics = state.metrics
+
+        def on_close() -> None:  # the stream ended early: the client left (or the server stops)
+            if not job.done and not job.cancelled:
+                engine.cancel(job)
+                metrics.rejected.labels("client_disconnected").inc()
+
+        return _SSEResponse(events, on_close=on_close)
+    results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=r.text),
+            finish_reason=_finish_reason(r.finish_reason),
+        )
+        for i, r in enumerate(results)
+    ]
+    completion_tokens = sum(r.tokens for r in results)
+    usage = Usage(
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=job.prompt_tokens + completion_tokens,
+    )
+    return ChatCompletionResponse(
+        id=completion_id, created=created, model=model, choices=choices, usage=usage
+    )
+
+
+def _event(head: dict[str, Any], choices: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    return f"data: {json.dumps({**head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    engine: BatchingEngine,
+    request: Request,
+    job: GenerationJob,
+    deadline: float,
+    head: dict[str, Any],
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """OpenAI's chat stream: a first chunk with each choice's `role`, then `delta.content` chunks,
+    a chunk with each choice's `finish_reason` and an empty delta, then `data: [DONE]`.
+
+    With `stream_options.include_usage`, every chunk carries `"usage": null` and a last chunk with
+    empty choices carries the token counts, as OpenAI sends them.
+    """
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    metrics = request.app.state.metrics
+    n = job.params.num_return_sequences
+    tokens = 0
+    yield _event(
+        head,
+        [
+            {
+                "index": i,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            for i in range(n)
+        ],
+        extra,
+    )
+    try:
+        async for pieces in job.pieces(deadline):
+            tokens += len(pieces)
+            content = [
+                {"index": p.index, "delta": {"content": p.text}, "logprobs": None, "finish_reason": None}
+                for p in pieces
+                if p.text
+            ]
+            if content:
+                yield _event(head, content, extra)
+            finished = [
+                {
+                    "index": p.index,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(p.finish_reason),
+                }
+                for p in pieces
+                if p.finished
+            ]
+            if finished:
+                yield _event(head, finished, extra)
+    except Exception as exc:
+        engine.cancel(job)
+        failure = dispatch.http_error(metrics, exc)
+        if not isinstance(failure, HTTPException):
+            raise failure from None
+        # headers are sent: report the failure in-band, as OpenAI does
+        error = {"error": {"message": failure.detail, "type": "server_error", "code": failure.status_code}}
+        yield f"data: {json.dumps(error)}\n\n"
+    else:
+        dispatch.observe_finished(metrics, job, _ROUTE)
+        if include_usage:
+            usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": tokens}
+            usage["total_tokens"] = job.prompt_tokens + tokens
+            yield _event(head, [], {"usage": usage})
+    yield "data: [DONE]\n\n"
