@@ -199,6 +199,8 @@ def add_config_flags(
             kwargs.update(action="extend", nargs="+")
         elif rule.is_bool:
             kwargs.update(nargs="?", const=True, metavar="BOOL")
+        if default is dataclasses.MISSING and name not in positional:
+            kwargs["required"] = True
         kwargs.update(overrides.get(name, {}))
         if name in positional:
             kwargs.setdefault("nargs", "?")

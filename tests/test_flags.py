@@ -123,3 +123,18 @@ def test_help_comes_from_attribute_docstrings_with_defaults_and_env(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "How many steps. (default: 10) [env X_STEPS]" in text
     assert "{fast,slow}" in text and "--max_steps" in text
+
+
+@dataclass
+class Required:
+    path: str
+    """A field with no default is a required flag."""
+    n: int = 1
+
+
+def test_a_field_without_default_is_a_required_flag():
+    parser = OneLineParser(prog="required")
+    add_config_flags(parser, Required)
+    with pytest.raises(FlagError, match="--path"):
+        parser.parse_args([])
+    assert parse_config(parser, Required, ["--path", "x"])[0] == Required("x", 1)
