@@ -1,16 +1,18 @@
 """Request and response bodies (pydantic): validated at the route, converted to `GenerationParams` there.
 
-Bounds come from `lmfast.generation.params`, so an HTTP limit and a generator limit cannot drift apart.
-A body that breaks one is answered 422 with the offending field in `detail[].loc`.
+Bounds come from `GenerationParams`' field metadata (`field_bounds`), so an HTTP limit and a
+generator limit cannot drift apart. A body that breaks one is answered 422 with the offending field
+in `detail[].loc`. Every text field is `Text` (encodable as UTF-8: no lone surrogates) and every
+number finite (no NaN, Infinity or 1e309), so bad text never reaches the tokenizer.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
+from lmfast.generation.params import field_bounds
 
 MAX_PROMPT_CHARS = 100_000
 """Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
@@ -21,24 +23,45 @@ MAX_ROWS_PER_REQUEST = 64
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
 MAX_BANNED_WORDS = 256
-SEED_MAX = 2**63 - 1
+TOP_K_LIMIT = 1_000_000
+"""HTTP only: GenerationParams takes any top_k >= 0, a body no more than this."""
+OPENAI_TEMPERATURE = {**field_bounds("temperature"), "le": 2.0}
+"""OpenAI's range for /v1/completions, inside GenerationParams' own."""
 
 
-class GeneratedTextsRequest(BaseModel):
+def _encodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"must be valid Unicode text (a lone surrogate at character {exc.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+"""A string the tokenizer can take: UTF-8 encodable (JSON's `\\ud800` escapes are refused with a 422)."""
+
+
+class _Body(BaseModel):
+    """Request bodies: numbers must be finite (NaN, Infinity and 1e309 are refused by name)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class GeneratedTextsRequest(_Body):
     """The seed's `POST /generated_texts/` body; fields left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seed_text: str = Field(max_length=MAX_PROMPT_CHARS, description="Prompt to continue.")
-    ignored_words: list[str] = Field(
+    seed_text: Text = Field(max_length=MAX_PROMPT_CHARS, description="Prompt to continue.")
+    ignored_words: list[Text] = Field(
         default_factory=list, max_length=MAX_BANNED_WORDS, description="Words never generated."
     )
-    generation_max_len: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float | None = Field(default=None, ge=0.0, le=100.0)
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)
-    num_return_sequences: int | None = Field(default=None, ge=1, le=MAX_RETURN_SEQUENCES)
+    generation_max_len: int | None = Field(default=None, **field_bounds("max_new_tokens"))
+    temperature: float | None = Field(default=None, **field_bounds("temperature"))
+    top_k: int | None = Field(default=None, **field_bounds("top_k"), le=TOP_K_LIMIT)
+    top_p: float | None = Field(default=None, **field_bounds("top_p"))
+    repetition_penalty: float | None = Field(default=None, **field_bounds("repetition_penalty"))
+    num_return_sequences: int | None = Field(default=None, **field_bounds("num_return_sequences"))
 
 
 class GeneratedTextsResponse(BaseModel):
@@ -54,30 +77,32 @@ class VersionResponse(BaseModel):
     model: str
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Body):
     include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_Body):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(
+    model: Text | None = Field(
         default=None, max_length=256, description="Accepted and echoed; one model is served."
     )
-    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
-    max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_RETURN_SEQUENCES)
-    stop: str | list[str] | None = Field(default=None)
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    prompt: Text | list[Text] = Field(description="A prompt or a list of prompts.")
+    max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
+    temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
+    top_p: float = Field(default=1.0, **field_bounds("top_p"))
+    n: int = Field(default=1, **field_bounds("num_return_sequences"))
+    stop: Text | list[Text] | None = Field(default=None)
+    seed: int | None = Field(default=None, **field_bounds("seed"))
     stream: bool = False
     stream_options: StreamOptions | None = None
     # extensions beyond OpenAI's fields, as vLLM and TGI offer them
-    top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    top_k: int = Field(
+        default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
+    )
+    repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
     # OpenAI options this server does not implement: refused rather than silently ignored
     echo: Literal[False] = False
     best_of: Literal[1] | None = None
