@@ -13,8 +13,6 @@ import ast
 import dataclasses
 import inspect
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,10 +109,12 @@ def serve(config: ServeConfig, generator: Any | None = None) -> int:
             print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
             return 2
     crashed: list[BaseException] = []
+    server: uvicorn.Server | None = None
 
-    def stop_on_crash(exc: BaseException) -> None:  # on the engine thread; uvicorn drains and exits
+    def stop_on_crash(exc: BaseException) -> None:  # on the engine thread: uvicorn drains and returns
         crashed.append(exc)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if server is not None:
+            server.should_exit = True
 
     app = create_app(config, generator=generator, on_engine_crash=stop_on_crash)
     options: dict[str, Any] = {
@@ -123,7 +123,8 @@ def serve(config: ServeConfig, generator: Any | None = None) -> int:
         "log_level": config.log_level,
         **server_options(config),
     }
-    uvicorn.run(app, **options)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.run()
     if crashed:
         print(f"lmfast serve: the engine thread died ({type(crashed[0]).__name__}); exiting", file=sys.stderr)
         return 1
