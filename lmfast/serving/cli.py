@@ -124,7 +124,10 @@ def serve(config: ServeConfig, generator: Any | None = None) -> int:
         **server_options(config),
     }
     server = uvicorn.Server(uvicorn.Config(app, **options))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
+        pass
     if crashed:
         print(f"lmfast serve: the engine thread died ({type(crashed[0]).__name__}); exiting", file=sys.stderr)
         return 1

@@ -2,15 +2,15 @@
 
 Bounds come from `GenerationParams`' field metadata (`field_bounds`), so an HTTP limit and a
 generator limit cannot drift apart. A body that breaks one is answered 422 with the offending field
-in `detail[].loc`. Every text field is `Text` (encodable as UTF-8: no lone surrogates) and every
-number finite (no NaN, Infinity or 1e309), so bad text never reaches the tokenizer.
+in `detail[].loc`. Every body derives from `RequestBody`: text encodable as UTF-8 (no lone
+surrogates) and numbers finite (no NaN, Infinity or 1e309), so bad text never reaches the tokenizer.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmfast.generation.params import field_bounds
 
@@ -29,31 +29,48 @@ OPENAI_TEMPERATURE = {**field_bounds("temperature"), "le": 2.0}
 """OpenAI's range for /v1/completions, inside GenerationParams' own."""
 
 
-def _encodable(text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"must be valid Unicode text (a lone surrogate at character {exc.start})") from None
-    return text
+def check_text(value: Any) -> Any:
+    """`value` if every string in it (lists and dicts searched) is UTF-8 encodable, else ValueError.
+
+    JSON can spell a lone UTF-16 surrogate (`"\\ud800"`), which Python keeps in a str and the
+    tokenizer refuses; refused here, at the boundary, it is a 422 naming the field.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"must be valid Unicode text (a lone surrogate at character {exc.start})"
+            ) from None
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key)
+            check_text(item)
+    return value
 
 
-Text = Annotated[str, AfterValidator(_encodable)]
-"""A string the tokenizer can take: UTF-8 encodable (JSON's `\\ud800` escapes are refused with a 422)."""
-
-
-class _Body(BaseModel):
-    """Request bodies: numbers must be finite (NaN, Infinity and 1e309 are refused by name)."""
+class RequestBody(BaseModel):
+    """Base of every request body: each text field is UTF-8 encodable and each number finite
+    (NaN, Infinity and 1e309 are refused), with the field named in the 422."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return check_text(value)
 
-class GeneratedTextsRequest(_Body):
+
+class GeneratedTextsRequest(RequestBody):
     """The seed's `POST /generated_texts/` body; fields left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seed_text: Text = Field(max_length=MAX_PROMPT_CHARS, description="Prompt to continue.")
-    ignored_words: list[Text] = Field(
+    seed_text: str = Field(max_length=MAX_PROMPT_CHARS, description="Prompt to continue.")
+    ignored_words: list[str] = Field(
         default_factory=list, max_length=MAX_BANNED_WORDS, description="Words never generated."
     )
     generation_max_len: int | None = Field(default=None, **field_bounds("max_new_tokens"))
@@ -77,24 +94,24 @@ class VersionResponse(BaseModel):
     model: str
 
 
-class StreamOptions(_Body):
+class StreamOptions(RequestBody):
     include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
 
 
-class CompletionRequest(_Body):
+class CompletionRequest(RequestBody):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: Text | None = Field(
+    model: str | None = Field(
         default=None, max_length=256, description="Accepted and echoed; one model is served."
     )
-    prompt: Text | list[Text] = Field(description="A prompt or a list of prompts.")
+    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
     max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
     temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
     top_p: float = Field(default=1.0, **field_bounds("top_p"))
     n: int = Field(default=1, **field_bounds("num_return_sequences"))
-    stop: Text | list[Text] | None = Field(default=None)
+    stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None, **field_bounds("seed"))
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -163,7 +163,9 @@ def test_a_job_failing_inside_the_engine_fails_alone_with_a_500(faulty_server, g
     assert stream.status_code == 200 and '"code": 500' in stream.text and stream.text.endswith("[DONE]\n\n")
     assert httpx.get(server.url + "/health_check/").json() == {"status": "ok"}
     response = httpx.post(server.url + "/v1/completions", json={"prompt": "Hello", **GREEDY})
-    assert response.json()["choices"][0]["text"] == generator("Hello", max_new_tokens=4, temperature=0.0)[0][0]
+    assert (
+        response.json()["choices"][0]["text"] == generator("Hello", max_new_tokens=4, temperature=0.0)[0][0]
+    )
 
 
 _CRASHING_SERVER = """
@@ -257,7 +259,9 @@ def _raw(server: ServerThread, data: bytes, read_timeout_s: float = 10.0) -> tup
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                raise AssertionError(f"connection still open after {read_timeout_s} s: {received!r}") from None
+                raise AssertionError(
+                    f"connection still open after {read_timeout_s} s: {received!r}"
+                ) from None
             if not chunk:
                 return received, time.monotonic() - started
             received += chunk
@@ -329,7 +333,10 @@ def test_tokenizing_happens_off_the_engine_thread(server, generator):
     try:
         body = {"seed_text": "Truth is", "generation_max_len": 3, "ignored_words": ["God"] * 200}
         assert httpx.post(server.url + "/generated_texts/", json=body, timeout=30).status_code == 200
-        assert httpx.post(server.url + "/v1/completions", json={"prompt": ["a", "b"], **GREEDY}).status_code == 200
+        assert (
+            httpx.post(server.url + "/v1/completions", json={"prompt": ["a", "b"], **GREEDY}).status_code
+            == 200
+        )
     finally:
         del codec.encode, codec.banned_ids
     assert threads and "lmfast-engine" not in threads
