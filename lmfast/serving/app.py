@@ -3,7 +3,7 @@
 The model is loaded in the lifespan (FastAPI "Lifespan Events"), never at import, and lives in the
 typed `ServerState` (deps.py) with its batching engine; shutdown stops admitting requests and
 finishes the running ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py),
-`/metrics` and the playground page at `/`.
+vLLM's tokenizer endpoints (routes/tokenizer.py), `/metrics` and the playground page at `/`.
 
 In front of the routes, outermost first: request counting, CORS (only with
 `--cors_allow_origins`), JSON-only POST bodies (415), the body read deadline (408) and the body
@@ -36,7 +36,7 @@ from lmfast.serving.dispatch import ClientDisconnected
 from lmfast.serving.errors import validation_error_handler
 from lmfast.serving.guard import BodyDeadline, RequireJSON
 from lmfast.serving.metrics import ServeMetrics
-from lmfast.serving.routes import legacy, openai
+from lmfast.serving.routes import legacy, openai, tokenizer
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -109,6 +109,7 @@ def create_app(
     app.state.lmfast = state
     app.include_router(legacy.router)
     app.include_router(openai.router)
+    app.include_router(tokenizer.router)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus_metrics() -> Response:

@@ -61,6 +61,13 @@ def get_engine(state: ServerState = Depends(get_state)) -> BatchingEngine:
     return engine
 
 
+def get_generator(state: ServerState = Depends(get_state)) -> Any:
+    """The loaded `Generator` (its tokenizer serves the tokenizer routes); 503 until it is loaded."""
+    if state.generator is None:
+        raise HTTPException(503, "the model is not ready (starting up)", headers={"Retry-After": "1"})
+    return state.generator
+
+
 def require_api_key(
     config: ServeConfig = Depends(get_config),
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
