@@ -197,28 +197,6 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(RequestBody):
-    """vLLM's `POST /tokenize` (the completion form): text in, token ids out."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = Field(default=None, max_length=256, description="Accepted; one model is served.")
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    add_special_tokens: bool = Field(
-        default=True, description="Let the tokenizer add its special tokens (BOS...)."
-    )
-    return_token_strs: bool = Field(
-        default=False, description="Also return each token as its vocabulary string."
-    )
-
-
-class TokenizeResponse(BaseModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
 class DetokenizeRequest(RequestBody):
     """vLLM's `POST /detokenize`: token ids in, text out."""
 

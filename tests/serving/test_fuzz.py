@@ -49,7 +49,6 @@ def test_no_input_crashes_the_server(case: Any) -> None:
 ROUTES = {
     "/v1/completions": {"prompt": "Truth is", "max_tokens": 2, "temperature": 0},
     "/generated_texts/": {"seed_text": "Truth is", "generation_max_len": 2, "temperature": 0},
-    "/tokenize": {"prompt": "Truth is"},
     "/detokenize": {"tokens": [464, 318]},
 }
 FIELDS = {
@@ -78,7 +77,6 @@ FIELDS = {
         "repetition_penalty",
         "num_return_sequences",
     ],
-    "/tokenize": ["prompt", "add_special_tokens", "return_token_strs", "model"],
     "/detokenize": ["tokens", "model"],
 }
 CONTENT_TYPES = [

@@ -1,6 +1,6 @@
-"""vLLM's tokenizer endpoints, `POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info`, so
-clients such as lm-evaluation-harness can count and build prompts with the served model's own
-tokenizer. They answer from the tokenizer alone (no batch slot), in a worker thread."""
+"""vLLM's `POST /detokenize` and `GET /tokenizer_info`, so clients such as lm-evaluation-harness can
+use the served model's own tokenizer remotely (with `POST /tokenize`, which routes/chat.py serves
+because it also renders chat messages). They answer from the tokenizer alone, no batch slot."""
 
 from __future__ import annotations
 
@@ -14,27 +14,10 @@ from lmfast.serving.dispatch import invalid
 from lmfast.serving.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
-    TokenizeRequest,
-    TokenizeResponse,
     TokenizerInfo,
 )
 
 router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)], responses={401: {}, 503: {}})
-
-
-@router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, generator: Any = Depends(get_generator)) -> TokenizeResponse:
-    """The prompt's token ids (and, on request, their vocabulary strings)."""
-    tokenizer = generator.codec.tokenizer
-    encoding = await asyncio.to_thread(
-        tokenizer.encode, body.prompt, add_special_tokens=body.add_special_tokens
-    )
-    return TokenizeResponse(
-        count=len(encoding.ids),
-        max_model_len=generator.max_context,
-        tokens=encoding.ids,
-        token_strs=list(encoding.tokens) if body.return_token_strs else None,
-    )
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
