@@ -74,7 +74,8 @@ def serve_and_ask(export_dir: Path, prompt: str, max_new_tokens: int) -> str:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(f"{base}/health_check/", server, timeout=120)
         body = {"seed_text": prompt, "generation_max_len": max_new_tokens, "temperature": 0.7, "top_k": 50}
-        print(f"$ curl -s {base}/generated_texts/ -d '{json.dumps(body)}'", flush=True)
+        json_type = "-H 'content-type: application/json'"
+        print(f"$ curl -s {base}/generated_texts/ {json_type} -d '{json.dumps(body)}'", flush=True)
         request = urllib.request.Request(
             f"{base}/generated_texts/",
             data=json.dumps(body).encode(),

@@ -131,6 +131,8 @@ class Generator:
         texts = [[""] * params.num_return_sequences for _ in prompts]
         while len(session):
             for event in session.step():
+                if event.error is not None:
+                    raise event.error
                 p, s = owner[event.row_id]
                 texts[p][s] += event.text
         return texts
@@ -144,6 +146,8 @@ class Generator:
         session.add(prompt, params)
         while len(session):
             for event in session.step():
+                if event.error is not None:
+                    raise event.error
                 if event.text:
                     yield event.text
 

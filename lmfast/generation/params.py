@@ -15,50 +15,86 @@ from typing import Any
 # hard limits shared by every entry point (HTTP bodies, CLI flags, bot settings)
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_RETURN_SEQUENCES = 16
+SEED_LIMIT = 2**63
+DEFAULT_MAX_BATCH_SIZE = 32
+"""Rows decoded together when nobody says otherwise (the session, the engine, `lmfast serve`)."""
+
+
+class ParamError(ValueError):
+    """A value breaks a rule. Carries the field and the rule, so every boundary (an HTTP 422, a
+    CLI's one-line error) names the field without parsing the message."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field} {rule}")
+        self.field = field
+        self.rule = rule
+
+
+def bounds(**limits: float) -> dict[str, Any]:
+    """Field metadata: the bounds (`ge`, `gt`, `le`, `lt`) checked here and reused by the HTTP schemas."""
+    return {"bounds": limits}
+
+
+def field_bounds(name: str) -> dict[str, float]:
+    """The bounds of a `GenerationParams` field, as pydantic `Field(**...)` keywords."""
+    return dict(_FIELDS[name].metadata.get("bounds", {}))
+
+
+def _num(x: float) -> str:
+    return "2**63" if x == SEED_LIMIT else f"{x:g}"
+
+
+def _interval(limits: dict[str, float]) -> str:
+    """`in [1, 4096]`, `in (0, 1]`, `>= 0`: the rule as the error message states it."""
+    low = f"[{_num(limits['ge'])}" if "ge" in limits else f"({_num(limits['gt'])}" if "gt" in limits else ""
+    high = f"{_num(limits['le'])}]" if "le" in limits else f"{_num(limits['lt'])})" if "lt" in limits else ""
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+
+
+def _within(value: float, limits: dict[str, float]) -> bool:
+    # written so that NaN is outside every bound
+    return (
+        ("ge" not in limits or value >= limits["ge"])
+        and ("gt" not in limits or value > limits["gt"])
+        and ("le" not in limits or value <= limits["le"])
+        and ("lt" not in limits or value < limits["lt"])
+    )
 
 
 @dataclass
 class GenerationParams:
-    """How to continue a prompt. Defaults are the seed project's."""
+    """How to continue a prompt. Defaults are the seed project's; bounds live in each field's metadata."""
 
-    max_new_tokens: int = 64
+    max_new_tokens: int = field(default=64, metadata=bounds(ge=1, le=MAX_NEW_TOKENS_LIMIT))
     """Tokens to generate after the prompt (the seed's `generation_max_len`)."""
-    temperature: float = 0.7
+    temperature: float = field(default=0.7, metadata=bounds(ge=0.0, le=100.0))
     """Softmax temperature; 0 means greedy decoding (argmax, no division by zero)."""
-    top_k: int = 50
+    top_k: int = field(default=50, metadata=bounds(ge=0))
     """Keep only the k most likely tokens; 0 disables."""
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata=bounds(gt=0.0, le=1.0))
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1 disables."""
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = field(default=1.0, metadata=bounds(gt=0.0, le=100.0))
     """CTRL-style penalty (>1 discourages tokens already in the prompt or output); 1 disables."""
-    num_return_sequences: int = 1
+    num_return_sequences: int = field(default=1, metadata=bounds(ge=1, le=MAX_RETURN_SEQUENCES))
     """Independent continuations per prompt."""
     stop: list[str] = field(default_factory=list)
     """Generation of a sequence ends when its text contains any of these; the stop text is cut off."""
     banned_words: list[str] = field(default_factory=list)
     """Words never generated (every sub-token of each word is banned; the seed's `ignored_words`)."""
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata=bounds(ge=0, lt=SEED_LIMIT))
     """Seed for reproducible sampling; None draws a fresh one."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(
-                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}"
-            )
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 < self.repetition_penalty <= 100.0:
-            raise ValueError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}")
-        if not 1 <= self.num_return_sequences <= MAX_RETURN_SEQUENCES:
-            raise ValueError(
-                f"num_return_sequences must be in [1, {MAX_RETURN_SEQUENCES}], got {self.num_return_sequences}"
-            )
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        for f in dataclasses.fields(self):
+            limits = f.metadata.get("bounds")
+            value = getattr(self, f.name)
+            if limits and value is not None and not _within(value, limits):
+                hint = " (0 disables)" if f.name == "top_k" else ""
+                raise ParamError(f.name, f"must be {_interval(limits)}{hint}, got {value}")
         self.stop = [s for s in self.stop if s]
         self.banned_words = [w for w in self.banned_words if w.strip()]
 
@@ -93,3 +129,6 @@ class GenerationParams:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(GenerationParams)}

@@ -5,10 +5,16 @@
 prefills rows added since the last step (left padded among themselves) and stacks their cache
 under the running rows' (the shorter side left padded along time, padding masked out). Rows that
 finish leave the batch at once; cache columns no row attends to any more are trimmed.
+
+A failure is contained to the rows it concerns: a prefill that raises is retried one request at a
+time and only the failing request's rows end, a row whose text cannot be decoded ends alone, and
+a failed decode forward ends the rows of that forward. Each ends with an event whose `error` is
+set, and the session goes on with the others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,12 +22,28 @@ import numpy as np
 
 from lmfast.generation.backend import Backend, Past
 from lmfast.generation.model_files import ModelInfo
-from lmfast.generation.params import GenerationParams
+from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams, ParamError
 from lmfast.generation.sampling import SamplerRows, make_rng
 from lmfast.generation.text import TextCodec, TextStream
 
-FinishReason = Literal["length", "stop", "eos"]
-DEFAULT_MAX_BATCH_SIZE = 32
+FinishReason = Literal["length", "stop", "eos", "error"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
+
+
+def admissible(sizes: Iterable[int], occupied: int, max_batch_size: int) -> int:
+    """How many of the first requests join a batch now, first come first served.
+
+    The one admission rule (the session and the server's engine both use it): requests join in
+    order while their rows fit beside the `occupied` ones; a request larger than the whole batch
+    joins an empty batch alone rather than waiting for ever.
+    """
+    count = 0
+    for rows in sizes:
+        if occupied > 0 and occupied + rows > max_batch_size:
+            break
+        occupied += rows
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,8 @@ class TokenEvent:
     """Newly decoded text (may be "": an incomplete character, held-back stop text, EOS)."""
     finished: bool
     finish_reason: FinishReason | None
+    error: BaseException | None = None
+    """Why the row ended early (finish_reason "error"): the others in the batch go on."""
 
 
 @dataclass
@@ -94,6 +118,11 @@ class DecodeSession:
     def num_running(self) -> int:
         return len(self._batch.rows) if self._batch else 0
 
+    def admissible(self, sizes: Sequence[int]) -> int:
+        """How many of requests with these row counts, in order, `add` may queue now so that all
+        of them join at the next step (`admissible` beside every row not yet finished)."""
+        return admissible(sizes, len(self), self.max_batch_size)
+
     def add(self, prompt: str, params: GenerationParams) -> list[int]:
         """Queue a prompt; it is prefilled at the next `step`.
 
@@ -101,21 +130,26 @@ class DecodeSession:
             One row id per return sequence.
 
         Raises:
-            ValueError: the prompt leaves no room for a new token in the model's context.
+            ParamError: (a ValueError, field "prompt") the prompt leaves no room for a new token
+                in the model's context.
         """
         return self.add_token_ids(self.codec.encode(prompt), params)
 
-    def add_token_ids(self, prompt_ids: list[int], params: GenerationParams) -> list[int]:
-        """`add` for an already tokenized prompt."""
+    def add_token_ids(
+        self, prompt_ids: list[int], params: GenerationParams, banned_ids: np.ndarray | None = None
+    ) -> list[int]:
+        """`add` for an already tokenized prompt (and banned words, `codec.banned_ids`), so a caller
+        can tokenize on another thread than the one driving the session."""
         if not prompt_ids:  # an empty prompt starts from BOS (GPT-2: <|endoftext|>), as HF does
             start = (
                 self.info.bos_token_id if self.info.bos_token_id is not None else self.info.eos_token_ids[0]
             )
             prompt_ids = [int(start)]
         if len(prompt_ids) >= self.info.max_context:
-            raise ValueError(
-                f"prompt is {len(prompt_ids)} tokens; the model's context is {self.info.max_context} "
-                "tokens and must leave room for at least one new token"
+            raise ParamError(
+                "prompt",
+                f"is {len(prompt_ids)} tokens; the model's context is {self.info.max_context} "
+                "tokens and must leave room for at least one new token",
             )
         rows = []
         for index in range(params.num_return_sequences):
@@ -123,7 +157,9 @@ class DecodeSession:
                 _Row(self._next_row_id, params, index, len(prompt_ids), self.codec.stream(params.stop))
             )
             self._next_row_id += 1
-        self._waiting.append(_Request(list(prompt_ids), self.codec.banned_ids(params.banned_words), rows))
+        if banned_ids is None:
+            banned_ids = self.codec.banned_ids(params.banned_words)
+        self._waiting.append(_Request(list(prompt_ids), banned_ids, rows))
         return [row.row_id for row in rows]
 
     def cancel(self, row_id: int) -> None:
@@ -146,34 +182,48 @@ class DecodeSession:
         events: list[TokenEvent] = []
         batch = self._batch
         if batch is not None:
-            mask = np.concatenate(
-                [batch.attention_mask, np.ones((len(batch.rows), 1), dtype=np.int64)], axis=1
-            )
-            logits, batch.past = self.backend.forward(
-                batch.pending[:, None], mask, batch.next_position[:, None], batch.past
-            )
-            batch.attention_mask = mask
-            batch.next_position = batch.next_position + 1
-            events += self._advance(batch, batch.sampler.next_tokens(logits))
-            self._drop_finished()  # rows done now free their places for waiting ones
+            try:
+                mask = np.concatenate(
+                    [batch.attention_mask, np.ones((len(batch.rows), 1), dtype=np.int64)], axis=1
+                )
+                logits, past = self.backend.forward(
+                    batch.pending[:, None], mask, batch.next_position[:, None], batch.past
+                )
+                tokens = batch.sampler.next_tokens(logits)
+            except Exception as exc:  # one computation for all these rows: they end together
+                self._batch = None
+                events += _failed(batch.rows, exc)
+            else:
+                batch.past, batch.attention_mask = past, mask
+                batch.next_position = batch.next_position + 1
+                batch.pending = tokens
+                events += self._record(batch.rows, tokens)
+                self._drop_finished()  # rows done now free their places for waiting ones
         admitted = self._admit()
         if admitted:
-            fresh, logits = self._prefill(admitted)
-            events += self._advance(fresh, fresh.sampler.next_tokens(logits))
-            self._batch = fresh if self._batch is None else self._merge(self._batch, fresh)
-            self._drop_finished()
+            events += self._join(admitted)
         return events
 
     def _admit(self) -> list[_Request]:
-        room = self.max_batch_size - self.num_running
-        admitted = []
-        while self._waiting and (
-            len(self._waiting[0].rows) <= room or (not admitted and self._batch is None)
-        ):
-            request = self._waiting.pop(0)
-            room -= len(request.rows)
-            admitted.append(request)
+        count = admissible((len(r.rows) for r in self._waiting), self.num_running, self.max_batch_size)
+        admitted, self._waiting = self._waiting[:count], self._waiting[count:]
         return admitted
+
+    def _join(self, requests: list[_Request]) -> list[TokenEvent]:
+        """Prefill `requests` into the batch; if that fails, retry each alone so that only the
+        request at fault ends."""
+        try:
+            fresh, logits = self._prefill(requests)
+            fresh.pending = fresh.sampler.next_tokens(logits)
+            joined = fresh if self._batch is None else self._merge(self._batch, fresh)
+        except Exception as exc:
+            if len(requests) == 1:
+                return _failed(requests[0].rows, exc)
+            return [event for request in requests for event in self._join([request])]
+        self._batch = joined
+        events = self._record(fresh.rows, fresh.pending)
+        self._drop_finished()
+        return events
 
     def _prefill(self, requests: list[_Request]) -> tuple[_Batch, np.ndarray]:
         """Run the waiting prompts (each once, left padded) and expand to one row per sequence."""
@@ -207,27 +257,33 @@ class DecodeSession:
         )
         return batch, logits[expand]
 
-    def _advance(self, batch: _Batch, tokens: np.ndarray) -> list[TokenEvent]:
+    def _record(self, rows: list[_Row], tokens: np.ndarray) -> list[TokenEvent]:
         """Record each row's new token, decode its text and decide whether the row is done."""
-        batch.pending = tokens
         events = []
-        for row, token in zip(batch.rows, tokens.tolist(), strict=True):
+        for row, token in zip(rows, tokens.tolist(), strict=True):
             row.generated += 1
-            reason: FinishReason | None = None
-            if token in self._eos:
-                text, reason = row.stream.flush(), "eos"
-            else:
-                text, stopped = row.stream.push(token)
-                if stopped:
-                    reason = "stop"
-                elif (
-                    row.generated >= row.params.max_new_tokens
-                    or row.prompt_length + row.generated >= self.info.max_context
-                ):
-                    text, reason = text + row.stream.flush(), "length"
-            row.finished = reason is not None
-            events.append(TokenEvent(row.row_id, token, text, row.finished, reason))
+            try:
+                event = self._next_text(row, token)
+            except Exception as exc:  # this row's text alone: the others go on
+                event = TokenEvent(row.row_id, token, "", True, "error", exc)
+            row.finished = event.finished
+            events.append(event)
         return events
+
+    def _next_text(self, row: _Row, token: int) -> TokenEvent:
+        reason: FinishReason | None = None
+        if token in self._eos:
+            text, reason = row.stream.flush(), "eos"
+        else:
+            text, stopped = row.stream.push(token)
+            if stopped:
+                reason = "stop"
+            elif (
+                row.generated >= row.params.max_new_tokens
+                or row.prompt_length + row.generated >= self.info.max_context
+            ):
+                text, reason = text + row.stream.flush(), "length"
+        return TokenEvent(row.row_id, token, text, reason is not None, reason)
 
     def _merge(self, first: _Batch, second: _Batch) -> _Batch:
         width = max(first.attention_mask.shape[1], second.attention_mask.shape[1])
@@ -262,3 +318,10 @@ class DecodeSession:
         if unused:
             batch.past = self.backend.trim(batch.past, unused)
             batch.attention_mask = batch.attention_mask[:, unused:]
+
+
+def _failed(rows: list[_Row], error: BaseException) -> list[TokenEvent]:
+    """End `rows` with `error` (they leave the batch; no token was produced)."""
+    for row in rows:
+        row.finished = True
+    return [TokenEvent(row.row_id, -1, "", True, "error", error) for row in rows]

@@ -1,9 +1,14 @@
 """`create_app(config)`: the FastAPI app of `lmfast serve`.
 
-The model is loaded in the lifespan (FastAPI "Lifespan Events"), never at import, and lives on
-`app.state` with its batching engine; shutdown stops admitting requests and finishes the running
-ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py, routes/chat.py), `/metrics` and the
-playground page at `/`.
+The model is loaded in the lifespan (FastAPI "Lifespan Events"), never at import, and lives in the
+typed `ServerState` (deps.py) with its batching engine; shutdown stops admitting requests and
+finishes the running ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py, routes/chat.py),
+vLLM's tokenizer endpoints (routes/tokenizer.py), `/metrics` and the playground page at `/`.
+
+In front of the routes, outermost first: request counting, CORS (only with
+`--cors_allow_origins`), JSON-only POST bodies (415), the body read deadline (408) and the body
+size limit (413, before the body is read). A rejected body is a small 422 naming the field and
+the rule (errors.py), never a 500.
 """
 
 from __future__ import annotations
@@ -11,22 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
 from lmfast.serving.batching import BatchingEngine
-from lmfast.serving.compat import FormBodyAsJSON
-from lmfast.serving.config import ServeConfig
+from lmfast.serving.config import ServeConfig, allowed_origins
+from lmfast.serving.deps import ServerState
 from lmfast.serving.dispatch import ClientDisconnected
+from lmfast.serving.errors import validation_error_handler
+from lmfast.serving.guard import BodyDeadline, RequireJSON
 from lmfast.serving.metrics import ServeMetrics
-from lmfast.serving.routes import chat, legacy, openai
+from lmfast.serving.routes import chat, legacy, openai, tokenizer
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -45,17 +55,24 @@ def load_generator(config: ServeConfig) -> Any:
     )
 
 
-def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    generator: Any | None = None,
+    on_engine_crash: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
     """Build the app; the model is loaded when the app starts (lifespan), not here.
 
     Args:
         config: what to serve and how.
         generator: an already loaded `lmfast.generation.Generator` to serve instead of loading
             `config.model` (tests and benchmarks share one across apps).
+        on_engine_crash: called if the engine thread dies (`lmfast serve` stops the process with
+            a non-zero exit so a supervisor restarts it); without it the app keeps answering 503.
     """
     if generator is None and not config.model:
         raise ValueError("ServeConfig.model is empty: give a model directory (or a loaded generator)")
     metrics = ServeMetrics()
+    state = ServerState(config=config, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,14 +83,15 @@ def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
             max_wait_ms=config.max_wait_ms,
             queue_size=config.queue_size,
             metrics=metrics,
+            on_crash=on_engine_crash,
         )
-        app.state.generator = gen
-        app.state.default_params = gen.default_params
-        app.state.model_name = config.model_name or gen.model_name
-        app.state.started = int(time.time())
+        state.generator = gen
+        state.default_params = gen.default_params
+        state.model_name = config.model_name or gen.model_name
+        state.started = int(time.time())
         engine.start()
-        app.state.engine = engine
-        logger.info("serving %s: %s", app.state.model_name, config.to_dict())
+        state.engine = engine
+        logger.info("serving %s: %s", state.model_name, config.to_dict())
         try:
             yield
         finally:
@@ -88,12 +106,11 @@ def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
         summary="Text generation with continuous batching; the seed's API and OpenAI's /v1/completions.",
         lifespan=lifespan,
     )
-    app.state.config = config
-    app.state.metrics = metrics
-    app.state.engine = None
+    app.state.lmfast = state
     app.include_router(legacy.router)
     app.include_router(openai.router)
     chat.install(app, config)  # /v1/chat/completions and the chat template
+    app.include_router(tokenizer.router)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus_metrics() -> Response:
@@ -106,10 +123,24 @@ def create_app(config: ServeConfig, generator: Any | None = None) -> FastAPI:
 
     @app.exception_handler(ClientDisconnected)
     async def _client_gone(request: Request, exc: ClientDisconnected) -> Response:
+        # the one place a request its client ended is counted (streams: routes/openai.py's on_close)
+        metrics.rejected.labels("client_disconnected").inc()
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+    # add_middleware puts each one outside the ones before it
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=config.body_timeout_s, metrics=metrics)
+    app.add_middleware(RequireJSON)
+    origins = allowed_origins(config)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(_CountRequests, metrics=metrics)
-    app.add_middleware(FormBodyAsJSON)
     return app
 
 

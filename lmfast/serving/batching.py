@@ -7,6 +7,11 @@ prefills the newcomers and advances every row by one token) and hands each job i
 `loop.call_soon_threadsafe`. A finished row leaves the batch at once and its slot is reused at the
 next step, as in TGI and vLLM; a cancelled job (client gone, timeout) has its rows dropped.
 With `max_batch_size=1` jobs run strictly one after another: the "batching off" baseline.
+
+Admission follows the session's one rule (`DecodeSession.admissible`: first come first served, an
+oversized job alone). A failure while admitting, prefilling or decoding one job fails that job
+alone (`ValueError` for bad input, else `JobFailedError`); if the thread dies anyway, every waiting
+client is answered and `on_crash` is called (`lmfast serve` then exits non-zero).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lmfast.generation.params import GenerationParams
+import numpy as np
+
+from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams
 from lmfast.serving.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
@@ -42,21 +49,34 @@ class EngineStoppedError(RuntimeError):
     """The engine is not running (starting up or shutting down): HTTP 503."""
 
 
+class JobFailedError(RuntimeError):
+    """Generating this job failed on the server (a bug, not the request's fault): HTTP 500.
+
+    The job alone fails; the engine and every other job go on.
+    """
+
+
+class _Codec(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def banned_ids(self, words: list[str]) -> np.ndarray: ...
+
+
 class _Session(Protocol):
     """What the engine uses of `lmfast.generation`'s DecodeSession (contract 3)."""
 
-    max_batch_size: int
-
-    def add(self, prompt: str, params: GenerationParams) -> list[int]: ...
-    def add_token_ids(self, prompt_ids: list[int], params: GenerationParams) -> list[int]: ...
+    def admissible(self, sizes: Sequence[int]) -> int: ...
+    def add_token_ids(
+        self, prompt_ids: list[int], params: GenerationParams, banned_ids: np.ndarray | None = None
+    ) -> list[int]: ...
     def step(self) -> list[Any]: ...
     def cancel(self, row_id: int) -> None: ...
     def __len__(self) -> int: ...
 
 
 class _Generator(Protocol):
-    def session(self) -> _Session: ...
-    def count_tokens(self, text: str) -> int: ...
+    codec: _Codec
+
+    def session(self, max_batch_size: int | None = None) -> _Session: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,11 @@ class Piece:
 
 
 class GenerationJob:
-    """One request's sequences: created and read on the event loop, decoded on the engine thread."""
+    """One request's sequences: created and read on the event loop, decoded on the engine thread.
+
+    The engine thread uses only `tokenize`, `post_admitted`, `post_error` and `row_finished`; the
+    loop reads `admitted` and `pieces`.
+    """
 
     def __init__(
         self, prompts: Sequence[str | list[int]], params: GenerationParams, loop: asyncio.AbstractEventLoop
@@ -87,6 +111,9 @@ class GenerationJob:
         self.first_token_at: float | None = None
         self.admitted: asyncio.Future[None] = loop.create_future()
         self.cancelled = False
+        self.prompt_ids: list[list[int]] | None = None
+        """Set by `tokenize`; None until then."""
+        self.banned_ids: np.ndarray | None = None
         # written by the engine thread, read by the loop once the job's last piece arrived
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -99,6 +126,18 @@ class GenerationJob:
     def done(self) -> bool:
         return self._open == 0
 
+    def tokenize(self, codec: _Codec) -> None:
+        """Encode the prompts and banned words. Call it off the engine thread (the server does, in a
+        worker thread): a long banned-word list must not stall every other client's decode steps.
+
+        Raises:
+            Whatever the tokenizer raises on text it cannot encode.
+        """
+        # a rendered chat template arrives as token ids already (no special tokens added)
+        self.prompt_ids = [list(p) if isinstance(p, list) else codec.encode(p) for p in self.prompts]
+        self.banned_ids = codec.banned_ids(self.params.banned_words)
+        self.prompt_tokens = sum(len(ids) for ids in self.prompt_ids)
+
     async def pieces(self, deadline: float | None = None) -> AsyncIterator[list[Piece]]:
         """Yield the pieces of each decode step until every sequence has finished.
 
@@ -107,7 +146,7 @@ class GenerationJob:
 
         Raises:
             TimeoutError: past the deadline (the caller cancels the job).
-            EngineStoppedError, RuntimeError: the engine stopped or the decode step failed.
+            EngineStoppedError, JobFailedError: the engine stopped or generating this job failed.
         """
         # one timer per job rather than a wait_for (a task and a timer) per decode step
         timer = None
@@ -131,7 +170,33 @@ class GenerationJob:
         if self._open > 0:
             self._inbox.put_nowait(TimeoutError("request timed out"))
 
-    # --- called on the loop through call_soon_threadsafe -------------------------------------
+    # --- engine thread: the job's interface to the engine ----------------------------------------
+    def post_admitted(self) -> bool:
+        """The job joined the batch; False if its event loop is gone (nobody is waiting)."""
+        self.admitted_at = time.perf_counter()
+        return self._post(self._on_admitted, None)
+
+    def post_error(self, error: BaseException) -> bool:
+        """End the job with `error` (raised by `admitted` or by `pieces`); False if its loop is gone."""
+        return self._post(self._on_error, error)
+
+    def row_finished(self) -> bool:
+        """Count one finished sequence; True when it was the job's last."""
+        self._rows_left -= 1
+        return self._rows_left == 0
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # loop closed: the client and its server are gone
+            return False
+        return True
+
+    # --- event loop --------------------------------------------------------------------------------
+    def deliver(self, pieces: list[Piece]) -> None:
+        """Hand the job the pieces of one decode step (on its loop)."""
+        self._inbox.put_nowait(pieces)
+
     def _on_admitted(self, error: BaseException | None) -> None:
         if self.admitted.done():
             return
@@ -148,15 +213,6 @@ class GenerationJob:
         else:
             self._on_admitted(error)
 
-    # --- engine thread -------------------------------------------------------------------------
-    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
-        """Run `callback(*args)` on the job's loop; False if that loop is gone."""
-        try:
-            self.loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # loop closed: the client and its server are gone
-            return False
-        return True
-
 
 class BatchingEngine:
     """Decode many jobs together on one model: a bounded queue in front of one engine thread."""
@@ -165,11 +221,17 @@ class BatchingEngine:
         self,
         generator: _Generator,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = 5.0,
         queue_size: int = 256,
         metrics: ServeMetrics | None = None,
+        on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
+        """
+        Args:
+            on_crash: called on the engine thread if it dies of an error no job could be blamed
+                for (after every waiting client was answered).
+        """
         if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
         self.generator = generator
@@ -177,6 +239,8 @@ class BatchingEngine:
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
         self.metrics = metrics
+        self.on_crash = on_crash
+        self.crashed: BaseException | None = None
         self._cond = threading.Condition()
         self._waiting: deque[GenerationJob] = deque()
         self._cancelled: list[GenerationJob] = []
@@ -264,10 +328,9 @@ class BatchingEngine:
             self.metrics.queue_depth.set(len(self._waiting))
 
     def _run(self) -> None:
-        session = self.generator.session()
-        session.max_batch_size = self.max_batch_size
         rows: dict[int, tuple[GenerationJob, int]] = {}  # row id -> (job, choice index)
         try:
+            session = self.generator.session(max_batch_size=self.max_batch_size)
             while True:
                 with self._cond:
                     while not (self._waiting or rows or self._cancelled or self._stopping):
@@ -277,23 +340,31 @@ class BatchingEngine:
                     if not rows and self._waiting:
                         self._gather()
                     cancelled, self._cancelled = self._cancelled, []
-                    admitted = self._pop_admissible(len(rows))
+                    for job in cancelled:
+                        self._drop(session, job, rows)
+                    admitted = self._pop_admissible(session)
                     self._set_queue_depth()
-                for job in cancelled:
-                    self._drop(session, job, rows)
                 for job in admitted:
                     self._admit(session, job, rows)
-                if self.metrics is not None:
-                    self.metrics.active_rows.set(len(rows))
+                self._set_active_rows(rows)
                 if rows:
                     session = self._step(session, rows)
+                    self._set_active_rows(rows)
         except BaseException as exc:  # never leave clients waiting on a dead thread
             logger.exception("engine thread crashed")
-            self._fail_all(rows, EngineStoppedError(f"the engine stopped: {exc}"))
+            self.crashed = exc
+            self._accepting = False
+            self._fail_all(rows, EngineStoppedError("the engine stopped"))
+            if self.on_crash is not None:
+                self.on_crash(exc)
             raise
         finally:
             self._accepting = False
         self._fail_all(rows, EngineStoppedError("the server shut down before this request finished"))
+
+    def _set_active_rows(self, rows: dict[int, tuple[GenerationJob, int]]) -> None:
+        if self.metrics is not None:
+            self.metrics.active_rows.set(len(rows))
 
     def _gather(self) -> None:
         """Idle model, jobs waiting: let a burst of arrivals gather into one prefill (lock held).
@@ -311,50 +382,34 @@ class BatchingEngine:
             if len(self._waiting) == before:
                 break
 
-    def _pop_admissible(self, active_rows: int) -> list[GenerationJob]:
-        """First-come first-served jobs whose rows fit (lock held); an oversized job runs alone."""
-        admitted: list[GenerationJob] = []
-        while self._waiting:
-            job = self._waiting[0]
-            if job.cancelled:
-                self._waiting.popleft()
-                continue
-            if active_rows > 0 and active_rows + job.n_rows > self.max_batch_size:
-                break
-            self._waiting.popleft()
-            admitted.append(job)
-            active_rows += job.n_rows
-        return admitted
+    def _pop_admissible(self, session: _Session) -> list[GenerationJob]:
+        """The waiting jobs that join at the next step, by the session's admission rule (lock held)."""
+        if any(job.cancelled for job in self._waiting):
+            self._waiting = deque(job for job in self._waiting if not job.cancelled)
+        count = session.admissible([job.n_rows for job in self._waiting])
+        return [self._waiting.popleft() for _ in range(count)]
 
     def _admit(
         self, session: _Session, job: GenerationJob, rows: dict[int, tuple[GenerationJob, int]]
     ) -> None:
+        """Add the job's rows to the session (prefilled at the next step), or fail the job alone."""
         n = job.params.num_return_sequences
-        # the session prefills these rows at the next step: they fit, or the batch is empty and an
-        # oversized job runs alone (the session admits a too-large request into an empty batch)
         try:
-            for p, prompt in enumerate(job.prompts):
-                added = (
-                    session.add_token_ids(prompt, job.params)
-                    if isinstance(prompt, list)
-                    else session.add(prompt, job.params)
-                )
-                for s, row_id in enumerate(added):
+            if job.prompt_ids is None:  # submitted without `tokenize` (the server always calls it)
+                job.tokenize(self.generator.codec)
+            assert job.prompt_ids is not None
+            for p, prompt_ids in enumerate(job.prompt_ids):
+                for s, row_id in enumerate(session.add_token_ids(prompt_ids, job.params, job.banned_ids)):
                     rows[row_id] = (job, p * n + s)
                     job.row_ids.append(row_id)
-            job.prompt_tokens = sum(
-                len(prompt) if isinstance(prompt, list) else self.generator.count_tokens(prompt)
-                for prompt in job.prompts
-            )
-        except ValueError as exc:  # e.g. a prompt longer than the context: the client's fault
+        except Exception as exc:
             self._drop(session, job, rows)
-            job._post(job._on_admitted, exc)
+            job.post_error(_job_error(exc, client_fault=isinstance(exc, ValueError)))
             return
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(job.prompt_tokens)
             self.metrics.queue_wait.observe(time.perf_counter() - job.arrived)
-        job.admitted_at = time.perf_counter()
-        if not job._post(job._on_admitted, None):
+        if not job.post_admitted():
             self._drop(session, job, rows)
 
     def _drop(
@@ -370,12 +425,10 @@ class BatchingEngine:
         batch = len(rows)
         try:
             events = session.step()
-        except Exception as exc:
+        except Exception as exc:  # a bug outside what the session contains itself: start afresh
             logger.exception("decode step failed; failing the %d running sequences", batch)
-            self._fail_all(rows, RuntimeError(f"decode step failed: {exc}"), waiting=False)
-            fresh = self.generator.session()
-            fresh.max_batch_size = self.max_batch_size
-            return fresh
+            self._fail_all(rows, JobFailedError(f"decode step failed ({type(exc).__name__})"), waiting=False)
+            return self.generator.session(max_batch_size=self.max_batch_size)
         elapsed = time.perf_counter() - started
         self.steps += 1
         if self.metrics is not None:
@@ -386,11 +439,15 @@ class BatchingEngine:
             if entry is None:  # a row cancelled after the step began
                 continue
             job, index = entry
+            if event.error is not None:  # this job alone fails; its other rows leave the batch
+                self._drop(session, job, rows)
+                by_job.pop(job, None)
+                job.post_error(_job_error(event.error, client_fault=False))
+                continue
             job.completion_tokens += 1
             if event.finished:
                 del rows[event.row_id]
-                job._rows_left -= 1
-                if job._rows_left == 0 and job.admitted_at is not None:
+                if job.row_finished() and job.admitted_at is not None:
                     self._job_seconds = 0.8 * self._job_seconds + 0.2 * (
                         time.perf_counter() - job.admitted_at
                     )
@@ -419,10 +476,21 @@ class BatchingEngine:
                 self._waiting.clear()
                 self._set_queue_depth()
         for job in jobs:
-            job._post(job._on_error, error)
+            job.post_error(error)
+
+
+def _job_error(error: BaseException, client_fault: bool) -> BaseException:
+    """What the job's client is told: a ValueError it caused (HTTP 422), else a JobFailedError
+    (HTTP 500) whose cause is logged here, with its traceback, and never sent to the client."""
+    if client_fault:
+        return error
+    logger.error("a job failed; the engine goes on", exc_info=error)
+    failed = JobFailedError(f"generation failed on the server ({type(error).__name__})")
+    failed.__cause__ = error
+    return failed
 
 
 def _deliver(deliveries: list[tuple[GenerationJob, list[Piece]]]) -> None:
     """On the event loop: hand each job the pieces of one decode step."""
     for job, pieces in deliveries:
-        job._inbox.put_nowait(pieces)
+        job.deliver(pieces)

@@ -12,13 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, field_bounds
 from lmfast.serving.schemas import (
     MAX_PROMPT_CHARS,
     MAX_STOP,
     MAX_STOP_CHARS,
-    SEED_MAX,
+    OPENAI_TEMPERATURE,
+    TOP_K_LIMIT,
     FinishReason,
+    RequestBody,
     StreamOptions,
     Usage,
 )
@@ -27,7 +29,7 @@ MAX_MESSAGES = 512
 """Messages in one conversation."""
 
 
-class TextPart(BaseModel):
+class TextPart(RequestBody):
     """A content part; only text is served (a text-only model)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -36,7 +38,7 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     """One turn. `content` may be a string or a list of text parts (joined with newlines, as vLLM
     does for templates that expect a string)."""
 
@@ -68,11 +70,11 @@ class ChatMessage(BaseModel):
         return message
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestBody):
     type: Literal["text"]
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(RequestBody):
     """OpenAI `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -82,24 +84,27 @@ class ChatCompletionRequest(BaseModel):
     )
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(
-        default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="Wins over max_tokens when both are given."
+        default=None,
+        **field_bounds("max_new_tokens"),
+        description="Wins over max_tokens when both are given.",
     )
     max_tokens: int | None = Field(
         default=None,
-        ge=1,
-        le=MAX_NEW_TOKENS_LIMIT,
+        **field_bounds("max_new_tokens"),
         description="OpenAI's older name for max_completion_tokens. Neither: up to the model's context.",
     )
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_RETURN_SEQUENCES)
+    temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
+    top_p: float = Field(default=1.0, **field_bounds("top_p"))
+    n: int = Field(default=1, **field_bounds("num_return_sequences"))
     stop: str | list[str] | None = Field(default=None)
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: int | None = Field(default=None, **field_bounds("seed"))
     stream: bool = False
     stream_options: StreamOptions | None = None
     # extensions beyond OpenAI's fields, as vLLM and TGI offer them
-    top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    top_k: int = Field(
+        default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
+    )
+    repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
     # OpenAI options this server does not implement: refused rather than silently ignored
     logprobs: Literal[False] | None = None
     top_logprobs: None = None
@@ -149,7 +154,7 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestBody):
     """vLLM's `POST /tokenize`: a prompt, or messages rendered with the chat template."""
 
     model_config = ConfigDict(extra="ignore")

@@ -98,23 +98,45 @@ def main(argv: list[str] | None = None) -> int:
     return serve(config)
 
 
-def serve(config: ServeConfig) -> int:
-    """Load `config.model` and run uvicorn until SIGINT/SIGTERM (then finish running requests)."""
+def serve(config: ServeConfig, generator: Any | None = None) -> int:
+    """Load `config.model` and run uvicorn until SIGINT/SIGTERM (then finish running requests).
+
+    Returns:
+        0 after a normal shutdown; 1 if the engine thread died (the process then stops itself,
+        so a supervisor restarts it instead of a server answering 503 for ever); 2 for a bad model.
+    """
     import uvicorn
 
     from lmfast.serving.app import create_app, load_generator
+    from lmfast.serving.protocol import server_options
 
-    try:
-        generator = load_generator(config)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
-        return 2
-    app = create_app(config, generator=generator)
+    if generator is None:
+        try:
+            generator = load_generator(config)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
+            return 2
+    crashed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_crash(exc: BaseException) -> None:  # on the engine thread: uvicorn drains and returns
+        crashed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, generator=generator, on_engine_crash=stop_on_crash)
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
         "log_level": config.log_level,
-        "timeout_graceful_shutdown": int(config.request_timeout_s),
+        **server_options(config),
     }
-    uvicorn.run(app, **options)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
+        pass
+    if crashed:
+        print(f"lmfast serve: the engine thread died ({type(crashed[0]).__name__}); exiting", file=sys.stderr)
+        return 1
     return 0

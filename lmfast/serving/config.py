@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE
+
 ENV_PREFIX = "LMFAST_"
 
 
@@ -33,7 +35,7 @@ class ServeConfig:
     """ONNX Runtime: microseconds an idle worker busy-waits for the next operator (None: 20; 0: off, for busy shared machines)."""
     model_name: str | None = None
     """Name reported by /version/ and /v1/models (None: the generator's model name)."""
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Most sequences decoded together; 1 turns batching off (one request at a time)."""
     max_wait_ms: float = 5.0
     """When the model is idle, wait this long for more requests to start a fuller batch."""
@@ -49,6 +51,14 @@ class ServeConfig:
     """Longest prompt accepted, in characters (422 beyond it; the model's context is checked too)."""
     log_level: str = "info"
     """uvicorn log level (critical, error, warning, info, debug)."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body, in bytes; a bigger one is answered 413 before it is read."""
+    body_timeout_s: float = 30.0
+    """A request body not received whole within this many seconds is answered 408 (slow or short bodies)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete within this many seconds is closed (slowloris)."""
+    cors_allow_origins: str | None = None
+    """Comma-separated origins (e.g. http://localhost:3000) whose web pages may call the API; None: no CORS."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -67,6 +77,11 @@ class ServeConfig:
             raise ValueError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.queue_size < 1:
             raise ValueError(f"--queue_size must be >= 1, got {self.queue_size}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"--max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"--request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_prompt_chars < 1:
@@ -113,3 +128,8 @@ def parse_field(name: str, raw: str) -> Any:
         return kind(raw)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def allowed_origins(config: ServeConfig) -> list[str]:
+    """`--cors_allow_origins` as a list; empty when CORS is off (the default)."""
+    return [origin.strip() for origin in (config.cors_allow_origins or "").split(",") if origin.strip()]

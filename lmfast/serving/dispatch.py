@@ -15,8 +15,15 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
-from lmfast.generation.params import GenerationParams
-from lmfast.serving.batching import BatchingEngine, EngineStoppedError, GenerationJob, QueueFullError
+from lmfast.generation.params import GenerationParams, ParamError
+from lmfast.serving.batching import (
+    BatchingEngine,
+    EngineStoppedError,
+    GenerationJob,
+    JobFailedError,
+    QueueFullError,
+)
+from lmfast.serving.deps import state_of
 from lmfast.serving.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
@@ -44,17 +51,15 @@ def invalid(field: str, message: str) -> RequestValidationError:
 
 
 def make_params(field_of: dict[str, str], **values: Any) -> GenerationParams:
-    """`GenerationParams(**values)`, its ValueError turned into a 422 naming the HTTP field.
+    """`GenerationParams(**values)`, its `ParamError` turned into a 422 naming the HTTP field.
 
     Args:
         field_of: GenerationParams field -> HTTP body field, to name the right one in the 422.
     """
     try:
         return GenerationParams(**values)
-    except ValueError as exc:
-        message = str(exc)
-        name = next((f for f in values if message.startswith(f)), "body")
-        raise invalid(field_of.get(name, name), message) from None
+    except ParamError as exc:
+        raise invalid(field_of.get(exc.field, exc.field), str(exc)) from None
 
 
 def check_prompts(prompts: Sequence[str], max_chars: int, field: str) -> None:
@@ -102,11 +107,17 @@ async def start(
 
     Raises:
         HTTPException: 429 (queue full, with Retry-After), 503 (not running), 504 (timed out),
-            422 (the model refused a prompt, e.g. longer than its context).
+            422 (the model refused a prompt, e.g. longer than its context), 500 (a server bug).
         ClientDisconnected: the client left while waiting.
     """
     job = GenerationJob(prompts, params, asyncio.get_running_loop())
-    metrics: ServeMetrics = request.app.state.metrics
+    metrics: ServeMetrics = state_of(request.app).metrics
+    try:  # off the engine thread and off the event loop: long texts take a while
+        await asyncio.to_thread(job.tokenize, engine.generator.codec)
+    except ValueError as exc:
+        raise invalid(prompt_field, f"cannot be tokenized ({type(exc).__name__})") from None
+    except Exception as exc:
+        raise http_error(metrics, exc) from None
     try:
         engine.submit(job)
     except QueueFullError as exc:
@@ -122,10 +133,12 @@ async def start(
         engine.cancel(job)
         metrics.rejected.labels("timeout").inc()
         raise HTTPException(504, f"request timed out after {timeout_s:g} s in the queue") from None
-    except ValueError as exc:
+    except ValueError as exc:  # the model refused a prompt (ParamError "prompt": too long)
         raise invalid(prompt_field, str(exc)) from None
     except EngineStoppedError as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+    except JobFailedError as exc:
+        raise http_error(metrics, exc) from None
     except BaseException:
         engine.cancel(job)
         raise
@@ -159,8 +172,8 @@ async def collect(
         results = await until_disconnect(request, _collect(job, deadline))
     except BaseException as exc:
         engine.cancel(job)
-        raise http_error(request.app.state.metrics, exc) from None
-    observe_finished(request.app.state.metrics, job, route)
+        raise http_error(state_of(request.app).metrics, exc) from None
+    observe_finished(state_of(request.app).metrics, job, route)
     return results
 
 
@@ -172,12 +185,13 @@ def http_error(metrics: ServeMetrics, exc: BaseException) -> BaseException:
     if isinstance(exc, EngineStoppedError):
         return HTTPException(503, str(exc))
     if isinstance(exc, ClientDisconnected | asyncio.CancelledError):
-        metrics.rejected.labels("client_disconnected").inc()
-        return exc
+        return exc  # counted once, where the app answers a request its client ended
     if isinstance(exc, HTTPException):
         return exc
-    logger.error("generation failed: %s", exc)
-    return HTTPException(500, f"generation failed: {exc}")
+    if isinstance(exc, JobFailedError):  # logged with its cause by the engine
+        return HTTPException(500, str(exc))
+    logger.error("generation failed", exc_info=exc)
+    return HTTPException(500, f"generation failed on the server ({type(exc).__name__})")
 
 
 def observe_finished(metrics: ServeMetrics, job: GenerationJob, route: str) -> None:

@@ -1,16 +1,18 @@
 """Request and response bodies (pydantic): validated at the route, converted to `GenerationParams` there.
 
-Bounds come from `lmfast.generation.params`, so an HTTP limit and a generator limit cannot drift apart.
-A body that breaks one is answered 422 with the offending field in `detail[].loc`.
+Bounds come from `GenerationParams`' field metadata (`field_bounds`), so an HTTP limit and a
+generator limit cannot drift apart. A body that breaks one is answered 422 with the offending field
+in `detail[].loc`. Every body derives from `RequestBody`: text encodable as UTF-8 (no lone
+surrogates) and numbers finite (no NaN, Infinity or 1e309), so bad text never reaches the tokenizer.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, MAX_RETURN_SEQUENCES
+from lmfast.generation.params import field_bounds
 
 MAX_PROMPT_CHARS = 100_000
 """Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
@@ -21,10 +23,48 @@ MAX_ROWS_PER_REQUEST = 64
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
 MAX_BANNED_WORDS = 256
-SEED_MAX = 2**63 - 1
+TOP_K_LIMIT = 1_000_000
+"""HTTP only: GenerationParams takes any top_k >= 0, a body no more than this."""
+OPENAI_TEMPERATURE = {**field_bounds("temperature"), "le": 2.0}
+"""OpenAI's range for /v1/completions, inside GenerationParams' own."""
 
 
-class GeneratedTextsRequest(BaseModel):
+def check_text(value: Any) -> Any:
+    """`value` if every string in it (lists and dicts searched) is UTF-8 encodable, else ValueError.
+
+    JSON can spell a lone UTF-16 surrogate (`"\\ud800"`), which Python keeps in a str and the
+    tokenizer refuses; refused here, at the boundary, it is a 422 naming the field.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"must be valid Unicode text (a lone surrogate at character {exc.start})"
+            ) from None
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key)
+            check_text(item)
+    return value
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: each text field is UTF-8 encodable and each number finite
+    (NaN, Infinity and 1e309 are refused), with the field named in the 422."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return check_text(value)
+
+
+class GeneratedTextsRequest(RequestBody):
     """The seed's `POST /generated_texts/` body; fields left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,12 +73,12 @@ class GeneratedTextsRequest(BaseModel):
     ignored_words: list[str] = Field(
         default_factory=list, max_length=MAX_BANNED_WORDS, description="Words never generated."
     )
-    generation_max_len: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float | None = Field(default=None, ge=0.0, le=100.0)
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)
-    num_return_sequences: int | None = Field(default=None, ge=1, le=MAX_RETURN_SEQUENCES)
+    generation_max_len: int | None = Field(default=None, **field_bounds("max_new_tokens"))
+    temperature: float | None = Field(default=None, **field_bounds("temperature"))
+    top_k: int | None = Field(default=None, **field_bounds("top_k"), le=TOP_K_LIMIT)
+    top_p: float | None = Field(default=None, **field_bounds("top_p"))
+    repetition_penalty: float | None = Field(default=None, **field_bounds("repetition_penalty"))
+    num_return_sequences: int | None = Field(default=None, **field_bounds("num_return_sequences"))
 
 
 class GeneratedTextsResponse(BaseModel):
@@ -54,11 +94,11 @@ class VersionResponse(BaseModel):
     model: str
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestBody):
     include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(RequestBody):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -67,17 +107,19 @@ class CompletionRequest(BaseModel):
         default=None, max_length=256, description="Accepted and echoed; one model is served."
     )
     prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
-    max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_RETURN_SEQUENCES)
+    max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
+    temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
+    top_p: float = Field(default=1.0, **field_bounds("top_p"))
+    n: int = Field(default=1, **field_bounds("num_return_sequences"))
     stop: str | list[str] | None = Field(default=None)
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: int | None = Field(default=None, **field_bounds("seed"))
     stream: bool = False
     stream_options: StreamOptions | None = None
     # extensions beyond OpenAI's fields, as vLLM and TGI offer them
-    top_k: int = Field(default=0, ge=0, le=1_000_000, description="0 disables (OpenAI has no top_k).")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    top_k: int = Field(
+        default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
+    )
+    repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
     # OpenAI options this server does not implement: refused rather than silently ignored
     echo: Literal[False] = False
     best_of: Literal[1] | None = None
@@ -153,3 +195,27 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class DetokenizeRequest(RequestBody):
+    """vLLM's `POST /detokenize`: token ids in, text out."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=256)
+    tokens: list[int] = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    """vLLM's `GET /tokenizer_info`; lm-evaluation-harness detects a remote tokenizer by `eos_token`."""
+
+    tokenizer_class: str
+    eos_token: str | None
+    bos_token: str | None
+    pad_token: str | None = None
+    vocab_size: int
+    model_max_length: int

@@ -5,8 +5,9 @@ For tests and benchmarks that need real HTTP (httpx, the `openai` client, the bo
     with ServerThread(create_app(config, generator)) as server:
         httpx.get(server.url + "/health_check/")
 
-The port is bound before uvicorn starts (no race for a "free" port), and entering the context
-waits on `GET /health_check/` answering 200 instead of sleeping.
+The port is bound before uvicorn starts (no race for a "free" port), entering the context
+waits on `GET /health_check/` answering 200 instead of sleeping, and an app from `create_app`
+runs with `lmfast serve`'s uvicorn options (its header deadline among them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ServerThread:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
-        options = {"log_level": "warning", "lifespan": "on", **uvicorn_options}
+        options = {"log_level": "warning", "lifespan": "on", **_server_options(app), **uvicorn_options}
         self.server = uvicorn.Server(uvicorn.Config(app, **options))
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._socket]}, name="uvicorn", daemon=True
@@ -89,3 +90,11 @@ class ServerThread:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _server_options(app: Any) -> dict[str, Any]:
+    """`lmfast serve`'s uvicorn options (header deadline...) for an app from `create_app`."""
+    from lmfast.serving.protocol import server_options
+
+    state = getattr(getattr(app, "state", None), "lmfast", None)
+    return server_options(state.config) if state is not None else {}

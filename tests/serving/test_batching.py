@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from lmfast.generation.params import GenerationParams
-from lmfast.serving.batching import BatchingEngine, EngineStoppedError, GenerationJob, QueueFullError
+from lmfast.serving.batching import (
+    BatchingEngine,
+    EngineStoppedError,
+    GenerationJob,
+    JobFailedError,
+    QueueFullError,
+)
 from lmfast.serving.metrics import ServeMetrics
 
 PROMPTS = ["Truth is", "The will to power", "Hello", "What does not kill me makes me stronger, said"]
@@ -141,3 +147,20 @@ def test_stop_finishes_running_and_queued_jobs(generator: Any):
     engine.start()
     results = asyncio.run(main())
     assert [r[0] for r in results] == [generator(p, params=params)[0][0] for p in PROMPTS[:3]]
+
+
+def test_a_job_the_tokenizer_refuses_fails_alone_and_the_engine_goes_on(generator: Any):
+    """A lone surrogate makes `tokenizers` raise TypeError; submitted straight to the engine (no
+    HTTP validation in front), that job fails with JobFailedError and the engine keeps serving."""
+    engine = BatchingEngine(generator, max_batch_size=4, max_wait_ms=0)
+    engine.start()
+    try:
+        with pytest.raises(JobFailedError, match="TypeError"):
+            asyncio.run(_run(engine, ["Truth \ud800 is"], GenerationParams(max_new_tokens=4)))
+        with pytest.raises(JobFailedError):
+            asyncio.run(_run(engine, ["ok"], GenerationParams(max_new_tokens=4, banned_words=["\udc00"])))
+        assert engine.running
+        params = GenerationParams(max_new_tokens=3, temperature=0.0)
+        assert asyncio.run(_run(engine, ["ok"], params)) == generator(["ok"], params=params)[0]
+    finally:
+        assert engine.stop(timeout=30)

@@ -200,23 +200,25 @@ def test_request_timeout_answers_504_and_frees_the_batch(make_client):
             events = _sse_events(r) if r.status_code == 200 else None
         if events is not None:  # timed out mid-stream (else still in the queue: a plain 504)
             assert json.loads(events[-2])["error"]["code"] == 504 and events[-1] == "[DONE]"
-        engine = client.app.state.engine
+        engine = client.app.state.lmfast.engine
         assert engine.stop(timeout=10)  # nothing left running: the timed-out rows were dropped
         metrics = client.get("/metrics").text
         assert 'lmfast_rejected_requests_total{reason="timeout"} 2.0' in metrics
 
 
-def test_curl_style_form_labelled_json_body_is_read_as_json(client, generator):
-    """`curl URL -d '{...}'` labels JSON as a form; the seed's README example must still work."""
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain"],
+)
+def test_post_bodies_that_are_not_labelled_json_get_415(client, content_type):
+    """A browser sends these cross-site without a CORS preflight: no web page may drive the server."""
     body = '{"seed_text": "Truth is", "generation_max_len": 4, "temperature": 0}'
-    response = client.post(
-        "/generated_texts/", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    for path in ("/generated_texts/", "/v1/completions"):
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        assert response.json() == {"detail": "Content-Type must be application/json"}
+    labelled = client.post(
+        "/generated_texts/", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
     )
-    assert response.status_code == 200, response.text
-    assert response.json()["texts"] == generator(["Truth is"], max_new_tokens=4, temperature=0.0)[0]
-    broken = client.post(
-        "/generated_texts/",
-        content="seed_text=x",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert broken.status_code == 422
+    assert labelled.status_code == 200, labelled.text

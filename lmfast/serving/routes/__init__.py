@@ -1,1 +1,1 @@
-"""HTTP routes: the seed's API (`legacy`) and the OpenAI-compatible one (`openai`)."""
+"""HTTP routes: the seed's API (`legacy`), the OpenAI-compatible one (`openai`) and vLLM's tokenizer endpoints (`tokenizer`)."""

@@ -31,7 +31,7 @@ from lmfast.serving.chat_schemas import (
     TokenizeResponse,
 )
 from lmfast.serving.config import ServeConfig
-from lmfast.serving.deps import get_engine, require_api_key
+from lmfast.serving.deps import get_engine, require_api_key, state_of
 from lmfast.serving.routes.openai import _finish_reason, _SSEResponse
 from lmfast.serving.schemas import Usage
 
@@ -89,15 +89,16 @@ def install(app: FastAPI, config: ServeConfig) -> None:
         # the model's own template is broken: completions still work, chat answers why not
         logger.warning("chat completions disabled: %s", exc)
         template, error = None, f"this model's chat template cannot be used: {exc}"
-    app.state.chat_template = template
-    app.state.chat_template_error = error
+    state = state_of(app)
+    state.chat_template = template
+    state.chat_template_error = error
     app.include_router(router)
     app.include_router(extras)
 
 
 def _render(request: Request, messages: list[Any]) -> str:
     """The conversation's prompt text; 400 when there is no template or it refuses the messages."""
-    state = request.app.state
+    state = state_of(request.app)
     if state.chat_template is None:
         raise HTTPException(400, state.chat_template_error)
     try:
@@ -108,13 +109,13 @@ def _render(request: Request, messages: list[Any]) -> str:
 
 def _chat_ids(request: Request, prompt: str) -> list[int]:
     # as apply_chat_template(tokenize=True): the template writes every special token itself
-    return request.app.state.generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+    return state_of(request.app).generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
 
 
 @extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
-    generator = request.app.state.generator
+    generator = state_of(request.app).generator
     if body.messages is not None:
         ids = _chat_ids(request, _render(request, body.messages))
     else:
@@ -141,7 +142,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, engine: BatchingEngine = Depends(get_engine)
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer a conversation; choice j is the j-th sampled answer (`n`)."""
-    state = request.app.state
+    state = state_of(request.app)
     prompt = _render(request, body.messages)
     dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
     prompt_ids = _chat_ids(request, prompt)
@@ -213,7 +214,7 @@ async def _sse(
     empty choices carries the token counts, as OpenAI sends them.
     """
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
-    metrics = request.app.state.metrics
+    metrics = state_of(request.app).metrics
     n = job.params.num_return_sequences
     tokens = 0
     yield _event(

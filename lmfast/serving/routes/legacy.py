@@ -1,4 +1,4 @@
-"""The seed project's API, kept so its clients (and the bot) work unchanged (DESIGN.md §5)."""
+"""The seed project's API, kept so its clients (and the bot) work unchanged (docs/architecture.md §5)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from lmfast import __version__
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine
-from lmfast.serving.deps import get_engine, require_api_key
+from lmfast.serving.deps import ServerState, get_engine, get_state, require_api_key
 from lmfast.serving.schemas import (
     GeneratedTextsRequest,
     GeneratedTextsResponse,
@@ -31,18 +31,18 @@ _FIELD_OF = {
 
 
 @router.get("/health_check/", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-async def health_check(request: Request) -> JSONResponse:
+async def health_check(state: ServerState = Depends(get_state)) -> JSONResponse:
     """`{"status": "ok"}` once the model is loaded and requests are accepted, else 503."""
-    engine: BatchingEngine | None = getattr(request.app.state, "engine", None)
+    engine = state.engine
     if engine is None or not engine.running:
         return JSONResponse({"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/version/", response_model=VersionResponse)
-async def version(request: Request) -> VersionResponse:
+async def version(state: ServerState = Depends(get_state)) -> VersionResponse:
     """The lmfast version and the served model's name."""
-    return VersionResponse(version=__version__, model=request.app.state.model_name)
+    return VersionResponse(version=__version__, model=state.model_name)
 
 
 @router.post(
@@ -52,10 +52,13 @@ async def version(request: Request) -> VersionResponse:
     responses={401: {}, 429: {}, 503: {}, 504: {}},
 )
 async def generated_texts(
-    body: GeneratedTextsRequest, request: Request, engine: BatchingEngine = Depends(get_engine)
+    body: GeneratedTextsRequest,
+    request: Request,
+    engine: BatchingEngine = Depends(get_engine),
+    state: ServerState = Depends(get_state),
 ) -> GeneratedTextsResponse:
     """Continue `seed_text`; fields left out take the model's defaults (its generation_config.json)."""
-    config = request.app.state.config
+    config = state.config
     dispatch.check_prompts([body.seed_text], config.max_prompt_chars, "seed_text")
     overrides = {
         "max_new_tokens": body.generation_max_len,
@@ -65,7 +68,8 @@ async def generated_texts(
         "repetition_penalty": body.repetition_penalty,
         "num_return_sequences": body.num_return_sequences,
     }
-    values = request.app.state.default_params.to_dict()
+    assert state.default_params is not None  # set with the engine
+    values = state.default_params.to_dict()
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["banned_words"] = list(body.ignored_words)
     params = dispatch.make_params(_FIELD_OF, **values)

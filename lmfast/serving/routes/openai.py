@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine, GenerationJob
-from lmfast.serving.deps import get_engine, require_api_key
+from lmfast.serving.deps import ServerState, get_engine, get_state, require_api_key, state_of
 from lmfast.serving.schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -44,9 +44,9 @@ def _finish_reason(reason: str | None) -> str | None:
 
 
 @router.get("/models", response_model=ModelList)
-async def models(request: Request) -> ModelList:
+async def models(state: ServerState = Depends(get_state)) -> ModelList:
     """The one served model."""
-    return ModelList(data=[ModelCard(id=request.app.state.model_name, created=request.app.state.started)])
+    return ModelList(data=[ModelCard(id=state.model_name, created=state.started)])
 
 
 @router.post(
@@ -64,10 +64,13 @@ async def models(request: Request) -> ModelList:
     },
 )
 async def completions(
-    body: CompletionRequest, request: Request, engine: BatchingEngine = Depends(get_engine)
+    body: CompletionRequest,
+    request: Request,
+    engine: BatchingEngine = Depends(get_engine),
+    state: ServerState = Depends(get_state),
 ) -> CompletionResponse | StreamingResponse:
     """Complete one prompt or a list; choice i*n+j is the j-th sample of prompt i."""
-    config = request.app.state.config
+    config = state.config
     prompts = body.prompts()
     dispatch.check_prompts(prompts, config.max_prompt_chars, "prompt")
     params = dispatch.make_params(
@@ -84,11 +87,11 @@ async def completions(
     job, deadline = await dispatch.start(engine, request, prompts, params, config.request_timeout_s, "prompt")
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    model = request.app.state.model_name
+    model = state.model_name
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = _sse(engine, request, job, deadline, completion_id, created, model, include_usage)
-        metrics = request.app.state.metrics
+        metrics = state.metrics
 
         def on_close() -> None:  # the stream ended early: the client left (or the server stops)
             if not job.done and not job.cancelled:
@@ -128,7 +131,7 @@ async def _sse(
     head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
     # every chunk shares its head: serialize it once, then only the choices per decode step
     prefix = "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ', "choices": '
-    metrics = request.app.state.metrics
+    metrics = state_of(request.app).metrics
     tokens = 0
     try:
         # job.pieces directly, not through another async generator: this loop runs once per token
