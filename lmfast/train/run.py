@@ -280,6 +280,11 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
                 model = apply_lora(model, lora)
         except ValueError as error:  # PEFT: no module matches the targets
             raise TrainInputError(f"--lora_target_modules {config.lora_target_modules}: {error}") from None
+    else:
+        count = sum(p.numel() for p in model.parameters())
+        log.info(
+            "%s: all %d parameters train", "from scratch" if config.is_preset else "full fine-tuning", count
+        )
     module = LMModule(
         model,
         learning_rate=config.learning_rate,
