@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ import torch
 from lmfast.train.checkpoint import CheckpointError, ChecksummedCheckpointIO, load_checkpoint
 from lmfast.train.cli import main
 from lmfast.train.config import claim_experiment_dir
+
+from .conftest import REPO_ROOT
 
 
 def _error_line(capsys) -> str:
@@ -28,7 +33,9 @@ def saved_checkpoint(tmp_path):
     torch.manual_seed(0)
     checkpoint = {
         "state_dict": {"model.w": torch.randn(256, 256), "model.b": torch.randn(256).to(torch.bfloat16)},
-        "optimizer_states": [{"state": {0: {"exp_avg": torch.randn(256, 256)}}, "param_groups": [{"lr": 0.1}]}],
+        "optimizer_states": [
+            {"state": {0: {"exp_avg": torch.randn(256, 256)}}, "param_groups": [{"lr": 0.1}]}
+        ],
         "global_step": 7,
         "hyper_parameters": {"model_config": {"model_type": "gpt2"}},
     }
@@ -168,3 +175,22 @@ def test_concurrent_claims_get_distinct_versions(tmp_path):
         worker.join(60)
     names = sorted(int(queue.get(timeout=5)) for _ in workers)
     assert names == [0, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_two_train_processes_started_together_get_different_versions(dataset_dir, tmp_path):
+    command = [
+        sys.executable, "-m", "lmfast", "train", "--dataset_dir", str(dataset_dir), "--model", "gpt2-tiny",
+        "--experiments_root", str(tmp_path), "--experiment_name", "race", "--batch_size", "4", "--max_steps", "1",
+        "--limit_val_batches", "1", "--num_workers", "0", "--num_generated_samples", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    printed = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
+    assert printed == [str(tmp_path / "race" / "0"), str(tmp_path / "race" / "1")]
+    for path in printed:  # each run has its own complete experiment, nothing mixed
+        experiment = tmp_path / "race" / path.rsplit("/", 1)[-1]
+        assert torch.load(experiment / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+        assert len(list((experiment / "logs").glob("events.out.tfevents.*"))) == 1
