@@ -300,7 +300,7 @@ def _fine_tune(
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"lmfast train failed: {(root / 'stderr').read_text()[-2000:]}")
     experiment = Path((root / "stdout").read_text().strip().splitlines()[-1])
-    log_text = (experiment / "logs" / "train.log").read_text()
+    log_text = (root / "stderr").read_text()  # the parameter count is logged before train.log opens
     found = re.search(r"LoRA r=\d+ on .*?: (\d+) of (\d+) parameters", log_text) or re.search(
         r"all (\d+) parameters train", log_text
     )
