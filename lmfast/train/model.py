@@ -157,13 +157,35 @@ def _check_same_tokenizer(model_dir: Path, tokenizer: DatasetTokenizer) -> None:
         )
 
 
+def resolve_model_source(model: str) -> str:
+    """A preset name or HF dir as given; a `.gguf` file -> its dequantized HF dir (converted once, cached).
+
+    Raises:
+        TrainInputError: a file that is not GGUF, or a GGUF transformers cannot read.
+    """
+    path = Path(model)
+    if model in MODEL_PRESETS or not path.is_file():
+        return model
+    from lmfast.models.gguf import converted_dir, is_gguf
+
+    if not is_gguf(path):
+        raise TrainInputError(
+            f"--model {model}: a file that is not GGUF (expected a .gguf, a model dir or a preset)"
+        )
+    try:
+        return str(converted_dir(path))
+    except ValueError as error:
+        raise TrainInputError(f"--model {error}") from None
+
+
 def build_model(model: str, tokenizer: DatasetTokenizer, context: int, dropout: float | None) -> Any:
-    """A `transformers` causal LM with SDPA attention: fresh weights for a preset, pretrained for a directory."""
+    """A `transformers` causal LM with SDPA attention, in train mode: fresh weights for a preset,
+    pretrained for a directory (`from_pretrained` returns eval mode, which would keep dropout off)."""
     from transformers import AutoModelForCausalLM
 
     if model in MODEL_PRESETS:
         config = preset_config(model, tokenizer, context, dropout)
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").train()
     model_dir = Path(model)
     config = check_model_dir(model_dir, tokenizer, context)
     if dropout is not None:
@@ -171,10 +193,11 @@ def build_model(model: str, tokenizer: DatasetTokenizer, context: int, dropout: 
             if hasattr(config, key):
                 setattr(config, key, dropout)
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, config=config, attn_implementation="sdpa")
+        loaded = AutoModelForCausalLM.from_pretrained(model_dir, config=config, attn_implementation="sdpa")
     except ValueError as error:  # an architecture without an SDPA path
         log.warning("SDPA attention unavailable for %s (%s); using the default", model_dir, error)
-        return AutoModelForCausalLM.from_pretrained(model_dir, config=config)
+        loaded = AutoModelForCausalLM.from_pretrained(model_dir, config=config)
+    return loaded.train()
 
 
 def flops_per_token(config: Any, num_params: int, seq_len: int) -> float:

@@ -37,6 +37,7 @@ class LMModule(pl.LightningModule):
         num_cycles: int = 0,
         unlikelihood_alpha: float = 0.0,
         train_config: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -46,9 +47,12 @@ class LMModule(pl.LightningModule):
         self.num_warmup_steps = num_warmup_steps
         self.num_cycles = num_cycles
         self.unlikelihood_alpha = unlikelihood_alpha
-        self.save_hyperparameters(
-            {"model_config": model.config.to_dict(), "train_config": dict(train_config or {})}
-        )
+        hyper_parameters = {"model_config": model.config.to_dict(), "train_config": dict(train_config or {})}
+        if lora:
+            hyper_parameters["lora"] = lora  # PEFT settings + base model dir (see lmfast.train.lora)
+            self.strict_loading = False  # checkpoints hold the adapters only; the base comes from its dir
+        self.save_hyperparameters(hyper_parameters)
+        self.lora = bool(lora)
         self._rng_to_restore: dict[str, Any] | None = None
         self._valid_sums: list[torch.Tensor] = []
 
@@ -161,6 +165,9 @@ class LMModule(pl.LightningModule):
 
     # exact resume: RNG states travel with the checkpoint (Lightning saves loops, optimizer and scheduler)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora:  # only what trains: the frozen base is the pretrained dir, unchanged
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         # tensors and plain Python values only, so the checkpoint loads with torch.load(weights_only=True)
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {
@@ -177,6 +184,10 @@ class LMModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora:  # loading is not strict (no base weights in it): the adapters must all be there
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            if set(checkpoint["state_dict"]) != trainable:
+                raise ValueError("the checkpoint's LoRA adapters do not match --lora_r/--lora_target_modules")
         # applied at train start, after the sanity check and data loader set-up have run
         self._rng_to_restore = checkpoint.get("rng_states")
 

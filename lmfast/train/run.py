@@ -18,19 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from lmfast.data.dataset import DatasetFormatError, PreparedDataset
-from lmfast.train.config import TrainConfig, latest_experiment_dir, resolve_experiment_dir
+from lmfast.train.config import TrainConfig, latest_experiment_dir
 from lmfast.train.model import DatasetTokenizer, TrainInputError
 
 log = logging.getLogger("lmfast.train")
 
 
-def _drop_advertisements(record: logging.LogRecord) -> bool:
-    """Lightning 2.6 logs a cloud-logger advertisement at every fit; keep the user's terminal for training."""
-    return "litlogger" not in record.getMessage()
+_BANNERS = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "💡 Tip")
 
 
-# set by the process that chose the experiment dir, inherited by the DDP processes Lightning starts
-EXPERIMENT_DIR_ENV = "LMFAST_EXPERIMENT_DIR"
+def _drop_banners(record: logging.LogRecord) -> bool:
+    """Lightning's `GPU available: False` banner and its cloud-logger tips (nothing the user chose)."""
+    message = record.getMessage()
+    return not any(banner in message for banner in _BANNERS)
+
+
 MAX_BATCHES_BETWEEN_VALIDATIONS = 1000
 
 
@@ -80,18 +82,12 @@ def _open_dataset(dataset_dir: str) -> PreparedDataset:
         dataset = PreparedDataset(dataset_dir)
         if len(dataset.train) == 0:
             raise TrainInputError(f"--dataset_dir {dataset_dir}: the train split has no samples")
+        len(dataset.valid)  # maps both splits: a bad .npy header fails here
         return dataset
     except DatasetFormatError as error:
         raise TrainInputError(f"--dataset_dir: {error}") from None
-
-
-def _experiment_dir(config: TrainConfig) -> Path:
-    if config.resume:
-        return Path(config.resume)
-    chosen = os.environ.get(EXPERIMENT_DIR_ENV)
-    if chosen:
-        return Path(chosen)
-    return resolve_experiment_dir(config.experiments_root, config.experiment_name)
+    except (ValueError, OSError) as error:  # numpy: bad header, truncated array
+        raise TrainInputError(f"--dataset_dir {dataset_dir}: unreadable array ({error})") from None
 
 
 def _attach_text_log(path: Path) -> logging.Handler:
@@ -128,33 +124,114 @@ def _val_check_kwargs(config: TrainConfig, batches_per_epoch: int) -> dict[str, 
     return {"val_check_interval": float(interval)}
 
 
-def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
-    """Train `config.model` on `config.dataset_dir`; returns the experiment directory.
+def _check_dataset(dataset: PreparedDataset, dataset_dir: str) -> None:
+    """The data stage's full check (`PreparedDataset.verify`: every id below the vocabulary size,
+    start positions strictly increasing inside the corpus) before anything is trained: a bad id would
+    be an IndexError in the embedding mid-run, leaving an experiment with no checkpoint."""
+    try:
+        dataset.verify()
+    except DatasetFormatError as error:
+        raise TrainInputError(f"--dataset_dir {dataset_dir}: {error}") from None
 
-    Args:
-        config: every setting of the run (what description.json records).
-        callbacks: extra Lightning callbacks (e.g. an early stop), added after lmfast's own.
+
+@dataclasses.dataclass
+class _Run:
+    """What `build` made and `fit`/`finish` use."""
+
+    config: TrainConfig
+    dataset: PreparedDataset
+    tokenizer: DatasetTokenizer
+    precision: str
+    module: Any
+    datamodule: Any
+    trainer: Any
+    checkpoint_io: Any
+    best: Any
+    last: Any
+    samples: Any
+    run_dir: _RunDirectory
+    model_config: dict[str, Any]
+    source_dir: Path | None  # the pretrained model dir (tokenizer and generation config for hf/)
+
+
+class _RunDirectory:
+    """The experiment dir: claimed by global rank 0 just before training, then told to every other rank
+    through the process group (`setup` runs once it exists, under Lightning's launcher, torchrun and SLURM)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def callback(self) -> Any:
+        import lightning.pytorch as pl
+
+        holder = self
+
+        class TellRanks(pl.Callback):
+            def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+                told = trainer.strategy.broadcast(None if holder.path is None else str(holder.path), src=0)
+                holder.path = Path(told)
+
+        return TellRanks()
+
+
+def _resume_checkpoint(config: TrainConfig, checkpoint_io: Any) -> dict[str, Any] | None:
+    """Verify `last.ckpt` of the run to resume (one line on any fault) and keep it for Lightning."""
+    if not config.resume:
+        return None
+    from lmfast.train.checkpoint import CheckpointError
+
+    path = Path(config.resume) / "checkpoints" / "last.ckpt"
+    try:
+        return checkpoint_io.preload(path)
+    except CheckpointError as error:
+        raise TrainInputError(f"--resume {config.resume}: {error}") from None
+
+
+def _check_not_finished(config: TrainConfig, checkpoint: dict[str, Any] | None, total: int) -> None:
+    if checkpoint is None:
+        return
+    step = int(checkpoint.get("global_step", 0))
+    if step >= total:
+        limit = f"--max_steps {config.max_steps}" if config.max_steps > 0 else f"{total} steps of its epochs"
+        raise TrainInputError(
+            f"--resume {config.resume}: the run is complete (step {step} of {limit}); to train further give "
+            f"a larger total, e.g. lmfast train --resume {config.resume} --max_steps {step + max(step, 1)}"
+        )
+    log.info(
+        "resuming %s at step %d of %d (a finished run is extended with --resume DIR --max_steps N)",
+        config.resume,
+        step,
+        total,
+    )
+
+
+def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
+    """Check the inputs and build model, data, callbacks and Trainer; writes nothing.
 
     Raises:
-        TrainInputError: bad dataset, model or sizes (nothing written).
-        NonFiniteLossError: the loss became NaN/inf; `last.ckpt` and `hf/` hold the last good state.
+        TrainInputError: bad dataset, model, checkpoint to resume, or sizes.
     """
     import lightning.pytorch as pl
     import torch
-
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)  # idempotent
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lmfast.train.callbacks import TextSamples, ThroughputMonitor, ValidationLog, sample_prompts
+    from lmfast.train.checkpoint import ChecksummedCheckpointIO
     from lmfast.train.datamodule import LMDataModule
-    from lmfast.train.hf import checkpoint_to_hf
-    from lmfast.train.model import build_model
-    from lmfast.train.module import LMModule, NonFiniteLossError
+    from lmfast.train.model import build_model, resolve_model_source
+    from lmfast.train.module import LMModule
+    from lmfast.train.progress import StepProgressBar, ValidateAtEnd
 
+    _quiet_lightning()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the log
     dataset = _open_dataset(config.dataset_dir)
     dataset_dir = Path(config.dataset_dir)
     tokenizer = DatasetTokenizer.from_dataset(dataset_dir, dataset.description)
+    _check_dataset(dataset, config.dataset_dir)
+    checkpoint_io = ChecksummedCheckpointIO()
+    resumed = _resume_checkpoint(config, checkpoint_io)
     train_lengths = dataset.train.lengths()
     max_length = int(max(train_lengths.max(), dataset.valid.lengths().max() if len(dataset.valid) else 0))
     if len(dataset.train) < config.batch_size:  # checked again per device once the world size is known
@@ -163,13 +240,33 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         )
     precision = resolve_precision(config.precision, config.accelerator)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    model = build_model(config.model, tokenizer, max_length, config.dropout)
+    model_source = resolve_model_source(config.model)
+    model = build_model(model_source, tokenizer, max_length, config.dropout)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainInputError(
             f"--model {config.model}: vocabulary of {model.config.vocab_size} is smaller than the dataset's {tokenizer.vocab_size}"
         )
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where fp32 remains
+    model_config = model.config.to_dict()
+    lora = None
+    if config.lora_r:
+        from lmfast.train.lora import apply_lora, lora_settings
+
+        lora = lora_settings(
+            config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, model_source
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing` is deprecated.*")
+                model = apply_lora(model, lora)
+        except ValueError as error:  # PEFT: no module matches the targets
+            raise TrainInputError(f"--lora_target_modules {config.lora_target_modules}: {error}") from None
+    else:
+        count = sum(p.numel() for p in model.parameters())
+        log.info(
+            "%s: all %d parameters train", "from scratch" if config.is_preset else "full fine-tuning", count
+        )
     module = LMModule(
         model,
         learning_rate=config.learning_rate,
@@ -179,6 +276,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         num_cycles=config.num_cycles,
         unlikelihood_alpha=config.unlikelihood_alpha,
         train_config=config.to_dict(),
+        lora=lora,
     )
     if config.compile:
         module.model.compile()  # in place: state_dict keys keep their plain HF names
@@ -191,42 +289,44 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         group_by_length=config.group_by_length,
         pad_to_multiple_of=config.pad_to_multiple_of,
     )
-
-    experiment_dir = _experiment_dir(config)
-    checkpoints_dir = experiment_dir / "checkpoints"
+    # the directory is set once claimed (rank 0) or told (the others); Lightning broadcasts rank 0's
     best = ModelCheckpoint(
-        dirpath=checkpoints_dir,
         filename="step{step:07d}-val_loss{val_loss:.4f}",
         monitor="val_loss",
         mode="min",
         save_top_k=config.save_top_k,
         auto_insert_metric_name=False,
+        save_weights_only=True,  # the full state (optimizer, loops) is needed in last.ckpt only
+        save_on_train_epoch_end=False,  # only at a validation: the name carries that step's own loss
     )
     last = ModelCheckpoint(
-        dirpath=checkpoints_dir,
         save_top_k=0,
         save_last=True,
         every_n_train_steps=config.checkpoint_every_n_steps,
     )
     prompts = sample_prompts(dataset.valid, config.num_generated_samples)
+    samples = TextSamples(
+        Path("generated.txt"),  # placed in the experiment dir once it is claimed
+        tokenizer.directory,
+        prompts,
+        seed=config.seed,
+        max_new_tokens=config.generation_max_new_tokens,
+        real_vocab_size=tokenizer.vocab_size,
+        chat=dataset.description.get("documents_format") == "dialogs",
+    )
+    run_dir = _RunDirectory(Path(config.resume) if config.resume else None)
     all_callbacks: list[pl.Callback] = [
+        run_dir.callback(),
+        ValidateAtEnd(),
         best,
         last,
         ThroughputMonitor(precision, config.peak_tflops),
         ValidationLog(),
-        TextSamples(
-            experiment_dir / "generated.txt",
-            tokenizer.directory,
-            prompts,
-            seed=config.seed,
-            max_new_tokens=config.generation_max_new_tokens,
-            real_vocab_size=tokenizer.vocab_size,
-            chat=dataset.description.get("documents_format") == "dialogs",
-        ),
+        samples,
     ]
     interactive = sys.stderr.isatty()
     if interactive:
-        all_callbacks.append(TQDMProgressBar(refresh_rate=1))  # bar with elapsed < remaining (ETA)
+        all_callbacks.append(StepProgressBar(refresh_rate=1))  # step N / total, elapsed < remaining (ETA)
     all_callbacks += callbacks or []
     max_epochs = config.max_epochs if config.max_epochs is not None else (1 if config.max_steps == -1 else -1)
     trainer = pl.Trainer(
@@ -239,10 +339,9 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         max_epochs=max_epochs,
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip_val or None,
-        logger=TensorBoardLogger(
-            save_dir=str(experiment_dir), name="logs", version="", default_hp_metric=False
-        ),
+        logger=False,  # rank 0 adds TensorBoard once the experiment dir is claimed
         callbacks=all_callbacks,
+        plugins=[checkpoint_io],
         log_every_n_steps=config.log_every_n_steps,
         enable_progress_bar=interactive,
         enable_model_summary=interactive,
@@ -260,26 +359,67 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     batches_per_epoch = -(-len(dataset.train) // config.batch_size) // world  # as ResumableBatchSampler
     for key, value in _val_check_kwargs(config, batches_per_epoch).items():
         setattr(trainer, key, value)  # needs the world size, known only once the Trainer exists
+    steps_per_epoch = -(-batches_per_epoch // config.accumulate_grad_batches)
+    total = config.max_steps if config.max_steps > 0 else steps_per_epoch * max(max_epochs, 1)
+    _check_not_finished(config, resumed, total)
+    source_dir = None if config.is_preset else Path(model_source)
+    return _Run(
+        config, dataset, tokenizer, precision, module, datamodule, trainer, checkpoint_io, best, last,
+        samples, run_dir, model_config, source_dir,
+    )  # fmt: skip
 
-    if trainer.is_global_zero:
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[EXPERIMENT_DIR_ENV] = str(experiment_dir)  # DDP processes re-run this command
-    handler = _attach_text_log(experiment_dir / "logs" / "train.log") if trainer.is_global_zero else None
-    started = time.time()
+
+def _claim(run: _Run) -> None:
+    """Rank 0 claims a fresh `<root>/<name>/<N>` (or takes the resumed one) and points every output there."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lmfast.train.config import claim_experiment_dir
+
+    trainer, config = run.trainer, run.config
+    if not trainer.is_global_zero:
+        return  # told in TellRanks.setup; nothing is written by this rank
+    if run.run_dir.path is None:
+        try:
+            run.run_dir.path = claim_experiment_dir(config.experiments_root, config.experiment_name)
+        except OSError as error:
+            raise TrainInputError(
+                f"--experiments_root {config.experiments_root}: cannot create a run directory ({error})"
+            ) from None
+    experiment_dir = run.run_dir.path
+    checkpoints = os.path.realpath(experiment_dir / "checkpoints")
+    run.best.dirpath = run.last.dirpath = checkpoints
+    run.samples.output = experiment_dir / "generated.txt"
+    trainer.loggers = [
+        TensorBoardLogger(save_dir=str(experiment_dir), name="logs", version="", default_hp_metric=False)
+    ]
+
+
+def fit(run: _Run) -> None:
+    """Write description.json and train (resuming from `last.ckpt` if asked), once `_claim` has run.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; `last.ckpt` holds the last good state.
+    """
+    trainer, config = run.trainer, run.config
+    experiment_dir = run.run_dir.path
     if trainer.is_global_zero:
         _write_description(
-            experiment_dir, config, dataset.description, model.config.to_dict(), precision, world
+            experiment_dir,
+            config,
+            run.dataset.description,
+            run.model_config,
+            run.precision,
+            trainer.world_size,
         )
         log.info(
             "experiment %s: %s on %s, precision %s, %d device(s)",
             experiment_dir,
             config.model,
-            dataset_dir,
-            precision,
-            world,
+            config.dataset_dir,
+            run.precision,
+            trainer.world_size,
         )
-    last_path = checkpoints_dir / "last.ckpt"
-    ckpt_path = str(last_path) if config.resume else None
+    ckpt_path = str(Path(config.resume) / "checkpoints" / "last.ckpt") if config.resume else None
     with warnings.catch_warnings():
         # the datamodule restores the data position itself (see LMDataModule.state_dict)
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
@@ -289,33 +429,77 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer`.*")
         # raised inside Lightning/torch's own pytree use, nothing a user can act on
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            if last._last_global_step_saved != trainer.global_step:
-                trainer.save_checkpoint(last_path)  # the final state, resumable with a larger --max_steps
-        except NonFiniteLossError as error:
-            log.error("%s", error)
-            raise
-        finally:
-            if trainer.is_global_zero:
-                source = best.best_model_path or (str(last_path) if last_path.is_file() else "")
-                if source:
-                    checkpoint_to_hf(source, experiment_dir / "hf", tokenizer.directory)
-                    log.info(
-                        "saved %s as a Hugging Face model in %s", Path(source).name, experiment_dir / "hf"
-                    )
-                _update_description(
-                    experiment_dir,
-                    {
-                        "wall_time_s": round(time.time() - started, 1),
-                        "global_step": trainer.global_step,
-                        "best_checkpoint": Path(source).name if source else None,
-                    },
-                )
-            if handler is not None:
-                _detach_text_log(handler)
-            os.environ.pop(EXPERIMENT_DIR_ENV, None)
-    return experiment_dir
+        # the run dir is fresh, or the resumed run's own: its checkpoints are expected there
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # transformers deprecations raised by PEFT's and the decode loop's own calls, not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing` is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated.*")
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
+        last_path = Path(run.last.dirpath) / "last.ckpt"
+        if run.last._last_global_step_saved != trainer.global_step:
+            trainer.save_checkpoint(last_path)  # the final state, resumable with a larger --max_steps
+
+
+def finish(run: _Run, started: float) -> None:
+    """Rank 0: `hf/` from the best checkpoint (else `last.ckpt`) and the run's totals in description.json."""
+    from lmfast.train.hf import checkpoint_to_hf
+
+    trainer = run.trainer
+    experiment_dir = run.run_dir.path
+    if not trainer.is_global_zero or experiment_dir is None:
+        return
+    last_path = experiment_dir / "checkpoints" / "last.ckpt"
+    source = run.best.best_model_path or (str(last_path) if last_path.is_file() else "")
+    if source:
+        checkpoint_to_hf(source, experiment_dir / "hf", run.tokenizer.directory, source_dir=run.source_dir)
+        log.info("saved %s as a Hugging Face model in %s", Path(source).name, experiment_dir / "hf")
+    _update_description(
+        experiment_dir,
+        {
+            "wall_time_s": round(time.time() - started, 1),
+            "global_step": trainer.global_step,
+            "best_checkpoint": Path(source).name if source else None,
+        },
+    )
+
+
+def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
+    """Train `config.model` on `config.dataset_dir`; returns the experiment directory.
+
+    Args:
+        config: every setting of the run (what description.json records).
+        callbacks: extra Lightning callbacks (e.g. an early stop), added after lmfast's own.
+
+    Raises:
+        TrainInputError: bad dataset, model, checkpoint or sizes (nothing written).
+        NonFiniteLossError: the loss became NaN/inf; `last.ckpt` and `hf/` hold the last good state.
+    """
+    from lmfast.train.module import NonFiniteLossError
+
+    run = build(config, callbacks)
+    started = time.time()
+    handler = None
+    try:
+        _claim(run)
+        if run.trainer.is_global_zero:
+            handler = _attach_text_log(run.run_dir.path / "logs" / "train.log")
+        fit(run)
+    except NonFiniteLossError as error:
+        log.error("%s", error)
+        raise
+    finally:
+        if run.run_dir.path is not None:
+            finish(run, started)
+        if handler is not None:
+            _detach_text_log(handler)
+    assert run.run_dir.path is not None
+    return run.run_dir.path
+
+
+def _quiet_lightning() -> None:
+    """Lightning's accelerator banner and cloud-logger tips tell a user nothing they chose; warnings stay."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_banners)  # idempotent
+    logging.getLogger("lightning.pytorch.accelerators.cuda").addFilter(_drop_banners)
 
 
 def _write_description(

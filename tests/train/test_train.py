@@ -56,7 +56,8 @@ def test_training_lowers_validation_loss_and_writes_the_experiment_dir(dataset_d
     ]
     assert main(argv) == 0
     experiment = tmp_path / "nietzsche" / "0"
-    assert capsys.readouterr().out.strip().endswith(str(experiment))
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith(str(experiment))
 
     # learning: validation loss at step 0 (sanity check, 2 batches) vs after 60 steps (6 batches)
     samples = [json.loads(line) for line in (experiment / "generated.txt").read_text().splitlines()]
@@ -71,6 +72,15 @@ def test_training_lowers_validation_loss_and_writes_the_experiment_dir(dataset_d
     assert not read_scalars(experiment, "train/mfu")  # no known peak on a CPU
     log_text = (experiment / "logs" / "train.log").read_text()
     assert "validation at step 60" in log_text and "tokens/s" in log_text
+    assert "step 10/60 epoch 0" in log_text and " eta 0:" in log_text  # where the run is, and when it ends
+    for banner in (
+        "GPU available",
+        "TPU available",
+        "litlogger",
+        "attention_mask",
+        "exists and is not empty",
+    ):
+        assert banner not in captured.err + log_text, banner
 
     description = json.loads((experiment / "description.json").read_text())
     assert description["model"] == "gpt2-tiny" and description["resolved_precision"] == "32-true"
@@ -79,7 +89,12 @@ def test_training_lowers_validation_loss_and_writes_the_experiment_dir(dataset_d
     # checkpoint contract: model.* keys and the HF config, then hf/ loads without lmfast and agrees
     checkpoints = sorted((experiment / "checkpoints").glob("step*.ckpt"))
     assert len(checkpoints) == 2 and (experiment / "checkpoints" / "last.ckpt").is_file()
+    for path in checkpoints:  # each name carries the loss of its own step
+        step, loss = path.stem.removeprefix("step").split("-val_loss")
+        assert float(loss) == pytest.approx(valid[int(step) - 1], abs=1e-4), path.name
     best = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in best  # weights only; the full state is in last.ckpt
+    assert "optimizer_states" in torch.load(experiment / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(k.startswith("model.") for k in best["state_dict"])
     assert best["hyper_parameters"]["model_config"]["vocab_size"] == 50304
 
@@ -92,6 +107,49 @@ def test_training_lowers_validation_loss_and_writes_the_experiment_dir(dataset_d
     ids = tokenizer("Supposing that Truth is a woman", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == ids.shape[1] + 5
+
+    # a bare --resume of the finished run trains nothing and says how to extend it
+    assert main(["--resume", "--experiments_root", str(tmp_path), "--experiment_name", "nietzsche"]) == 2
+    err = capsys.readouterr().err
+    assert f"lmfast train: --resume {experiment}: the run is complete (step 60 of --max_steps 60)" in err
+    assert f"lmfast train --resume {experiment} --max_steps 120" in err
+
+
+def test_a_validation_at_the_last_step_between_intervals(dataset_dir, tmp_path):
+    """--max_steps 7 with validations every 4 steps: step 7 is validated too, and hf/ is that step."""
+    config = TrainConfig(
+        dataset_dir=str(dataset_dir), model="gpt2-tiny", experiments_root=str(tmp_path), batch_size=4,
+        learning_rate=3e-3, num_warmup_steps=0, max_steps=7, val_check_interval=4, limit_val_batches=2,
+        num_workers=0, num_generated_samples=1, generation_max_new_tokens=4,
+    )  # fmt: skip
+    experiment = train(config)
+    assert sorted(read_scalars(experiment, "valid/loss")) == [3, 6]  # 0-based: steps 4 and 7
+    names = sorted(p.name for p in (experiment / "checkpoints").glob("step*.ckpt"))
+    assert [n.split("-")[0] for n in names] == ["step0000004", "step0000007"]
+    samples = [json.loads(line) for line in (experiment / "generated.txt").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0, 4, 7]
+
+
+class _ModeProbe(pl.Callback):
+    """Records whether every module of the model is in train mode at each training step."""
+
+    def __init__(self) -> None:
+        self.modes: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.modes.append(all(m.training for m in pl_module.model.modules()))
+
+
+def test_a_fine_tune_trains_in_train_mode(dataset_dir, tiny_model_dir, tmp_path):
+    """`from_pretrained` returns eval mode (dropout off); the fine-tune must train with dropout on."""
+    probe = _ModeProbe()
+    config = TrainConfig(
+        dataset_dir=str(dataset_dir), model=str(tiny_model_dir), experiments_root=str(tmp_path), batch_size=4,
+        max_steps=2, dropout=0.1, val_check_interval=2, limit_val_batches=1, num_workers=0,
+        num_generated_samples=0,
+    )  # fmt: skip
+    train(config, callbacks=[probe])
+    assert probe.modes == [True, True]
 
 
 class _StopAt(pl.Callback):
@@ -132,8 +190,9 @@ def test_resume_after_a_stop_gives_the_same_losses_as_an_uninterrupted_run(datas
     assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(expected)]  # bit for bit
     assert read_scalars(cut, "train/lr") == read_scalars(full, "train/lr")
     # the stopped run also validated when it stopped; every validation both runs share agrees
+    # (at steps 4 and 8 of the interval, and at the last step, 10)
     valid_full, valid_cut = read_scalars(full, "valid/loss"), read_scalars(cut, "valid/loss")
-    assert len(valid_full) == 2 and all(valid_cut[s] == v for s, v in valid_full.items())
+    assert sorted(valid_full) == [3, 7, 9] and all(valid_cut[s] == v for s, v in valid_full.items())
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
