@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         default="plain",
         help="plain: standard ONNX operators (default); fused: ONNX Runtime's MultiHeadAttention",
     )
+    onnx.add_argument(
+        "--decoder",
+        choices=["auto", "transformers"],
+        default="auto",
+        help="auto: hand-written step for GPT-2/Llama, transformers' modeling code for the other "
+        "families; transformers: that code for every family",
+    )
     onnx.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     onnx.add_argument("--parity_steps", type=int, default=32, help="greedy steps compared with torch")
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize or "none",
             optimize=args.optimize,
             attention=args.attention,
+            decoder=args.decoder,
             overwrite=args.overwrite,
             opset=args.opset,
             parity_steps=args.parity_steps,

@@ -25,6 +25,9 @@ class ExportConfig:
     """plain: standard ONNX operators. fused: ONNX Runtime's MultiHeadAttention contrib operator
     (half the graph's nodes, but no faster in lmfast's CPU decode loop; see StepAttention).
     Grouped-query attention is always plain."""
+    decoder: Literal["auto", "transformers"] = "auto"
+    """auto: the hand-written step for GPT-2 and Llama (faster), transformers' own modeling code
+    for every other family; transformers: that code for every family."""
     overwrite: bool = False
     """Replace `output` if it exists."""
     opset: int = 18
@@ -43,6 +46,8 @@ class ExportConfig:
             raise ValueError("--quantize int8 applies to fp32 weights; drop --precision fp16")
         if self.attention not in ("plain", "fused"):
             raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
+        if self.decoder not in ("auto", "transformers"):
+            raise ValueError(f"--decoder must be auto or transformers, got {self.decoder!r}")
         if self.opset < 17:
             raise ValueError(f"--opset must be >= 17, got {self.opset}")
         if self.parity_steps < 1:

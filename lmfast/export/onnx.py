@@ -20,6 +20,7 @@ from lmfast import __version__
 from lmfast.export.config import ExportConfig
 from lmfast.export.decoder import build_decoder
 from lmfast.export.source import TOKENIZER_FILES, load_source
+from lmfast.generation.model_files import eos_ids, hf_generation_eos
 from lmfast.generation.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def export_onnx(config: ExportConfig) -> Path:
         raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
     started = time.perf_counter()
     loaded = load_source(config.source)
-    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused")
+    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused", decoder=config.decoder)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -69,6 +70,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "quantize": config.quantize,
             "optimize": config.optimize,
             "attention": attention,
+            "decoder": type(decoder).__name__,
             "fusions": fusions,
             "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
             "outputs": ["logits (last position)", "present.{i}.key/value"],
@@ -194,6 +196,19 @@ def _write_side_files(directory: Path, loaded) -> None:
         if (loaded.tokenizer_dir / name).is_file():
             shutil.copy2(loaded.tokenizer_dir / name, directory / name)
     config = loaded.model.config.to_dict()
+    # every eos the model may end a turn with: the config's, plus the generation config's list
+    # (instruct models end turns on <|im_end|> / <|eot_id|> besides the pretraining eos)
+    generation_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    eos: list[int] = []
+    for token in (
+        *eos_ids(config.get("eos_token_id")),
+        *hf_generation_eos(loaded.tokenizer_dir),
+        *eos_ids(generation_eos),
+    ):
+        if token not in eos:
+            eos.append(token)
+    if eos:
+        config["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
     GenerationParams().save(directory / "generation_config.json")
 

@@ -39,7 +39,7 @@ def measure_parity(
         greedy_tokens_identical, greedy_steps, prompts, provider, and `passed` (the fp32 criterion).
     """
     codec = TextCodec.load(tokenizer_dir)
-    info = ModelInfo.from_config(model.config.to_dict())
+    info = ModelInfo.from_dir(onnx_dir)  # the export's config.json: every eos id it stops on
     reference = TorchBackend(model)
     candidate = OnnxBackend.load(onnx_dir, provider=provider)
     prompts = [codec.encode(p)[: info.max_context // 2] for p in PARITY_PROMPTS]
