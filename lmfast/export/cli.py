@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             parity_steps=args.parity_steps,
         )
         from lmfast.export.onnx import ParityError, export_onnx
+        from lmfast.export.output import OutputWriteError
 
         output = export_onnx(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, OutputWriteError) as error:
         print(f"lmfast export onnx: {error}", file=sys.stderr)
         return 2
     except ParityError as error:

@@ -279,9 +279,7 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(
-    model: nn.Module, fused_attention: bool = False, decoder: str = "auto"
-) -> nn.Module:
+def build_decoder(model: nn.Module, fused_attention: bool = False, decoder: str = "auto") -> nn.Module:
     """The export module for a loaded HF causal LM.
 
     decoder: "auto" takes the hand-written step for GPT-2 and Llama where it applies and

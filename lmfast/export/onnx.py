@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from lmfast import __version__
 from lmfast.export.config import ExportConfig
 from lmfast.export.decoder import build_decoder
+from lmfast.export.output import check_output, install, staging_dir, write_error
 from lmfast.export.source import TOKENIZER_FILES, load_source
 from lmfast.generation.model_files import eos_ids, hf_generation_eos
 from lmfast.generation.params import GenerationParams
@@ -41,18 +41,17 @@ def export_onnx(config: ExportConfig) -> Path:
 
     Raises:
         FileExistsError: the output exists and `overwrite` is off.
-        FileNotFoundError, ValueError: a bad source or an unsupported architecture.
+        OutputWriteError: a full disk, or an output that cannot be written.
+        FileNotFoundError, ValueError: a bad source, an unsupported architecture, or an output
+            that --overwrite may not replace (not an export, the source or a parent of it).
         ParityError: fp32 logits or greedy tokens differ from the torch model.
     """
     output = config.output
-    if output.exists() and not config.overwrite:
-        raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
+    check_output(output, config.source, config.overwrite)
     started = time.perf_counter()
     loaded = load_source(config.source)
     decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused", decoder=config.decoder)
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(output)
     try:
         raw = staging / "raw" / "model.onnx"
         _torch_export(decoder, raw, config.opset)
@@ -78,11 +77,12 @@ def export_onnx(config: ExportConfig) -> Path:
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    except BaseException:
+        install(staging, output)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        failure = write_error(output, error)
+        if failure is not error:
+            raise failure from error
         raise
     return output
 

@@ -48,7 +48,9 @@ def load_source(source: Path) -> LoadedSource:
         from lmfast.generation.model_files import gguf_dir
 
         loaded = _load_hf_dir(gguf_dir(source))
-        loaded.description.update(kind="gguf", path=str(source.resolve()), converted=str(loaded.tokenizer_dir))
+        loaded.description.update(
+            kind="gguf", path=str(source.resolve()), converted=str(loaded.tokenizer_dir)
+        )
         return loaded
     if source.is_dir() and (source / "hf" / "config.json").is_file():
         loaded = _load_hf_dir(source / "hf")

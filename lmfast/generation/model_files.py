@@ -43,13 +43,14 @@ class ModelInfo:
             bos_token_id=config.get("bos_token_id"),
         )
 
-
     @classmethod
     def from_dir(cls, directory: Path) -> ModelInfo:
         """`from_config` of DIRECTORY/config.json, stopping on every eos id that it or a Hugging
         Face `generation_config.json` beside it names (instruct models list several there)."""
         info = cls.from_config(read_json(Path(directory) / "config.json"))
-        eos = info.eos_token_ids + tuple(i for i in hf_generation_eos(directory) if i not in info.eos_token_ids)
+        eos = info.eos_token_ids + tuple(
+            i for i in hf_generation_eos(directory) if i not in info.eos_token_ids
+        )
         return dataclasses.replace(info, eos_token_ids=eos)
 
 
