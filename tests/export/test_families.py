@@ -153,3 +153,32 @@ def test_sliding_window_really_limits_attention(tmp_path, prompts):
         cut = windowed(input_ids=torch.from_numpy(ids)).logits[:, -1].numpy()
     assert np.abs(full - cut).max() > 1e-2
     np.testing.assert_allclose(logits, cut, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_train_refuses_a_model_that_cannot_export_before_training(tmp_path, nietzsche_dir):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    prepare = [
+        *(sys.executable, "-m", "lmfast", "prepare"),
+        *("--documents_train_file", str(nietzsche_dir / "train.txt")),
+        *("--documents_valid_file", str(nietzsche_dir / "valid.txt")),
+        *("--end_of_document", "[END_OF_DOCUMENT]", "--tokenizer_cls_name", "GPT2Tokenizer"),
+        *("--max_sample_length", "64", "--min_sample_length", "8"),
+        *("--datasets_root", str(tmp_path / "datasets"), "--dataset_name", "n"),
+    ]
+    assert subprocess.run(prepare, env=env, capture_output=True, timeout=600).returncode == 0
+    model = _save(tmp_path / "llama", "llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    train = [
+        *(sys.executable, "-m", "lmfast", "train", "--model", str(model), "--max_steps", "2"),
+        *("--dataset_dir", str(tmp_path / "datasets" / "n" / "0"), "--num_workers", "0"),
+        *("--experiments_root", str(tmp_path / "experiments"), "--experiment_name", "refused"),
+    ]
+    result = subprocess.run(train, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "could not export" in result.stderr and "recomputes rotary frequencies" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "experiments" / "refused" / "0" / "checkpoints").exists()
