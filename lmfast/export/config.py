@@ -18,13 +18,21 @@ class ExportConfig:
     precision: Literal["fp32", "fp16"] = "fp32"
     """Weights and cache precision; fp16 is for the CUDA provider."""
     quantize: Literal["none", "int8"] = "none"
-    """int8: dynamic quantization of the matrix multiplications (CPU)."""
+    """int8: weight-only block-wise int8 (ONNX Runtime's MatMulNBits, 8 bits, symmetric): one scale
+    per `block_size` weights, activations stay fp32, so a row's logits do not depend on the batch."""
+    block_size: int = 32
+    """Weights per int8 scale for --quantize int8 (a power of two >= 16)."""
+    accept_quality_loss: bool = False
+    """Finish a quantized export whose greedy tokens differ from fp32 (else it is refused)."""
     optimize: bool = False
     """Run ONNX Runtime's transformer graph fusions on the exported graph."""
     attention: Literal["plain", "fused"] = "plain"
     """plain: standard ONNX operators. fused: ONNX Runtime's MultiHeadAttention contrib operator
     (half the graph's nodes, but no faster in lmfast's CPU decode loop; see StepAttention).
     Grouped-query attention is always plain."""
+    decoder: Literal["auto", "transformers"] = "auto"
+    """auto: the hand-written step for GPT-2 and Llama (faster), transformers' own modeling code
+    for every other family; transformers: that code for every family."""
     overwrite: bool = False
     """Replace `output` if it exists."""
     opset: int = 18
@@ -43,6 +51,10 @@ class ExportConfig:
             raise ValueError("--quantize int8 applies to fp32 weights; drop --precision fp16")
         if self.attention not in ("plain", "fused"):
             raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"--block_size must be a power of two >= 16, got {self.block_size}")
+        if self.decoder not in ("auto", "transformers"):
+            raise ValueError(f"--decoder must be auto or transformers, got {self.decoder!r}")
         if self.opset < 17:
             raise ValueError(f"--opset must be >= 17, got {self.opset}")
         if self.parity_steps < 1:

@@ -1,11 +1,16 @@
 """The graph that becomes `model.onnx`: one decoder step with an explicit, flat KV cache.
 
-A thin module around a Hugging Face model's own layers (weights shared, nothing copied):
 `forward(input_ids, attention_mask, position_ids, *past) -> (logits of the last position, *present)`.
-One graph serves the prompt (past of length 0) and every decode step. Attention and cache are
-written out here rather than traced through transformers' cache and mask machinery, so the graph
-stays small, takes the attention mask as a real input (left-padded batches work), and computes
-the vocabulary projection for the last position only.
+One graph serves the prompt (past of length 0) and every decode step; the attention mask is a real
+input (left-padded batches work) and the vocabulary projection runs for the last position only.
+
+Two ways to build it, weights shared with the Hugging Face model (nothing copied):
+- `TransformersDecoder`, for every family in `families.EXPORTABLE_FAMILIES`: transformers' own
+  modeling code run on a `DynamicCache` filled from the flat inputs, traced by the exporter. Each
+  family's details (q/k norms, fused qkv, soft-capping, sliding windows, partial rotary) come
+  from transformers itself, so a new family needs a parity test, not a new decoder.
+- `GPT2Decoder` / `LlamaDecoder`, hand-written steps over the HF layers: the fast path for GPT-2
+  and Llama where they apply (see `build_decoder` for the measured difference).
 """
 
 from __future__ import annotations
@@ -15,14 +20,69 @@ import math
 import torch
 from torch import nn
 
+from lmfast.export.families import check_exportable
+
 # finite, so a fully masked query (a left-pad position) averages instead of producing NaN that
 # would leak through the cache; also representable in float16
 MASK_VALUE = -65504.0
 
-SUPPORTED_ARCHITECTURES = {
-    "gpt2": "GPT-2 family (GPT2LMHeadModel: gpt2, distilgpt2, lmfast-trained GPT)",
-    "llama": "Llama family (LlamaForCausalLM: RMSNorm, rotary positions, grouped-query attention)",
-}
+
+class TransformersDecoder(nn.Module):
+    """Any HF causal LM with a KV cache as a single step over flat (B, n_kv_head, T, head_dim) tensors.
+
+    The cache handed to the model is a plain `DynamicCache` (full-length layers, also for
+    sliding-window layers): the window is applied by transformers' own sliding mask over the cache
+    positions, so every layer's present is past + T long, as the loop's cache operations expect.
+    Attention runs transformers' eager implementation, the one every family has (Gemma 2's
+    soft-capping has no other), and the exporter traces it into standard operators.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model.set_attn_implementation("eager")
+        self.model = model.eval()
+        # the cache geometry as the model itself produces it (some families set head_dim apart
+        # from hidden/heads, some share no kv heads); one token is enough to see it
+        with torch.no_grad():
+            probe = model(
+                input_ids=torch.zeros(1, 1, dtype=torch.int64),
+                use_cache=True,
+                past_key_values=self._cache([]),
+                logits_to_keep=1,
+            ).past_key_values
+        keys = probe.layers[0].keys
+        self.n_layer = len(probe.layers)
+        self.num_kv_heads, self.head_dim = int(keys.shape[1]), int(keys.shape[3])
+        self.n_head = int(getattr(model.config, "num_attention_heads", self.num_kv_heads))
+
+    @staticmethod
+    def _cache(past: list[torch.Tensor] | tuple[torch.Tensor, ...]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        return cache
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) int64
+        attention_mask: torch.Tensor,  # (B, P + T) int64
+        position_ids: torch.Tensor,  # (B, T) int64
+        *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, P, D)
+    ) -> tuple[torch.Tensor, ...]:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=self._cache(past),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        presents: list[torch.Tensor] = []
+        for layer in out.past_key_values.layers:
+            presents += [layer.keys, layer.values]
+        return (out.logits[:, -1], *presents)
 
 
 class GPT2Decoder(nn.Module):
@@ -219,23 +279,36 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(model: nn.Module, fused_attention: bool = False) -> GPT2Decoder | LlamaDecoder:
+def build_decoder(model: nn.Module, fused_attention: bool = False, decoder: str = "auto") -> nn.Module:
     """The export module for a loaded HF causal LM.
 
-    fused_attention: export attention as ONNX Runtime's MultiHeadAttention operator (where the
-    key/value heads equal the query heads; grouped-query attention keeps the plain operators).
+    decoder: "auto" takes the hand-written step for GPT-2 and Llama where it applies and
+    transformers' own modeling code (`TransformersDecoder`) for every other family; "transformers"
+    forces the latter. fused_attention: hand-written steps only, ONNX Runtime's MultiHeadAttention
+    where the key/value heads equal the query heads.
 
     Raises:
-        ValueError: the architecture is not supported (the message lists what is).
+        ValueError: the config cannot be exported (`families.export_refusal` says why).
     """
-    model_type = getattr(model.config, "model_type", None)
-    if model_type == "gpt2":
-        decoder = GPT2Decoder(model, fused_attention)
-    elif model_type == "llama":
-        decoder = LlamaDecoder(model, fused_attention)
-    else:
-        supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_ARCHITECTURES.items())
-        raise ValueError(
-            f"unsupported architecture {model_type!r} ({type(model).__name__}); supported: {supported}"
-        )
-    return decoder.eval()
+    config = model.config
+    check_exportable(config.to_dict(), type(model).__name__)
+    if decoder not in ("auto", "transformers"):
+        raise ValueError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+    native = None
+    if decoder == "auto":
+        if config.model_type == "gpt2" and _gpt2_step_applies(config):
+            native = GPT2Decoder(model, fused_attention)
+        elif config.model_type == "llama" and _llama_step_applies(config):
+            native = LlamaDecoder(model, fused_attention)
+    return (native or TransformersDecoder(model)).eval()
+
+
+def _gpt2_step_applies(config) -> bool:
+    return not any(
+        getattr(config, name, False)
+        for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention")
+    )
+
+
+def _llama_step_applies(config) -> bool:
+    return not getattr(config, "sliding_window", None)

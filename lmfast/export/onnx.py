@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 from lmfast import __version__
 from lmfast.export.config import ExportConfig
 from lmfast.export.decoder import build_decoder
+from lmfast.export.output import check_output, install, staging_dir, write_error
 from lmfast.export.source import TOKENIZER_FILES, load_source
+from lmfast.generation.model_files import eos_ids, hf_generation_eos
 from lmfast.generation.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,17 @@ def export_onnx(config: ExportConfig) -> Path:
 
     Raises:
         FileExistsError: the output exists and `overwrite` is off.
-        FileNotFoundError, ValueError: a bad source or an unsupported architecture.
+        OutputWriteError: a full disk, or an output that cannot be written.
+        FileNotFoundError, ValueError: a bad source, an unsupported architecture, or an output
+            that --overwrite may not replace (not an export, the source or a parent of it).
         ParityError: fp32 logits or greedy tokens differ from the torch model.
     """
     output = config.output
-    if output.exists() and not config.overwrite:
-        raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
+    check_output(output, config.source, config.overwrite)
     started = time.perf_counter()
     loaded = load_source(config.source)
-    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused")
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused", decoder=config.decoder)
+    staging = staging_dir(output)
     try:
         raw = staging / "raw" / "model.onnx"
         _torch_export(decoder, raw, config.opset)
@@ -69,6 +69,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "quantize": config.quantize,
             "optimize": config.optimize,
             "attention": attention,
+            "decoder": type(decoder).__name__,
             "fusions": fusions,
             "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
             "outputs": ["logits (last position)", "present.{i}.key/value"],
@@ -76,11 +77,12 @@ def export_onnx(config: ExportConfig) -> Path:
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    except BaseException:
+        install(staging, output)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        failure = write_error(output, error)
+        if failure is not error:
+            raise failure from error
         raise
     return output
 
@@ -146,12 +148,13 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tu
 
         model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
     if config.quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        # weight-only: the dynamic int8 of onnxruntime's quantize_dynamic scales activations per
+        # tensor, i.e. over the whole batch, so a row's greedy tokens changed with its neighbours
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        staged = raw.parent / "pre_quant.onnx"
-        onnx.save_model(model, str(staged))
-        quantize_dynamic(str(staged), str(target), weight_type=QuantType.QInt8)
-        model = onnx.load(str(target))
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=config.block_size, is_symmetric=True)
+        quantizer.process()
+        model = quantizer.model.model
     _save(model, target)
     fused = any(node.op_type == "MultiHeadAttention" for node in model.graph.node)
     return fusions, "fused" if fused else "plain"
@@ -194,13 +197,19 @@ def _write_side_files(directory: Path, loaded) -> None:
         if (loaded.tokenizer_dir / name).is_file():
             shutil.copy2(loaded.tokenizer_dir / name, directory / name)
     config = loaded.model.config.to_dict()
-    # generation_config.json below is lmfast's format: keep every eos id of HF's (a chat model's
-    # end-of-turn token among them) in config.json, where the decode loop reads them
-    generation = getattr(loaded.model, "generation_config", None)
-    eos = [config.get("eos_token_id"), getattr(generation, "eos_token_id", None)]
-    eos_ids = list(dict.fromkeys(i for v in eos for i in (v if isinstance(v, list) else [v]) if i is not None))
-    if len(eos_ids) > 1:
-        config["eos_token_id"] = eos_ids
+    # every eos the model may end a turn with: the config's, plus the generation config's list
+    # (instruct models end turns on <|im_end|> / <|eot_id|> besides the pretraining eos)
+    generation_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    eos: list[int] = []
+    for token in (
+        *eos_ids(config.get("eos_token_id")),
+        *hf_generation_eos(loaded.tokenizer_dir),
+        *eos_ids(generation_eos),
+    ):
+        if token not in eos:
+            eos.append(token)
+    if eos:
+        config["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
     GenerationParams().save(directory / "generation_config.json")
 
@@ -217,8 +226,31 @@ def _parity(loaded, directory: Path, config: ExportConfig) -> dict[str, Any]:
     parity = measure_parity(loaded.model, loaded.tokenizer_dir, directory, config.parity_steps, provider)
     exact = config.precision == "fp32" and config.quantize == "none"
     if exact and not parity["passed"]:
-        raise ParityError(
-            f"fp32 parity failed: max abs logit diff {parity['max_abs_logit_diff']:.3g} "
-            f"(tolerance {parity['tolerance']:.3g}), greedy tokens identical: {parity['greedy_tokens_identical']}"
-        )
+        raise ParityError(f"fp32 {parity_summary(parity)}")
+    if not exact:
+        parity["passed"] = bool(parity["greedy_tokens_identical"])  # the criterion of a lossy export
+        what = config.quantize if config.quantize != "none" else config.precision
+        if parity["passed"]:
+            logger.info("%s parity: greedy tokens identical to fp32 torch (%s)", what, _quality_line(parity))
+        elif not config.accept_quality_loss:
+            raise ParityError(f"{what} {parity_summary(parity)}; pass --accept_quality_loss to keep it")
     return parity
+
+
+def parity_summary(parity: dict[str, Any]) -> str:
+    """One line: what failed, with the figures."""
+    return (
+        f"parity failed: greedy tokens identical: {parity['greedy_tokens_identical']}, max abs logit "
+        f"diff {parity['max_abs_logit_diff']:.3g} (fp32 tolerance {parity['tolerance']:.3g}), "
+        + _quality_line(parity)
+    )
+
+
+def _quality_line(parity: dict[str, Any]) -> str:
+    quality = parity.get("quality") or {}
+    if not quality:
+        return "no quality figures"
+    return (
+        f"top-1 agreement {quality['top1_agreement']:.3f}, perplexity {quality['perplexity']:.3f} "
+        f"vs fp32 {quality['perplexity_reference']:.3f}"
+    )

@@ -39,7 +39,7 @@ def measure_parity(
         greedy_tokens_identical, greedy_steps, prompts, provider, and `passed` (the fp32 criterion).
     """
     codec = TextCodec.load(tokenizer_dir)
-    info = ModelInfo.from_config(model.config.to_dict())
+    info = ModelInfo.from_dir(onnx_dir)  # the export's config.json: every eos id it stops on
     reference = TorchBackend(model)
     candidate = OnnxBackend.load(onnx_dir, provider=provider)
     prompts = [codec.encode(p)[: info.max_context // 2] for p in PARITY_PROMPTS]
@@ -51,6 +51,7 @@ def measure_parity(
         _greedy_tokens(DecodeSession(backend, codec, info), prompts, greedy)
         for backend in (reference, candidate)
     ]
+    quality = _quality(reference, candidate, codec.encode(" ".join(PARITY_PROMPTS))[: info.max_context - 1])
     tolerance = FP32_RELATIVE_TOLERANCE * max(1.0, scale)
     identical = tokens[0] == tokens[1]
     return {
@@ -61,7 +62,33 @@ def measure_parity(
         "tolerance": tolerance,
         "greedy_tokens_identical": identical,
         "provider": provider,
+        "quality": quality,
         "passed": bool(identical and diff <= tolerance),
+    }
+
+
+def _quality(reference, candidate, ids: list[int]) -> dict[str, float]:
+    """Teacher-forced over one text, token by token through the cache: how often the candidate's
+    top-1 token equals the reference's, and both perplexities of the text's next tokens."""
+    top1, nll = [], {"reference": 0.0, "candidate": 0.0}
+    past = {"reference": None, "candidate": None}
+    for t in range(len(ids) - 1):
+        step = np.array([[ids[t]]], dtype=np.int64)
+        mask, position = np.ones((1, t + 1), dtype=np.int64), np.array([[t]], dtype=np.int64)
+        argmax = []
+        for name, backend in (("reference", reference), ("candidate", candidate)):
+            logits, past[name] = backend.forward(step, mask, position, past[name])
+            logits = logits[0].astype(np.float64)
+            log_z = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+            nll[name] += float(log_z - logits[ids[t + 1]])
+            argmax.append(int(logits.argmax()))
+        top1.append(argmax[0] == argmax[1])
+    count = max(1, len(ids) - 1)
+    return {
+        "tokens": count,
+        "top1_agreement": float(np.mean(top1)) if top1 else 1.0,
+        "perplexity": float(np.exp(nll["candidate"] / count)),
+        "perplexity_reference": float(np.exp(nll["reference"] / count)),
     }
 
 

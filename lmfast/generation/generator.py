@@ -46,10 +46,11 @@ class Generator:
         num_threads: int | None = None,
         spin_us: int | None = None,
     ) -> Generator:
-        """Load an export dir (ONNX Runtime), an experiment dir (its `hf/`) or an HF model dir (torch).
+        """Load an export dir (ONNX Runtime), an experiment dir (its `hf/`), an HF model dir or a
+        `.gguf` file (torch; a GGUF is converted once into a cached HF dir).
 
         Args:
-            path: the directory.
+            path: the directory or .gguf file.
             backend: "auto" picks ONNX for an export dir, torch otherwise.
             provider: "cpu" or "cuda" (the ONNX CUDA provider, or the torch model on a GPU).
             num_threads: intra-op threads (None leaves the library default).
@@ -81,13 +82,10 @@ class Generator:
             from lmfast.generation.torch_backend import TorchBackend
 
             runner = TorchBackend.load(directory, device=provider, num_threads=num_threads)
-        config = read_json(directory / "config.json")
-        generation_file = directory / "generation_config.json"
-        generation_config = read_json(generation_file) if generation_file.is_file() else None
         return cls(
             backend=runner,
             codec=TextCodec.load(directory),
-            info=ModelInfo.from_config(config, generation_config),
+            info=ModelInfo.from_dir(directory),
             default_params=_default_params(directory),
             model_name=_model_name(Path(path)),
         )

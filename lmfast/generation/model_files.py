@@ -1,11 +1,13 @@
 """Where a model lives on disk and the facts the decode loop needs from its `config.json`.
 
-Three layouts load: an export dir (`model.onnx`, DESIGN.md §3), an experiment dir (its `hf/`,
-DESIGN.md §2) and a Hugging Face `save_pretrained` dir. Reads JSON only: no torch.
+Four layouts load: an export dir (`model.onnx`, DESIGN.md §3), an experiment dir (its `hf/`,
+DESIGN.md §2), a Hugging Face `save_pretrained` dir and a `.gguf` file (converted once into a
+cached HF dir by `lmfast.models.gguf`, which needs torch and transformers). Otherwise JSON only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,8 @@ class ModelInfo:
     bos_token_id: int | None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], generation_config: dict[str, Any] | None = None) -> ModelInfo:
-        """From `config.json`, plus the eos ids of a Hugging Face `generation_config.json`.
-
-        The latter may list more eos ids than config.json (a chat model ends its turns with one and
-        its documents with another); generation stops at any of them, as transformers' `generate` does.
-        """
+    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
+        """From `config.json` alone (`from_dir` adds the eos ids of a generation_config.json)."""
         context = None
         for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
             if isinstance(config.get(key), int):
@@ -38,22 +36,43 @@ class ModelInfo:
                 break
         if context is None:
             raise ValueError("config.json names no context length (n_positions / max_position_embeddings)")
-        eos_ids = _ids(config.get("eos_token_id"))
-        extra = _ids((generation_config or {}).get("eos_token_id"))
-        eos_ids += tuple(i for i in extra if i not in eos_ids)
         return cls(
             model_type=str(config.get("model_type", "unknown")),
             vocab_size=int(config["vocab_size"]),
             max_context=int(context),
-            eos_token_ids=eos_ids,
+            eos_token_ids=eos_ids(config.get("eos_token_id")),
             bos_token_id=config.get("bos_token_id"),
         )
 
+    @classmethod
+    def from_dir(cls, directory: Path) -> ModelInfo:
+        """`from_config` of DIRECTORY/config.json, stopping on every eos id that it or a Hugging
+        Face `generation_config.json` beside it names (instruct models list several there)."""
+        info = cls.from_config(read_json(Path(directory) / "config.json"))
+        eos = info.eos_token_ids + tuple(
+            i for i in hf_generation_eos(directory) if i not in info.eos_token_ids
+        )
+        return dataclasses.replace(info, eos_token_ids=eos)
 
-def _ids(value: Any) -> tuple[int, ...]:
-    if isinstance(value, list):
-        return tuple(int(v) for v in value)
-    return () if value is None else (int(value),)
+
+def eos_ids(value: Any) -> tuple[int, ...]:
+    """An HF `eos_token_id` (None, an int or a list) as a tuple of ints."""
+    if value is None:
+        return ()
+    return tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)
+
+
+def hf_generation_eos(directory: Path) -> tuple[int, ...]:
+    """The eos ids of an HF-format `generation_config.json` in DIRECTORY (none if absent, or if it
+    is lmfast's own sampling-parameters file, which an export dir holds under that name)."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        values = read_json(path)
+    except (ValueError, OSError):
+        return ()
+    return eos_ids(values.get("eos_token_id")) if isinstance(values, dict) else ()
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -73,6 +92,8 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, ModelKind]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file() and path.suffix == ".gguf":
+        return gguf_dir(path), "hf"
     if path.is_dir() and (path / "model.onnx").is_file():
         return path, "onnx"
     if path.is_dir() and (path / "hf" / "config.json").is_file():
@@ -81,5 +102,18 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, ModelKind]:
         return path, "hf"
     raise ValueError(
         f"{path}: not a model directory (expected an export dir with model.onnx, an experiment dir "
-        "with hf/, or a Hugging Face model dir with config.json)"
+        "with hf/, a Hugging Face model dir with config.json, or a .gguf file)"
     )
+
+
+def gguf_dir(path: Path) -> Path:
+    """The cached HF dir of a `.gguf` file (converted on first use).
+
+    Raises:
+        ValueError: not a GGUF file, or one transformers cannot read.
+    """
+    from lmfast.models.gguf import converted_dir, is_gguf
+
+    if not is_gguf(path):
+        raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+    return converted_dir(path)

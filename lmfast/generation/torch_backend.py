@@ -46,11 +46,13 @@ class TorchBackend:
         position_ids: np.ndarray,
         past: list[torch.Tensor] | None,
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
-        config = self.model.config
-        if past is None:
-            cache = DynamicCache(config=config)
-        else:
-            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2], strict=True)), config=config)
+        # full-length layers even where the model has a sliding window (without `config`, no
+        # layer truncates itself): transformers' sliding mask applies the window over the cache
+        # positions, and every layer stays as long as the loop's attention mask, which the
+        # loop's select/merge/trim rely on (the ONNX export keeps its cache the same way)
+        cache = DynamicCache()
+        for i in range(0, len(past or ()), 2):
+            cache.update(past[i], past[i + 1], i // 2)
         out = self.model(
             input_ids=torch.from_numpy(input_ids).to(self.device),
             attention_mask=torch.from_numpy(attention_mask).to(self.device),

@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if not config.model:
         print(f"lmfast serve: MODEL: give a model directory (argument or {ENV_PREFIX}MODEL)", file=sys.stderr)
         return 2
-    if not Path(config.model).is_dir():
-        print(f"lmfast serve: MODEL: {config.model} is not a directory", file=sys.stderr)
+    if not Path(config.model).is_dir() and not (
+        Path(config.model).is_file() and config.model.endswith(".gguf")
+    ):
+        print(f"lmfast serve: MODEL: {config.model} is not a directory or a .gguf file", file=sys.stderr)
         return 2
     if config.chat_template is not None:
         from lmfast.serving.routes.chat import load_chat_template

@@ -246,6 +246,10 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         raise TrainInputError(
             f"--model {config.model}: vocabulary of {model.config.vocab_size} is smaller than the dataset's {tokenizer.vocab_size}"
         )
+    from lmfast.export.families import export_refusal  # refused now, not after hours of training
+
+    if (reason := export_refusal(model.config.to_dict())) is not None:
+        raise TrainInputError(f"--model {config.model}: lmfast export onnx could not export it: {reason}")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where fp32 remains
     model_config = model.config.to_dict()

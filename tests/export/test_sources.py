@@ -1,0 +1,84 @@
+"""Sources beyond lmfast's own: a real GGUF model, and every eos id of generation_config.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lmfast.export import ExportConfig
+from lmfast.generation import GenerationParams, Generator
+from lmfast.generation.model_files import ModelInfo
+
+GREEDY = GenerationParams(max_new_tokens=6, temperature=0.0)
+
+
+def test_generation_config_eos_ids_join_the_configs(varied_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(varied_model_dir, model)
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [50256, 11, 13]}))
+    assert ModelInfo.from_dir(model).eos_token_ids == (50256, 11, 13)
+    assert ModelInfo.from_dir(varied_model_dir).eos_token_ids == (50256,)
+
+
+@pytest.mark.slow
+def test_every_eos_id_stops_generation_on_torch_and_the_export(varied_model_dir, tmp_path, prompts):
+    from lmfast.export import export_onnx
+
+    first = Generator.load(varied_model_dir).session()
+    row = first.add(prompts[0], GREEDY)[0]
+    token = next(e.token_id for e in first.step() if e.row_id == row)
+    model = tmp_path / "model"
+    shutil.copytree(varied_model_dir, model)
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [50256, token]}))
+    output = export_onnx(ExportConfig(source=model, output=tmp_path / "export", parity_steps=4))
+    assert json.loads((output / "config.json").read_text())["eos_token_id"] == [50256, token]
+    for path in (model, output):
+        session = Generator.load(path).session()
+        session.add(prompts[0], GREEDY)
+        events = session.step()
+        assert [e.finish_reason for e in events] == ["eos"], path
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_exports_with_greedy_equal_to_hf(smollm2_gguf, tmp_path, monkeypatch):
+    """The real SmolLM2-135M-Instruct, given as its .gguf file: fp32 parity, the chat template
+    and special tokens carried over, and lmfast's greedy ONNX tokens equal to HF `generate`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmfast.export.cli import main
+    from lmfast.generation.model_files import resolve_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LMFAST_CACHE", str(Path.home() / ".cache" / "lmfast"))  # converted once
+    output = tmp_path / "smollm2"
+    assert main(["onnx", str(smollm2_gguf), "--output", str(output), "--parity_steps", "8"]) == 0
+    description = json.loads((output / "export.json").read_text())
+    assert description["source"]["kind"] == "gguf" and description["parity"]["passed"]
+    assert "<|im_start|>" in (output / "chat_template.jinja").read_text()
+    assert json.loads((output / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+
+    hf_dir, _ = resolve_model_dir(smollm2_gguf)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer.padding_side = "left"
+    prompts = ["The capital of France is", "Gravity is", "Once upon a time, in a small village,"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    new = 12
+    hf = model.generate(**batch, max_new_tokens=new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    generator = Generator.load(output)
+    session = generator.session()
+    params = GenerationParams(max_new_tokens=new, temperature=0.0)
+    rows = [session.add_token_ids(tokenizer(p)["input_ids"], params)[0] for p in prompts]
+    tokens = {row: [] for row in rows}
+    while len(session):
+        for event in session.step():
+            tokens[event.row_id].append(event.token_id)
+    # HF pads a finished row with pad == eos (<|im_end|>); lmfast ends the row there
+    width, pad = batch["input_ids"].shape[1], tokenizer.pad_token_id
+    expected = [[t for t in row[width:] if t != pad] for row in hf.tolist()]
+    assert [[t for t in tokens[row] if t != pad] for row in rows] == expected
+    assert any(len(row) > 3 for row in expected)
