@@ -78,7 +78,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if lowered in _FALSE_WORDS:
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _parse_number(text: str) -> int | float:
@@ -234,7 +234,7 @@ def env_values(
             else:
                 parsed = rule.parse(raw)
                 bad = [parsed] if rule.choices is not None and parsed not in rule.choices else []
-        except ValueError as error:
+        except (ValueError, argparse.ArgumentTypeError) as error:
             raise FlagError(f"{variable}: {error}") from None
         if bad:
             choices = ", ".join(map(str, rule.choices or ()))

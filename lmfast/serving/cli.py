@@ -8,61 +8,23 @@ Every flag is a `ServeConfig` field and may also come from `LMFAST_<FIELD>` (fla
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from lmfast.serving.config import ENV_PREFIX, ServeConfig, field_type
-
-_CHOICES = {
-    "backend": ["auto", "torch", "onnx"],
-    "provider": ["cpu", "cuda"],
-    "log_level": ["critical", "error", "warning", "info", "debug"],
-}
+from lmfast.flags import FlagError, OneLineParser, add_config_flags
+from lmfast.serving.config import ENV_PREFIX, ServeConfig
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string under each field), used as flag help."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = following.value.value.strip()
-    return docs
-
-
-def build_parser() -> argparse.ArgumentParser:
-    docs = field_docs(ServeConfig)
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    """One flag per `ServeConfig` field (lmfast.flags), MODEL as the positional argument."""
+    parser = OneLineParser(
         prog="lmfast serve",
         description="Serve a model over HTTP with continuous batching (FastAPI + uvicorn). "
         f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT.",
     )
-    parser.add_argument("model", nargs="?", default=argparse.SUPPRESS, help=docs["model"])
-    defaults = ServeConfig()
-    for f in dataclasses.fields(ServeConfig):
-        if f.name == "model":
-            continue
-        default = getattr(defaults, f.name)
-        parser.add_argument(
-            f"--{f.name}",
-            type=field_type(f.name),
-            choices=_CHOICES.get(f.name),
-            default=argparse.SUPPRESS,
-            help=f"{docs.get(f.name, '')} (default: {default})",
-        )
+    add_config_flags(parser, ServeConfig, positional=["model"], env_prefix=ENV_PREFIX)
     return parser
 
 
@@ -71,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed usage or help
+    except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except FlagError as exc:
+        print(f"lmfast serve: error: {exc}", file=sys.stderr)
+        return 2
     try:
         config = ServeConfig.from_env(**vars(args))
     except ValueError as exc:

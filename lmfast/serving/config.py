@@ -6,13 +6,12 @@ Imports nothing heavy, so `lmfast serve --help` answers without loading torch or
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lmfast.flags import ENV_PREFIX, env_values
 from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE
-
-ENV_PREFIX = "LMFAST_"
 
 
 @dataclass
@@ -49,8 +48,8 @@ class ServeConfig:
     """A Jinja chat template file for /v1/chat/completions (None: the model's own, from its tokenizer files)."""
     max_prompt_chars: int = 16_000
     """Longest prompt accepted, in characters (422 beyond it; the model's context is checked too)."""
-    log_level: str = "info"
-    """uvicorn log level (critical, error, warning, info, debug)."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """uvicorn log level."""
     max_body_bytes: int = 1_000_000
     """Largest request body, in bytes; a bigger one is answered 413 before it is read."""
     body_timeout_s: float = 30.0
@@ -99,35 +98,15 @@ class ServeConfig:
         return values
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:
-        """Build from `LMFAST_<FIELD>` variables, then explicit overrides (flags win over env)."""
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = parse_field(f.name, raw)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeConfig:
+        """Build from `LMFAST_<FIELD>` variables, then explicit overrides (flags win over env).
+
+        Raises:
+            ValueError: a malformed variable (named) or a value that breaks a field's rule.
+        """
+        values = env_values(cls, ENV_PREFIX, environ)
         values.update(overrides)
         return cls(**values)
-
-
-def field_type(name: str) -> type:
-    """The plain Python type (int, float or str) that a field's flag parses into."""
-    annotation = str(next(f.type for f in dataclasses.fields(ServeConfig) if f.name == name))
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
-
-
-def parse_field(name: str, raw: str) -> Any:
-    """Parse one flag or env value for field `name`, naming the variable when it is malformed."""
-    kind = field_type(name)
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {kind.__name__}, got {raw!r}") from None
 
 
 def allowed_origins(config: ServeConfig) -> list[str]:

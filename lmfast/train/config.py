@@ -83,10 +83,10 @@ class TrainConfig:
     """Number of nodes (multi-node through SLURM or torchrun)."""
     strategy: str = "auto"
     """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
-    val_check_interval: float | None = None
+    val_check_interval: int | float | None = None
     """Validate every N training batches (int) or fraction of an epoch (float <= 1); default: every epoch or
     every 1000 batches, whichever comes first."""
-    limit_val_batches: float | None = None
+    limit_val_batches: int | float | None = None
     """Validate on at most this many batches (int) or this fraction (float) of the validation split."""
     checkpoint_every_n_steps: int | None = None
     """Write `last.ckpt` every N optimizer steps (default: at each validation)."""
