@@ -6,37 +6,19 @@ file, exit code 2, nothing written. The dataset directory is printed on stdout.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import sys
-import typing
-from pathlib import Path
 
+from lmfast.flags import FlagError, OneLineParser, add_config_flags
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
 
 PROG = "lmfast prepare"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is a single line (no usage dump) and raises instead of exiting."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise PrepareError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per `PrepareConfig` field; required where the field has no default."""
-    parser = _OneLineParser(prog=PROG, description=(PrepareConfig.__doc__ or "").strip().splitlines()[0])
-    hints = typing.get_type_hints(PrepareConfig)
-    for spec in dataclasses.fields(PrepareConfig):
-        kind = hints[spec.name]
-        convert = {Path: Path, int: int, float: float}.get(kind, str)
-        required = spec.default is dataclasses.MISSING
-        help_text = spec.metadata.get("help", "")
-        if not required:
-            help_text += f" (default: {spec.default})"
-        parser.add_argument(f"--{spec.name}", type=convert, required=required, help=help_text)
+def build_parser() -> OneLineParser:
+    """One flag per `PrepareConfig` field (lmfast.flags); required where the field has no default."""
+    parser = OneLineParser(prog=PROG, description=(PrepareConfig.__doc__ or "").strip().splitlines()[0])
+    add_config_flags(parser, PrepareConfig)
     parser.add_argument("--quiet", action="store_true", help="Log warnings only.")
     return parser
 
@@ -49,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         args = vars(parser.parse_args(argv))
     except SystemExit as exit_request:  # --help
         return int(exit_request.code or 0)
-    except PrepareError as error:
+    except FlagError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     quiet = args.pop("quiet")
