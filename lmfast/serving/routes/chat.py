@@ -32,7 +32,7 @@ from lmfast.serving.chat_schemas import (
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
-from lmfast.serving.routes.openai import _finish_reason, _SSEResponse
+from lmfast.serving.routes.openai import _finish_reason, _SSEResponse, stream_failure, stream_usage
 from lmfast.serving.schemas import Usage
 
 logger = logging.getLogger(__name__)
@@ -253,17 +253,10 @@ async def _sse(
             if finished:
                 yield _event(head, finished, extra)
     except Exception as exc:
-        engine.cancel(job)
-        failure = dispatch.http_error(metrics, exc)
-        if not isinstance(failure, HTTPException):
-            raise failure from None
-        # headers are sent: report the failure in-band, as OpenAI does
-        error = {"error": {"message": failure.detail, "type": "server_error", "code": failure.status_code}}
-        yield f"data: {json.dumps(error)}\n\n"
+        yield stream_failure(engine, job, metrics, exc)
     else:
         dispatch.observe_finished(metrics, job, _ROUTE)
         if include_usage:
-            usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": tokens}
-            usage["total_tokens"] = job.prompt_tokens + tokens
+            usage = stream_usage(job, tokens)
             yield _event(head, [], {"usage": usage})
     yield "data: [DONE]\n\n"

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
@@ -150,20 +151,36 @@ async def _sse(
             if choices:
                 yield prefix + json.dumps(choices, ensure_ascii=False) + "}\n\n"
     except Exception as exc:
-        engine.cancel(job)
-        failure = dispatch.http_error(metrics, exc)
-        if not isinstance(failure, HTTPException):
-            raise failure from None
-        # headers are sent: report the failure in-band, as OpenAI does
-        error = {"error": {"message": failure.detail, "type": "server_error", "code": failure.status_code}}
-        yield f"data: {json.dumps(error)}\n\n"
+        yield stream_failure(engine, job, metrics, exc)
     else:
         dispatch.observe_finished(metrics, job, _ROUTE)
         if include_usage:
-            usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": tokens}
-            usage["total_tokens"] = job.prompt_tokens + tokens
+            usage = stream_usage(job, tokens)
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def stream_failure(engine: BatchingEngine, job: GenerationJob, metrics: Any, exc: Exception) -> str:
+    """The SSE event that reports a failure once headers are sent (in-band, as OpenAI does).
+
+    Raises:
+        The mapped exception itself when it is not an HTTP error (a disconnect ends the stream).
+    """
+    engine.cancel(job)
+    failure = dispatch.http_error(metrics, exc)
+    if not isinstance(failure, HTTPException):
+        raise failure from None
+    error = {"error": {"message": failure.detail, "type": "server_error", "code": failure.status_code}}
+    return f"data: {json.dumps(error)}\n\n"
+
+
+def stream_usage(job: GenerationJob, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's `usage` of a streamed job (`stream_options.include_usage`)."""
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": job.prompt_tokens + completion_tokens,
+    }
 
 
 class _SSEResponse(StreamingResponse):
