@@ -1,4 +1,4 @@
-"""A small async client for the `lmfast serve` HTTP API (DESIGN.md §5), with retries and backoff.
+"""A small async client for the `lmfast serve` HTTP API (docs/architecture.md §5), with retries and backoff.
 
 The bot reaches the model only through this: HTTP, never torch.
 """

@@ -9,7 +9,7 @@ from typing import Literal
 
 @dataclass
 class ExportConfig:
-    """Export a trained causal LM to an ONNX Runtime directory (DESIGN.md §3)."""
+    """Export a trained causal LM to an ONNX Runtime directory (docs/architecture.md §3)."""
 
     source: Path
     """An experiment dir (uses its hf/), a Lightning .ckpt from one, or a Hugging Face model dir."""

@@ -1,6 +1,6 @@
 """`lmfast export onnx`: a trained causal LM -> a self-contained ONNX Runtime directory.
 
-Writes (DESIGN.md §3) model.onnx, the tokenizer files, config.json, generation_config.json
+Writes (docs/architecture.md §3) model.onnx, the tokenizer files, config.json, generation_config.json
 (`GenerationParams`) and export.json (source, opset, precision, parity). Everything is written
 into a hidden sibling and renamed into place only after fp32 parity passed, so a failed export
 leaves nothing behind that looks finished.

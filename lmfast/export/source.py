@@ -93,7 +93,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_checkpoint(path: Path) -> LoadedSource:
-    """A Lightning checkpoint per DESIGN.md §2: `state_dict` keys `model.<HF name>`,
+    """A Lightning checkpoint per docs/architecture.md §2: `state_dict` keys `model.<HF name>`,
     `hyper_parameters["model_config"]` the HF config dict; the tokenizer is the experiment's hf/."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -1,7 +1,7 @@
 """Where a model lives on disk and the facts the decode loop needs from its `config.json`.
 
-Four layouts load: an export dir (`model.onnx`, DESIGN.md §3), an experiment dir (its `hf/`,
-DESIGN.md §2), a Hugging Face `save_pretrained` dir and a `.gguf` file (converted once into a
+Four layouts load: an export dir (`model.onnx`, docs/architecture.md §3), an experiment dir (its `hf/`,
+docs/architecture.md §2), a Hugging Face `save_pretrained` dir and a `.gguf` file (converted once into a
 cached HF dir by `lmfast.models.gguf`, which needs torch and transformers). Otherwise JSON only.
 """
 

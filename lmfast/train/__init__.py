@@ -1,4 +1,4 @@
-"""Training stage: `train(TrainConfig) -> experiment dir` with PyTorch Lightning (DESIGN.md §2).
+"""Training stage: `train(TrainConfig) -> experiment dir` with PyTorch Lightning (docs/architecture.md §2).
 
 Public names resolve lazily so `import lmfast.train` does not import torch.
 """

@@ -1,6 +1,6 @@
 """`LMModule`: the LightningModule around a `transformers` causal LM.
 
-Checkpoint contract (DESIGN.md §2): `state_dict` keys are `model.<HF parameter name>` and
+Checkpoint contract (docs/architecture.md §2): `state_dict` keys are `model.<HF parameter name>` and
 `hyper_parameters["model_config"]` is the HF `config.to_dict()`, so the export stage rebuilds the
 model from a `.ckpt` without lmfast's training code.
 """

@@ -1,6 +1,6 @@
 """`train(config) -> Path`: a prepared dataset -> a trained causal LM in an experiment directory.
 
-Writes DESIGN.md §2: `description.json`, `checkpoints/` (top-k on validation loss + `last.ckpt`),
+Writes docs/architecture.md §2: `description.json`, `checkpoints/` (top-k on validation loss + `last.ckpt`),
 `logs/` (TensorBoard events and `train.log`), `generated.txt`, and `hf/` (the best model and the
 dataset's tokenizer via `save_pretrained`).
 """

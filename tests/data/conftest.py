@@ -33,7 +33,7 @@ def samples_of_documents(documents: list[list[int]], max_len: int, min_len: int)
 
 
 def reference_documents(path: Path, delimiter: str, errors: str = "strict") -> list[str]:
-    """DESIGN.md §1 in plain Python: lines equal to the delimiter (stripped) separate documents."""
+    """docs/architecture.md §1 in plain Python: lines equal to the delimiter (stripped) separate documents."""
     text = path.read_bytes().decode("utf-8", errors=errors).replace("\r\n", "\n")
     lines = text.split("\n")
     if text.endswith("\n"):
