@@ -75,13 +75,13 @@ class ThroughputMonitor(pl.Callback):
         self._lr: float | None = None  # the rate the logged step used (read before the scheduler moves it)
         self._trained = 0  # this rank's trained tokens since the last log step
         self.trained_tokens = 0  # all ranks', since the run began (saved in checkpoints)
+        self._clock = StepClock()
 
     def state_dict(self) -> dict[str, Any]:
         return {"trained_tokens": self.trained_tokens}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.trained_tokens = int(state_dict.get("trained_tokens", 0))
-        self._clock = StepClock()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._num_params = sum(p.numel() for p in pl_module.model.parameters())
