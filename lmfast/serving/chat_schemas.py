@@ -15,13 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, field_bounds
 from lmfast.serving.schemas import (
     MAX_PROMPT_CHARS,
-    MAX_STOP,
-    MAX_STOP_CHARS,
-    OPENAI_TEMPERATURE,
-    TOP_K_LIMIT,
     FinishReason,
     RequestBody,
-    StreamOptions,
+    SamplingFields,
     Usage,
 )
 
@@ -74,7 +70,7 @@ class ResponseFormat(RequestBody):
     type: Literal["text"]
 
 
-class ChatCompletionRequest(RequestBody):
+class ChatCompletionRequest(SamplingFields):
     """OpenAI `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -93,18 +89,6 @@ class ChatCompletionRequest(RequestBody):
         **field_bounds("max_new_tokens"),
         description="OpenAI's older name for max_completion_tokens. Neither: up to the model's context.",
     )
-    temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
-    top_p: float = Field(default=1.0, **field_bounds("top_p"))
-    n: int = Field(default=1, **field_bounds("num_return_sequences"))
-    stop: str | list[str] | None = Field(default=None)
-    seed: int | None = Field(default=None, **field_bounds("seed"))
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    # extensions beyond OpenAI's fields, as vLLM and TGI offer them
-    top_k: int = Field(
-        default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
-    )
-    repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
     # OpenAI options this server does not implement: refused rather than silently ignored
     logprobs: Literal[False] | None = None
     top_logprobs: None = None
@@ -112,25 +96,12 @@ class ChatCompletionRequest(RequestBody):
     tool_choice: Literal["none"] | None = None
     response_format: ResponseFormat | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
-        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
-        return stop
-
     def max_new_tokens(self) -> int:
         """What to generate at most: the context bounds it anyway (finish_reason "length")."""
         for value in (self.max_completion_tokens, self.max_tokens):
             if value is not None:
                 return value
         return MAX_NEW_TOKENS_LIMIT
-
-    def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class AssistantMessage(BaseModel):

@@ -98,16 +98,9 @@ class StreamOptions(RequestBody):
     include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
 
 
-class CompletionRequest(RequestBody):
-    """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
+class SamplingFields(RequestBody):
+    """The sampling and streaming fields that /v1/completions and /v1/chat/completions share."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = Field(
-        default=None, max_length=256, description="Accepted and echoed; one model is served."
-    )
-    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
-    max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
     temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
     top_p: float = Field(default=1.0, **field_bounds("top_p"))
     n: int = Field(default=1, **field_bounds("num_return_sequences"))
@@ -120,6 +113,43 @@ class CompletionRequest(RequestBody):
         default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
     )
     repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
+        return stop
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling_values(self) -> dict[str, Any]:
+        """These fields as `GenerationParams` keyword arguments (all but `max_new_tokens`)."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "num_return_sequences": self.n,
+            "stop": self.stops(),
+            "seed": self.seed,
+        }
+
+
+class CompletionRequest(SamplingFields):
+    """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        default=None, max_length=256, description="Accepted and echoed; one model is served."
+    )
+    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
+    max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
     # OpenAI options this server does not implement: refused rather than silently ignored
     echo: Literal[False] = False
     best_of: Literal[1] | None = None
@@ -136,14 +166,6 @@ class CompletionRequest(RequestBody):
             raise ValueError(f"each prompt must have at most {MAX_PROMPT_CHARS} characters")
         return prompt
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
-        if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"at most {MAX_STOP} stop sequences of at most {MAX_STOP_CHARS} characters each")
-        return stop
-
     @model_validator(mode="after")
     def _check_rows(self) -> CompletionRequest:
         rows = len(self.prompts()) * self.n
@@ -153,11 +175,6 @@ class CompletionRequest(RequestBody):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 FinishReason = Literal["stop", "length"]

@@ -32,8 +32,13 @@ from lmfast.serving.chat_schemas import (
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
-from lmfast.serving.routes.openai import _finish_reason, _SSEResponse, stream_failure, stream_usage
-from lmfast.serving.schemas import Usage
+from lmfast.serving.routes.openai import (
+    _finish_reason,
+    stream_failure,
+    stream_response,
+    stream_usage,
+    usage_of,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -146,17 +151,7 @@ async def chat_completions(
     prompt = _render(request, body.messages)
     dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
     prompt_ids = _chat_ids(request, prompt)
-    params = dispatch.make_params(
-        _FIELD_OF,
-        max_new_tokens=body.max_new_tokens(),
-        temperature=body.temperature,
-        top_k=body.top_k,
-        top_p=body.top_p,
-        repetition_penalty=body.repetition_penalty,
-        num_return_sequences=body.n,
-        stop=body.stops(),
-        seed=body.seed,
-    )
+    params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_new_tokens(), **body.sampling_values())
     job, deadline = await dispatch.start(
         engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages"
     )
@@ -167,14 +162,7 @@ async def chat_completions(
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
         events = _sse(engine, request, job, deadline, head, include_usage)
-        metrics = state.metrics
-
-        def on_close() -> None:  # the stream ended early: the client left (or the server stops)
-            if not job.done and not job.cancelled:
-                engine.cancel(job)
-                metrics.rejected.labels("client_disconnected").inc()
-
-        return _SSEResponse(events, on_close=on_close)
+        return stream_response(engine, job, events, state.metrics)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
     choices = [
         ChatChoice(
@@ -184,14 +172,8 @@ async def chat_completions(
         )
         for i, r in enumerate(results)
     ]
-    completion_tokens = sum(r.tokens for r in results)
-    usage = Usage(
-        prompt_tokens=job.prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=job.prompt_tokens + completion_tokens,
-    )
     return ChatCompletionResponse(
-        id=completion_id, created=created, model=model, choices=choices, usage=usage
+        id=completion_id, created=created, model=model, choices=choices, usage=usage_of(job, results)
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine, GenerationJob
 from lmfast.serving.deps import ServerState, get_engine, get_state, require_api_key, state_of
+from lmfast.serving.metrics import ServeMetrics
 from lmfast.serving.schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -74,17 +75,7 @@ async def completions(
     config = state.config
     prompts = body.prompts()
     dispatch.check_prompts(prompts, config.max_prompt_chars, "prompt")
-    params = dispatch.make_params(
-        _FIELD_OF,
-        max_new_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_k=body.top_k,
-        top_p=body.top_p,
-        repetition_penalty=body.repetition_penalty,
-        num_return_sequences=body.n,
-        stop=body.stops(),
-        seed=body.seed,
-    )
+    params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_tokens, **body.sampling_values())
     job, deadline = await dispatch.start(engine, request, prompts, params, config.request_timeout_s, "prompt")
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -92,26 +83,37 @@ async def completions(
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = _sse(engine, request, job, deadline, completion_id, created, model, include_usage)
-        metrics = state.metrics
-
-        def on_close() -> None:  # the stream ended early: the client left (or the server stops)
-            if not job.done and not job.cancelled:
-                engine.cancel(job)
-                metrics.rejected.labels("client_disconnected").inc()
-
-        return _SSEResponse(events, on_close=on_close)
+        return stream_response(engine, job, events, state.metrics)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
     choices = [
         CompletionChoice(text=r.text, index=i, finish_reason=_finish_reason(r.finish_reason))
         for i, r in enumerate(results)
     ]
+    usage = usage_of(job, results)
+    return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
+
+
+def stream_response(
+    engine: BatchingEngine, job: GenerationJob, events: AsyncIterator[str], metrics: ServeMetrics
+) -> StreamingResponse:
+    """The SSE response of an admitted job; the job is cancelled if the stream ends early."""
+
+    def on_close() -> None:  # the stream ended early: the client left (or the server stops)
+        if not job.done and not job.cancelled:
+            engine.cancel(job)
+            metrics.rejected.labels("client_disconnected").inc()
+
+    return _SSEResponse(events, on_close=on_close)
+
+
+def usage_of(job: GenerationJob, results: Sequence[dispatch.SequenceResult]) -> Usage:
+    """OpenAI's `usage` of a non-streamed job."""
     completion_tokens = sum(r.tokens for r in results)
-    usage = Usage(
+    return Usage(
         prompt_tokens=job.prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=job.prompt_tokens + completion_tokens,
     )
-    return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
 
 
 async def _sse(
