@@ -5,6 +5,8 @@ A config dataclass is the single description of a subcommand's options: each fie
 `X | None` accepts `none`, `list[X]` is repeatable), its default is shown in `--help`, and the
 string literal under the field (an attribute docstring, as in litgpt's and jsonargparse's
 configs) is its help text. `LMFAST_<FIELD>` environment variables go through the same parsing.
+Field metadata may name a field's own variable (`env`, e.g. `TELEGRAM_BOT_TOKEN`) and a converter
+of the whole text (`parse`, e.g. comma-separated ids; its ValueError message is the flag's error).
 
 Imports only the standard library, so `lmfast <command> --help` stays instant.
 """
@@ -143,6 +145,26 @@ def flag_spec(hint: Any) -> FlagSpec:
     return FlagSpec(_optional(parse) if optional else parse)
 
 
+def field_spec(spec: dataclasses.Field, hint: Any) -> FlagSpec:
+    """The parsing rule of one field: its metadata's `parse` converter, else its type's rule."""
+    parse = spec.metadata.get("parse")
+    if parse is None:
+        return flag_spec(hint)
+
+    def parse_text(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:  # argparse prints an ArgumentTypeError's message as it is
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return FlagSpec(_named(parse_text, getattr(parse, "__name__", "value")))
+
+
+def env_variable(spec: dataclasses.Field, prefix: str | None) -> str | None:
+    """The environment variable of a field: its metadata's `env`, else `<PREFIX><FIELD>` (or none)."""
+    return spec.metadata.get("env") or (prefix + spec.name.upper() if prefix else None)
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(text: str) -> Any:
         return None if text.strip().lower() in _NONE_WORDS else parse(text)
@@ -151,6 +173,8 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _shown(value: Any) -> str:
+    if value is None:
+        return "none"  # the word the flags take for it
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value)) or "none"
     return str(value)
@@ -182,15 +206,16 @@ def add_config_flags(
         name = spec.name
         if name in exclude or not spec.init:
             continue
-        rule = flag_spec(hints[name])
+        rule = field_spec(spec, hints[name])
         default = spec.default
         if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = spec.default_factory()  # type: ignore[misc]
         help_text = docs.get(name, "")
-        if default is not dataclasses.MISSING:
+        if default is not dataclasses.MISSING and default != "":
             help_text += f" (default: {_shown(default)})"
-        if env_prefix:
-            help_text += f" [env {env_prefix}{name.upper()}]"
+        variable = env_variable(spec, env_prefix)
+        if variable:
+            help_text += f" [env {variable}]"
         kwargs: dict[str, Any] = {"type": rule.parse, "default": argparse.SUPPRESS, "help": help_text.strip()}
         if rule.choices is not None:
             kwargs["choices"] = rule.choices
@@ -211,9 +236,9 @@ def add_config_flags(
 
 
 def env_values(
-    cls: type, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None
+    cls: type, prefix: str | None = ENV_PREFIX, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Field values from `<PREFIX><FIELD>` variables, parsed as the flags are.
+    """Field values from `<PREFIX><FIELD>` variables (or each field's own `env`), parsed as the flags are.
 
     Raises:
         FlagError: a variable that does not parse; the message names it.
@@ -222,11 +247,11 @@ def env_values(
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(cls):
-        variable = prefix + spec.name.upper()
-        raw = environ.get(variable)
+        variable = env_variable(spec, prefix)
+        raw = environ.get(variable) if variable else None
         if raw is None:
             continue
-        rule = flag_spec(hints[spec.name])
+        rule = field_spec(spec, hints[spec.name])
         try:
             if rule.is_list:
                 parsed: Any = [rule.parse(part.strip()) for part in raw.split(",") if part.strip()]
@@ -259,6 +284,6 @@ def parse_config(
     namespace = parser.parse_args(argv)
     given = vars(namespace)
     names = {spec.name for spec in dataclasses.fields(cls)}
-    values = env_values(cls, env_prefix, environ) if env_prefix else {}
+    values = env_values(cls, env_prefix, environ)
     values.update({name: value for name, value in given.items() if name in names})
     return cls(**values), namespace

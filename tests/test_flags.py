@@ -138,3 +138,32 @@ def test_a_field_without_default_is_a_required_flag():
     with pytest.raises(FlagError, match="--path"):
         parser.parse_args([])
     assert parse_config(parser, Required, ["--path", "x"])[0] == Required("x", 1)
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    if not all(part.strip().isdigit() for part in text.split(",")):
+        raise ValueError(f"{text!r} is not a list of ids")
+    return tuple(int(part) for part in text.split(","))
+
+
+@dataclass
+class OwnEnv:
+    token: str = field(default="", metadata={"env": "SOME_TOKEN"})
+    """A field with its own environment variable."""
+    ids: tuple[int, ...] = field(default=(), metadata={"parse": _ids, "env": "SOME_IDS"})
+    """Parsed from one text by the field's own converter."""
+
+
+def test_field_metadata_names_its_own_variable_and_converter(capsys):
+    parser = OneLineParser(prog="own")
+    add_config_flags(parser, OwnEnv)
+    environ = {"SOME_TOKEN": "t", "SOME_IDS": "1,2", "LMFAST_TOKEN": "ignored"}
+    assert parse_config(parser, OwnEnv, [], environ=environ)[0] == OwnEnv("t", (1, 2))
+    assert parse_config(parser, OwnEnv, ["--ids", "3"], environ=environ)[0].ids == (3,)
+    with pytest.raises(FlagError, match=r"--ids: 'x' is not a list of ids"):
+        parser.parse_args(["--ids", "x"])
+    with pytest.raises(FlagError, match="SOME_IDS"):
+        env_values(OwnEnv, None, {"SOME_IDS": "x"})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    assert "[env SOME_TOKEN]" in capsys.readouterr().out

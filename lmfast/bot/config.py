@@ -22,27 +22,49 @@ ALLOWED_USERS_ENV = "LMFAST_BOT_ALLOWED_USERS"
 _TOKEN_RE = re.compile(r"^\d+:[\w-]+$")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, env: str | None = None, parse: Any = None) -> dict[str, Any]:
+    """Field metadata for lmfast.flags: help text, the environment variable, a text converter."""
+    return {"help": text, **({"env": env} if env else {}), **({"parse": parse} if parse else {})}
+
+
+def parse_user_ids(raw: str) -> tuple[int, ...]:
+    """Parse `--allowed_users 123,456` (spaces allowed, empty allows everyone)."""
+    ids = []
+    for part in raw.replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"{part!r} is not a numeric Telegram user id")
+        ids.append(int(part))
+    return tuple(ids)
 
 
 @dataclass
 class BotConfig:
     """How to run the Telegram bot. Each field is a `--flag` of `lmfast bot`."""
 
-    token: str = field(default="", metadata=_help("Bot token from @BotFather."))
+    token: str = field(default="", metadata=_help("Bot token from @BotFather.", TOKEN_ENV))
     api_url: str = field(
         default="http://127.0.0.1:8000",
-        metadata=_help("Base URL of the `lmfast serve` HTTP API."),
+        metadata=_help("Base URL of the `lmfast serve` HTTP API.", API_URL_ENV),
     )
-    api_key: str | None = field(default=None, metadata=_help("Bearer key of the lmfast API, if it has one."))
+    api_key: str | None = field(
+        default=None, metadata=_help("Bearer key of the lmfast API, if it has one.", API_KEY_ENV)
+    )
     telegram_api_server: str | None = field(
         default=None,
-        metadata=_help("Base URL of a self-hosted Telegram Bot API server (unset: api.telegram.org)."),
+        metadata=_help(
+            "Base URL of a self-hosted Telegram Bot API server (unset: api.telegram.org).",
+            TELEGRAM_API_SERVER_ENV,
+        ),
     )
     allowed_users: tuple[int, ...] = field(
         default=(),
-        metadata=_help("Comma-separated Telegram user ids allowed to use the bot; empty allows everyone."),
+        metadata=_help(
+            "Comma-separated Telegram user ids allowed to use the bot; empty allows everyone.",
+            ALLOWED_USERS_ENV,
+            parse=parse_user_ids,
+        ),
     )
     db_path: str = field(
         default="lmfast_bot.sqlite3",
@@ -147,15 +169,3 @@ class BotConfig:
                 values[secret] = "***"
         values["allowed_users"] = list(values["allowed_users"])
         return values
-
-
-def parse_user_ids(raw: str) -> tuple[int, ...]:
-    """Parse `--allowed_users 123,456` (spaces allowed, empty allows everyone)."""
-    ids = []
-    for part in raw.replace(" ", ",").split(","):
-        if not part:
-            continue
-        if not part.lstrip("-").isdigit():
-            raise ValueError(f"--allowed_users: {part!r} is not a numeric Telegram user id")
-        ids.append(int(part))
-    return tuple(ids)

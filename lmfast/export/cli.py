@@ -1,89 +1,45 @@
 """`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize]
-[--attention plain|fused] [--overwrite]`."""
+[--attention plain|fused] [--overwrite]`: flags built by lmfast.flags from `ExportConfig`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import warnings
 
+from lmfast import flags
 from lmfast.export.config import ExportConfig
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmfast export", description="Export a trained model.")
+def _parser() -> flags.OneLineParser:
+    parser = flags.OneLineParser(prog="lmfast export", description="Export a trained model.")
     formats = parser.add_subparsers(dest="format", metavar="FORMAT")
     onnx = formats.add_parser(
         "onnx",
         help="ONNX Runtime directory: model.onnx with KV cache, tokenizer, configs, export.json.",
         description="Export to a self-contained ONNX Runtime directory (docs/architecture.md §3), checking "
-        "parity with the torch model (fp32 must match).",
+        "parity with the torch model (fp32 must match). Flags are ExportConfig's fields.",
     )
-    onnx.add_argument(
-        "source", help="experiment dir (uses hf/), a .ckpt from one, or a Hugging Face model dir"
-    )
-    onnx.add_argument("--output", required=True, help="export directory to write")
-    onnx.add_argument(
-        "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16 is for the CUDA provider"
-    )
-    onnx.add_argument(
-        "--quantize",
-        choices=["int8"],
-        default=None,
-        help="weight-only block-wise int8 (MatMulNBits; activations stay fp32, batch-invariant)",
-    )
-    onnx.add_argument("--block_size", type=int, default=32, help="weights per int8 scale (--quantize)")
-    onnx.add_argument(
-        "--accept_quality_loss",
-        action="store_true",
-        help="finish a quantized export whose greedy tokens differ from fp32 (exit 0, not 1)",
-    )
-    onnx.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer graph fusions")
-    onnx.add_argument(
-        "--attention",
-        choices=["fused", "plain"],
-        default="plain",
-        help="plain: standard ONNX operators (default); fused: ONNX Runtime's MultiHeadAttention",
-    )
-    onnx.add_argument(
-        "--decoder",
-        choices=["auto", "transformers"],
-        default="auto",
-        help="auto: hand-written step for GPT-2/Llama, transformers' modeling code for the other "
-        "families; transformers: that code for every family",
-    )
-    onnx.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
-    onnx.add_argument("--parity_steps", type=int, default=32, help="greedy steps compared with torch")
+    flags.add_config_flags(onnx, ExportConfig, positional=["source"], overrides={"source": {"nargs": None}})
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the export dir and its parity figures; 2 on bad input."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.format != "onnx":
+    try:
+        args = vars(parser.parse_args(argv))
+    except flags.FlagError as error:
+        print(f"lmfast export: error: {error}", file=sys.stderr)
+        return 2
+    if args.pop("format") != "onnx":
         parser.print_usage(sys.stderr)
         print("lmfast export: choose a format: onnx", file=sys.stderr)
         return 2
     _configure_logging()
     try:
-        config = ExportConfig(
-            source=args.source,
-            output=args.output,
-            precision=args.precision,
-            quantize=args.quantize or "none",
-            optimize=args.optimize,
-            attention=args.attention,
-            decoder=args.decoder,
-            block_size=args.block_size,
-            accept_quality_loss=args.accept_quality_loss,
-            overwrite=args.overwrite,
-            opset=args.opset,
-            parity_steps=args.parity_steps,
-        )
+        config = ExportConfig(**args)
         from lmfast.export.onnx import ParityError, export_onnx, parity_summary
         from lmfast.export.output import OutputWriteError
 

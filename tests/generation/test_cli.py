@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from lmfast.generation.cli import _HELP, main
+from lmfast.flags import field_docs
+from lmfast.generation.cli import main
 from lmfast.generation.params import GenerationParams
 
 
@@ -56,8 +57,9 @@ def test_help_shows_every_sampling_flag_with_its_meaning_and_default(capsys):
         main(["--help"])
     assert exited.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    defaults = GenerationParams()
+    defaults, docs = GenerationParams(), field_docs(GenerationParams)
     for f in dataclasses.fields(GenerationParams):
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else default
-        assert f"--{f.name}" in out and f"{_HELP[f.name]} (default: {shown})" in out, f.name
+        # the help is the field's attribute docstring in params.py, the one description of it
+        assert f"--{f.name}" in out and f"{docs[f.name]} (default: {shown})" in out, f.name
