@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lmfast.generation.backend import left_padded
 from lmfast.generation.model_files import ModelInfo
 from lmfast.generation.onnx_backend import OnnxBackend
 from lmfast.generation.params import GenerationParams
@@ -94,13 +95,7 @@ def _quality(reference, candidate, ids: list[int]) -> dict[str, float]:
 
 def _teacher_forced_diff(reference, candidate, prompts: list[list[int]], steps: int) -> tuple[float, float]:
     """Feed both backends the same tokens (the reference's argmax) and track the logit gap."""
-    length = max(map(len, prompts))
-    input_ids = np.zeros((len(prompts), length), dtype=np.int64)
-    mask = np.zeros_like(input_ids)
-    for i, ids in enumerate(prompts):
-        input_ids[i, length - len(ids) :] = ids
-        mask[i, length - len(ids) :] = 1
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    input_ids, mask, positions = left_padded(prompts)
     ref_logits, ref_past = reference.forward(input_ids, mask, positions, None)
     cand_logits, cand_past = candidate.forward(input_ids, mask, positions, None)
     diff, scale = 0.0, 0.0

@@ -7,6 +7,7 @@ layer), each (B, n_kv_head, T, head_dim), in the backend's own array type (torch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,3 +76,19 @@ class NumpyCacheOps:
 
     def trim(self, past: list[np.ndarray], columns: int) -> list[np.ndarray]:
         return [np.ascontiguousarray(array[:, :, columns:]) for array in past]
+
+
+def left_padded(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A prefill batch of PROMPTS: input_ids, attention_mask and position_ids, each (B, T) int64.
+
+    Rows are left padded to the longest (pad id 0, masked out), so every row's next token lands
+    in the last column; a row's positions count its own tokens from 0 (0 under the padding).
+    """
+    length = max(len(ids) for ids in prompts)
+    input_ids = np.zeros((len(prompts), length), dtype=np.int64)
+    mask = np.zeros((len(prompts), length), dtype=np.int64)
+    for i, ids in enumerate(prompts):
+        input_ids[i, length - len(ids) :] = ids
+        mask[i, length - len(ids) :] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return input_ids, mask, positions

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lmfast.models.context import context_length
+
 ModelKind = Literal["onnx", "hf"]
 
 
@@ -29,11 +31,7 @@ class ModelInfo:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelInfo:
         """From `config.json` alone (`from_dir` adds the eos ids of a generation_config.json)."""
-        context = None
-        for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-            if isinstance(config.get(key), int):
-                context = config[key]
-                break
+        context = context_length(config)
         if context is None:
             raise ValueError("config.json names no context length (n_positions / max_position_embeddings)")
         return cls(

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from lmfast.generation.backend import Backend, Past
+from lmfast.generation.backend import Backend, Past, left_padded
 from lmfast.generation.model_files import ModelInfo
 from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams, ParamError
 from lmfast.generation.sampling import SamplerRows, make_rng
@@ -227,13 +227,7 @@ class DecodeSession:
 
     def _prefill(self, requests: list[_Request]) -> tuple[_Batch, np.ndarray]:
         """Run the waiting prompts (each once, left padded) and expand to one row per sequence."""
-        length = max(len(r.prompt_ids) for r in requests)
-        input_ids = np.zeros((len(requests), length), dtype=np.int64)
-        mask = np.zeros((len(requests), length), dtype=np.int64)
-        for i, request in enumerate(requests):
-            input_ids[i, length - len(request.prompt_ids) :] = request.prompt_ids
-            mask[i, length - len(request.prompt_ids) :] = 1
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        input_ids, mask, positions = left_padded([r.prompt_ids for r in requests])
         logits, past = self.backend.forward(input_ids, mask, positions, None)
 
         expand = np.repeat(np.arange(len(requests)), [len(r.rows) for r in requests])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmfast.models.context import context_length
 from lmfast.train.config import MODEL_PRESETS
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,6 @@ def preset_config(name: str, tokenizer: DatasetTokenizer, context: int, dropout:
     )
 
 
-def _max_positions(config: Any) -> int | None:
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_model_dir(model_dir: Path, tokenizer: DatasetTokenizer, max_sample_length: int) -> Any:
     """Load a local model's config and check it against the dataset; returns the config.
 
@@ -121,7 +114,7 @@ def check_model_dir(model_dir: Path, tokenizer: DatasetTokenizer, max_sample_len
             f"{tokenizer.vocab_size}; prepare the dataset with this model's tokenizer"
         )
     _check_same_tokenizer(model_dir, tokenizer)
-    positions = _max_positions(config)
+    positions = context_length(config)
     if positions is not None and max_sample_length > positions:
         raise TrainInputError(
             f"--model {model_dir}: context of {positions} tokens is shorter than the dataset's longest sample "
@@ -208,6 +201,6 @@ def flops_per_token(config: Any, num_params: int, seq_len: int) -> float:
     """
     n_layer = getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", 0)
     hidden = getattr(config, "n_embd", None) or getattr(config, "hidden_size", 0)
-    positions = _max_positions(config) or 0
+    positions = context_length(config) or 0
     n = num_params - (positions * hidden if hasattr(config, "n_positions") else 0)
     return 6.0 * n + 12.0 * n_layer * hidden * seq_len
