@@ -27,6 +27,7 @@ from aiohttp import web
 
 from lmfast.bot.app import run
 from lmfast.bot.config import BotConfig
+from lmfast.bot.formatting import utf16_len
 
 # Telegram retries in tests: the same code paths as the defaults, a tenth of the waiting
 FAST_BACKOFF = BackoffConfig(min_delay=0.1, max_delay=1.0, factor=1.5, jitter=0.1)
@@ -107,10 +108,6 @@ def parse_telegram_html(text: str) -> str:
 
 def _strip_tags(text: str) -> str:
     return re.sub(r"</?[a-zA-Z][a-zA-Z-]*>", "", text)
-
-
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 @dataclass

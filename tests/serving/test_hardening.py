@@ -16,16 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from lmfast.serving.app import create_app
-from lmfast.serving.config import ServeConfig
 from lmfast.serving.testing import ServerThread
 from tests.generation.faults import POISON_STOP, poisoned_generator
+from tests.serving.conftest import metric, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +31,9 @@ GREEDY = {"temperature": 0, "max_tokens": 4}
 SURROGATE = b'"Truth \\ud800 is"'  # JSON text: a lone UTF-16 surrogate, as curl would send it
 
 
-def _server(generator: Any, model_dir: Path, **overrides: Any) -> ServerThread:
-    return ServerThread(create_app(ServeConfig(model=str(model_dir), **overrides), generator=generator))
-
-
 @pytest.fixture(scope="module")
-def server(generator: Any, tiny_model_dir: Path) -> Iterator[ServerThread]:
-    with _server(
-        generator, tiny_model_dir, max_batch_size=8, body_timeout_s=0.5, header_timeout_s=0.5
-    ) as running:
+def server(make_server: Any) -> Iterator[ServerThread]:
+    with make_server(max_batch_size=8, body_timeout_s=0.5, header_timeout_s=0.5) as running:
         yield running
 
 
@@ -57,20 +49,6 @@ def _still_generates(server: ServerThread, generator: Any) -> None:
     assert response.status_code == 200, response.text
     expected = generator("Truth is", max_new_tokens=4, temperature=0.0)[0][0]
     assert response.json()["choices"][0]["text"] == expected
-
-
-def _metric(server: ServerThread, sample: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def _wait_for(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -133,9 +111,9 @@ def test_error_bodies_never_copy_the_input_back(server, generator):
 
 
 @pytest.fixture(scope="module")
-def faulty_server(generator: Any, tiny_model_dir: Path) -> Iterator[tuple[ServerThread, str]]:
+def faulty_server(make_server: Any, generator: Any) -> Iterator[tuple[ServerThread, str]]:
     faulty, poison_prompt = poisoned_generator(generator, " zebra")
-    with _server(faulty, tiny_model_dir, max_batch_size=8) as running:
+    with make_server(faulty, max_batch_size=8) as running:
         yield running, poison_prompt
 
 
@@ -207,15 +185,7 @@ def test_if_the_engine_thread_dies_the_process_exits_non_zero(tiny_model_dir, tm
     )
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(url + "/health_check/").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        _wait_for(ready, timeout_s=120)
+        wait_until_serving(process, url)
         response = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=30)
         assert response.status_code == 503  # answered, not left hanging until its timeout
         output = process.communicate(timeout=60)[0]
@@ -226,11 +196,11 @@ def test_if_the_engine_thread_dies_the_process_exits_non_zero(tiny_model_dir, tm
     assert "the engine thread died (Fatal)" in output
 
 
-def test_cors_is_off_by_default_and_a_flag_allows_origins(server, generator, tiny_model_dir):
+def test_cors_is_off_by_default_and_a_flag_allows_origins(make_server, server):
     origin = {"Origin": "http://evil.example"}
     response = httpx.post(server.url + "/v1/completions", json={"prompt": "x", **GREEDY}, headers=origin)
     assert "access-control-allow-origin" not in response.headers
-    with _server(generator, tiny_model_dir, cors_allow_origins="http://localhost:3000") as running:
+    with make_server(cors_allow_origins="http://localhost:3000") as running:
         preflight = httpx.options(
             running.url + "/v1/completions",
             headers={
@@ -342,9 +312,9 @@ def test_tokenizing_happens_off_the_engine_thread(server, generator):
     assert threads and "lmfast-engine" not in threads
 
 
-def test_active_rows_returns_to_zero_and_every_client_ended_request_is_counted(generator, tiny_model_dir):
+def test_active_rows_returns_to_zero_and_every_client_ended_request_is_counted(make_server):
     reason = 'lmfast_rejected_requests_total{reason="client_disconnected"}'
-    with _server(generator, tiny_model_dir, max_batch_size=1, max_wait_ms=0, body_timeout_s=5) as running:
+    with make_server(max_batch_size=1, max_wait_ms=0, body_timeout_s=5) as running:
         long = {"prompt": "x", "max_tokens": 200, "temperature": 0}
         # 1. a non-streaming client that gives up while its job runs; 2.-3. two that give up queued
         threads = [
@@ -365,9 +335,9 @@ def test_active_rows_returns_to_zero_and_every_client_ended_request_is_counted(g
         # 5. a client that leaves half-way through sending its body
         with socket.create_connection((running.host, running.port)) as sock:
             sock.sendall(_head("/v1/completions", 100) + b'{"prompt"')
-        _wait_for(lambda: _metric(running, reason) == 5)
-        _wait_for(lambda: _metric(running, "lmfast_active_rows") == 0)
+        wait_for(lambda: metric(running.url, reason) == 5)
+        wait_for(lambda: metric(running.url, "lmfast_active_rows") == 0)
         # a finished request leaves the gauge at 0 too, and is not counted as a disconnect
         assert httpx.post(running.url + "/v1/completions", json={"prompt": "x", **GREEDY}).status_code == 200
-        _wait_for(lambda: _metric(running, "lmfast_active_rows") == 0)
-        assert _metric(running, reason) == 5
+        wait_for(lambda: metric(running.url, "lmfast_active_rows") == 0)
+        assert metric(running.url, reason) == 5

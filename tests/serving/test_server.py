@@ -4,51 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from lmfast.serving.app import create_app
-from lmfast.serving.config import ServeConfig
 from lmfast.serving.testing import ServerThread
+from tests.serving.conftest import metric, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
 
-def _server(generator: Any, model_dir: Path, **overrides: Any) -> ServerThread:
-    config = ServeConfig(model=str(model_dir), **overrides)
-    return ServerThread(create_app(config, generator=generator))
-
-
 @pytest.fixture(scope="module")
-def server(generator: Any, tiny_model_dir: Path) -> Iterator[ServerThread]:
-    with _server(generator, tiny_model_dir, max_batch_size=8, max_wait_ms=2) as running:
+def server(make_server: Any) -> Iterator[ServerThread]:
+    with make_server(max_batch_size=8, max_wait_ms=2) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def oai(server: ServerThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-def _metric(url: str, sample: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def _wait_for(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def test_seed_api_over_http(server, generator):
@@ -104,8 +81,8 @@ def test_concurrent_greedy_requests_batch_and_match_unbatched(server, generator)
     expected = [
         generator(p, max_new_tokens=n, temperature=0.0)[0][0] for p, n in zip(prompts, lengths, strict=True)
     ]
-    steps_before = _metric(server.url, "lmfast_batch_size_count")
-    single_before = _metric(server.url, 'lmfast_batch_size_bucket{le="1.0"}')
+    steps_before = metric(server.url, "lmfast_batch_size_count")
+    single_before = metric(server.url, 'lmfast_batch_size_bucket{le="1.0"}')
 
     async def main() -> list[str]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -118,14 +95,14 @@ def test_concurrent_greedy_requests_batch_and_match_unbatched(server, generator)
         return [r.json()["choices"][0]["text"] for r in responses]
 
     assert asyncio.run(main()) == expected
-    steps = _metric(server.url, "lmfast_batch_size_count") - steps_before
-    single = _metric(server.url, 'lmfast_batch_size_bucket{le="1.0"}') - single_before
+    steps = metric(server.url, "lmfast_batch_size_count") - steps_before
+    single = metric(server.url, 'lmfast_batch_size_bucket{le="1.0"}') - single_before
     assert single < steps  # some decode steps advanced several requests at once
 
 
 def test_disconnected_clients_are_dropped_from_the_batch(server):
-    before = _metric(server.url, 'lmfast_rejected_requests_total{reason="client_disconnected"}')
-    tokens_before = _metric(server.url, "lmfast_generated_tokens_total")
+    before = metric(server.url, 'lmfast_rejected_requests_total{reason="client_disconnected"}')
+    tokens_before = metric(server.url, "lmfast_generated_tokens_total")
     # a streaming client that leaves after the first chunk
     with httpx.stream(
         "POST", server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 240, "stream": True}
@@ -135,13 +112,13 @@ def test_disconnected_clients_are_dropped_from_the_batch(server):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/completions", json={"prompt": "y", "max_tokens": 240}, timeout=0.2)
     reason = 'lmfast_rejected_requests_total{reason="client_disconnected"}'
-    _wait_for(lambda: _metric(server.url, reason) - before == 2)
-    _wait_for(lambda: _metric(server.url, "lmfast_active_rows") == 0)
-    assert _metric(server.url, "lmfast_generated_tokens_total") - tokens_before < 2 * 240
+    wait_for(lambda: metric(server.url, reason) - before == 2)
+    wait_for(lambda: metric(server.url, "lmfast_active_rows") == 0)
+    assert metric(server.url, "lmfast_generated_tokens_total") - tokens_before < 2 * 240
 
 
-def test_full_queue_answers_429_with_retry_after(generator, tiny_model_dir):
-    with _server(generator, tiny_model_dir, max_batch_size=1, queue_size=1, max_wait_ms=0) as running:
+def test_full_queue_answers_429_with_retry_after(make_server):
+    with make_server(max_batch_size=1, queue_size=1, max_wait_ms=0) as running:
 
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
@@ -156,8 +133,8 @@ def test_full_queue_answers_429_with_retry_after(generator, tiny_model_dir):
         assert client.completions.create(model="m", prompt="x", max_tokens=1).choices  # served again after
 
 
-def test_api_key_with_the_openai_client(generator, tiny_model_dir):
-    with _server(generator, tiny_model_dir, api_key="sesame") as running:
+def test_api_key_with_the_openai_client(make_server):
+    with make_server(api_key="sesame") as running:
         denied = openai.OpenAI(base_url=running.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             denied.completions.create(model="m", prompt="x", max_tokens=1)
@@ -165,8 +142,8 @@ def test_api_key_with_the_openai_client(generator, tiny_model_dir):
         assert allowed.completions.create(model="m", prompt="x", max_tokens=2).usage.completion_tokens == 2
 
 
-def test_graceful_shutdown_finishes_running_requests(generator, tiny_model_dir):
-    running = _server(generator, tiny_model_dir).start()
+def test_graceful_shutdown_finishes_running_requests(make_server):
+    running = make_server().start()
     results: list[httpx.Response] = []
     request = threading.Thread(
         target=lambda: results.append(
@@ -174,7 +151,7 @@ def test_graceful_shutdown_finishes_running_requests(generator, tiny_model_dir):
         )
     )
     request.start()
-    _wait_for(lambda: _metric(running.url, "lmfast_active_rows") >= 1)
+    wait_for(lambda: metric(running.url, "lmfast_active_rows") >= 1)
     running.stop()
     request.join(60)
     assert results and results[0].status_code == 200
@@ -203,15 +180,7 @@ def test_lmfast_serve_command_serves_and_stops_cleanly_on_sigint(tiny_model_dir)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(url + "/health_check/").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        _wait_for(ready, timeout_s=120)
+        wait_until_serving(process, url)
         assert httpx.get(url + "/version/").json()["model"] == tiny_model_dir.name
         body = {"seed_text": "Truth is", "generation_max_len": 4}
         assert len(httpx.post(url + "/generated_texts/", json=body).json()["texts"]) == 1

@@ -32,6 +32,7 @@ from lmfast.serving.chat_schemas import (
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
+from lmfast.serving.routes.openai import _FIELD_OF as COMPLETIONS_FIELD_OF
 from lmfast.serving.routes.openai import (
     _finish_reason,
     stream_failure,
@@ -45,16 +46,8 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 # vLLM's /tokenize: lets a client (the bot) fit a conversation into the context without a tokenizer
 extras = APIRouter(tags=["extensions"], dependencies=[Depends(require_api_key)])
 
-_FIELD_OF = {
-    "max_new_tokens": "max_completion_tokens",
-    "num_return_sequences": "n",
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "repetition_penalty": "repetition_penalty",
-    "stop": "stop",
-    "seed": "seed",
-}
+# the completions body's names (SamplingFields), but max_completion_tokens
+_FIELD_OF = {**COMPLETIONS_FIELD_OF, "max_new_tokens": "max_completion_tokens"}
 _ROUTE = "/v1/chat/completions"
 NO_TEMPLATE = (
     "this model has no chat template (no chat_template.jinja and no chat_template in "
