@@ -1,4 +1,5 @@
-"""What `lmfast export onnx SOURCE` reads: an experiment dir, a Lightning `.ckpt`, an HF dir or a
+"""What `lmfast export onnx SOURCE` reads: an experiment dir (its hf/, else its LoRA adapter/), a
+Lightning `.ckpt`, an HF dir, a PEFT LoRA adapter dir (merged onto its local base model) or a
 `.gguf` file (dequantized once into a cached HF dir by `lmfast.models.gguf`).
 
 A file that cannot be read (truncated, zeroed, not what its name says) is a ValueError naming
@@ -14,7 +15,8 @@ from typing import Any
 
 from lmfast.export.families import check_exportable
 
-# everything the tokenizer and chat formatting need: special tokens and the chat template
+# everything the tokenizer, chat formatting and prompt encoding need: special tokens, the chat
+# template and the experiment's prompt prefix
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -22,7 +24,11 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
+    "prompt_encoding.json",  # lmfast.generation.text.PROMPT_ENCODING_FILE: how prompts begin
 )
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a PEFT adapter dir
 
 
 @dataclass
@@ -56,12 +62,49 @@ def load_source(source: Path) -> LoadedSource:
         loaded = _load_hf_dir(source / "hf")
         loaded.description.update(kind="experiment", path=str(source.resolve()))
         return loaded
+    if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
+        return _load_adapter(source)
+    if source.is_dir() and (source / "adapter" / ADAPTER_CONFIG).is_file():  # a LoRA run without hf/
+        loaded = _load_adapter(source / "adapter")
+        loaded.description.update(kind="experiment", path=str(source.resolve()))
+        return loaded
     if source.is_dir() and (source / "config.json").is_file():
         return _load_hf_dir(source)
     raise ValueError(
-        f"{source}: not a checkpoint or model (expected an experiment dir with hf/, a .ckpt file, "
-        "a Hugging Face model dir with config.json, or a .gguf file)"
+        f"{source}: not a checkpoint or model (expected an experiment dir with hf/ or adapter/, a .ckpt "
+        "file, a Hugging Face model dir with config.json, a PEFT LoRA adapter dir, or a .gguf file)"
     )
+
+
+def _load_adapter(adapter_dir: Path) -> LoadedSource:
+    """A PEFT LoRA adapter merged onto its base model (`base_model_name_or_path`, a local dir:
+    nothing is downloaded); the tokenizer is the adapter's own if saved with it, else the base's.
+
+    Raises:
+        ValueError: the adapter config is unreadable, or its base model is not a local model dir.
+    """
+    config_path = adapter_dir / ADAPTER_CONFIG
+    try:
+        adapter = json.loads(config_path.read_text(encoding="utf-8"))
+        base = adapter.get("base_model_name_or_path")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_path}: not a PEFT adapter config ({_one_line(error)})") from error
+    base_dir = Path(base) if isinstance(base, str) and base else None
+    if base_dir is None or not (base_dir / "config.json").is_file():
+        raise ValueError(
+            f"{config_path}: the base model {base!r} is not available offline (no model dir with "
+            "config.json there); export the experiment's hf/ (the merged model) instead"
+        )
+    loaded = _load_hf_dir(base_dir)
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(loaded.model, adapter_dir).merge_and_unload()
+    except Exception as error:  # peft, safetensors and torch each raise their own types
+        raise ValueError(f"{adapter_dir}: the adapter does not fit {base_dir}: {_one_line(error)}") from error
+    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else loaded.tokenizer_dir
+    description = {"kind": "lora_adapter", "path": str(adapter_dir.resolve()), "base_model": str(base_dir)}
+    return LoadedSource(model.eval(), tokenizer_dir, description)
 
 
 def _load_hf_dir(directory: Path) -> LoadedSource:
@@ -93,21 +136,15 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_checkpoint(path: Path) -> LoadedSource:
-    """A Lightning checkpoint per docs/architecture.md §2: `state_dict` keys `model.<HF name>`,
-    `hyper_parameters["model_config"]` the HF config dict; the tokenizer is the experiment's hf/."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A Lightning checkpoint per docs/architecture.md §2, rebuilt by training's own reader
+    (`lmfast.train.hf.model_from_checkpoint`; a LoRA checkpoint is merged onto its base); the
+    tokenizer is the experiment's hf/."""
+    from lmfast.train.checkpoint import load_checkpoint
+    from lmfast.train.hf import model_from_checkpoint
 
-    # our own checkpoints pickle plain dicts; Lightning may add objects weights_only would refuse
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # zip, pickle and EOF errors for truncated or random bytes
-        raise ValueError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {_one_line(error)}"
-        ) from error
+    checkpoint = load_checkpoint(path)  # CheckpointError (a ValueError) names the file
     try:
         model_config = dict(checkpoint["hyper_parameters"]["model_config"])
-        state = checkpoint["state_dict"]
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(
             f"{path}: not an lmfast checkpoint (needs state_dict and hyper_parameters['model_config'])"
@@ -118,19 +155,12 @@ def _load_checkpoint(path: Path) -> LoadedSource:
         raise FileNotFoundError(
             f"{path}: no tokenizer at {tokenizer_dir} (the experiment's hf/ next to checkpoints/)"
         )
-    config = AutoConfig.for_model(model_config.pop("model_type"), **model_config)
-    model = AutoModelForCausalLM.from_config(config)
-    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as error:  # tensor shapes that do not match the config
-        raise ValueError(f"{path}: state_dict does not fit the model: {_one_line(error)}") from error
-    missing = [k for k in missing if "lm_head" not in k]  # tied to the embedding
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: state_dict does not fit the model (missing {missing}, unexpected {unexpected})"
-        )
-    model.tie_weights()
+    if checkpoint["hyper_parameters"].get("lora"):
+        from lmfast.train.lora import load_lora
+
+        model = load_lora(checkpoint, path).merge_and_unload()
+    else:
+        model = model_from_checkpoint(checkpoint, path)
     description = {"kind": "checkpoint", "path": str(path.resolve()), "tokenizer": str(tokenizer_dir)}
     for key in ("epoch", "global_step"):
         if key in checkpoint:

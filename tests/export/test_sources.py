@@ -82,3 +82,54 @@ def test_real_smollm2_gguf_exports_with_greedy_equal_to_hf(smollm2_gguf, tmp_pat
     expected = [[t for t in row[width:] if t != pad] for row in hf.tolist()]
     assert [[t for t in tokens[row] if t != pad] for row in rows] == expected
     assert any(len(row) > 3 for row in expected)
+
+
+def _lora_adapter(model_dir: Path, adapter_dir: Path) -> None:
+    """A PEFT LoRA adapter on MODEL_DIR with non-zero weights (so merging changes the model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(adapter_dir)
+
+
+@pytest.mark.slow  # one real ONNX export with parity (~20 s on 2 loaded cores)
+def test_a_lora_adapter_exports_merged_onto_its_base(varied_model_dir, tmp_path, prompts):
+    """An experiment whose only model is its LoRA adapter/: merged onto the base, exported, and the
+    export's greedy tokens are the merged model's (not the base's)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lmfast.export.cli import main
+    from lmfast.generation.torch_backend import TorchBackend
+
+    experiment = tmp_path / "experiment"
+    _lora_adapter(varied_model_dir, experiment / "adapter")
+    output = tmp_path / "export"
+    assert main(["onnx", str(experiment), "--output", str(output), "--parity_steps", "4"]) == 0
+    source = json.loads((output / "export.json").read_text())["source"]
+    assert source["kind"] == "experiment" and source["base_model"] == str(varied_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(varied_model_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, experiment / "adapter").merge_and_unload().eval()
+    exported = Generator.load(output)
+    from_merged = Generator(TorchBackend(merged), exported.codec, exported.info)
+    assert exported(prompts, GREEDY) == from_merged(prompts, GREEDY)
+    from_base = Generator.load(varied_model_dir, backend="torch")
+    assert exported(prompts, GREEDY) != from_base(prompts, GREEDY)  # the adapter was applied
+
+
+def test_an_adapter_whose_base_is_not_on_disk_is_one_line_exit_2(tmp_path, capsys):
+    from lmfast.export.cli import main
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M", "r": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert main(["onnx", str(adapter), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'HuggingFaceTB/SmolLM2-135M' is not available offline" in err
+    assert not (tmp_path / "out").exists()
