@@ -7,20 +7,59 @@ back, so a stream never shows a piece of the stop text.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
+PROMPT_ENCODING_FILE = "prompt_encoding.json"
+"""In a model dir trained by lmfast (hf/, and every export of it): how the training documents
+began, `{"prefix_token_ids": [...]}` (the dataset's `prompt_prefix_token_ids`), so a prompt is
+encoded the same way: those ids, then the text without the tokenizer's special tokens."""
+
+
+def write_prompt_encoding(directory: Path, prefix_token_ids: list[int]) -> Path:
+    """Record in DIRECTORY that prompts start with PREFIX_TOKEN_IDS (see `PROMPT_ENCODING_FILE`)."""
+    path = Path(directory) / PROMPT_ENCODING_FILE
+    record = {"prefix_token_ids": [int(i) for i in prefix_token_ids], "add_special_tokens": False}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return path
+
+
+def read_prompt_prefix(directory: Path) -> list[int] | None:
+    """The prompt prefix a model dir records, or None (not trained by lmfast: the tokenizer's own
+    special tokens apply, as transformers encodes).
+
+    Raises:
+        ValueError: the file is there but is not a list of token ids (named in the message).
+    """
+    path = Path(directory) / PROMPT_ENCODING_FILE
+    if not path.is_file():
+        return None
+    try:
+        prefix = json.loads(path.read_text(encoding="utf-8"))["prefix_token_ids"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f'{path}: expected {{"prefix_token_ids": [ids]}} ({error})') from None
+    if not isinstance(prefix, list) or not all(isinstance(i, int) and i >= 0 for i in prefix):
+        raise ValueError(f"{path}: prefix_token_ids must be a list of token ids, got {prefix!r}")
+    return prefix
+
 
 class TextCodec:
-    """The tokenizer of a model dir (`tokenizer.json`, as `save_pretrained` writes it)."""
+    """The tokenizer of a model dir (`tokenizer.json`, as `save_pretrained` writes it).
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    `prefix_ids` (from the dir's `prompt_encoding.json`): prompts are those ids followed by the text
+    encoded without special tokens, as lmfast's training documents were; None: the tokenizer's
+    own special tokens (its post-processor), as transformers encodes.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prefix_ids: list[int] | None = None) -> None:
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self.tokenizer = tokenizer
+        self.prefix_ids = prefix_ids
 
     @classmethod
     def load(cls, directory: Path) -> TextCodec:
@@ -29,7 +68,7 @@ class TextCodec:
             raise FileNotFoundError(
                 f"{path}: missing (a fast tokenizer saved with save_pretrained is needed)"
             )
-        return cls(Tokenizer.from_file(str(path)))
+        return cls(Tokenizer.from_file(str(path)), read_prompt_prefix(directory))
 
     @property
     def vocab_size(self) -> int:
@@ -37,7 +76,10 @@ class TextCodec:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        """A prompt's ids, begun the way the model's training documents were (see `prefix_ids`)."""
+        if self.prefix_ids is None:
+            return self.tokenizer.encode(text).ids
+        return [*self.prefix_ids, *self.tokenizer.encode(text, add_special_tokens=False).ids]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

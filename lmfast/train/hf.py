@@ -29,7 +29,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any], checkpoint_path: str | Pat
     model = AutoModelForCausalLM.from_config(config)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes that do not match the config
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"{checkpoint_path}: state_dict does not fit the model: {reason}") from error
     # tied weights (lm_head <- wte) may be listed as missing; anything else is a broken checkpoint
     missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", {}) and "lm_head" not in k]
     if missing or unexpected:
@@ -51,6 +55,7 @@ def checkpoint_to_hf(
     *,
     source_dir: str | Path | None = None,
     adapter_dir: str | Path | None = None,
+    prompt_prefix_token_ids: list[int] | None = None,
 ) -> Path:
     """Rebuild the model from a `.ckpt` and `save_pretrained` it with its tokenizer and generation config.
 
@@ -62,6 +67,8 @@ def checkpoint_to_hf(
             template, unk and added tokens) and generation config (eos lists) are kept.
         adapter_dir: for a LoRA checkpoint, where the PEFT adapter is written (default: `adapter/`
             beside `output_dir`); `output_dir` gets the merged model.
+        prompt_prefix_token_ids: the dataset's (description.json): recorded as `prompt_encoding.json`,
+            so inference begins a prompt as training began a document.
 
     Returns:
         `output_dir`, loadable by `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
@@ -100,4 +107,8 @@ def checkpoint_to_hf(
     with torch.no_grad():
         model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    if prompt_prefix_token_ids is not None:
+        from lmfast.generation.text import write_prompt_encoding
+
+        write_prompt_encoding(output_dir, prompt_prefix_token_ids)
     return output_dir

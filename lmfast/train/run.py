@@ -455,7 +455,13 @@ def finish(run: _Run, started: float) -> None:
     last_path = experiment_dir / "checkpoints" / "last.ckpt"
     source = run.best.best_model_path or (str(last_path) if last_path.is_file() else "")
     if source:
-        checkpoint_to_hf(source, experiment_dir / "hf", run.tokenizer.directory, source_dir=run.source_dir)
+        checkpoint_to_hf(
+            source,
+            experiment_dir / "hf",
+            run.tokenizer.directory,
+            source_dir=run.source_dir,
+            prompt_prefix_token_ids=run.dataset.description.get("prompt_prefix_token_ids"),
+        )
         log.info("saved %s as a Hugging Face model in %s", Path(source).name, experiment_dir / "hf")
     _update_description(
         experiment_dir,

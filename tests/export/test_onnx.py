@@ -108,6 +108,15 @@ def test_export_of_an_lmfast_trained_checkpoint_with_fusions(trained_experiment,
     assert exported.info.vocab_size > exported.codec.vocab_size
     from_ckpt = Generator(TorchBackend(load_source(ckpt).model), exported.codec, exported.info)
     assert exported(prompts, params) == from_ckpt(prompts, params)
+    # prompts begin as the dataset's documents did (GPT2Tokenizer keeps its bos_token), in hf/ and the export
+    dataset_dir = trained_experiment.parents[2] / "datasets" / "nietzsche" / "0"
+    dataset = json.loads((dataset_dir / "description.json").read_text())
+    prefix = dataset["prompt_prefix_token_ids"]
+    assert prefix == [dataset["bos_token_id"]]
+    for directory in (trained_experiment / "hf", output):
+        assert json.loads((directory / "prompt_encoding.json").read_text())["prefix_token_ids"] == prefix
+    plain = exported.codec.tokenizer.encode(prompts[0], add_special_tokens=False).ids
+    assert exported.codec.encode(prompts[0]) == [*prefix, *plain]
 
 
 def _graph_ops(export_dir: Path) -> set[str]:

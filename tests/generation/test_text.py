@@ -47,3 +47,32 @@ def test_text_held_back_for_a_possible_stop_is_released(codec):
 def test_banned_ids_cover_every_spelling_of_a_word(codec):
     ids = set(codec.banned_ids(["Nietzsche"]).tolist())
     assert set(codec.encode(" Nietzsche")) <= ids and set(codec.encode("Nietzsche")) <= ids
+
+
+def test_a_model_dir_trained_by_lmfast_begins_prompts_as_its_documents(tiny_model_dir, tmp_path):
+    """`prompt_encoding.json` (hf/ of an experiment, and its exports): the dataset's
+    `prompt_prefix_token_ids`, then the text without the tokenizer's special tokens."""
+    import shutil
+
+    from lmfast.generation import Generator
+    from lmfast.generation.text import PROMPT_ENCODING_FILE, read_prompt_prefix, write_prompt_encoding
+    from lmfast.serving.app import create_app
+    from lmfast.serving.config import ServeConfig
+
+    plain = TextCodec.load(tiny_model_dir)
+    assert plain.prefix_ids is None  # a plain HF dir: the tokenizer's own conventions
+    model = tmp_path / "hf"
+    shutil.copytree(tiny_model_dir, model)
+    write_prompt_encoding(model, [50256])
+    generator = Generator.load(model, backend="torch", num_threads=1)
+    assert generator.codec.encode("Truth is") == [50256, *plain.encode("Truth is")]
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ServeConfig(model=str(model)), generator=generator)) as client:
+        tokens = client.post("/tokenize", json={"prompt": "Truth is"}).json()["tokens"]
+    assert tokens == [50256, *plain.encode("Truth is")]
+    write_prompt_encoding(model, [])  # a dataset without BOS: nothing before the text
+    assert TextCodec.load(model).encode("Truth is") == plain.encode("Truth is")
+    (model / PROMPT_ENCODING_FILE).write_text('{"prefix_token_ids": ["<s>"]}')
+    with pytest.raises(ValueError, match=PROMPT_ENCODING_FILE):
+        read_prompt_prefix(model)
