@@ -156,7 +156,7 @@ def merge(config: MergeConfig) -> Path:
     for split in SPLITS:
         if sum(d[f"number_of_{split}_samples"] for _, d in shards) == 0:
             raise PrepareError(f"shards: the {split} split of all shards together has no samples")
-    dataset_dir = shards[0][0].resolve().parent
+    dataset_dir = shards[0][0].parent  # as given, so the printed path reads like prepare's
     staging.remove_stale(dataset_dir)
     stage = staging.Staging(dataset_dir)
     try:
