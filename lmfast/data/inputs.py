@@ -153,11 +153,11 @@ def shard_slice(files: Sequence[InputFile], num_shards: int, shard_index: int) -
     return chosen
 
 
-def valid_documents(file_index: int, document_index: np.ndarray, fraction: float) -> np.ndarray:
+def valid_documents(file_index: int | np.ndarray, document_index: np.ndarray, fraction: float) -> np.ndarray:
     """Which documents `--valid_fraction` holds out: splitmix64 of (file index, document index)
     below `fraction` of 2**64. A pure function of the position, so shards agree with one run."""
     with np.errstate(over="ignore"):
-        z = (np.uint64(file_index) << np.uint64(40)) ^ document_index.astype(np.uint64)
+        z = (np.asarray(file_index).astype(np.uint64) << np.uint64(40)) ^ document_index.astype(np.uint64)
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

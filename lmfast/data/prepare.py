@@ -384,12 +384,58 @@ def iter_input_pieces(
     )  # fmt: skip
 
 
+@dataclass
+class _Tagged:
+    """A piece batch with, per piece, its file's global index, its document's index in that file,
+    and whether it ends at a forced (byte-bound) cut."""
+
+    batch: documents.PieceBatch
+    file_index: np.ndarray
+    document: np.ndarray
+    forced: np.ndarray
+
+
 def _tagged(
     files: list[tuple[int, inputs.InputFile]], flag: str, config: PrepareConfig, splittable: bool
-) -> Iterator[tuple[int, documents.PieceBatch]]:
+) -> Iterator[_Tagged]:
+    """Every file's batches, consecutive small ones (many small files) joined up to a window, so the
+    engine gets large calls whatever the file sizes. Joining is exact: no document spans files."""
+    window = max(64, int(config.window_mb * (1 << 20)))
+    pending: list[_Tagged] = []
+    size = 0
     for index, file in files:
+        doc_count = 0
         for batch in iter_input_pieces(file, flag, config, splittable):
-            yield index, batch
+            # the document of each piece; pieces before the first `first` flag continue the open one
+            document = doc_count + np.cumsum(batch.first, dtype=np.int64) - 1
+            doc_count += int(batch.first.sum())
+            forced = np.zeros(len(batch.first), dtype=np.int64)
+            forced[-1] = batch.forced_cuts
+            pending.append(_Tagged(batch, np.full(len(batch.first), index, np.int64), document, forced))
+            size += len(batch.flat)
+            if size >= window:
+                yield _join(pending)
+                pending, size = [], 0
+    if pending:
+        yield _join(pending)
+
+
+def _join(parts: list[_Tagged]) -> _Tagged:
+    if len(parts) == 1:
+        return parts[0]
+    flats = [p.batch.flat for p in parts]
+    starts = np.cumsum([0] + [len(f) for f in flats[:-1]])
+    offsets = np.concatenate([[0]] + [p.batch.offsets[1:] + start for p, start in zip(parts, starts, strict=True)])
+    forced = np.concatenate([p.forced for p in parts])
+    batch = documents.PieceBatch(
+        flat=np.concatenate(flats),
+        offsets=offsets.astype(np.int64),
+        first=np.concatenate([p.batch.first for p in parts]),
+        last=np.concatenate([p.batch.last for p in parts]),
+        forced_cuts=int(forced.sum()),
+    )
+    file_index = np.concatenate([p.file_index for p in parts])
+    return _Tagged(batch, file_index, np.concatenate([p.document for p in parts]), forced)
 
 
 def write_documents(
@@ -412,25 +458,18 @@ def write_documents(
     split_valid = "valid" in writers and len(writers) == 2
     main_writer = writers["train"] if "train" in writers else next(iter(writers.values()))
     try:
-        current, doc_count, open_valid = -1, 0, False
-        for index, batch in _prefetched(_tagged(files, flag, config, splittable)):
+        for tagged in _prefetched(_tagged(files, flag, config, splittable)):
+            batch = tagged.batch
             ids, id_offsets = engine.encode(batch.flat, batch.offsets)
             if not split_valid:
                 main_writer.add(ids, id_offsets, batch.first, batch.last)
                 main_writer.forced_cuts += batch.forced_cuts
                 continue
-            if index != current:
-                current, doc_count, open_valid = index, 0, False
-            # the document of each piece: the open one until the first `first` flag
-            document = doc_count + np.cumsum(batch.first, dtype=np.int64) - 1
-            to_valid = inputs.valid_documents(index, np.maximum(document, 0), config.valid_fraction)
-            to_valid[document < 0] = open_valid
-            doc_count += int(batch.first.sum())
-            open_valid = bool(to_valid[-1])
+            to_valid = inputs.valid_documents(tagged.file_index, tagged.document, config.valid_fraction)
             for name, mask in (("train", ~to_valid), ("valid", to_valid)):
                 if mask.any():
                     writers[name].add(*_select(ids, id_offsets, mask), batch.first[mask], batch.last[mask])
-            writers["valid" if open_valid else "train"].forced_cuts += batch.forced_cuts
+                    writers[name].forced_cuts += int(tagged.forced[mask].sum())
     except BaseException:
         for writer in writers.values():  # the files go with the staging directory
             writer.corpus.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +113,8 @@ def iter_jsonl(
         yield batch
 
 
-def check_parquet(path: Path, text_column: str, flag: str) -> None:
-    """The file is Parquet and has a string column `text_column`.
+def check_parquet(path: Path, text_column: str, flag: str, schema: Any = None) -> None:
+    """The file is Parquet and has a string column `text_column` (`schema`: its Arrow schema, if read).
 
     Raises:
         DocumentsError: naming the file and what is wrong.
@@ -122,7 +123,7 @@ def check_parquet(path: Path, text_column: str, flag: str) -> None:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(path) if schema is None else schema
     except (pa.ArrowInvalid, OSError) as error:
         raise DocumentsError(f"{flag}: {path}: not a Parquet file ({error})") from None
     if text_column not in schema.names:
@@ -151,10 +152,10 @@ def iter_parquet(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    check_parquet(path, text_column, flag)
     row = 0
     try:
         parquet = pq.ParquetFile(path)
+        check_parquet(path, text_column, flag, parquet.schema_arrow)
         for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=[text_column]):
             column = record_batch.column(0)
             if column.null_count:

@@ -55,7 +55,8 @@ def _args(root: Path, train: list[str], *rest: str, name: str = "t") -> list[str
     return [
         "--quiet", "--documents_train_file", *train, "--end_of_document", DELIMITER,
         "--tokenizer_cls_name", "GPT2Tokenizer", "--max_sample_length", "64", "--min_sample_length", "4",
-        "--datasets_root", str(root / "datasets"), "--dataset_name", name, *rest,
+        "--datasets_root", str(root / "datasets"), "--dataset_name", name,
+        "--tokenizer_engine", "tokenizers", *rest,  # the reference engine: no engine proof per run
     ]  # fmt: skip
 
 
