@@ -34,7 +34,7 @@ def _flags(dataset_dir, root, name: str) -> list[str]:
     return [
         "--dataset_dir", str(dataset_dir), "--model", "gpt2-tiny", "--accelerator", "cpu", "--devices", "2",
         "--strategy", "fsdp", "--batch_size", "4", "--learning_rate", "2e-3", "--num_warmup_steps", "2",
-        "--max_steps", "6", "--log_every_n_steps", "1", "--val_check_interval", "3", "--limit_val_batches", "2",
+        "--max_steps", "6", "--log_every_n_steps", "1", "--val_check_interval", "4", "--limit_val_batches", "2",
         "--num_workers", "0", "--num_generated_samples", "0", "--experiments_root", str(root),
         "--experiment_name", name,
     ]  # fmt: skip
