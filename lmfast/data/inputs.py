@@ -133,10 +133,20 @@ def open_binary(path: Path, compression: str) -> IO[bytes]:
     if compression == "gzip":
         return gzip.open(path, "rb")
     if compression == "zstd":
-        import zstandard
+        zstandard = require("zstandard", path)
 
         return io.BufferedReader(zstandard.open(path, "rb"))  # its reader has no readline
     return path.open("rb")
+
+
+def require(module: str, path: Path):  # noqa: ANN201 (a module)
+    """Import an optional dependency of an input format, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"{path}: reading it needs {module}: pip install 'lmfast[corpus]'") from None
 
 
 def shard_slice(files: Sequence[InputFile], num_shards: int, shard_index: int) -> list[int]:

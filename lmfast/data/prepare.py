@@ -700,11 +700,14 @@ def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
                 if file.compression != "none":
                     raise inputs.InputError(f"{flag}: {file.path}: dialogs are read from a plain .jsonl file")
                 dialogs.check_dialogs_file(file.path, flag)
-            elif file.format == "text" and not delimiter:
+                continue
+            if file.compression == "zstd":
+                inputs.require("zstandard", file.path)
+            if file.format == "text" and not delimiter:
                 raise PrepareError(
                     "end_of_document", f"must not be empty or whitespace ({file.path} is delimited text)"
                 )
-            elif file.format == "text" and file.compression == "none":
+            if file.format == "text" and file.compression == "none":
                 documents.check_documents_file(file.path, delimiter, flag)
             elif file.format == "parquet":
                 records.check_parquet(file.path, config.text_column, flag)

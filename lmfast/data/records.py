@@ -119,9 +119,8 @@ def check_parquet(path: Path, text_column: str, flag: str, schema: Any = None) -
     Raises:
         DocumentsError: naming the file and what is wrong.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = inputs.require("pyarrow", path)
+    pq = inputs.require("pyarrow.parquet", path)
     try:
         schema = pq.read_schema(path) if schema is None else schema
     except (pa.ArrowInvalid, OSError) as error:
