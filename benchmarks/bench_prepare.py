@@ -515,9 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--rss_gb", type=float, default=None, help="only measure peak RSS on this many GB")
     parser.add_argument("--families", action="store_true", help="per tokenizer family vs tokenizers")
+    parser.add_argument("--files", type=int, default=None, help="N small files per format vs one file (+ sharded)")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
-    if args.families:
+    if args.files:
+        from bench_prepare_files import print_files, run_files
+
+        results = run_files(args.files, args.mb or 8, args.rounds or 2, threads)
+        print_files(results)
+    elif args.families:
         results = run_families(args.mb or 8, args.rounds or 1, threads)
         _print_families(results)
     elif args.rss_gb:

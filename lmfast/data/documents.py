@@ -17,6 +17,7 @@ document whole. The count is reported as `PieceBatch.forced_cuts`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfast.data import chunking
+from lmfast.data import chunking, inputs
 from lmfast.data.chunking import Backend
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,39 @@ def _contains(file, needle: bytes, block: int = 1 << 20) -> bool:
     return False
 
 
+class _FileSource:
+    """Windows of a plain file, each read into a fresh buffer (`inputs.StreamSource`'s interface)."""
+
+    def __init__(self, path: Path, flag: str) -> None:
+        self._path, self._flag = path, flag
+        self._file = path.open("rb")
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    def read(self, position: int, length: int) -> tuple[np.ndarray, bool]:
+        end = min(position + length, self._size)
+        buf = _read_window(self._file, self._path, self._flag, position, end - position, self._size)
+        return buf, end == self._size
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@contextlib.contextmanager
+def _window_source(path: Path, flag: str, compression: str) -> Iterator[_FileSource | inputs.StreamSource]:
+    if compression == "none":
+        source = _FileSource(path, flag)
+        try:
+            yield source
+        finally:
+            source.close()
+        return
+    try:
+        with inputs.open_binary(path, compression) as stream:
+            yield inputs.StreamSource(stream)
+    except inputs.decompression_errors() as error:
+        raise DocumentsError(f"{flag}: {path}: not a valid {compression} stream ({error})") from None
+
+
 def _read_window(file, path: Path, flag: str, position: int, length: int, size: int) -> np.ndarray:
     """`length` bytes at `position`, read into a fresh buffer.
 
@@ -163,19 +197,18 @@ def forced_cut(buf: np.ndarray, delimiter: bytes, open_line: bool) -> int:
     return p if p > 0 else -1
 
 
-def read_sample_text(path: Path, max_bytes: int = 64 * 1024) -> str:
+def read_sample_text(path: Path, max_bytes: int = 64 * 1024, compression: str = "none") -> str:
     """The first `max_bytes` of a file (cut at a line end), for the engine identity check."""
-    with path.open("rb") as file:
-        data = file.read(max_bytes)
+    data = inputs.read_prefix(path, compression, max_bytes)
     if len(data) == max_bytes and b"\n" in data:
         data = data[: data.rindex(b"\n") + 1]
     return data.replace(b"\r\n", b"\n").decode("utf-8", errors="replace")
 
 
-def _line_number(path: Path, offset: int) -> int:
+def _line_number(path: Path, offset: int, compression: str = "none") -> int:
     """1-based line of byte `offset` (counted only when reporting an error)."""
     count, position = 0, 0
-    with path.open("rb") as file:
+    with inputs.open_binary(path, compression) as file:
         while position < offset:
             block = file.read(min(1 << 24, offset - position))
             if not block:
@@ -210,6 +243,7 @@ def iter_pieces(
     encoding_errors: str = "strict",
     splittable: bool = True,
     backend: Backend = "auto",
+    compression: str = "none",
 ) -> Iterator[PieceBatch]:
     """Yield the documents of `path` as batches of pieces, one window at a time.
 
@@ -221,21 +255,23 @@ def iter_pieces(
             (checked by `PrepareConfig`).
         splittable: whether long documents may be cut at safe points (byte-level BPE only);
             otherwise only at byte bounds, once a window has grown to `max_window_bytes`.
+        compression: "none", "gzip" or "zstd": the file is then read as a stream, with the same
+            windows (so the same pieces and ids) as its uncompressed bytes.
 
     Raises:
-        DocumentsError: invalid UTF-8 (strict), no delimiter line, the file shrank while read.
+        DocumentsError: invalid UTF-8 (strict), no delimiter line, the file shrank while read,
+            a corrupt compressed stream.
     """
     needle = delimiter.strip().encode("utf-8")
-    size = path.stat().st_size
     grown_limit = max_window_bytes(window_bytes)
     position, window, doc_open, delimiters_seen = 0, window_bytes, False, 0
     # open_line: the window starts inside a line (after a byte-bound cut) that is not the delimiter
     open_line, forced_total = False, 0
-    with path.open("rb") as file:
-        while position < size:
-            end = min(position + window, size)
-            at_eof = end == size
-            buf = _read_window(file, path, flag, position, end - position, size)
+    with _window_source(path, flag, compression) as source:
+        while True:
+            buf, at_eof = source.read(position, window)
+            if len(buf) == 0:
+                break
             skip = 0
             if open_line:
                 newline = chunking.find_byte(buf, 0x0A, backend=backend)
@@ -298,7 +334,7 @@ def iter_pieces(
                     file_offset = position + int(starts[piece]) + (bad - int(offsets[piece]))
                     raise DocumentsError(
                         f"{flag}: {path}: invalid UTF-8 at byte {file_offset} (line "
-                        f"{_line_number(path, file_offset)}); fix the file or pass --encoding_errors replace"
+                        f"{_line_number(path, file_offset, compression)}); fix the file or pass --encoding_errors replace"
                     )
                 flat, offsets = _fix_encoding(flat, offsets, encoding_errors, backend)
             blank = chunking.blank_documents(flat, offsets, backend=backend) & (first == 1) & (final == 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -19,12 +20,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from lmfast.data import chunking, dialogs, documents, engines, staging
+from lmfast.data import chunking, dialogs, documents, engines, inputs, records, staging
 from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
@@ -44,8 +46,34 @@ def _help(text: str) -> dict[str, str]:
 class PrepareConfig:
     """Flags of `lmfast prepare` (flag name = field name = description.json key)."""
 
-    documents_train_file: Path = field(metadata=_help("Raw train documents, separated by delimiter lines."))
-    documents_valid_file: Path = field(metadata=_help("Raw validation documents, same format."))
+    documents_train_file: list[Path] = field(
+        metadata=_help(
+            "Train documents: files, globs and directories (sorted); delimited text, .jsonl, .parquet, "
+            "text and .jsonl also .gz/.zst."
+        )
+    )
+    documents_valid_file: list[Path] = field(
+        default_factory=list,
+        kw_only=True,
+        metadata=_help("Validation documents, same forms; or none with --valid_fraction."),
+    )
+    valid_fraction: float = field(
+        default=0.0,
+        kw_only=True,
+        metadata=_help("Without a valid file: hold out this fraction of the train documents (deterministic)."),
+    )
+    text_field: str = field(default="text", kw_only=True, metadata=_help("JSONL inputs: the field holding the text."))
+    text_column: str = field(
+        default="text", kw_only=True, metadata=_help("Parquet inputs: the string column holding the text.")
+    )
+    num_shards: int = field(
+        default=1, kw_only=True, metadata=_help("Split the inputs into this many shards (one job each).")
+    )
+    shard_index: int = field(
+        default=0,
+        kw_only=True,
+        metadata=_help("The shard this run prepares, 0..num_shards-1; `lmfast prepare merge` joins them."),
+    )
     end_of_document: str = field(
         default="",
         kw_only=True,
@@ -107,9 +135,24 @@ class PrepareConfig:
         Raises:
             PrepareError: with `.field` (the flag) and `.rule` (what it must satisfy).
         """
-        self.documents_train_file = Path(self.documents_train_file)
-        self.documents_valid_file = Path(self.documents_valid_file)
+        self.documents_train_file = _paths(self.documents_train_file)
+        self.documents_valid_file = _paths(self.documents_valid_file)
         self.datasets_root = Path(self.datasets_root)
+        if not self.documents_train_file:
+            raise PrepareError("documents_train_file", "is required (files, globs or directories)")
+        if not 0 <= self.valid_fraction < 1:
+            raise PrepareError("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
+        if self.valid_fraction and self.documents_valid_file:
+            raise PrepareError("valid_fraction", "give --documents_valid_file or --valid_fraction, not both")
+        if not self.valid_fraction and not self.documents_valid_file:
+            raise PrepareError("documents_valid_file", "is required unless --valid_fraction holds out documents")
+        if self.num_shards < 1:
+            raise PrepareError("num_shards", f"must be >= 1, got {self.num_shards}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise PrepareError("shard_index", f"must be in [0, {self.num_shards - 1}], got {self.shard_index}")
+        for name in ("text_field", "text_column"):
+            if not getattr(self, name):
+                raise PrepareError(name, "must not be empty")
         if self.documents_format not in dialogs.FORMATS:
             raise PrepareError("documents_format", f"expected one of {dialogs.FORMATS}, got {self.documents_format!r}")
         if self.train_on not in dialogs.TRAIN_ON:
@@ -117,7 +160,7 @@ class PrepareConfig:
         if self.bad_lines not in dialogs.BAD_LINES:
             raise PrepareError("bad_lines", f"expected one of {dialogs.BAD_LINES}, got {self.bad_lines!r}")
         delimiter = self.end_of_document.strip()
-        if self.documents_format == "text" and not delimiter:
+        if self.documents_format == "text" and not delimiter and self._may_be_text():
             raise PrepareError("end_of_document", "must not be empty or whitespace (required with --documents_format text)")
         if any(c.isspace() for c in delimiter):
             raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
@@ -154,8 +197,37 @@ class PrepareConfig:
         if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
             raise PrepareError("dataset_name", f"{self.dataset_name!r} is not a valid directory name")
 
+        if self.documents_format == "dialogs":
+            for name in ("documents_train_file", "documents_valid_file"):
+                if len(getattr(self, name)) > 1:
+                    raise PrepareError(name, "--documents_format dialogs takes one file per split")
+            if self.valid_fraction or self.num_shards > 1:
+                flag = "valid_fraction" if self.valid_fraction else "num_shards"
+                raise PrepareError(flag, "works with --documents_format text only")
+
+    def _may_be_text(self) -> bool:
+        """Whether an input named so far may be delimited text (record files need no delimiter)."""
+        for path in (*self.documents_train_file, *self.documents_valid_file):
+            if not path.is_dir() and inputs.classify(path)[0] == "text":
+                return True
+        return False
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        def plain(value: Any) -> Any:
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return str(value) if isinstance(value, Path) else value
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _paths(value: Any) -> list[Path]:
+    """One path or several (the Python API takes either; the CLI always gives a list)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    return [Path(v) for v in value]
 
 
 @dataclass
@@ -241,6 +313,171 @@ class _Failure:
     error: BaseException
 
 
+class SplitWriter:
+    """One split's `corpus.npy` and `sample_start_positions.npy`, appended batch by batch."""
+
+    def __init__(self, out_dir: Path, tokenizer: Tokenizer, config: PrepareConfig, dtype: np.dtype) -> None:
+        out_dir.mkdir()
+        boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
+        self._bos = -1 if boundaries.bos_token_id is None else boundaries.bos_token_id
+        self._eos = -1 if boundaries.eos_token_id is None else boundaries.eos_token_id
+        self._config, self._dtype = config, dtype
+        self._carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
+        self._in_doc = False
+        self.documents = self.forced_cuts = 0
+        self.corpus = NpyAppender(out_dir / "corpus.npy", dtype)
+        self.starts = NpyAppender(out_dir / "sample_start_positions.npy", np.int64)
+
+    def add(self, ids: np.ndarray, id_offsets: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
+        """Samples of consecutive pieces (their ids), cut and written; the open sample is carried."""
+        max_len, min_len = self._config.max_sample_length, self._config.min_sample_length
+        carry, n_pieces = self._carry, len(first)
+        out = np.empty(len(carry) + len(ids) + 2 * n_pieces, dtype=self._dtype)
+        out[: len(carry)] = carry
+        starts_buffer = np.empty(len(out) // max_len + n_pieces + 2, dtype=np.int64)
+        out_pos, cur_start, self._in_doc, n_starts = chunking.write_samples(
+            ids, id_offsets, first, last, self._bos, self._eos, max_len, min_len,
+            out, len(carry), 0, self._in_doc, starts_buffer, backend=self._config.kernel_backend,  # type: ignore[arg-type]
+        )  # fmt: skip
+        # everything before the open sample is final; the open sample is carried over
+        self.starts.append(starts_buffer[:n_starts] + self.corpus.length)
+        self.corpus.append(out[:cur_start])
+        self._carry = out[cur_start:out_pos].copy()
+        self.documents += int(last.sum())
+
+    def close(self) -> SplitStats:
+        self.corpus.close()
+        self.starts.close()
+        if self._in_doc or len(self._carry):
+            raise RuntimeError("input ended inside a document (internal error)")
+        return SplitStats(self.starts.length, self.corpus.length, self.documents, self.forced_cuts)
+
+
+def _select(ids: np.ndarray, id_offsets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and offsets of the pieces where `mask` is True."""
+    lengths = np.diff(id_offsets)
+    offsets = np.zeros(int(mask.sum()) + 1, dtype=np.int64)
+    np.cumsum(lengths[mask], out=offsets[1:])
+    return ids[np.repeat(mask, lengths)], offsets
+
+
+def iter_input_pieces(
+    file: inputs.InputFile, flag: str, config: PrepareConfig, splittable: bool
+) -> Iterator[documents.PieceBatch]:
+    """The documents of one input file as piece batches, whatever its format."""
+    window = max(64, int(config.window_mb * (1 << 20)))
+    backend = config.kernel_backend
+    if file.format == "jsonl":
+        return records.iter_jsonl(
+            file.path, file.compression, config.text_field, flag=flag, window_bytes=window,
+            encoding_errors=config.encoding_errors, backend=backend,  # type: ignore[arg-type]
+        )  # fmt: skip
+    if file.format == "parquet":
+        return records.iter_parquet(
+            file.path, config.text_column, flag=flag, encoding_errors=config.encoding_errors,
+            backend=backend,  # type: ignore[arg-type]
+        )  # fmt: skip
+    return documents.iter_pieces(
+        file.path, config.end_of_document, flag=flag, window_bytes=window,
+        encoding_errors=config.encoding_errors, splittable=splittable,
+        backend=backend, compression=file.compression,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@dataclass
+class _Tagged:
+    """A piece batch with, per piece, its file's global index, its document's index in that file,
+    and whether it ends at a forced (byte-bound) cut."""
+
+    batch: documents.PieceBatch
+    file_index: np.ndarray
+    document: np.ndarray
+    forced: np.ndarray
+
+
+def _tagged(
+    files: list[tuple[int, inputs.InputFile]], flag: str, config: PrepareConfig, splittable: bool
+) -> Iterator[_Tagged]:
+    """Every file's batches, consecutive small ones (many small files) joined up to a window, so the
+    engine gets large calls whatever the file sizes. Joining is exact: no document spans files."""
+    window = max(64, int(config.window_mb * (1 << 20)))
+    pending: list[_Tagged] = []
+    size = 0
+    for index, file in files:
+        doc_count = 0
+        for batch in iter_input_pieces(file, flag, config, splittable):
+            # the document of each piece; pieces before the first `first` flag continue the open one
+            document = doc_count + np.cumsum(batch.first, dtype=np.int64) - 1
+            doc_count += int(batch.first.sum())
+            forced = np.zeros(len(batch.first), dtype=np.int64)
+            forced[-1] = batch.forced_cuts
+            pending.append(_Tagged(batch, np.full(len(batch.first), index, np.int64), document, forced))
+            size += len(batch.flat)
+            if size >= window:
+                yield _join(pending)
+                pending, size = [], 0
+    if pending:
+        yield _join(pending)
+
+
+def _join(parts: list[_Tagged]) -> _Tagged:
+    if len(parts) == 1:
+        return parts[0]
+    flats = [p.batch.flat for p in parts]
+    starts = np.cumsum([0] + [len(f) for f in flats[:-1]])
+    offsets = np.concatenate([[0]] + [p.batch.offsets[1:] + start for p, start in zip(parts, starts, strict=True)])
+    forced = np.concatenate([p.forced for p in parts])
+    batch = documents.PieceBatch(
+        flat=np.concatenate(flats),
+        offsets=offsets.astype(np.int64),
+        first=np.concatenate([p.batch.first for p in parts]),
+        last=np.concatenate([p.batch.last for p in parts]),
+        forced_cuts=int(forced.sum()),
+    )
+    file_index = np.concatenate([p.file_index for p in parts])
+    return _Tagged(batch, file_index, np.concatenate([p.document for p in parts]), forced)
+
+
+def write_documents(
+    files: list[tuple[int, inputs.InputFile]],
+    flag: str,
+    outputs: dict[str, Path],
+    engine: engines.Engine,
+    tokenizer: Tokenizer,
+    config: PrepareConfig,
+    dtype: np.dtype,
+    splittable: bool,
+) -> dict[str, SplitStats]:
+    """Tokenize `files` (global index, file) in order into `outputs["train"]`, streaming; with a
+    second output `outputs["valid"]`, the documents `inputs.valid_documents` picks go there.
+
+    Raises:
+        documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, bad record, ...).
+    """
+    writers = {name: SplitWriter(directory, tokenizer, config, dtype) for name, directory in outputs.items()}
+    split_valid = "valid" in writers and len(writers) == 2
+    main_writer = writers["train"] if "train" in writers else next(iter(writers.values()))
+    try:
+        for tagged in _prefetched(_tagged(files, flag, config, splittable)):
+            batch = tagged.batch
+            ids, id_offsets = engine.encode(batch.flat, batch.offsets)
+            if not split_valid:
+                main_writer.add(ids, id_offsets, batch.first, batch.last)
+                main_writer.forced_cuts += batch.forced_cuts
+                continue
+            to_valid = inputs.valid_documents(tagged.file_index, tagged.document, config.valid_fraction)
+            for name, mask in (("train", ~to_valid), ("valid", to_valid)):
+                if mask.any():
+                    writers[name].add(*_select(ids, id_offsets, mask), batch.first[mask], batch.last[mask])
+                    writers[name].forced_cuts += int(tagged.forced[mask].sum())
+    except BaseException:
+        for writer in writers.values():  # the files go with the staging directory
+            writer.corpus.close()
+            writer.starts.close()
+        raise
+    return {name: writer.close() for name, writer in writers.items()}
+
+
 def write_split(
     path: Path,
     flag: str,
@@ -257,51 +494,20 @@ def write_split(
         PrepareError: the file gave no samples.
         documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, ...).
     """
-    out_dir.mkdir()
-    boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
-    bos = -1 if boundaries.bos_token_id is None else boundaries.bos_token_id
-    eos = -1 if boundaries.eos_token_id is None else boundaries.eos_token_id
-    max_len, min_len = config.max_sample_length, config.min_sample_length
-    carry = np.empty(0, dtype=dtype)  # the open sample of a document that continues
-    in_doc, n_documents, forced_cuts = False, 0, 0
-    with (
-        NpyAppender(out_dir / "corpus.npy", dtype) as corpus,
-        NpyAppender(out_dir / "sample_start_positions.npy", np.int64) as starts,
-    ):
-        batches = documents.iter_pieces(
-            path,
-            config.end_of_document,
-            flag=flag,
-            window_bytes=max(64, int(config.window_mb * (1 << 20))),
-            encoding_errors=config.encoding_errors,
-            splittable=splittable,
-            backend=config.kernel_backend,  # type: ignore[arg-type]
-        )
-        for batch in _prefetched(batches):
-            ids, id_offsets = engine.encode(batch.flat, batch.offsets)
-            n_pieces = len(batch.first)
-            out = np.empty(len(carry) + len(ids) + 2 * n_pieces, dtype=dtype)
-            out[: len(carry)] = carry
-            starts_buffer = np.empty(len(out) // max_len + n_pieces + 2, dtype=np.int64)
-            out_pos, cur_start, in_doc, n_starts = chunking.write_samples(
-                ids, id_offsets, batch.first, batch.last, bos, eos, max_len, min_len,
-                out, len(carry), 0, in_doc, starts_buffer, backend=config.kernel_backend,  # type: ignore[arg-type]
-            )  # fmt: skip
-            # everything before the open sample is final; the open sample is carried over
-            starts.append(starts_buffer[:n_starts] + corpus.length)
-            corpus.append(out[:cur_start])
-            carry = out[cur_start:out_pos].copy()
-            n_documents += batch.n_documents
-            forced_cuts += batch.forced_cuts
-        if in_doc or len(carry):
-            raise RuntimeError(f"{path}: input ended inside a document (internal error)")
-        stats = SplitStats(starts.length, corpus.length, n_documents, forced_cuts)
+    fmt, compression = inputs.classify(path)
+    file = inputs.InputFile(path, fmt, compression, path.stat().st_size)
+    stats = write_documents([(0, file)], flag, {"train": out_dir}, engine, tokenizer, config, dtype, splittable)
+    _require_samples(stats["train"], flag, [file], config)
+    return stats["train"]
+
+
+def _require_samples(stats: SplitStats, flag: str, files: list[inputs.InputFile], config: PrepareConfig) -> None:
     if stats.samples == 0:
+        named = str(files[0].path) if len(files) == 1 else f"{len(files)} files"
         raise PrepareError(
-            f"{flag}: {path} gave no samples ({n_documents} documents, none reaching "
-            f"--min_sample_length {min_len} tokens)"
+            f"{flag}: {named} gave no samples ({stats.documents} documents, none reaching "
+            f"--min_sample_length {config.min_sample_length} tokens)"
         )
-    return stats
 
 
 def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
@@ -327,17 +533,10 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         tokenizer = load_tokenizer(config.tokenizer_cls_name)
     except UnknownTokenizerError as error:
         raise PrepareError(f"--tokenizer_cls_name: {error}") from None
-    splits = {"train": config.documents_train_file, "valid": config.documents_valid_file}
     dialog = config.documents_format == "dialogs"
     try:
-        for name, path in splits.items():
-            if dialog:
-                dialogs.check_dialogs_file(path, f"--documents_{name}_file")
-            else:
-                documents.check_documents_file(
-                    path, config.end_of_document.strip(), f"--documents_{name}_file"
-                )
-    except (documents.DocumentsError, dialogs.DialogsError) as error:
+        splits = _resolve_inputs(config)
+    except (inputs.InputError, documents.DocumentsError, dialogs.DialogsError) as error:
         raise PrepareError(str(error)) from None
     _check_writable_root(config.datasets_root)
     boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
@@ -355,7 +554,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
             engine = engines.select_engine(
                 tokenizer,
                 config.tokenizer_engine,
-                samples=[documents.read_sample_text(config.documents_train_file)],
+                samples=[_sample_text(splits["train"][0], config)],
                 num_threads=config.num_threads or None,
             )
     except dialogs.DialogsError as error:
@@ -390,41 +589,65 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         stage = staging.Staging(dataset_dir)
         temporary = stage.directory
         stats, dialog_stats = {}, {}
-        for name, path in splits.items():
-            try:
-                if renderer is not None:
+        sharded = config.num_shards > 1
+        try:
+            if renderer is not None:
+                for name, files in splits.items():
                     dialog_stats[name] = dialogs.write_dialog_split(
-                        path, f"--documents_{name}_file", temporary / name, tokenizer, renderer, dtype=dtype,
-                        max_len=config.max_sample_length, min_len=config.min_sample_length,
+                        files[0].path, f"--documents_{name}_file", temporary / name, tokenizer, renderer,
+                        dtype=dtype, max_len=config.max_sample_length, min_len=config.min_sample_length,
                         bad_lines=config.bad_lines, encoding_errors=config.encoding_errors,
                     )  # fmt: skip
                     split = dialog_stats[name]
                     stats[name] = SplitStats(split.samples, split.tokens, split.conversations)
+            else:
+                assert engine is not None
+                write = partial(write_documents, engine=engine, tokenizer=tokenizer, config=config,
+                                dtype=dtype, splittable=splittable)  # fmt: skip
+                train_mine = _shard(splits["train"], config)
+                if config.valid_fraction:
+                    outputs = {"train": temporary / "train", "valid": temporary / "valid"}
+                    stats = write(train_mine, "--documents_train_file", outputs)
                 else:
-                    assert engine is not None
-                    stats[name] = write_split(
-                        path,
-                        f"--documents_{name}_file",
-                        temporary / name,
-                        engine,
-                        tokenizer,
-                        config,
-                        dtype,
-                        splittable,
-                    )
-            except (documents.DocumentsError, dialogs.DialogsError) as error:
-                raise PrepareError(str(error)) from None
+                    stats = write(train_mine, "--documents_train_file", {"train": temporary / "train"})
+                    valid_mine = _shard(splits["valid"], config)
+                    stats |= write(valid_mine, "--documents_valid_file", {"valid": temporary / "valid"})
+                if not sharded:
+                    for name in ("train", "valid"):
+                        held_out = name == "valid" and config.valid_fraction
+                        flag = "--valid_fraction" if held_out else f"--documents_{name}_file"
+                        _require_samples(stats[name], flag, splits["train" if held_out else name], config)
+        except (documents.DocumentsError, dialogs.DialogsError) as error:
+            raise PrepareError(str(error)) from None
         tokenizer.save(temporary / "tokenizer")
         description = _description(
             config, tokenizer, boundaries, stats, dtype, engine_name, kernel_backend, started
         )
+        description["input_files"] = [
+            files[k].record(name)
+            for name, files in splits.items()
+            for k in (range(len(files)) if dialog else [k for k, _ in _shard(files, config)])
+        ]
+        if sharded:
+            description["shard_inputs_sha256"] = inputs_digest(splits)
         if renderer is not None:
             dialogs.save_chat_template(temporary / "tokenizer", renderer.template)
             description.update(dialogs.description_keys(renderer.template, dialog_stats))
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )
-        final = _commit(stage, dataset_dir)
+        if sharded:
+            final = dataset_dir / shard_name(config.shard_index, config.num_shards)
+            try:
+                stage.commit(final)
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise PrepareError(
+                        f"--shard_index: {final} exists already (remove it to prepare this shard again)"
+                    ) from None
+                raise
+        else:
+            final = _commit(stage, dataset_dir)
     except BaseException as error:
         if stage is not None:
             stage.discard()
@@ -440,6 +663,74 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         raise
     logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
     return final
+
+
+def shard_name(index: int, count: int) -> str:
+    """The directory a shard is written to, beside the dataset's versions."""
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+def inputs_digest(splits: dict[str, list[inputs.InputFile]]) -> str:
+    """SHA-256 of every (split, path, size): shards of one run share it (`lmfast prepare merge` checks)."""
+    listing = [(name, str(f.path), f.size) for name, files in splits.items() for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def _shard(files: list[inputs.InputFile], config: PrepareConfig) -> list[tuple[int, inputs.InputFile]]:
+    """(global index, file) of this run's files: all, or the slice of `--shard_index`."""
+    if config.num_shards == 1:
+        return list(enumerate(files))
+    return [(k, files[k]) for k in inputs.shard_slice(files, config.num_shards, config.shard_index)]
+
+
+def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
+    """Both splits' input files, checked cheaply before any work (`--valid_fraction`: train only).
+
+    Raises:
+        inputs.InputError, documents.DocumentsError, dialogs.DialogsError: naming the flag and file.
+    """
+    splits = {"train": inputs.expand(config.documents_train_file, "--documents_train_file")}
+    if not config.valid_fraction:
+        splits["valid"] = inputs.expand(config.documents_valid_file, "--documents_valid_file")
+    delimiter = config.end_of_document.strip()
+    for name, files in splits.items():
+        flag = f"--documents_{name}_file"
+        for file in files:
+            if config.documents_format == "dialogs":
+                if file.compression != "none":
+                    raise inputs.InputError(f"{flag}: {file.path}: dialogs are read from a plain .jsonl file")
+                dialogs.check_dialogs_file(file.path, flag)
+                continue
+            if file.compression == "zstd":
+                inputs.require("zstandard", file.path)
+            if file.format == "text" and not delimiter:
+                raise PrepareError(
+                    "end_of_document", f"must not be empty or whitespace ({file.path} is delimited text)"
+                )
+            if file.format == "text" and file.compression == "none":
+                documents.check_documents_file(file.path, delimiter, flag)
+            elif file.format == "parquet":
+                records.check_parquet(file.path, config.text_column, flag)
+    return splits
+
+
+def _sample_text(file: inputs.InputFile, config: PrepareConfig) -> str:
+    """The start of the first train file, as text, for the engine identity check."""
+    if file.format == "text":
+        try:
+            return documents.read_sample_text(file.path, compression=file.compression)
+        except inputs.decompression_errors():  # reported with its flag when the file is read for real
+            return ""
+    pieces = (
+        records.iter_jsonl(file.path, file.compression, config.text_field, flag="", window_bytes=1 << 16)
+        if file.format == "jsonl"
+        else records.iter_parquet(file.path, config.text_column, flag="", batch_rows=64)
+    )
+    try:
+        batch = next(iter(pieces), None)
+    except documents.DocumentsError:  # reported with its flag when the file is read for real
+        return ""
+    return "\n".join(batch.texts())[: 1 << 16] if batch is not None else ""
 
 
 def _description(

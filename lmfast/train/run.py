@@ -20,6 +20,7 @@ from typing import Any
 from lmfast.data.dataset import DatasetFormatError, PreparedDataset
 from lmfast.train.config import TrainConfig, latest_experiment_dir
 from lmfast.train.model import DatasetTokenizer, TrainInputError
+from lmfast.train.strategy import make_strategy
 
 log = logging.getLogger("lmfast.train")
 
@@ -337,7 +338,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         accelerator=config.accelerator,
         devices=config.devices_value(),
         num_nodes=config.num_nodes,
-        strategy=config.strategy,
+        strategy=make_strategy(config.strategy, config.accelerator),
         precision=precision,
         max_steps=config.max_steps,
         max_epochs=max_epochs,

@@ -70,13 +70,17 @@ def test_missing_file(tmp_path, good_file, capsys):
     )
 
 
-def test_directory_instead_of_file(tmp_path, good_file, capsys):
+def test_directory_without_documents(tmp_path, good_file, capsys):
+    """A directory is read for its document files (tests/data/test_inputs.py); one with none is an error."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.md").write_text("not a documents file\n")
     _fails(
         capsys,
-        _args(tmp_path, good_file, tmp_path / "root"),
+        _args(empty, good_file, tmp_path / "root"),
         tmp_path / "root",
         "--documents_train_file",
-        "not a regular file",
+        "holds no .txt/.text/.jsonl/.ndjson/.parquet file",
     )
 
 

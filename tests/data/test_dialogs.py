@@ -272,7 +272,7 @@ def test_a_tokenizer_without_chat_template_needs_the_flag(tmp_path):
 
 def test_text_format_still_needs_its_delimiter(tmp_path):
     with pytest.raises(PrepareError, match="--end_of_document"):
-        dialog_config(tmp_path, documents_format="text")
+        dialog_config(tmp_path, documents_format="text", documents_train_file=tmp_path / "docs.txt")
 
 
 @pytest.mark.slow

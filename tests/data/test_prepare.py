@@ -273,7 +273,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, nietzsche_dir, monkeypatch):
     """Ctrl-C in the middle of the second split: no dataset, no temporary directory, no new dirs."""
     from lmfast.data import prepare as prepare_module
 
-    real = prepare_module.write_split
+    real = prepare_module.write_documents
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -282,7 +282,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, nietzsche_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_module, "write_split", interrupted)
+    monkeypatch.setattr(prepare_module, "write_documents", interrupted)
     valid = nietzsche_dir / "valid.txt"
     with pytest.raises(KeyboardInterrupt):
         prepare(_config(valid, valid, tmp_path / "root"))
