@@ -14,7 +14,9 @@ and by `tests/data/test_families.py` to prove the fast engine identical per fami
 The SentencePiece vocabularies are trained as SentencePiece trains them (`split_by_whitespace`
 with `allow_whitespace_only_pieces`): a piece never spans a word boundary, a "▁" that follows
 another character; only `▁` runs may join the word after them ("▁▁the"). The real Llama 2 and
-Mistral vocabularies have that shape; a vocabulary trained on whole documents would not.
+Mistral vocabularies have that shape; a vocabulary trained on whole documents would not. They
+are trained on lines, as SentencePiece reads its corpus, so "\n" has no token of its own and
+becomes the byte token `<0x0A>`, as in Llama 2 and Mistral.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def build_family(family: str, directory: Path, texts: list[str], vocab_size: int
     else:
         tokenizer, alphabet = _sentencepiece(family)
         special = special + [f"<0x{b:02X}>" for b in range(256)]
+        texts = [line for text in texts for line in text.splitlines() if line]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet, show_progress=False
     )
