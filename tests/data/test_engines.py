@@ -12,7 +12,6 @@ from tokenizers import models, pre_tokenizers
 from lmfast.data import chunking, engines
 from lmfast.data.tokenizers import Tokenizer
 
-
 # the engines that serve GPT-2's byte-level BPE (spbpe serves SentencePiece BPE only: test_spbpe.py)
 BYTE_LEVEL_ENGINES = tuple(name for name in engines.ENGINES if name != "spbpe")
 
