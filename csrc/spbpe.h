@@ -90,7 +90,17 @@ struct Model {
     void add_merge(uint32_t left, uint32_t right, uint32_t rank, uint32_t new_id) {
         merges.insert((static_cast<uint64_t>(left) << 32) | right, (static_cast<uint64_t>(rank) << 32) | new_id);
     }
-    void finish() {}
+    static constexpr uint8_t FLAG_SPACE = 1, FLAG_BYTES = 2;
+    uint8_t ascii_flags[128] = {0};  // per ASCII byte of the raw text: " " (a space), no token (bytes)
+
+    // after the characters and cut_around_bytes are set
+    void finish() {
+        for (uint32_t c = 0; c < 128; ++c) {
+            uint32_t codepoint = c == ' ' ? SPACE : c;
+            ascii_flags[c] = (codepoint == SPACE ? FLAG_SPACE : 0) |
+                             (cut_around_bytes && char_id(codepoint) < 0 ? FLAG_BYTES : 0);
+        }
+    }
     // the id of the codepoint's one-character token, or -1
     int64_t char_id(uint32_t codepoint) const {
         if (codepoint < 0x10000) return bmp_ids[codepoint];
@@ -105,11 +115,9 @@ class WordCache {
   public:
     explicit WordCache(size_t slots = 1 << 19) : slots_(slots), mask_(slots - 1) {}
 
-    static uint64_t hash(const char* key, size_t length) {
-        uint64_t h = 1469598103934665603ull;
-        for (size_t i = 0; i < length; ++i) h = (h ^ static_cast<uint8_t>(key[i])) * 1099511628211ull;
-        return h | 1;  // 0 marks an empty slot
-    }
+    static constexpr uint64_t SEED = 1469598103934665603ull;  // FNV-1a, one byte at a time
+    static uint64_t step(uint64_t h, uint8_t byte) { return (h ^ byte) * 1099511628211ull; }
+    static uint64_t finish(uint64_t h) { return h | 1; }  // 0 marks an empty slot
     const uint32_t* find(const char* key, size_t length, uint64_t h, size_t* count) const {
         for (size_t at = h & mask_;; at = (at + 1) & mask_) {
             const Slot& slot = slots_[at];
@@ -212,34 +220,39 @@ class Encoder {
         const bool leading_space = text[0] == ' ' || first == SPACE;
         bool prefix = model_->prepend == PREPEND_NONEMPTY ||
                       (model_->prepend == PREPEND_UNLESS_LEADING_SPACE && !leading_space);
+        const bool every_space = model_->cut_every_space, around_bytes = model_->cut_around_bytes;
         size_t start = 0, i = 0;
         bool previous_space = prefix, previous_bytes = false;
+        uint64_t h = prefix ? WordCache::step(WordCache::SEED, ' ') : WordCache::SEED;  // FNV-1a of the word
         while (i < n) {
-            uint32_t codepoint;
-            size_t len;
             const uint8_t c = text[i];
+            size_t len = 1;
+            bool space, bytes;
             if (c < 0x80) {
-                codepoint = c == ' ' ? SPACE : c;
-                len = 1;
+                space = model_->ascii_flags[c] & Model::FLAG_SPACE;
+                bytes = model_->ascii_flags[c] & Model::FLAG_BYTES;
             } else {
+                uint32_t codepoint;
                 len = decode(text, i, n, &codepoint);
+                space = codepoint == SPACE;
+                bytes = around_bytes && model_->char_id(codepoint) < 0;
             }
-            const bool space = codepoint == SPACE;
-            const bool bytes = model_->cut_around_bytes && model_->char_id(codepoint) < 0;
-            if ((i > start || prefix) &&
-                ((space && (model_->cut_every_space || !previous_space)) || bytes || previous_bytes)) {
-                emit(text + start, i - start, prefix, ids);
+            if ((i > start || prefix) && ((space && (every_space || !previous_space)) || bytes || previous_bytes)) {
+                emit(text + start, i - start, prefix, WordCache::finish(h), ids);
                 prefix = false;
                 start = i;
+                h = WordCache::SEED;
             }
+            for (size_t k = 0; k < len; ++k) h = WordCache::step(h, text[i + k]);
             previous_space = space;
             previous_bytes = bytes;
             i += len;
         }
-        if (n > start || prefix) emit(text + start, n - start, prefix, ids);
+        if (n > start || prefix) emit(text + start, n - start, prefix, WordCache::finish(h), ids);
     }
 
-    void emit(const uint8_t* raw, size_t length, bool prefix, std::vector<uint32_t>& ids) {
+    // the word raw[0..length) (after a " " when `prefix`), whose key hashes to h
+    void emit(const uint8_t* raw, size_t length, bool prefix, uint64_t h, std::vector<uint32_t>& ids) {
         const char* key = reinterpret_cast<const char*>(raw);
         if (prefix) {
             prefixed_.assign(1, ' ');
@@ -247,7 +260,6 @@ class Encoder {
             key = prefixed_.data();
             length = prefixed_.size();
         }
-        const uint64_t h = WordCache::hash(key, length);
         size_t count;
         const uint32_t* hit = cache_.find(key, length, h, &count);
         if (hit != nullptr) {
