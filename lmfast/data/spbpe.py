@@ -245,6 +245,7 @@ class SpbpeEngine:
                 parts = list(
                     self._pool.map(lambda r: self._kernel.encode(r[0], flat, offsets, r[1], r[2]), ranges)
                 )
+            self._kernel.publish()  # the words each worker met, for every worker's next call
         ids = np.concatenate([p[0] for p in parts])
         out = [parts[0][1]]
         shift = parts[0][1][-1]
