@@ -114,7 +114,7 @@ class SentencePieceBpe:
         for rank, merge in enumerate(model.get("merges") or ()):
             left, right = merge if isinstance(merge, list) else merge.split(" ")
             merged = left + right
-            if not cut_every_space and _SPANS_CUT.search(merged):
+            if not cut_every_space and SPACE in merged[1:] and _SPANS_CUT.search(merged):
                 raise ValueError(f"merge {left!r} + {right!r} spans a word boundary before {SPACE!r}")
             merges[(vocab[left], vocab[right])] = (rank, vocab[merged])  # a later duplicate wins
         char_ids = {token: i for token, i in vocab.items() if len(token) == 1}
