@@ -224,9 +224,15 @@ class SpbpeEngine:
             self._workers,
         )
         self._lock = threading.Lock()  # one call at a time: worker w's cache is not thread-safe
-        self._pool = (
-            ThreadPoolExecutor(self._workers, thread_name_prefix="spbpe") if self._workers > 1 else None
-        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The worker threads, started again in a forked child (a fork copies no threads)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="spbpe")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.ascontiguousarray(flat, dtype=np.uint8)
@@ -238,13 +244,15 @@ class SpbpeEngine:
         inner = np.searchsorted(offsets, np.linspace(offsets[0], offsets[-1], self._workers + 1)[1:-1])
         cuts = np.unique(np.concatenate(([0], np.clip(inner, 0, n), [n])))
         ranges = [(w, int(a), int(b)) for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
+
+        def run(worker_range: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+            worker, first, last = worker_range
+            return self._kernel.encode(worker, flat, offsets, first, last)
+
         with self._lock:
-            if self._pool is None or len(ranges) <= 1:
-                parts = [self._kernel.encode(w, flat, offsets, a, b) for w, a, b in ranges]
-            else:
-                parts = list(
-                    self._pool.map(lambda r: self._kernel.encode(r[0], flat, offsets, r[1], r[2]), ranges)
-                )
+            parts = (
+                [run(r) for r in ranges] if len(ranges) <= 1 else list(self._thread_pool().map(run, ranges))
+            )
             self._kernel.publish()  # the words each worker met, for every worker's next call
         ids = np.concatenate([p[0] for p in parts])
         out = [parts[0][1]]

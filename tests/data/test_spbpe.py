@@ -70,7 +70,9 @@ def _kernel(engine: SpbpeEngine, texts: list[str]) -> list[list[int]]:
 
 def _check(variants, texts: list[str], python_reference: bool = True) -> None:
     for name, (tokenizer, spec, engine) in variants.items():
-        expected = [e.ids for e in tokenizer.plain_text_backend().encode_batch(texts, add_special_tokens=False)]
+        expected = [
+            e.ids for e in tokenizer.plain_text_backend().encode_batch(texts, add_special_tokens=False)
+        ]
         assert _kernel(engine, texts) == expected, name
         if python_reference:
             assert [spec.encode(t) for t in texts] == expected, name
@@ -145,5 +147,33 @@ def test_prepare_with_spbpe_equals_the_reference(tmp_path, llama2_config, nietzs
     out = prepare(config)
     assert json.loads((out / "description.json").read_text())["tokenizer_engine_used"] == "spbpe"
     tokenizer = load_tokenizer(str(directory))
-    expected = [t for d in reference_documents(valid, DELIMITER) for t in tokenizer.encode_document(d, None, None)]
+    expected = [
+        t for d in reference_documents(valid, DELIMITER) for t in tokenizer.encode_document(d, None, None)
+    ]
     assert np.load(out / "valid" / "corpus.npy").tolist() == expected
+
+
+def test_a_forked_child_encodes_with_fresh_threads(variants):
+    """A fork copies no threads: the child must start its own pool, not wait on the parent's forever."""
+    import os
+    import time
+
+    engine = variants["llama2"][2]
+    texts = ["first document", "second one, a little longer", "third"] * 50
+    expected = _kernel(engine, texts)  # the parent's pool exists from here on
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: encode, report, exit without running pytest's teardown
+        try:
+            os.write(write, json.dumps(_kernel(engine, texts)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the forked child hung in encode")
+        time.sleep(0.05)
+    with os.fdopen(read) as pipe:
+        assert json.loads(pipe.read()) == expected
