@@ -1,9 +1,8 @@
 # distutils: language = c++
 """Native SentencePiece BPE (csrc/spbpe.h); the reference is lmfast.data.spbpe.SentencePieceBpe.encode.
 
-One `Kernel` holds the model, a word cache shared read-only by all workers, and one encoder (with
-a cache of its own new words) per worker. Worker w may be used by one thread at a time; different
-workers run in parallel without the GIL; `publish` (between calls) moves new words to the shared cache.
+One `Kernel` holds the model and one encoder (with its word cache) per worker; worker w may be
+used by one thread at a time, and different workers run in parallel without the GIL.
 """
 
 import numpy as np
@@ -24,19 +23,14 @@ cdef extern from "spbpe.h" namespace "spbpe":
         void set_byte(int byte, uint32_t id)
         void add_merge(uint32_t left, uint32_t right, uint32_t rank, uint32_t new_id)
 
-    cdef cppclass WordCache:
-        WordCache()
-
     cdef cppclass Encoder:
-        Encoder(const Model* model, const WordCache* shared)
-        void publish(WordCache& shared)
+        Encoder(const Model* model)
         void encode(const uint8_t* data, const int64_t* offsets, int64_t n, vector[uint32_t]& ids,
                     int64_t* out_offsets) nogil
 
 
 cdef class Kernel:
     cdef Model* model
-    cdef WordCache* shared
     cdef vector[Encoder*] encoders
 
     def __cinit__(self, dict char_ids, byte_ids, merges, int prepend, bint cut_every_space,
@@ -55,20 +49,13 @@ cdef class Kernel:
         for i in range(rows.shape[0]):
             self.model.add_merge(rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3])
         self.model.finish()
-        self.shared = new WordCache()
         for i in range(max(workers, 1)):
-            self.encoders.push_back(new Encoder(self.model, self.shared))
+            self.encoders.push_back(new Encoder(self.model))
 
     def __dealloc__(self):
         for i in range(self.encoders.size()):
             del self.encoders[i]
-        del self.shared
         del self.model
-
-    def publish(self):
-        """Move every worker's new words into the shared cache; call only while no encode runs."""
-        for i in range(self.encoders.size()):
-            self.encoders[i].publish(self.shared[0])
 
     @property
     def workers(self) -> int:

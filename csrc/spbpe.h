@@ -122,8 +122,7 @@ class WordCache {
         for (size_t at = h & mask_;; at = (at + 1) & mask_) {
             const Slot& slot = slots_[at];
             if (slot.hash == 0) return nullptr;
-            if (slot.hash == h && slot.key_length == length &&
-                std::memcmp(keys_.data() + slot.key_offset, key, length) == 0) {
+            if (slot.hash == h && slot.key_length == length && same(keys_.data() + slot.key_offset, key, length)) {
                 *count = slot.id_count;
                 return ids_.data() + slot.id_offset;
             }
@@ -141,28 +140,14 @@ class WordCache {
         ++used_;
     }
 
-    // add every entry that `into` lacks to it, then empty this cache
-    void move_into(WordCache& into) {
-        for (const Slot& slot : slots_) {
-            if (slot.hash == 0) continue;
-            const char* key = keys_.data() + slot.key_offset;
-            size_t count;
-            if (into.find(key, slot.key_length, slot.hash, &count) == nullptr) {
-                into.insert(key, slot.key_length, slot.hash, ids_.data() + slot.id_offset, slot.id_count);
-            }
-        }
-        clear();
-    }
-
-    void clear() {
-        if (used_ == 0) return;
-        std::fill(slots_.begin(), slots_.end(), Slot{0, 0, 0, 0, 0});
-        keys_.clear();
-        ids_.clear();
-        used_ = 0;
-    }
-
   private:
+    // words are short: a loop beats a call to memcmp
+    static bool same(const char* a, const char* b, size_t length) {
+        for (size_t i = 0; i < length; ++i) {
+            if (a[i] != b[i]) return false;
+        }
+        return true;
+    }
     struct Slot {
         uint64_t hash;
         uint32_t key_offset, id_offset;
@@ -172,6 +157,13 @@ class WordCache {
     size_t mask_, used_ = 0;
     std::string keys_;
     std::vector<uint32_t> ids_;
+
+    void clear() {
+        std::fill(slots_.begin(), slots_.end(), Slot{0, 0, 0, 0, 0});
+        keys_.clear();
+        ids_.clear();
+        used_ = 0;
+    }
 };
 
 struct Symbol {
@@ -200,14 +192,9 @@ inline size_t decode(const uint8_t* s, size_t i, size_t n, uint32_t* codepoint) 
     return len;
 }
 
-// Encoders running in parallel share one read-only cache (`shared`, filled between calls by
-// `publish`) and each add their new words to a cache of their own.
 class Encoder {
   public:
-    Encoder(const Model* model, const WordCache* shared) : model_(model), shared_(shared) {}
-
-    // move this encoder's new words into `shared` (no encoder may be running)
-    void publish(WordCache& shared) { cache_.move_into(shared); }
+    explicit Encoder(const Model* model) : model_(model) {}
 
     // Encode pieces data[offsets[i] - offsets[0] ..] for i < n: ids appended to `ids`,
     // out_offsets[0..n] (out_offsets[0] = 0) their boundaries.
@@ -223,7 +210,6 @@ class Encoder {
 
   private:
     const Model* model_;
-    const WordCache* shared_;
     WordCache cache_;
     std::string prefixed_;
     std::vector<Symbol> symbols_;
@@ -281,8 +267,7 @@ class Encoder {
             length = prefixed_.size();
         }
         size_t count;
-        const uint32_t* hit = shared_->find(key, length, h, &count);
-        if (hit == nullptr) hit = cache_.find(key, length, h, &count);
+        const uint32_t* hit = cache_.find(key, length, h, &count);
         if (hit != nullptr) {
             ids.insert(ids.end(), hit, hit + count);
             return;

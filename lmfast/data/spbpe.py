@@ -253,7 +253,6 @@ class SpbpeEngine:
             parts = (
                 [run(r) for r in ranges] if len(ranges) <= 1 else list(self._thread_pool().map(run, ranges))
             )
-            self._kernel.publish()  # the words each worker met, for every worker's next call
         ids = np.concatenate([p[0] for p in parts])
         out = [parts[0][1]]
         shift = parts[0][1][-1]
