@@ -28,7 +28,17 @@ else:
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
                 optional=not REQUIRE_NATIVE,
-            )
+            ),
+            Extension(
+                "lmfast.data._spbpe",
+                ["csrc/_spbpe.pyx"],
+                depends=["csrc/spbpe.h"],  # rebuilt when it changes, and shipped in the sdist
+                include_dirs=[numpy.get_include(), "csrc"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3", "-std=c++17"],
+                language="c++",
+                optional=not REQUIRE_NATIVE,
+            ),
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

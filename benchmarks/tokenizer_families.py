@@ -7,8 +7,16 @@ and by `tests/data/test_families.py` to prove the fast engine identical per fami
 - `llama3`: Split on Llama 3's regex (digits in threes), ByteLevel, a post-processor adding
   `<|begin_of_text|>` (so `auto` boundaries put it before each document).
 - `llama2`: SentencePiece BPE as transformers converts it: Prepend("▁") + Replace(" ", "▁")
-  normalizer, byte fallback `<0x..>` tokens, fused unk.
-- `mistral`: the same model with the newer Metaspace(prepend_scheme="first") pre-tokenizer.
+  normalizer, no pre-tokenizer, byte fallback `<0x..>` tokens, fused unk.
+- `mistral`: the same model with the newer Metaspace(prepend_scheme="first", split=False)
+  pre-tokenizer.
+
+The SentencePiece vocabularies are trained as SentencePiece trains them (`split_by_whitespace`
+with `allow_whitespace_only_pieces`): a piece never spans a word boundary, a "▁" that follows
+another character; only `▁` runs may join the word after them ("▁▁the"). The real Llama 2 and
+Mistral vocabularies have that shape; a vocabulary trained on whole documents would not. They
+are trained on lines, as SentencePiece reads its corpus, so "\n" has no token of its own and
+becomes the byte token `<0x0A>`, as in Llama 2 and Mistral.
 """
 
 from __future__ import annotations
@@ -58,15 +66,12 @@ def _byte_level(family: str, pattern: str):
 
 
 def _sentencepiece(family: str):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    if family == "llama2":
-        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="first", split=False
-        )
+    # for training only (see the module docstring); build_family saves the family's own pipeline
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated")
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
@@ -83,12 +88,21 @@ def build_family(family: str, directory: Path, texts: list[str], vocab_size: int
     else:
         tokenizer, alphabet = _sentencepiece(family)
         special = special + [f"<0x{b:02X}>" for b in range(256)]
+        texts = [line for text in texts for line in text.splitlines() if line]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet, show_progress=False
     )
     tokenizer.train_from_iterator(texts, trainer)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
+    spec = json.loads(tokenizer.to_str())
+    if family == "llama2":
+        spec["pre_tokenizer"] = None
+    elif family == "mistral":
+        spec["normalizer"] = None
+        spec["pre_tokenizer"] = {
+            "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False
+        }  # fmt: skip
+    (directory / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     config = {"bos_token": bos, "eos_token": eos}
     if family in ("llama2", "mistral"):
         config.update(add_bos_token=True, unk_token="<unk>")

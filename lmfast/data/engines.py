@@ -2,6 +2,10 @@
 
 `prepare` spends its time here. Engines, fastest first:
 
+- `spbpe`: lmfast's native SentencePiece BPE with byte fallback (Llama 2, Mistral;
+  `lmfast.data.spbpe`): cuts each document into words where that provably keeps the ids,
+  merges by rank with a word cache, one thread per range of documents. It refuses every other
+  tokenizer, so `auto` moves on to the next engine.
 - `gigatoken`: a Rust BPE (MIT, PyPI) that encodes a whole window of documents from one flat
   buffer in parallel, splitting long documents itself. It reads tokenizer.json's pre-tokenizer
   and normalizer, so it serves GPT-2, SmolLM2, Qwen2/3 and Llama 3 byte-level BPE and Llama 2 /
@@ -33,8 +37,8 @@ from lmfast.data.tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-EngineName = Literal["auto", "gigatoken", "tiktoken", "tokenizers"]
-ENGINES: tuple[str, ...] = ("gigatoken", "tiktoken", "tokenizers")
+EngineName = Literal["auto", "spbpe", "gigatoken", "tiktoken", "tokenizers"]
+ENGINES: tuple[str, ...] = ("spbpe", "gigatoken", "tiktoken", "tokenizers")
 
 # GPT-2's pre-tokenizer regex; HF's ByteLevel(use_regex=True) uses the same one
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -319,6 +323,10 @@ def set_thread_pool_size(num_threads: int | None) -> None:
 def build_engine(name: str, tokenizer: Tokenizer, num_threads: int | None = None) -> Engine:
     """Construct one engine by name (no identity check; see `select_engine`); 0/None threads = all."""
     set_thread_pool_size(num_threads)
+    if name == "spbpe":
+        from lmfast.data.spbpe import SpbpeEngine
+
+        return SpbpeEngine(tokenizer, num_threads)
     if name == "gigatoken":
         return GigatokenEngine(tokenizer)
     if name == "tiktoken":

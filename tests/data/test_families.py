@@ -48,7 +48,8 @@ def test_auto_picks_gigatoken_and_it_equals_the_reference_on_prose(family, famil
     tokenizer, engine = family_engines[family]
     texts = reference_documents(nietzsche_dir / "valid.txt", DELIMITER)
     texts += [*engines.PROBE_TEXTS, "\n".join(texts)]  # one long document too
-    assert engines.select_engine(tokenizer, "auto", samples=texts[:3]).name == "gigatoken"
+    expected = "spbpe" if family in ("llama2", "mistral") else "gigatoken"
+    assert engines.select_engine(tokenizer, "auto", samples=texts[:3]).name == expected
     reference = tokenizer.plain_text_backend().encode_batch(texts, add_special_tokens=False)
     assert _encode(engine, texts) == [e.ids for e in reference]
 

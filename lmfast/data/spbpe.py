@@ -1,0 +1,262 @@
+"""SentencePiece BPE with byte fallback (Llama 2, Mistral): a native engine and its plain reference.
+
+Hugging Face `tokenizers` runs these tokenizers with no pre-tokenizer (Llama 2 as transformers
+converts it) or Metaspace(split=False) (Mistral), so each document is one BPE "word": a heap
+over the whole document and no word cache. That, not the byte fallback, is why `tokenizers`
+and gigatoken are slow on them. Here the normalized document is cut into words where a cut
+provably leaves the ids unchanged, each word is merged by rank (the same heap rules as
+tokenizers' `Word::merge_all`), and each word's ids are cached:
+
+- Metaspace(split=True) cuts before every "▁" itself.
+- Otherwise the cut is before a "▁" that follows another character. A merge can only join
+  two symbols across such a cut if its token holds a non-"▁" character followed by "▁";
+  `SentencePieceBpe.from_tokenizer` checks every merge for that (SentencePiece-trained
+  vocabularies, split by whitespace, never have one) and refuses the tokenizer otherwise.
+
+- When no merge involves a `<0xXX>` byte token (SentencePiece never merges them), the cut is
+  also before and after each character that has no token of its own (Llama 2's "\n").
+
+Characters with no token become their UTF-8 bytes' `<0xXX>` tokens (all 256 are required, so
+the unk token never occurs). Only this pipeline is accepted, read from tokenizer.json:
+
+- normalizer Sequence[Prepend("▁"), Replace(" ", "▁")] and no pre-tokenizer, or no normalizer
+  and Metaspace(replacement="▁", prepend_scheme=first|always|never, split);
+- a BPE model with byte_fallback, no dropout, no subword prefix or suffix, ignore_merges off;
+- only special added tokens (the plain-text reference encodes them as text).
+
+`SentencePieceBpe.encode` is the plain Python reference of the native kernel
+(`lmfast/data/_spbpe`, csrc/spbpe.h); tests/data/test_spbpe.py proves them equal to each other
+and to `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmfast.data.tokenizers import Tokenizer
+
+SPACE = "\u2581"
+PREPEND_NEVER, PREPEND_NONEMPTY, PREPEND_UNLESS_LEADING_SPACE = 0, 1, 2
+_LLAMA_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": SPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
+    ],
+}
+_PREPEND_SCHEMES = {
+    "first": PREPEND_UNLESS_LEADING_SPACE,
+    "always": PREPEND_UNLESS_LEADING_SPACE,
+    "never": PREPEND_NEVER,
+}
+# a non-space character followed by a space: a token holding this spans a word cut
+_SPANS_CUT = re.compile(f"[^{SPACE}]{SPACE}")
+
+
+def _pipeline(config: dict) -> tuple[int, bool]:
+    """(prepend mode, cut before every space) of a supported normalizer + pre-tokenizer, else ValueError."""
+    normalizer, pre = config.get("normalizer"), config.get("pre_tokenizer")
+    if normalizer == _LLAMA_NORMALIZER and pre is None:
+        return PREPEND_NONEMPTY, False
+    if normalizer is None and isinstance(pre, dict) and pre.get("type") == "Metaspace":
+        scheme = pre.get("prepend_scheme")
+        if pre.get("replacement") != SPACE or scheme not in _PREPEND_SCHEMES:
+            raise ValueError(f"Metaspace {pre} is not the SentencePiece one")
+        return _PREPEND_SCHEMES[scheme], bool(pre.get("split"))
+    raise ValueError(
+        f"normalizer {json.dumps(normalizer)[:80]} with pre-tokenizer {json.dumps(pre)[:80]} "
+        "is not SentencePiece's"
+    )
+
+
+@dataclass(frozen=True)
+class SentencePieceBpe:
+    """The tokenizer as the kernel needs it: ids of one-character tokens, byte tokens, merges."""
+
+    char_ids: dict[str, int]
+    byte_ids: tuple[int, ...]
+    merges: dict[tuple[int, int], tuple[int, int]]  # (left, right) -> (rank, new id)
+    prepend: int
+    cut_every_space: bool
+    cut_around_bytes: bool  # no merge involves a byte token, so `<0xXX>` pieces never merge
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> SentencePieceBpe:
+        """Read tokenizer.json; ValueError (one line) when it is not SentencePiece BPE as described above."""
+        config = json.loads(tokenizer.backend.to_str())
+        prepend, cut_every_space = _pipeline(config)
+        model = config.get("model") or {}
+        if model.get("type") != "BPE" or not model.get("byte_fallback"):
+            raise ValueError("not a BPE model with byte_fallback")
+        if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            raise ValueError("BPE dropout or subword prefix/suffix set")
+        if model.get("ignore_merges"):
+            raise ValueError("BPE ignore_merges set")
+        if any(not token.get("special") for token in config.get("added_tokens") or ()):
+            raise ValueError("non-special added tokens split the text")
+        vocab: dict[str, int] = model["vocab"]
+        try:
+            byte_ids = tuple(vocab[f"<0x{b:02X}>"] for b in range(256))
+        except KeyError as missing:
+            raise ValueError(f"byte-fallback token {missing.args[0]} is missing") from None
+        if SPACE not in vocab:
+            raise ValueError(f"{SPACE!r} is not a token")
+        merges: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, merge in enumerate(model.get("merges") or ()):
+            left, right = merge if isinstance(merge, list) else merge.split(" ")
+            merged = left + right
+            if not cut_every_space and SPACE in merged[1:] and _SPANS_CUT.search(merged):
+                raise ValueError(f"merge {left!r} + {right!r} spans a word boundary before {SPACE!r}")
+            merges[(vocab[left], vocab[right])] = (rank, vocab[merged])  # a later duplicate wins
+        char_ids = {token: i for token, i in vocab.items() if len(token) == 1}
+        byte_set = set(byte_ids)
+        cut_around_bytes = not any(
+            left in byte_set or right in byte_set or new in byte_set
+            for (left, right), (_, new) in merges.items()
+        )
+        return cls(char_ids, byte_ids, merges, prepend, cut_every_space, cut_around_bytes)
+
+    def normalize(self, text: str) -> str:
+        if not text:
+            return ""
+        normalized = text.replace(" ", SPACE)
+        if self.prepend == PREPEND_NONEMPTY or (
+            self.prepend == PREPEND_UNLESS_LEADING_SPACE and not normalized.startswith(SPACE)
+        ):
+            normalized = SPACE + normalized
+        return normalized
+
+    def words(self, normalized: str) -> list[str]:
+        """Cut before a space after a non-space (before every space with split=True), and around a
+        character with no token when byte tokens never merge: no merge can span these cuts."""
+        words: list[str] = []
+        start, previous_space, previous_bytes = 0, False, False
+        for i, char in enumerate(normalized):
+            space = char == SPACE
+            fallback = self.cut_around_bytes and char not in self.char_ids
+            if i > start and (
+                (space and (self.cut_every_space or not previous_space)) or fallback or previous_bytes
+            ):
+                words.append(normalized[start:i])
+                start = i
+            previous_space, previous_bytes = space, fallback
+        if normalized[start:]:
+            words.append(normalized[start:])
+        return words
+
+    def merge_word(self, word: str) -> list[int]:
+        """tokenizers' `Word::merge_all`: pop the smallest (rank, position), skip stale entries."""
+        symbols: list[int] = []
+        for char in word:
+            token = self.char_ids.get(char)
+            symbols.extend([token] if token is not None else [self.byte_ids[b] for b in char.encode()])
+        alive = [True] * len(symbols)
+        prev = list(range(-1, len(symbols) - 1))
+        nxt = [*range(1, len(symbols)), -1]
+        queue = [
+            (self.merges[pair][0], k, self.merges[pair][1])
+            for k, pair in enumerate(itertools.pairwise(symbols))
+            if pair in self.merges
+        ]
+        heapq.heapify(queue)
+        while queue:
+            _, k, new = heapq.heappop(queue)
+            if not alive[k] or nxt[k] == -1:
+                continue
+            right = nxt[k]
+            found = self.merges.get((symbols[k], symbols[right]))
+            if found is None or found[1] != new:
+                continue
+            symbols[k], alive[right], nxt[k] = new, False, nxt[right]
+            if nxt[k] != -1:
+                prev[nxt[k]] = k
+            for left_pos, right_pos in ((prev[k], k), (k, nxt[k])):
+                if left_pos != -1 and right_pos != -1:
+                    pair = (symbols[left_pos], symbols[right_pos])
+                    if pair in self.merges:
+                        heapq.heappush(queue, (self.merges[pair][0], left_pos, self.merges[pair][1]))
+        return [s for s, a in zip(symbols, alive, strict=True) if a]
+
+    def encode(self, text: str) -> list[int]:
+        """The plain reference: ids of `text` (no special tokens added)."""
+        return [i for word in self.words(self.normalize(text)) for i in self.merge_word(word)]
+
+
+def native_kernel():
+    """The compiled `_spbpe` module, or None when the extension was not built."""
+    try:
+        from lmfast.data import _spbpe
+    except ImportError:
+        return None
+    return _spbpe
+
+
+class SpbpeEngine:
+    """The native kernel over contiguous ranges of pieces, one thread (and word cache) per range."""
+
+    name = "spbpe"
+
+    def __init__(self, tokenizer: Tokenizer, num_threads: int | None = None) -> None:
+        kernel = native_kernel()
+        if kernel is None:
+            raise ValueError("the native kernel lmfast.data._spbpe is not built")
+        spec = SentencePieceBpe.from_tokenizer(tokenizer)
+        self._workers = max(1, num_threads or os.cpu_count() or 1)
+        merges = np.array(
+            [(left, right, rank, new) for (left, right), (rank, new) in spec.merges.items()], dtype=np.uint32
+        ).reshape(-1, 4)
+        self._kernel = kernel.Kernel(
+            {ord(c): i for c, i in spec.char_ids.items()},
+            spec.byte_ids,
+            merges,
+            spec.prepend,
+            spec.cut_every_space,
+            spec.cut_around_bytes,
+            self._workers,
+        )
+        self._lock = threading.Lock()  # one call at a time: worker w's cache is not thread-safe
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The worker threads, started again in a forked child (a fork copies no threads)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="spbpe")
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = np.ascontiguousarray(flat, dtype=np.uint8)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        n = len(offsets) - 1
+        if n <= 0:
+            return np.zeros(0, dtype=np.uint32), np.zeros(1, dtype=np.int64)
+        # ranges of about equal bytes, cut at piece boundaries
+        inner = np.searchsorted(offsets, np.linspace(offsets[0], offsets[-1], self._workers + 1)[1:-1])
+        cuts = np.unique(np.concatenate(([0], np.clip(inner, 0, n), [n])))
+        ranges = [(w, int(a), int(b)) for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
+
+        def run(worker_range: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+            worker, first, last = worker_range
+            return self._kernel.encode(worker, flat, offsets, first, last)
+
+        with self._lock:
+            parts = (
+                [run(r) for r in ranges] if len(ranges) <= 1 else list(self._thread_pool().map(run, ranges))
+            )
+        ids = np.concatenate([p[0] for p in parts])
+        out = [parts[0][1]]
+        shift = parts[0][1][-1]
+        for _, part_offsets in parts[1:]:
+            out.append(part_offsets[1:] + shift)
+            shift += part_offsets[-1]
+        return ids, np.concatenate(out)
