@@ -11,8 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NIETZSCHE_DIR = REPO_ROOT / "data" / "documents" / "nietzsche"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
-# keep CPU tests polite on a 2-core machine
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# keep CPU tests polite on a 2-core machine: under pytest-xdist (`-n 2`, README's test command) each
+# worker computes on one thread, so two workers fill the two cores without oversubscribing them
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -85,10 +86,24 @@ def smollm2_gguf() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_model_cache(tmp_path_factory) -> Path:
+    """`LMFAST_CACHE` for the whole test session (and the subprocesses it starts): a converted GGUF
+    is made once per session, shared by parallel workers (pytest-xdist), never read from ~/.cache."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the directory every worker's basetemp lives in
+    cache = root / "lmfast-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["LMFAST_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
-def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as a plain fp32 HF dir, converted once per test session (~30 s)."""
-    from lmfast.models.gguf import convert_gguf
+def smollm2_dir(smollm2_gguf, session_model_cache) -> Path:
+    """SmolLM2-135M-Instruct as a plain fp32 HF dir, converted once per test session (~30 s): the
+    same directory that `lmfast train/export/serve` resolve the .gguf to in this session."""
+    from lmfast.models.gguf import converted_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "hf")
+    return converted_dir(smollm2_gguf)

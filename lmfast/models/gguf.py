@@ -42,7 +42,15 @@ def converted_dir(gguf_path: str | os.PathLike[str], cache_dir: str | os.PathLik
     target = target / f"{gguf_path.stem}-{key}"
     if (target / _DONE_MARKER).is_file():
         return target
-    return convert_gguf(gguf_path, target)
+    # processes starting together (replicas, parallel test workers) convert once: the others wait
+    # for the first and read its result instead of replacing the directory under it
+    from filelock import FileLock  # a dependency of huggingface_hub, so always beside transformers
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / _DONE_MARKER).is_file():
+            return target
+        return convert_gguf(gguf_path, target)
 
 
 def convert_gguf(gguf_path: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:

@@ -63,12 +63,16 @@ def dialog_config(root: Path, **overrides) -> PrepareConfig:
     return PrepareConfig(**values)
 
 
-def transformers_reference(tokenizer_dir: Path, messages, template: str) -> tuple[list[int], list[int], str]:
-    """(ids, assistant mask, text) as transformers computes them from the dataset's own tokenizer files."""
+def dataset_tokenizer(tokenizer_dir: Path):
+    """The dataset's own tokenizer files, loaded by transformers (once per check: loading dominates)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+
+
+def transformers_reference(tokenizer, messages, template: str) -> tuple[list[int], list[int], str]:
+    """(ids, assistant mask, text) as transformers computes them with `tokenizer`."""
     out = tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
@@ -82,9 +86,10 @@ def check_against_transformers(dataset_dir: Path, split: str, path: Path, tagged
     chats = conversations(path)
     assert len(part) == len(chats)  # no sample cut or dropped at this --max_sample_length
     untagged = (dataset_dir / "tokenizer" / "chat_template.jinja").read_text(encoding="utf-8")
+    tokenizer = dataset_tokenizer(dataset_dir / "tokenizer")
     for i, messages in enumerate(chats):
-        ids, mask, text = transformers_reference(dataset_dir / "tokenizer", messages, tagged)
-        _, _, plain_text = transformers_reference(dataset_dir / "tokenizer", messages, untagged)
+        ids, mask, text = transformers_reference(tokenizer, messages, tagged)
+        _, _, plain_text = transformers_reference(tokenizer, messages, untagged)
         assert text == plain_text  # the tags change nothing but the mask
         assert part[i].tolist() == ids
         assert part.sample_loss_mask(i).tolist() == mask, (i, messages)

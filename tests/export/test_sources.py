@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -53,7 +52,6 @@ def test_real_smollm2_gguf_exports_with_greedy_equal_to_hf(smollm2_gguf, tmp_pat
     from lmfast.generation.model_files import resolve_model_dir
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LMFAST_CACHE", str(Path.home() / ".cache" / "lmfast"))  # converted once
     output = tmp_path / "smollm2"
     assert main(["onnx", str(smollm2_gguf), "--output", str(output), "--parity_steps", "8"]) == 0
     description = json.loads((output / "export.json").read_text())

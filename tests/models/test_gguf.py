@@ -35,13 +35,15 @@ def test_converted_model_equals_the_gguf_model(smollm2_gguf, smollm2_dir):
     assert "Paris" in tokenizer.decode(answer)
 
 
-def test_cache_is_reused_and_non_gguf_refused(smollm2_gguf, tmp_path):
+def test_cache_is_reused_and_non_gguf_refused(smollm2_gguf, smollm2_dir, session_model_cache, tmp_path):
+    """The session fixture converted into $LMFAST_CACHE; asking again returns that dir untouched."""
     assert is_gguf(smollm2_gguf) and not is_gguf(tmp_path)
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"PK\x03\x04 not a gguf file")
     assert not is_gguf(not_gguf)
-    first = converted_dir(smollm2_gguf, cache_dir=tmp_path / "cache")
-    marker_time = (first / ".lmfast-gguf-done").stat().st_mtime_ns
-    assert converted_dir(smollm2_gguf, cache_dir=tmp_path / "cache") == first
-    assert (first / ".lmfast-gguf-done").stat().st_mtime_ns == marker_time
-    assert not list((tmp_path / "cache").glob(".*partial*"))
+    assert smollm2_dir.parent == session_model_cache / "gguf"
+    marker_time = (smollm2_dir / ".lmfast-gguf-done").stat().st_mtime_ns
+    assert converted_dir(smollm2_gguf) == smollm2_dir
+    assert converted_dir(smollm2_gguf, cache_dir=session_model_cache / "gguf") == smollm2_dir
+    assert (smollm2_dir / ".lmfast-gguf-done").stat().st_mtime_ns == marker_time
+    assert not list(smollm2_dir.parent.glob(".*partial*"))
