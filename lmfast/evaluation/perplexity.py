@@ -143,6 +143,7 @@ class StepScorer:
         counts = [len(w) - c for w, c in zip(windows, contexts, strict=True)]
         out = [np.empty(n, dtype=np.float64) for n in counts]
         next_position = np.asarray(contexts, dtype=np.int64)
+        last_position = np.array([len(w) - 1 for w in windows], dtype=np.int64)
         for k in range(max(counts)):
             logp = log_softmax_rows(logits)
             for i, (window, c) in enumerate(zip(windows, contexts, strict=True)):
@@ -154,7 +155,9 @@ class StepScorer:
                 [w[c + k] if k < n else 0 for w, c, n in zip(windows, contexts, counts, strict=True)]
             )
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-            logits, past = self.backend.forward(fed[:, None], mask, next_position[:, None], past)
+            # a row whose targets are done is fed padding at its last position (ignored, in range)
+            position = np.minimum(next_position, last_position)
+            logits, past = self.backend.forward(fed[:, None], mask, position[:, None], past)
             next_position = next_position + 1
         return out
 

@@ -161,3 +161,26 @@ def test_bad_input_is_one_line_and_exit_2_with_no_report(tiny_model_dir, tmp_pat
             err,
         )
         assert not report.exists()
+
+
+@pytest.mark.slow  # an ONNX export (~15 s on 2 cores) and a real `lmfast eval` subprocess
+def test_onnx_export_scores_as_its_torch_source_through_the_cli(tiny_model_dir, valid_text, tmp_path):
+    import subprocess
+    import sys
+
+    from lmfast.export import ExportConfig, export_onnx
+
+    export = export_onnx(ExportConfig(source=tiny_model_dir, output=tmp_path / "export"))
+    report = tmp_path / "onnx.json"
+    command = [sys.executable, "-m", "lmfast", "eval", str(export), "--text_file", str(valid_text)]
+    command += ["--context_length", "64", "--batch_size", "3", "--output", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "perplexity" in result.stdout and f"report: {report}" in result.stdout
+    onnx = json.loads(report.read_text())
+    torch_report = evaluate(
+        EvalConfig(source=str(tiny_model_dir), text_file=str(valid_text), context_length=64, progress=False)
+    )
+    assert onnx["source"] == {"path": str(export), "kind": "onnx", "backend": "onnx"}
+    assert onnx["tokens_scored"] == torch_report["tokens_scored"]
+    assert onnx["nll_sum_nats"] == pytest.approx(torch_report["nll_sum_nats"], rel=1e-5)
