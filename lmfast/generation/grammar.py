@@ -48,6 +48,17 @@ def grammar_text(constraint: Constraint) -> str:
     """
     import llguidance
 
+    try:
+        return _grammar_text(llguidance, constraint)
+    except ParamError:
+        raise
+    except Exception as exc:  # llguidance's own errors on odd input: the client's fault, one line
+        raise ParamError(
+            constraint.field, f"is refused by the grammar compiler: {_one_line(str(exc))}"
+        ) from None
+
+
+def _grammar_text(llguidance: Any, constraint: Constraint) -> str:
     if len(json.dumps(constraint.spec, default=str)) > MAX_GRAMMAR_CHARS:
         raise ParamError(constraint.field, f"is longer than {MAX_GRAMMAR_CHARS} characters")
     matcher = llguidance.LLMatcher
@@ -129,7 +140,10 @@ class Grammars:
             ParamError: (field = the constraint's field) a schema, regex or choice list llguidance refuses.
         """
         grammar = grammar_text(constraint)
-        error = self._llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        try:
+            error = self._llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        except Exception as exc:  # whatever the client sent must not become a 500
+            error = f"{type(exc).__name__}: {exc}"
         if error and not error.startswith("WARNING"):
             raise ParamError(constraint.field, _one_line(error))
         return grammar

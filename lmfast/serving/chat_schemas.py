@@ -24,6 +24,7 @@ from lmfast.serving.schemas import (
     StreamOptions,
     Usage,
 )
+from lmfast.serving.structured import StructuredOutputFields
 
 MAX_MESSAGES = 512
 """Messages in one conversation."""
@@ -70,11 +71,7 @@ class ChatMessage(RequestBody):
         return message
 
 
-class ResponseFormat(RequestBody):
-    type: Literal["text"]
-
-
-class ChatCompletionRequest(RequestBody):
+class ChatCompletionRequest(RequestBody, StructuredOutputFields):
     """OpenAI `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -110,7 +107,7 @@ class ChatCompletionRequest(RequestBody):
     top_logprobs: None = None
     tools: None = None
     tool_choice: Literal["none"] | None = None
-    response_format: ResponseFormat | None = None
+    # response_format (and vLLM's structured_outputs): lmfast.serving.structured
 
     @field_validator("stop")
     @classmethod

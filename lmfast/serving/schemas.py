@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmfast.generation.params import field_bounds
+from lmfast.serving.structured import StructuredOutputFields
 
 MAX_PROMPT_CHARS = 100_000
 """Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
@@ -98,7 +99,7 @@ class StreamOptions(RequestBody):
     include_usage: bool = Field(default=False, description="Send a last chunk with token counts, as OpenAI.")
 
 
-class CompletionRequest(RequestBody):
+class CompletionRequest(RequestBody, StructuredOutputFields):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")

@@ -34,6 +34,7 @@ from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
 from lmfast.serving.routes.openai import _finish_reason, _SSEResponse, stream_failure, stream_usage
 from lmfast.serving.schemas import Usage
+from lmfast.serving.structured import compile_grammar
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -157,8 +158,9 @@ async def chat_completions(
         stop=body.stops(),
         seed=body.seed,
     )
+    grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
     job, deadline = await dispatch.start(
-        engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages"
+        engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages", grammar=grammar
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -23,6 +23,7 @@ from lmfast.serving.schemas import (
     ModelList,
     Usage,
 )
+from lmfast.serving.structured import compile_grammar
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
@@ -85,7 +86,10 @@ async def completions(
         stop=body.stops(),
         seed=body.seed,
     )
-    job, deadline = await dispatch.start(engine, request, prompts, params, config.request_timeout_s, "prompt")
+    grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
+    job, deadline = await dispatch.start(
+        engine, request, prompts, params, config.request_timeout_s, "prompt", grammar=grammar
+    )
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = state.model_name
