@@ -145,7 +145,7 @@ class Grammars:
         except Exception as exc:  # whatever the client sent must not become a 500
             error = f"{type(exc).__name__}: {exc}"
         if error and not error.startswith("WARNING"):
-            raise ParamError(constraint.field, _one_line(error))
+            raise ParamError(constraint.field, f"is refused by the grammar compiler: {_one_line(error)}")
         return grammar
 
     def matcher(self, grammar: str) -> RowGrammar:
