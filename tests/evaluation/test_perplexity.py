@@ -142,7 +142,11 @@ def test_bad_input_is_one_line_and_exit_2_with_no_report(tiny_model_dir, tmp_pat
     text = tmp_path / "text.txt"
     text.write_text("Supposing that Truth is a woman--what then?", encoding="utf-8")
     report = tmp_path / "report.json"
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
+    (tmp_path / "junk.ckpt").write_bytes(b"\0" * 64)
     cases = {
+        (str(tmp_path / "junk.gguf"), "--text_file", str(text)): "--source: ",
+        (str(tmp_path / "junk.ckpt"), "--text_file", str(text)): "--source: ",
         ("/nonexistent/model", "--text_file", str(empty)): "--source: /nonexistent/model: no such file",
         (str(tmp_path), "--text_file", str(empty)): "--source: ",  # a directory that holds no model
         (str(tiny_model_dir), "--text_file", str(tmp_path / "missing.txt")): "--text_file: ",
