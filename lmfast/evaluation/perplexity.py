@@ -113,8 +113,9 @@ class TorchScorer:
                 logits = self.head(picked[lo : lo + HEAD_CHUNK]).float()
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
-                logp = torch.log_softmax(logits, dim=-1)
-                scores.append(logp.gather(1, targets[lo : lo + HEAD_CHUNK, None])[:, 0])
+                # log_softmax at the target only: logit - logsumexp (no full log-probability table)
+                picked_logits = logits.gather(1, targets[lo : lo + HEAD_CHUNK, None])[:, 0]
+                scores.append(picked_logits - torch.logsumexp(logits, dim=-1))
             flat = torch.cat(scores).double().numpy()
         return np.split(flat, np.cumsum([len(w) - c for w, c in zip(windows, contexts, strict=True)])[:-1])
 
