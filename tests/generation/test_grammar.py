@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmfast.generation.grammar import Constraint, Grammars
 from lmfast.generation.params import GenerationParams, ParamError
@@ -63,3 +65,31 @@ def test_refused_constraints_name_their_field(torch_generator):
         with pytest.raises(ParamError) as caught:
             grammars.compile(constraint)
         assert caught.value.field == constraint.field and str(caught.value).startswith(constraint.field)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["string", "object", "integer", "#/x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["type", "properties", "items", "enum", "$ref", "minLength", "pattern", "anyOf"]),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=_JSON, regex=st.text(max_size=12))
+def test_any_schema_or_regex_compiles_or_is_a_param_error(torch_generator, schema, regex):
+    grammars = Grammars.of(torch_generator.codec, torch_generator.info.eos_token_ids)
+    for constraint in (
+        Constraint("json_schema", schema, "guided_json"),
+        Constraint("regex", regex, "guided_regex"),
+    ):
+        try:
+            assert isinstance(grammars.compile(constraint), str)
+        except ParamError as error:
+            assert error.field == constraint.field
