@@ -1,7 +1,7 @@
 """The README's commands, extracted from README.md itself and run in its order on a shortened configuration.
 
 Docs cannot drift: `lmfast demo` runs first (as a new user would), then every shell command of the
-Prepare, Train, Export, Serve and Inference sections, the Python inference example and the
+Prepare, Train, Export, Evaluate, Serve and Inference sections, the Python inference example and the
 tokenizer example run as written in the same directory, with only these changes: `lmfast` is this
 environment's console script (or `python -m lmfast` where there is none), training is cut to a few
 steps, and the server listens on a free port instead of 8000.
@@ -156,6 +156,10 @@ def test_readme_commands_run_as_written_in_order_after_the_demo(tmp_path):
 
     generate = command_starting(commands, "lmfast generate")
     assert run(as_python(generate, port), tmp_path).stdout.startswith("Supposing that Truth is a woman")
+
+    evaluated = run(as_python(command_starting(commands, "lmfast eval"), port), tmp_path).stdout
+    report = json.loads((tmp_path / "data/eval-nietzsche.json").read_text())
+    assert "perplexity" in evaluated and report["tokens_scored"] > 1000 and report["perplexity"] > 1
 
     script = tmp_path / "inference.py"
     script.write_text(python_block(text, "Generator.load"), encoding="utf-8")

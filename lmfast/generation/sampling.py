@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -164,13 +165,20 @@ class SamplerRows:
     banned: np.ndarray  # (B, V) bool
     has_banned: np.ndarray  # (B,) bool, rows whose banned mask is not empty
     rngs: list[np.random.Generator]
+    grammars: list[Any] | None = None
+    """Per row, a `lmfast.generation.grammar.RowGrammar` (structured output) or None; None: no row."""
     # What the batch needs, decided once per batch composition rather than at every step: a
     # step's small NumPy calls run with caches cold from the forward pass, ~10-20 us each.
     _any_penalty: bool = field(init=False, repr=False)
     _any_banned: bool = field(init=False, repr=False)
     _sampling_rows: np.ndarray = field(init=False, repr=False)
+    grammar_done: np.ndarray = field(init=False, repr=False)
+    """(B,) bool after `next_tokens`: rows whose grammar has just been completed."""
 
     def __post_init__(self) -> None:
+        if self.grammars is not None and not any(g is not None for g in self.grammars):
+            self.grammars = None
+        self.grammar_done = np.zeros(len(self.rngs), dtype=bool)
         self._any_penalty = bool(np.any(self.repetition_penalty != 1.0))
         self._any_banned = bool(self.has_banned.any())
         self._sampling_rows = np.flatnonzero(self.temperature > 0)
@@ -183,6 +191,7 @@ class SamplerRows:
         prompts: Sequence[Sequence[int]],
         banned_ids: Sequence[np.ndarray],
         vocab_size: int,
+        grammars: Sequence[Any] | None = None,
     ) -> SamplerRows:
         """State for new rows: one entry per row in each argument."""
         batch = len(params)
@@ -200,6 +209,7 @@ class SamplerRows:
             banned=banned,
             has_banned=banned.any(axis=1),
             rngs=list(rngs),
+            grammars=None if grammars is None else list(grammars),
         )
 
     def __len__(self) -> int:
@@ -216,6 +226,7 @@ class SamplerRows:
             banned=self.banned[rows],
             has_banned=self.has_banned[rows],
             rngs=[self.rngs[i] for i in rows.tolist()],
+            grammars=None if self.grammars is None else [self.grammars[i] for i in rows.tolist()],
         )
 
     def concat(self, other: SamplerRows) -> SamplerRows:
@@ -229,6 +240,7 @@ class SamplerRows:
             banned=np.concatenate([self.banned, other.banned]),
             has_banned=np.concatenate([self.has_banned, other.has_banned]),
             rngs=self.rngs + other.rngs,
+            grammars=_joined(self.grammars, other.grammars, len(self), len(other)),
         )
 
     def next_tokens(self, logits: np.ndarray) -> np.ndarray:
@@ -245,6 +257,8 @@ class SamplerRows:
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
         if self._any_banned:
             logits = apply_banned(logits, self.banned)
+        if self.grammars is not None:  # structured output: each constrained row's token mask
+            logits = apply_banned(logits, self._grammar_refused(logits.shape[1]))
         tokens = np.argmax(logits, axis=1)
         sampling = self._sampling_rows
         if sampling.size:
@@ -258,4 +272,25 @@ class SamplerRows:
             )
         if self._any_penalty:
             self.seen[np.arange(len(tokens)), tokens] = True
+        if self.grammars is not None:
+            for row, grammar in enumerate(self.grammars):
+                if grammar is not None:
+                    grammar.consume(int(tokens[row]))
+                    self.grammar_done[row] = grammar.done
         return tokens
+
+    def _grammar_refused(self, width: int) -> np.ndarray:
+        """(B, width) bool: tokens each constrained row's grammar does not allow next."""
+        refused = np.zeros((len(self), width), dtype=bool)
+        for row, grammar in enumerate(self.grammars or ()):
+            if grammar is not None:
+                refused[row] = ~grammar.allowed(width)
+        return refused
+
+
+def _joined(
+    first: list[Any] | None, second: list[Any] | None, n_first: int, n_second: int
+) -> list[Any] | None:
+    if first is None and second is None:
+        return None
+    return (first or [None] * n_first) + (second or [None] * n_second)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,6 +78,7 @@ class _Request:
     prompt_ids: list[int]
     banned_ids: np.ndarray
     rows: list[_Row]
+    grammar: str | None = None  # structured output (lmfast.generation.grammar), one matcher per row
 
 
 @dataclass
@@ -136,10 +137,16 @@ class DecodeSession:
         return self.add_token_ids(self.codec.encode(prompt), params)
 
     def add_token_ids(
-        self, prompt_ids: list[int], params: GenerationParams, banned_ids: np.ndarray | None = None
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        banned_ids: np.ndarray | None = None,
+        grammar: str | None = None,
     ) -> list[int]:
         """`add` for an already tokenized prompt (and banned words, `codec.banned_ids`), so a caller
-        can tokenize on another thread than the one driving the session."""
+        can tokenize on another thread than the one driving the session. `grammar` (from
+        `Grammars.compile`) constrains every sequence of the prompt; such a row ends ("stop") as
+        soon as its grammar is complete."""
         if not prompt_ids:  # an empty prompt starts from BOS (GPT-2: <|endoftext|>), as HF does
             start = (
                 self.info.bos_token_id if self.info.bos_token_id is not None else self.info.eos_token_ids[0]
@@ -159,7 +166,7 @@ class DecodeSession:
             self._next_row_id += 1
         if banned_ids is None:
             banned_ids = self.codec.banned_ids(params.banned_words)
-        self._waiting.append(_Request(list(prompt_ids), banned_ids, rows))
+        self._waiting.append(_Request(list(prompt_ids), banned_ids, rows, grammar))
         return [row.row_id for row in rows]
 
     def cancel(self, row_id: int) -> None:
@@ -190,6 +197,7 @@ class DecodeSession:
                     batch.pending[:, None], mask, batch.next_position[:, None], batch.past
                 )
                 tokens = batch.sampler.next_tokens(logits)
+                done = batch.sampler.grammar_done
             except Exception as exc:  # one computation for all these rows: they end together
                 self._batch = None
                 events += _failed(batch.rows, exc)
@@ -197,7 +205,7 @@ class DecodeSession:
                 batch.past, batch.attention_mask = past, mask
                 batch.next_position = batch.next_position + 1
                 batch.pending = tokens
-                events += self._record(batch.rows, tokens)
+                events += self._record(batch.rows, tokens, done)
                 self._drop_finished()  # rows done now free their places for waiting ones
         admitted = self._admit()
         if admitted:
@@ -221,7 +229,7 @@ class DecodeSession:
                 return _failed(requests[0].rows, exc)
             return [event for request in requests for event in self._join([request])]
         self._batch = joined
-        events = self._record(fresh.rows, fresh.pending)
+        events = self._record(fresh.rows, fresh.pending, fresh.sampler.grammar_done)
         self._drop_finished()
         return events
 
@@ -241,6 +249,7 @@ class DecodeSession:
             banned_ids=[requests[g].banned_ids for g in expand],
             # ids past the tokenizer's vocabulary (padding rows of the embedding) are never drawn
             vocab_size=min(logits.shape[1], self.codec.vocab_size),
+            grammars=self._grammars([requests[g].grammar for g in expand]),
         )
         batch = _Batch(
             rows=rows,
@@ -251,20 +260,29 @@ class DecodeSession:
         )
         return batch, logits[expand]
 
-    def _record(self, rows: list[_Row], tokens: np.ndarray) -> list[TokenEvent]:
+    def _grammars(self, grammars: list[str | None]) -> list[Any] | None:
+        """One matcher per row that has a grammar (llguidance is loaded only when one does)."""
+        if not any(grammars):
+            return None
+        from lmfast.generation.grammar import Grammars
+
+        compiled = Grammars.of(self.codec, self.info.eos_token_ids)
+        return [None if g is None else compiled.matcher(g) for g in grammars]
+
+    def _record(self, rows: list[_Row], tokens: np.ndarray, grammar_done: np.ndarray) -> list[TokenEvent]:
         """Record each row's new token, decode its text and decide whether the row is done."""
         events = []
-        for row, token in zip(rows, tokens.tolist(), strict=True):
+        for row, token, complete in zip(rows, tokens.tolist(), grammar_done.tolist(), strict=True):
             row.generated += 1
             try:
-                event = self._next_text(row, token)
+                event = self._next_text(row, token, complete)
             except Exception as exc:  # this row's text alone: the others go on
                 event = TokenEvent(row.row_id, token, "", True, "error", exc)
             row.finished = event.finished
             events.append(event)
         return events
 
-    def _next_text(self, row: _Row, token: int) -> TokenEvent:
+    def _next_text(self, row: _Row, token: int, grammar_complete: bool = False) -> TokenEvent:
         reason: FinishReason | None = None
         if token in self._eos:
             text, reason = row.stream.flush(), "eos"
@@ -272,6 +290,8 @@ class DecodeSession:
             text, stopped = row.stream.push(token)
             if stopped:
                 reason = "stop"
+            elif grammar_complete:  # structured output: the answer is whole
+                text, reason = text + row.stream.flush(), "stop"
             elif (
                 row.generated >= row.params.max_new_tokens
                 or row.prompt_length + row.generated >= self.info.max_context

@@ -66,7 +66,11 @@ class _Session(Protocol):
 
     def admissible(self, sizes: Sequence[int]) -> int: ...
     def add_token_ids(
-        self, prompt_ids: list[int], params: GenerationParams, banned_ids: np.ndarray | None = None
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        banned_ids: np.ndarray | None = None,
+        grammar: str | None = None,
     ) -> list[int]: ...
     def step(self) -> list[Any]: ...
     def cancel(self, row_id: int) -> None: ...
@@ -99,10 +103,16 @@ class GenerationJob:
     """
 
     def __init__(
-        self, prompts: Sequence[str | list[int]], params: GenerationParams, loop: asyncio.AbstractEventLoop
+        self,
+        prompts: Sequence[str | list[int]],
+        params: GenerationParams,
+        loop: asyncio.AbstractEventLoop,
+        grammar: str | None = None,
     ) -> None:
-        """`prompts` are texts, or token ids already (a rendered chat template: no special tokens added)."""
+        """`prompts` are texts, or token ids already (a rendered chat template: no special tokens
+        added); `grammar` constrains every row (structured output, lmfast.generation.grammar)."""
         self.prompts = list(prompts)
+        self.grammar = grammar
         self.params = params
         self.n_rows = len(self.prompts) * params.num_return_sequences
         self.loop = loop
@@ -399,7 +409,7 @@ class BatchingEngine:
                 job.tokenize(self.generator.codec)
             assert job.prompt_ids is not None
             for p, prompt_ids in enumerate(job.prompt_ids):
-                for s, row_id in enumerate(session.add_token_ids(prompt_ids, job.params, job.banned_ids)):
+                for s, row_id in enumerate(session.add_token_ids(prompt_ids, job.params, job.banned_ids, job.grammar)):
                     rows[row_id] = (job, p * n + s)
                     job.row_ids.append(row_id)
         except Exception as exc:

@@ -20,6 +20,7 @@ from lmfast.serving.schemas import (
     SamplingFields,
     Usage,
 )
+from lmfast.serving.structured import StructuredOutputFields
 
 MAX_MESSAGES = 512
 """Messages in one conversation."""
@@ -66,11 +67,7 @@ class ChatMessage(RequestBody):
         return message
 
 
-class ResponseFormat(RequestBody):
-    type: Literal["text"]
-
-
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     """OpenAI `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -94,7 +91,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: None = None
     tools: None = None
     tool_choice: Literal["none"] | None = None
-    response_format: ResponseFormat | None = None
+    # response_format (and vLLM's structured_outputs): lmfast.serving.structured
 
     def max_new_tokens(self) -> int:
         """What to generate at most: the context bounds it anyway (finish_reason "length")."""

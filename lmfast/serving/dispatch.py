@@ -99,8 +99,9 @@ async def start(
     params: GenerationParams,
     timeout_s: float,
     prompt_field: str,
+    grammar: str | None = None,
 ) -> tuple[GenerationJob, float]:
-    """Queue a job and wait until it joins the batch.
+    """Queue a job and wait until it joins the batch (`grammar`: structured output, compiled).
 
     Returns:
         The admitted job and its deadline (`time.perf_counter()` seconds).
@@ -110,7 +111,7 @@ async def start(
             422 (the model refused a prompt, e.g. longer than its context), 500 (a server bug).
         ClientDisconnected: the client left while waiting.
     """
-    job = GenerationJob(prompts, params, asyncio.get_running_loop())
+    job = GenerationJob(prompts, params, asyncio.get_running_loop(), grammar)
     metrics: ServeMetrics = state_of(request.app).metrics
     try:  # off the engine thread and off the event loop: long texts take a while
         await asyncio.to_thread(job.tokenize, engine.generator.codec)

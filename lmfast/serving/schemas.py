@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmfast.generation.params import field_bounds
+from lmfast.serving.structured import StructuredOutputFields
 
 MAX_PROMPT_CHARS = 100_000
 """Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
@@ -140,7 +141,7 @@ class SamplingFields(RequestBody):
         }
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, StructuredOutputFields):
     """OpenAI `POST /v1/completions`. Unknown OpenAI fields (user, presence_penalty...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")

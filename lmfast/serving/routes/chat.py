@@ -40,6 +40,7 @@ from lmfast.serving.routes.openai import (
     stream_usage,
     usage_of,
 )
+from lmfast.serving.structured import compile_grammar
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -145,8 +146,9 @@ async def chat_completions(
     dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
     prompt_ids = _chat_ids(request, prompt)
     params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_new_tokens(), **body.sampling_values())
+    grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
     job, deadline = await dispatch.start(
-        engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages"
+        engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages", grammar=grammar
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -24,6 +24,7 @@ from lmfast.serving.schemas import (
     ModelList,
     Usage,
 )
+from lmfast.serving.structured import compile_grammar
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
@@ -76,7 +77,10 @@ async def completions(
     prompts = body.prompts()
     dispatch.check_prompts(prompts, config.max_prompt_chars, "prompt")
     params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_tokens, **body.sampling_values())
-    job, deadline = await dispatch.start(engine, request, prompts, params, config.request_timeout_s, "prompt")
+    grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
+    job, deadline = await dispatch.start(
+        engine, request, prompts, params, config.request_timeout_s, "prompt", grammar=grammar
+    )
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = state.model_name

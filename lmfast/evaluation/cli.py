@@ -1,0 +1,65 @@
+"""`lmfast eval SOURCE (--dataset_dir DIR | --text_file FILE) [--output report.json]`.
+
+Flags are built from `EvalConfig` (lmfast.flags). Bad input is one line on stderr naming the flag,
+exit 2, and no report written. The table goes to stdout; the progress bar to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lmfast.evaluation.config import EvalConfig, EvalError
+from lmfast.flags import FlagError, OneLineParser, add_config_flags, parse_config
+
+PROG = "lmfast eval"
+
+
+def build_parser() -> OneLineParser:
+    """One flag per `EvalConfig` field, SOURCE as the positional argument."""
+    parser = OneLineParser(prog=PROG, description=(EvalConfig.__doc__ or "").strip().splitlines()[0])
+    add_config_flags(parser, EvalConfig, positional=["source"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate, print the table (and write --output); 2 on bad input."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config, _ = parse_config(build_parser(), EvalConfig, argv)
+    except SystemExit as exit_request:  # --help
+        return int(exit_request.code or 0)
+    except FlagError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    from lmfast.evaluation.perplexity import evaluate, table
+
+    try:
+        config.check()
+        with _progress_bar(config.progress) as bar:
+
+            def advance(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done)
+
+            report = evaluate(config, progress=advance)
+    except EvalError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no report written", file=sys.stderr)
+        return 130
+    print(table(report))
+    if config.output:
+        print(f"report: {config.output}")
+    return 0
+
+
+def _progress_bar(enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None: shown only when stderr is a terminal, so logs and pipes stay clean
+    return tqdm(unit="tok", desc="scoring", disable=None if enabled else True, file=sys.stderr, leave=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

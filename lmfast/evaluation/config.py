@@ -1,0 +1,64 @@
+"""`EvalConfig`: the flags of `lmfast eval`, one field each (flag = field = the report's `config` keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+class EvalError(ValueError):
+    """Bad input to `lmfast eval`; `field` names the flag, the message says what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"--{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class EvalConfig:
+    """Score a model on held-out text: perplexity and bits per byte (docs/architecture.md §7)."""
+
+    source: str = ""
+    """The model: an export dir, an experiment dir, a .ckpt, a Hugging Face model dir or a .gguf file."""
+    dataset_dir: str | None = None
+    """A dataset written by `lmfast prepare`; its --split is scored (give this or --text_file)."""
+    split: Literal["valid", "train"] = "valid"
+    """Which split of --dataset_dir to score."""
+    text_file: str | None = None
+    """A raw UTF-8 text file, tokenized as one document after the model's BOS (or EOS) token."""
+    context_length: int | None = None
+    """Tokens per window; none: the model's context."""
+    stride: int | None = None
+    """How far each window moves on; none: half the window. Each token is scored once, with the
+    context of the window that scores it."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+    max_tokens: int | None = None
+    """Score only the first N tokens of the text (none: all)."""
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    """auto: ONNX Runtime for an export dir, torch otherwise."""
+    num_threads: int | None = None
+    """Intra-op threads (none: the library default)."""
+    output: str | None = None
+    """Write the JSON report here (the terminal gets a short table either way)."""
+    progress: bool = True
+    """Show a progress bar on stderr (when it is a terminal)."""
+
+    def check(self) -> None:
+        """Every rule that needs no file: raises EvalError naming the flag."""
+        if not self.source:
+            raise EvalError("source", "give the model to evaluate (lmfast eval SOURCE --dataset_dir DIR)")
+        if (self.dataset_dir is None) == (self.text_file is None):
+            raise EvalError("dataset_dir", "give exactly one of --dataset_dir and --text_file")
+        for name in ("context_length", "stride", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EvalError(name, f"must be >= 1, got {value}")
+        if self.context_length is not None and self.context_length < 2:
+            raise EvalError(
+                "context_length", f"must be >= 2 (a token and its context), got {self.context_length}"
+            )
+        if self.batch_size < 1:
+            raise EvalError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise EvalError("num_threads", f"must be >= 1, got {self.num_threads}")
