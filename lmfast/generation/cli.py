@@ -25,6 +25,7 @@ _HELP = {
     "banned_words": "never generate this word (repeatable)",
     "seed": "seed for reproducible sampling; none draws a fresh one",
 }
+"""The flags; GenerationParams' other fields (logprobs, logit_bias...) are HTTP-only."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     defaults = GenerationParams()
     for f in dataclasses.fields(GenerationParams):
+        if f.name not in _HELP:
+            continue
         default = getattr(defaults, f.name)
         shown = "none" if default in (None, []) else default
         help_text = f"{_HELP[f.name]} (default: {shown})"
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(GenerationParams)
-        if getattr(args, f.name) is not None
+        if f.name in _HELP and getattr(args, f.name) is not None
     }
     try:
         GenerationParams().replace(**overrides)  # bad flags fail before a model is loaded
