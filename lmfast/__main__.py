@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lmfast.generation.cli", "Generate text from an export, experiment or Hugging Face model dir."),
     "serve": ("lmfast.serving.cli", "Serve a model over HTTP with dynamic batching (FastAPI + uvicorn)."),
     "bot": ("lmfast.bot.cli", "Run the Telegram bot in front of an `lmfast serve` API."),
+    "eval": ("lmfast.evaluation.cli", "Evaluate a model: lm-evaluation-harness tasks from local files (--tasks)."),
     "demo": ("lmfast.demo", "Run the whole pipeline end to end on the bundled Nietzsche example."),
 }
 

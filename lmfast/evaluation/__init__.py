@@ -1,0 +1,1 @@
+"""`lmfast eval`: measuring a model (lm-evaluation-harness tasks: `lmfast.evaluation.tasks`)."""
