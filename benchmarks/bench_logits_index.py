@@ -57,17 +57,44 @@ def main() -> None:
                 started = time.perf_counter()
                 generators[name](prompts, max_new_tokens=args.new_tokens, temperature=0.0)
                 times.setdefault((batch_name, name), []).append(time.perf_counter() - started)
+    steps = _decode_steps(generators, ids, args.rounds)
     load_after = os.getloadavg()
     print(
         f"threads {args.num_threads}, {args.rounds} rounds alternated, {args.new_tokens} new tokens per row"
     )
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    for label, pick in (("median", statistics.median), ("best", min)):
+        old, new = pick(steps["old"]), pick(steps["new"])
+        print(
+            f"decode step, batch 1 {label}: old {old * 1e3:.3f} ms, new {new * 1e3:.3f} ms, new/old {new / old:.3f}"
+        )
     for batch_name in batches:
         for label, pick in (("median", statistics.median), ("best", min)):  # best: least disturbed
             old, new = pick(times[(batch_name, "old")]), pick(times[(batch_name, "new")])
             print(
                 f"{batch_name} {label}: old {old * 1000:.1f} ms, new {new * 1000:.1f} ms, new/old {new / old:.3f}"
             )
+
+
+def _decode_steps(generators: dict[str, Generator], ids: np.ndarray, rounds: int) -> dict[str, list[float]]:
+    """Bare decode steps (batch 1, a 48-column cache): 20 steps per contender per round, alternated."""
+    state = {}
+    for name, generator in generators.items():
+        mask, positions = np.ones_like(ids), np.arange(ids.shape[1])[None, :]
+        _, past = generator.backend.forward(ids, mask, positions, None)
+        state[name] = past
+    token = ids[:, -1:]
+    mask = np.ones((1, ids.shape[1] + 1), dtype=np.int64)
+    position = np.array([[ids.shape[1]]], dtype=np.int64)
+    times: dict[str, list[float]] = {name: [] for name in generators}
+    for round_index in range(rounds):
+        for name in sorted(generators, reverse=round_index % 2 == 1):
+            backend = generators[name].backend
+            for _ in range(20):
+                started = time.perf_counter()
+                backend.forward(token, mask, position, state[name])
+                times[name].append(time.perf_counter() - started)
+    return times
 
 
 if __name__ == "__main__":
