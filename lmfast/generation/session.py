@@ -28,6 +28,8 @@ from lmfast.generation.sampling import SamplerRows, TokenLogprob, log_softmax, m
 from lmfast.generation.text import TextCodec, TextStream
 
 FinishReason = Literal["length", "stop", "eos", "error"]
+PROMPT_LOGITS_BYTES = 256 * 2**20
+"""Bound on one prefill's all-position logits (prompt logprobs): requests beyond it prefill apart."""
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
 
 
@@ -235,6 +237,9 @@ class DecodeSession:
     def _join(self, requests: list[_Request]) -> list[TokenEvent]:
         """Prefill `requests` into the batch; if that fails, retry each alone so that only the
         request at fault ends."""
+        groups = self._logit_groups(requests)
+        if len(groups) > 1:
+            return [event for group in groups for event in self._join(group)]
         try:
             fresh, logits, prompt_logprobs = self._prefill(requests)
             fresh.pending, logprobs = fresh.sampler.choose(logits)
@@ -247,6 +252,25 @@ class DecodeSession:
         events = self._record(fresh.rows, fresh.pending, logprobs, prompt_logprobs)
         self._drop_finished()
         return events
+
+    def _logit_groups(self, requests: list[_Request]) -> list[list[_Request]]:
+        """`requests` as prefill groups: one when no request wants prompt logprobs; else those
+        that do in groups whose all-position logits, (B, T, V) float32, fit
+        `PROMPT_LOGITS_BYTES` (a request alone may exceed it), the others together."""
+        scored = [r for r in requests if r.rows[0].params.prompt_logprobs is not None]
+        if not scored or (len(requests) == 1):
+            return [requests]
+        plain = [r for r in requests if r.rows[0].params.prompt_logprobs is None]
+        groups: list[list[_Request]] = [plain] if plain else []
+        group: list[_Request] = []
+        for request in scored:
+            longest = max([len(r.prompt_ids) for r in group] + [len(request.prompt_ids)])
+            if group and (len(group) + 1) * longest * self.codec.vocab_size * 4 > PROMPT_LOGITS_BYTES:
+                groups.append(group)
+                group = []
+            group.append(request)
+        groups.append(group)
+        return groups
 
     def _prefill(
         self, requests: list[_Request]

@@ -86,3 +86,29 @@ def test_logprobs_follow_the_distribution_sampled_from(varied_model_dir: Path) -
             row[token] += value
         expected = torch.log_softmax(torch.from_numpy(row / 0.5), dim=-1).numpy()
         np.testing.assert_allclose(entry.logprob, expected[entry.token_id], atol=2e-4)
+
+
+def test_scored_prefills_beyond_the_logits_budget_run_apart_with_the_same_numbers(
+    varied_model_dir: Path, monkeypatch
+) -> None:
+    from lmfast.generation import session as session_module
+
+    generator = Generator.load(varied_model_dir, backend="torch", num_threads=1)
+    params = GenerationParams(max_new_tokens=2, temperature=0.0, logprobs=1, prompt_logprobs=1)
+    together = _decode(generator, params)
+    calls = []
+    forward = generator.backend.forward
+
+    def counting(input_ids, *args, **kwargs):
+        calls.append(input_ids.shape)
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "PROMPT_LOGITS_BYTES", 1)  # every scored prompt alone
+    monkeypatch.setattr(generator.backend, "forward", counting)
+    apart = _decode(generator, params)
+    assert calls[:2] == [(1, len(PROMPTS[0])), (1, len(PROMPTS[1]))]  # two prefills, no padding
+    for a, b in zip(together, apart, strict=True):
+        assert a["tokens"] == b["tokens"]
+        np.testing.assert_allclose(
+            [e.logprob for e in a["prompt"][1:]], [e.logprob for e in b["prompt"][1:]], atol=1e-5
+        )
