@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("lmfast.export.cli", "Export a trained model (`lmfast export onnx SOURCE --output DIR`)."),
     "generate": ("lmfast.generation.cli", "Generate text from an export, experiment or Hugging Face model dir."),
     "serve": ("lmfast.serving.cli", "Serve a model over HTTP with dynamic batching (FastAPI + uvicorn)."),
-    "eval": ("lmfast.evaluation.cli", "Evaluate a model: perplexity and bits per byte on held-out text."),
+    "eval": ("lmfast.evaluation.cli", "Evaluate a model: perplexity and bits per byte, or lm-evaluation-harness tasks (--tasks)."),
     "bot": ("lmfast.bot.cli", "Run the Telegram bot in front of an `lmfast serve` API."),
     "demo": ("lmfast.demo", "Run the whole pipeline end to end on the bundled Nietzsche example."),
 }

@@ -1,1 +1,2 @@
-"""`lmfast eval`: how good a model is on held-out text (perplexity and bits per byte)."""
+"""`lmfast eval`: how good a model is: perplexity and bits per byte on held-out text, or
+lm-evaluation-harness tasks against an lmfast server (`lmfast.evaluation.tasks`)."""

@@ -1,4 +1,5 @@
-"""`lmfast eval SOURCE (--dataset_dir DIR | --text_file FILE) [--output report.json]`.
+"""`lmfast eval SOURCE (--dataset_dir DIR | --text_file FILE) [--output report.json]`, or
+`lmfast eval SOURCE --tasks TASKS [--server URL]` (lm-evaluation-harness: `lmfast.evaluation.tasks`).
 
 Flags are built from `EvalConfig` (lmfast.flags). Bad input is one line on stderr naming the flag,
 exit 2, and no report written. The table goes to stdout; the progress bar to stderr.
@@ -16,7 +17,12 @@ PROG = "lmfast eval"
 
 def build_parser() -> OneLineParser:
     """One flag per `EvalConfig` field, SOURCE as the positional argument."""
-    parser = OneLineParser(prog=PROG, description=(EvalConfig.__doc__ or "").strip().splitlines()[0])
+    parser = OneLineParser(
+        prog=PROG,
+        description=(EvalConfig.__doc__ or "").strip().splitlines()[0],
+        epilog="With --tasks TASKS it runs lm-evaluation-harness tasks instead "
+        "(`lmfast eval SOURCE --tasks TASKS --help` lists those flags).",
+    )
     add_config_flags(parser, EvalConfig, positional=["source"])
     return parser
 
@@ -24,6 +30,10 @@ def build_parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate, print the table (and write --output); 2 on bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--tasks" or a.startswith("--tasks=") for a in argv):
+        from lmfast.evaluation.tasks import main as tasks_main
+
+        return tasks_main(argv)
     try:
         config, _ = parse_config(build_parser(), EvalConfig, argv)
     except SystemExit as exit_request:  # --help

@@ -1,8 +1,10 @@
 """The graph that becomes `model.onnx`: one decoder step with an explicit, flat KV cache.
 
-`forward(input_ids, attention_mask, position_ids, *past) -> (logits of the last position, *present)`.
+`forward(input_ids, attention_mask, position_ids, logits_index, *past) -> (logits, *present)`.
 One graph serves the prompt (past of length 0) and every decode step; the attention mask is a real
-input (left-padded batches work) and the vocabulary projection runs for the last position only.
+input (left-padded batches work). `logits_index` (K,) picks the new positions whose logits are
+computed, shared by every row: `[T - 1]` for a normal step (the vocabulary projection runs for the
+last position only), `arange(T)` when a request asks for prompt logprobs; logits are (B, K, V).
 
 Two ways to build it, weights shared with the Hugging Face model (nothing copied):
 - `TransformersDecoder`, for every family in `families.EXPORTABLE_FAMILIES`: transformers' own
@@ -69,6 +71,7 @@ class TransformersDecoder(nn.Module):
         input_ids: torch.Tensor,  # (B, T) int64
         attention_mask: torch.Tensor,  # (B, P + T) int64
         position_ids: torch.Tensor,  # (B, T) int64
+        logits_index: torch.Tensor,  # (K,) int64 new positions whose logits are computed
         *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, P, D)
     ) -> tuple[torch.Tensor, ...]:
         out = self.model(
@@ -77,12 +80,12 @@ class TransformersDecoder(nn.Module):
             position_ids=position_ids,
             past_key_values=self._cache(past),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=logits_index,  # a tensor: these positions only (transformers' own rule)
         )
         presents: list[torch.Tensor] = []
         for layer in out.past_key_values.layers:
             presents += [layer.keys, layer.values]
-        return (out.logits[:, -1], *presents)
+        return (out.logits, *presents)
 
 
 class GPT2Decoder(nn.Module):
@@ -121,6 +124,7 @@ class GPT2Decoder(nn.Module):
         input_ids: torch.Tensor,  # (B, T) int64
         attention_mask: torch.Tensor,  # (B, P + T) int64
         position_ids: torch.Tensor,  # (B, T) int64
+        logits_index: torch.Tensor,  # (K,) int64 new positions whose logits are computed
         *past: torch.Tensor,  # 2 * n_layer of (B, H, P, D)
     ) -> tuple[torch.Tensor, ...]:
         transformer = self.model.transformer
@@ -136,8 +140,8 @@ class GPT2Decoder(nn.Module):
             presents += [k, v]
             h = h + _dense(block.attn.c_proj, y)
             h = h + _dense(block.mlp.c_proj, block.mlp.act(_dense(block.mlp.c_fc, block.ln_2(h))))
-        last = transformer.ln_f(h[:, -1, :])  # (B, C): only the last position is sampled from
-        logits = self.model.lm_head(last)  # (B, V)
+        kept = transformer.ln_f(h.index_select(1, logits_index))  # (B, K, C): usually the last only
+        logits = self.model.lm_head(kept)  # (B, K, V)
         return (logits, *presents)
 
 
@@ -164,6 +168,7 @@ class LlamaDecoder(nn.Module):
         input_ids: torch.Tensor,  # (B, T) int64
         attention_mask: torch.Tensor,  # (B, P + T) int64
         position_ids: torch.Tensor,  # (B, T) int64
+        logits_index: torch.Tensor,  # (K,) int64 new positions whose logits are computed
         *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, P, D)
     ) -> tuple[torch.Tensor, ...]:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -186,7 +191,7 @@ class LlamaDecoder(nn.Module):
             presents += [k, v]
             h = h + attn.o_proj(y)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = self.model.lm_head(inner.norm(h[:, -1, :]))  # (B, V)
+        logits = self.model.lm_head(inner.norm(h.index_select(1, logits_index)))  # (B, K, V)
         return (logits, *presents)
 
 

@@ -98,6 +98,7 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
     attention_mask = torch.ones(batch, past_len + seq, dtype=torch.int64)
     attention_mask[0, :2] = 0
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+    logits_index = torch.arange(1, seq)  # K = 2 of T = 3: K is its own dynamic dim
     past = [
         torch.zeros(batch, decoder.num_kv_heads, past_len, decoder.head_dim)
         for _ in range(2 * decoder.n_layer)
@@ -111,17 +112,18 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
         {0: dynamic, 1: dynamic},
         {0: dynamic, 1: dynamic},
         {0: dynamic, 1: dynamic},
+        {0: dynamic},
         tuple({0: dynamic, 2: dynamic} for _ in past),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             decoder,
-            (input_ids, attention_mask, position_ids, *past),
+            (input_ids, attention_mask, position_ids, logits_index, *past),
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+            input_names=["input_ids", "attention_mask", "position_ids", "logits_index", *past_names],
             output_names=["logits", *(n.replace("past_key_values.", "present.") for n in past_names)],
             dynamic_shapes=dynamic_shapes,
             verbose=False,

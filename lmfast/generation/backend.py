@@ -24,6 +24,7 @@ class Backend(Protocol):
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: Past | None,
+        all_logits: bool = False,
     ) -> tuple[np.ndarray, Past]:
         """Run the model on new tokens.
 
@@ -32,9 +33,12 @@ class Backend(Protocol):
             attention_mask: (B, P + T) int64, 1 for real tokens, 0 for padding, past columns first.
             position_ids: (B, T) int64, each row counting its own real tokens from 0.
             past: the cache of the P previous columns, or None for a fresh prompt (P = 0).
+            all_logits: return the logits of every new position, (B, T, V), for prompt logprobs
+                (the loop passes it only when True; a normal step computes the last one alone).
 
         Returns:
-            (logits of the last position, (B, V) float32; the cache of all P + T columns).
+            (logits of the last position, (B, V) float32, or (B, T, V) with `all_logits`; the
+            cache of all P + T columns).
         """
         ...
 

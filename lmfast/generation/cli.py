@@ -16,6 +16,9 @@ from typing import Literal
 from lmfast import flags
 from lmfast.generation.params import GenerationParams
 
+HTTP_ONLY = ("ignore_eos", "min_tokens", "stop_token_ids", "logit_bias", "logprobs", "prompt_logprobs")
+"""GenerationParams fields the HTTP API takes and this command does not (it prints text only)."""
+
 
 @dataclass
 class GenerateConfig:
@@ -49,7 +52,7 @@ def _parser() -> flags.OneLineParser:
         "sampling",
         "Unset flags take the model's generation_config.json (an export has one), else the default shown.",
     )
-    flags.add_config_flags(sampling, GenerationParams)  # type: ignore[arg-type]
+    flags.add_config_flags(sampling, GenerationParams, exclude=HTTP_ONLY)  # type: ignore[arg-type]
     return parser
 
 

@@ -1,7 +1,9 @@
 """The ONNX Runtime backend: `model.onnx` from `lmfast export onnx`, no torch needed.
 
-The graph (lmfast.export.decoder) takes input_ids, attention_mask, position_ids and
-`past_key_values.{i}.key/value`, and returns last-position `logits` and `present.{i}.key/value`.
+The graph (lmfast.export.decoder) takes input_ids, attention_mask, position_ids, logits_index and
+`past_key_values.{i}.key/value`, and returns `logits` of the positions in logits_index (the last one
+for a normal step, every one for prompt logprobs) and `present.{i}.key/value`. Exports made before
+logits_index existed return last-position logits only; they serve everything but prompt logprobs.
 On CPU the cache stays in NumPy arrays that ONNX Runtime reads without copying. On CUDA the cache
 stays on the GPU through IO binding; only the logits come back each step, and the rare cache
 reshapes (rows joining or leaving) round-trip through host memory.
@@ -81,6 +83,7 @@ class OnnxBackend(NumpyCacheOps):
         self.num_kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.cache_dtype = _NUMPY_DTYPES[first.type]
         self._binding = session.io_binding() if provider == "cuda" else None
+        self.has_logits_index = "logits_index" in inputs
 
     @classmethod
     def load(
@@ -116,15 +119,30 @@ class OnnxBackend(NumpyCacheOps):
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: list | None,
+        all_logits: bool = False,
     ) -> tuple[np.ndarray, list]:
         if past is None:
             past = self._empty_past(input_ids.shape[0])
-        if self._binding is not None:
-            return self._forward_bound(input_ids, attention_mask, position_ids, past)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        feeds.update(zip(self.past_names, past, strict=True))
-        logits, *present = self.session.run(self.output_names, feeds)
-        return logits.astype(np.float32, copy=False), present
+        steps = input_ids.shape[1]
+        if self.has_logits_index:
+            feeds["logits_index"] = np.arange(steps if all_logits else 1, dtype=np.int64) + (
+                0 if all_logits else steps - 1
+            )
+        elif all_logits:
+            raise ValueError(
+                "this export returns last-position logits only (made before prompt logprobs): "
+                "export the model again with lmfast export onnx"
+            )
+        if self._binding is not None:
+            logits, present = self._forward_bound(feeds, past)
+        else:
+            feeds.update(zip(self.past_names, past, strict=True))
+            logits, *present = self.session.run(self.output_names, feeds)
+        logits = logits.astype(np.float32, copy=False)
+        if self.has_logits_index and not all_logits:
+            logits = logits[:, -1]
+        return logits, present
 
     def _empty_past(self, batch: int) -> list:
         empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
@@ -134,15 +152,11 @@ class OnnxBackend(NumpyCacheOps):
 
     # --- CUDA: cache as device OrtValues -------------------------------------------------------
 
-    def _forward_bound(self, input_ids, attention_mask, position_ids, past) -> tuple[np.ndarray, list]:
+    def _forward_bound(self, feeds: dict[str, np.ndarray], past: list) -> tuple[np.ndarray, list]:
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        for name, array in (
-            ("input_ids", input_ids),
-            ("attention_mask", attention_mask),
-            ("position_ids", position_ids),
-        ):
+        for name, array in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
@@ -151,7 +165,7 @@ class OnnxBackend(NumpyCacheOps):
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
-        return logits.numpy().astype(np.float32, copy=False), present
+        return logits.numpy(), present
 
     def _to_host(self, past: list) -> list[np.ndarray]:
         return [v.numpy() if isinstance(v, ort.OrtValue) else v for v in past]

@@ -18,6 +18,10 @@ MAX_RETURN_SEQUENCES = 16
 SEED_LIMIT = 2**63
 DEFAULT_MAX_BATCH_SIZE = 32
 """Rows decoded together when nobody says otherwise (the session, the engine, `lmfast serve`)."""
+MAX_LOGPROBS = 20
+"""Most alternatives per position `logprobs` / `prompt_logprobs` may ask for (vLLM's default)."""
+LOGIT_BIAS_LIMIT = 100.0
+"""A logit bias is in [-100, 100], as OpenAI's."""
 
 
 class ParamError(ValueError):
@@ -87,6 +91,20 @@ class GenerationParams:
     """Words never generated (every sub-token of each word is banned; the seed's `ignored_words`)."""
     seed: int | None = field(default=None, metadata=bounds(ge=0, lt=SEED_LIMIT))
     """Seed for reproducible sampling; None draws a fresh one."""
+    ignore_eos: bool = False
+    """Keep generating after an end-of-sequence token (up to max_new_tokens), as vLLM's."""
+    min_tokens: int = field(default=0, metadata=bounds(ge=0, le=MAX_NEW_TOKENS_LIMIT))
+    """EOS and `stop_token_ids` cannot be drawn before this many tokens were generated."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """A sequence also ends (finish reason "stop") when it draws one of these token ids."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Token id -> value added to its logit before sampling (in [-100, 100], as OpenAI's)."""
+    logprobs: int | None = field(default=None, metadata=bounds(ge=0, le=MAX_LOGPROBS))
+    """Report each generated token's log-probability and this many top alternatives; None: off.
+    Of the distribution sampled from: after penalties, bias and temperature (0 counts as 1)."""
+    prompt_logprobs: int | None = field(default=None, metadata=bounds(ge=0, le=MAX_LOGPROBS))
+    """Report the model's log-probability of each prompt token (the first has none) and this many
+    top alternatives; None: off. Needs logits at every prompt position (one more output)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -97,6 +115,13 @@ class GenerationParams:
                 raise ParamError(f.name, f"must be {_interval(limits)}{hint}, got {value}")
         self.stop = [s for s in self.stop if s]
         self.banned_words = [w for w in self.banned_words if w.strip()]
+        if self.min_tokens > self.max_new_tokens:
+            raise ParamError(
+                "min_tokens", f"must be <= max_new_tokens ({self.max_new_tokens}), got {self.min_tokens}"
+            )
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ParamError("stop_token_ids", f"must be token ids >= 0, got {self.stop_token_ids}")
+        self.logit_bias = {_token_id(k): _bias(v) for k, v in self.logit_bias.items()}
 
     @property
     def greedy(self) -> bool:
@@ -129,6 +154,24 @@ class GenerationParams:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _token_id(key: Any) -> int:
+    """A logit_bias key: an int, or its decimal string (JSON object keys are strings)."""
+    try:
+        token = int(key)
+    except (TypeError, ValueError):
+        raise ParamError("logit_bias", f"keys must be token ids, got {key!r}") from None
+    if token < 0 or isinstance(key, bool | float):
+        raise ParamError("logit_bias", f"keys must be token ids >= 0, got {key!r}")
+    return token
+
+
+def _bias(value: Any) -> float:
+    limits = {"ge": -LOGIT_BIAS_LIMIT, "le": LOGIT_BIAS_LIMIT}
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _within(float(value), limits):
+        raise ParamError("logit_bias", f"values must be {_interval(limits)}, got {value!r}")
+    return float(value)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GenerationParams)}

@@ -147,6 +147,45 @@ def _nucleus_bound(scaled: np.ndarray, top_p: np.ndarray, first_try: int = 256) 
     return vocab, log_total
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+    """(token id, log-probability), most likely first; as many as asked for."""
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 for the normalizer (-inf logits stay -inf)."""
+    x = logits.astype(np.float64)
+    peak = x.max(axis=-1, keepdims=True)
+    return (x - peak - np.log(np.exp(x - peak).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def token_logprobs(logprobs: np.ndarray, tokens: np.ndarray, top_n: Sequence[int]) -> list[TokenLogprob]:
+    """Each row's chosen token's log-probability and its `top_n[row]` most likely alternatives.
+
+    Args:
+        logprobs: (N, V) log-probabilities; tokens: (N,) the chosen ids; top_n: (N,) counts >= 0.
+    """
+    out = []
+    width = int(max(top_n, default=0))
+    if width:
+        vocab = logprobs.shape[1]
+        width = min(width, vocab)
+        best = np.argpartition(-logprobs, width - 1, axis=1)[:, :width] if width < vocab else None
+    for row, (token, n) in enumerate(zip(tokens.tolist(), top_n, strict=True)):
+        top: tuple[tuple[int, float], ...] = ()
+        if n:
+            ids = best[row] if best is not None else np.arange(logprobs.shape[1])
+            ids = ids[np.argsort(-logprobs[row, ids], kind="stable")][:n]
+            top = tuple((int(i), float(logprobs[row, i])) for i in ids)
+        out.append(TokenLogprob(int(token), float(logprobs[row, token]), top))
+    return out
+
+
 def make_rng(seed: int | None, index: int) -> np.random.Generator:
     """The RNG of return sequence `index` of a request: seeded ones are reproducible, and
     sequence 0 with seed s draws the same as a single-sequence request with seed s."""
@@ -167,6 +206,11 @@ class SamplerRows:
     rngs: list[np.random.Generator]
     grammars: list[Any] | None = None
     """Per row, a `lmfast.generation.grammar.RowGrammar` (structured output) or None; None: no row."""
+    bias: np.ndarray | None = None  # (B, V) float32 logit bias, None when no row has one
+    min_tokens: np.ndarray | None = None  # (B,) int64: EOS/stop ids banned while generated < this
+    generated: np.ndarray | None = None  # (B,) int64 tokens drawn so far
+    min_ban: np.ndarray | None = None  # (B, V) bool, the EOS and stop ids min_tokens holds back
+    logprobs: np.ndarray | None = None  # (B,) int64 top alternatives to report; -1: no logprobs
     # What the batch needs, decided once per batch composition rather than at every step: a
     # step's small NumPy calls run with caches cold from the forward pass, ~10-20 us each.
     _any_penalty: bool = field(init=False, repr=False)
@@ -179,6 +223,13 @@ class SamplerRows:
         if self.grammars is not None and not any(g is not None for g in self.grammars):
             self.grammars = None
         self.grammar_done = np.zeros(len(self.rngs), dtype=bool)
+        batch = len(self.rngs)
+        if self.min_tokens is None:
+            self.min_tokens = np.zeros(batch, dtype=np.int64)
+        if self.generated is None:
+            self.generated = np.zeros(batch, dtype=np.int64)
+        if self.logprobs is None:
+            self.logprobs = np.full(batch, -1, dtype=np.int64)
         self._any_penalty = bool(np.any(self.repetition_penalty != 1.0))
         self._any_banned = bool(self.has_banned.any())
         self._sampling_rows = np.flatnonzero(self.temperature > 0)
@@ -192,14 +243,29 @@ class SamplerRows:
         banned_ids: Sequence[np.ndarray],
         vocab_size: int,
         grammars: Sequence[Any] | None = None,
+        eos_ids: Sequence[int] = (),
     ) -> SamplerRows:
-        """State for new rows: one entry per row in each argument."""
+        """State for new rows: one entry per row in each argument (`eos_ids`: the model's, which
+        `min_tokens` holds back with each row's `stop_token_ids`)."""
         batch = len(params)
         seen = np.zeros((batch, vocab_size), dtype=bool)
         banned = np.zeros((batch, vocab_size), dtype=bool)
         for row, (prompt, ids) in enumerate(zip(prompts, banned_ids, strict=True)):
             seen[row, np.asarray(prompt, dtype=np.int64)] = True
             banned[row, ids] = True
+        bias = min_ban = None
+        if any(p.logit_bias for p in params):
+            bias = np.zeros((batch, vocab_size), dtype=np.float32)
+            for row, p in enumerate(params):
+                for token, value in p.logit_bias.items():
+                    if token < vocab_size:
+                        bias[row, token] = value
+        if any(p.min_tokens for p in params):
+            min_ban = np.zeros((batch, vocab_size), dtype=bool)
+            for row, p in enumerate(params):
+                if p.min_tokens:
+                    ids = [t for t in (*eos_ids, *p.stop_token_ids) if t < vocab_size]
+                    min_ban[row, ids] = True
         return cls(
             temperature=np.array([p.temperature for p in params], dtype=np.float32),
             top_k=np.array([p.top_k for p in params], dtype=np.int64),
@@ -210,6 +276,10 @@ class SamplerRows:
             has_banned=banned.any(axis=1),
             rngs=list(rngs),
             grammars=None if grammars is None else list(grammars),
+            bias=bias,
+            min_tokens=np.array([p.min_tokens for p in params], dtype=np.int64),
+            min_ban=min_ban,
+            logprobs=np.array([-1 if p.logprobs is None else p.logprobs for p in params], dtype=np.int64),
         )
 
     def __len__(self) -> int:
@@ -227,6 +297,11 @@ class SamplerRows:
             has_banned=self.has_banned[rows],
             rngs=[self.rngs[i] for i in rows.tolist()],
             grammars=None if self.grammars is None else [self.grammars[i] for i in rows.tolist()],
+            bias=None if self.bias is None else self.bias[rows],
+            min_tokens=self.min_tokens[rows],
+            generated=self.generated[rows],
+            min_ban=None if self.min_ban is None else self.min_ban[rows],
+            logprobs=self.logprobs[rows],
         )
 
     def concat(self, other: SamplerRows) -> SamplerRows:
@@ -241,24 +316,43 @@ class SamplerRows:
             has_banned=np.concatenate([self.has_banned, other.has_banned]),
             rngs=self.rngs + other.rngs,
             grammars=_joined(self.grammars, other.grammars, len(self), len(other)),
+            bias=_stack_optional(self.bias, other.bias, len(self), len(other), np.float32),
+            min_tokens=np.concatenate([self.min_tokens, other.min_tokens]),
+            generated=np.concatenate([self.generated, other.generated]),
+            min_ban=_stack_optional(self.min_ban, other.min_ban, len(self), len(other), bool),
+            logprobs=np.concatenate([self.logprobs, other.logprobs]),
         )
 
     def next_tokens(self, logits: np.ndarray) -> np.ndarray:
+        """Pick each row's next token from its (B, V) logits (`choose` without the logprobs)."""
+        return self.choose(logits)[0]
+
+    def choose(self, logits: np.ndarray) -> tuple[np.ndarray, list[TokenLogprob | None] | None]:
         """Pick each row's next token from its (B, V) logits.
 
-        Greedy rows (temperature 0) take the argmax of the penalized, banned logits; the rest
-        sample. Work is skipped where no row needs it, so an all-greedy batch costs one argmax.
+        Greedy rows (temperature 0) take the argmax of the penalized, biased, banned logits; the
+        rest sample. Work is skipped where no row needs it, so an all-greedy batch costs one argmax.
         Tokens are recorded as seen while some row of the batch uses a repetition penalty (a
         row's `seen` is read only for its own penalty).
+
+        Returns:
+            (tokens (B,) int64, per row its `TokenLogprob` or None, or None when no row asked):
+            log-probabilities of the distribution sampled from, after penalty, bias, bans and
+            temperature (a greedy row's temperature counts as 1), before top-k/top-p.
         """
         logits = logits.astype(np.float32, copy=False)
         logits = logits[:, : self.seen.shape[1]]  # a padded vocabulary's extra ids are never drawn
         if self._any_penalty:
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
+        if self.bias is not None:
+            logits = logits + self.bias
         if self._any_banned:
             logits = apply_banned(logits, self.banned)
         if self.grammars is not None:  # structured output: each constrained row's token mask
             logits = apply_banned(logits, self._grammar_refused(logits.shape[1]))
+        if self.min_ban is not None:
+            held = (self.generated < self.min_tokens)[:, None] & self.min_ban
+            logits = np.where(held, -np.inf, logits)
         tokens = np.argmax(logits, axis=1)
         sampling = self._sampling_rows
         if sampling.size:
@@ -277,7 +371,21 @@ class SamplerRows:
                 if grammar is not None:
                     grammar.consume(int(tokens[row]))
                     self.grammar_done[row] = grammar.done
-        return tokens
+        self.generated += 1
+        return tokens, self._logprobs(logits, tokens)
+
+    def _logprobs(self, logits: np.ndarray, tokens: np.ndarray) -> list[TokenLogprob | None] | None:
+        rows = np.flatnonzero(self.logprobs >= 0)
+        if rows.size == 0:
+            return None
+        temperature = np.where(self.temperature[rows] > 0, self.temperature[rows], np.float32(1.0))
+        logprobs = log_softmax(_scale(logits[rows], temperature))
+        out: list[TokenLogprob | None] = [None] * len(tokens)
+        for row, entry in zip(
+            rows.tolist(), token_logprobs(logprobs, tokens[rows], self.logprobs[rows]), strict=True
+        ):
+            out[row] = entry
+        return out
 
     def _grammar_refused(self, width: int) -> np.ndarray:
         """(B, width) bool: tokens each constrained row's grammar does not allow next."""
@@ -294,3 +402,17 @@ def _joined(
     if first is None and second is None:
         return None
     return (first or [None] * n_first) + (second or [None] * n_second)
+
+
+def _stack_optional(
+    first: np.ndarray | None, second: np.ndarray | None, n_first: int, n_second: int, dtype: type
+) -> np.ndarray | None:
+    """Stack two optional (B, V) per-row arrays, zeros standing in for a missing side."""
+    if first is None and second is None:
+        return None
+    vocab = (first if first is not None else second).shape[1]
+    parts = [
+        a if a is not None else np.zeros((n, vocab), dtype=dtype)
+        for a, n in ((first, n_first), (second, n_second))
+    ]
+    return np.concatenate(parts)

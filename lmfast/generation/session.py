@@ -14,6 +14,7 @@ set, and the session goes on with the others.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,10 +24,12 @@ import numpy as np
 from lmfast.generation.backend import Backend, Past, left_padded
 from lmfast.generation.model_files import ModelInfo
 from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams, ParamError
-from lmfast.generation.sampling import SamplerRows, make_rng
+from lmfast.generation.sampling import SamplerRows, TokenLogprob, log_softmax, make_rng, token_logprobs
 from lmfast.generation.text import TextCodec, TextStream
 
 FinishReason = Literal["length", "stop", "eos", "error"]
+PROMPT_LOGITS_BYTES = 256 * 2**20
+"""Bound on one prefill's all-position logits (prompt logprobs): requests beyond it prefill apart."""
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
 
 
@@ -58,6 +61,11 @@ class TokenEvent:
     finish_reason: FinishReason | None
     error: BaseException | None = None
     """Why the row ended early (finish_reason "error"): the others in the batch go on."""
+    logprob: TokenLogprob | None = None
+    """With `params.logprobs`: the token's log-probability (of the distribution sampled from)."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """With `params.prompt_logprobs`, on a row's first event: one entry per prompt token, the
+    model's own log-probabilities (no sampling applied); the first token has none."""
 
 
 @dataclass
@@ -67,6 +75,7 @@ class _Row:
     sequence_index: int  # which of the request's num_return_sequences
     prompt_length: int
     stream: TextStream
+    stop_ids: frozenset[int] = frozenset()
     generated: int = 0
     finished: bool = False
 
@@ -158,16 +167,32 @@ class DecodeSession:
                 f"is {len(prompt_ids)} tokens; the model's context is {self.info.max_context} "
                 "tokens and must leave room for at least one new token",
             )
+        self._check_token_ids(params)
         rows = []
         for index in range(params.num_return_sequences):
             rows.append(
-                _Row(self._next_row_id, params, index, len(prompt_ids), self.codec.stream(params.stop))
+                _Row(
+                    self._next_row_id,
+                    params,
+                    index,
+                    len(prompt_ids),
+                    self.codec.stream(params.stop),
+                    frozenset(params.stop_token_ids),
+                )
             )
             self._next_row_id += 1
         if banned_ids is None:
             banned_ids = self.codec.banned_ids(params.banned_words)
         self._waiting.append(_Request(list(prompt_ids), banned_ids, rows, grammar))
         return [row.row_id for row in rows]
+
+    def _check_token_ids(self, params: GenerationParams) -> None:
+        """stop_token_ids and logit_bias keys must be ids of this model's vocabulary."""
+        vocab = self.codec.vocab_size
+        for name, ids in (("stop_token_ids", params.stop_token_ids), ("logit_bias", params.logit_bias)):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ParamError(name, f"token ids must be in [0, {vocab}), got {bad[0]}")
 
     def cancel(self, row_id: int) -> None:
         """Stop a row now (no event is emitted for it). Unknown or finished ids are ignored."""
@@ -196,7 +221,7 @@ class DecodeSession:
                 logits, past = self.backend.forward(
                     batch.pending[:, None], mask, batch.next_position[:, None], batch.past
                 )
-                tokens = batch.sampler.next_tokens(logits)
+                tokens, logprobs = batch.sampler.choose(logits)
                 done = batch.sampler.grammar_done
             except Exception as exc:  # one computation for all these rows: they end together
                 self._batch = None
@@ -205,7 +230,7 @@ class DecodeSession:
                 batch.past, batch.attention_mask = past, mask
                 batch.next_position = batch.next_position + 1
                 batch.pending = tokens
-                events += self._record(batch.rows, tokens, done)
+                events += self._record(batch.rows, tokens, done, logprobs)
                 self._drop_finished()  # rows done now free their places for waiting ones
         admitted = self._admit()
         if admitted:
@@ -220,23 +245,63 @@ class DecodeSession:
     def _join(self, requests: list[_Request]) -> list[TokenEvent]:
         """Prefill `requests` into the batch; if that fails, retry each alone so that only the
         request at fault ends."""
+        groups = self._logit_groups(requests)
+        if len(groups) > 1:
+            return [event for group in groups for event in self._join(group)]
         try:
-            fresh, logits = self._prefill(requests)
-            fresh.pending = fresh.sampler.next_tokens(logits)
+            fresh, logits, prompt_logprobs = self._prefill(requests)
+            fresh.pending, logprobs = fresh.sampler.choose(logits)
             joined = fresh if self._batch is None else self._merge(self._batch, fresh)
         except Exception as exc:
             if len(requests) == 1:
                 return _failed(requests[0].rows, exc)
             return [event for request in requests for event in self._join([request])]
         self._batch = joined
-        events = self._record(fresh.rows, fresh.pending, fresh.sampler.grammar_done)
+        events = self._record(
+            fresh.rows, fresh.pending, fresh.sampler.grammar_done, logprobs, prompt_logprobs
+        )
         self._drop_finished()
         return events
 
-    def _prefill(self, requests: list[_Request]) -> tuple[_Batch, np.ndarray]:
-        """Run the waiting prompts (each once, left padded) and expand to one row per sequence."""
+    def _logit_groups(self, requests: list[_Request]) -> list[list[_Request]]:
+        """`requests` as prefill groups: one when no request wants prompt logprobs; else those
+        that do in groups whose all-position logits, (B, T, V) float32, fit
+        `PROMPT_LOGITS_BYTES` (a request alone may exceed it), the others together."""
+        scored = [r for r in requests if r.rows[0].params.prompt_logprobs is not None]
+        if not scored or (len(requests) == 1):
+            return [requests]
+        plain = [r for r in requests if r.rows[0].params.prompt_logprobs is None]
+        groups: list[list[_Request]] = [plain] if plain else []
+        group: list[_Request] = []
+        for request in scored:
+            longest = max([len(r.prompt_ids) for r in group] + [len(request.prompt_ids)])
+            if group and (len(group) + 1) * longest * self.codec.vocab_size * 4 > PROMPT_LOGITS_BYTES:
+                groups.append(group)
+                group = []
+            group.append(request)
+        groups.append(group)
+        return groups
+
+    def _prefill(
+        self, requests: list[_Request]
+    ) -> tuple[_Batch, np.ndarray, list[list[TokenLogprob | None] | None]]:
+        """Run the waiting prompts (each once, left padded) and expand to one row per sequence.
+
+        Returns:
+            (the new rows, their last-position logits, per row its prompt logprobs or None).
+        """
         input_ids, mask, positions = left_padded([r.prompt_ids for r in requests])
-        logits, past = self.backend.forward(input_ids, mask, positions, None)
+        wanted = [r.rows[0].params.prompt_logprobs for r in requests]
+        if any(n is not None for n in wanted):  # logits at every position: only when asked
+            all_logits, past = self.backend.forward(input_ids, mask, positions, None, all_logits=True)
+            logits = all_logits[:, -1]
+            per_request = [
+                None if n is None else self._prompt_logprobs(all_logits[i], r.prompt_ids, n)
+                for i, (r, n) in enumerate(zip(requests, wanted, strict=True))
+            ]
+        else:
+            logits, past = self.backend.forward(input_ids, mask, positions, None)
+            per_request = [None] * len(requests)
 
         expand = np.repeat(np.arange(len(requests)), [len(r.rows) for r in requests])
         if len(expand) != len(requests):
@@ -250,6 +315,7 @@ class DecodeSession:
             # ids past the tokenizer's vocabulary (padding rows of the embedding) are never drawn
             vocab_size=min(logits.shape[1], self.codec.vocab_size),
             grammars=self._grammars([requests[g].grammar for g in expand]),
+            eos_ids=sorted(self._eos),
         )
         batch = _Batch(
             rows=rows,
@@ -258,7 +324,7 @@ class DecodeSession:
             next_position=np.array([row.prompt_length for row in rows], dtype=np.int64),
             sampler=sampler,
         )
-        return batch, logits[expand]
+        return batch, logits[expand], [per_request[g] for g in expand.tolist()]
 
     def _grammars(self, grammars: list[str | None]) -> list[Any] | None:
         """One matcher per row that has a grammar (llguidance is loaded only when one does)."""
@@ -269,23 +335,54 @@ class DecodeSession:
         compiled = Grammars.of(self.codec, self.info.eos_token_ids)
         return [None if g is None else compiled.matcher(g) for g in grammars]
 
-    def _record(self, rows: list[_Row], tokens: np.ndarray, grammar_done: np.ndarray) -> list[TokenEvent]:
+    def _prompt_logprobs(
+        self, logits: np.ndarray, prompt_ids: list[int], top_n: int
+    ) -> list[TokenLogprob | None]:
+        """The model's log-probability of each prompt token given those before it.
+
+        logits: (T, V) of one left-padded row; its prompt fills the last len(prompt_ids) columns.
+        """
+        if len(prompt_ids) < 2:
+            return [None] * len(prompt_ids)
+        vocab = min(logits.shape[1], self.codec.vocab_size)
+        predicting = logits[logits.shape[0] - len(prompt_ids) : -1, :vocab]  # column j predicts j + 1
+        targets = np.asarray(prompt_ids[1:], dtype=np.int64)
+        return [None, *token_logprobs(log_softmax(predicting), targets, [top_n] * len(targets))]
+
+    def _record(
+        self,
+        rows: list[_Row],
+        tokens: np.ndarray,
+        grammar_done: np.ndarray,
+        logprobs: list[TokenLogprob | None] | None = None,
+        prompt_logprobs: list[list[TokenLogprob | None] | None] | None = None,
+    ) -> list[TokenEvent]:
         """Record each row's new token, decode its text and decide whether the row is done."""
         events = []
-        for row, token, complete in zip(rows, tokens.tolist(), grammar_done.tolist(), strict=True):
+        for i, (row, token, complete) in enumerate(
+            zip(rows, tokens.tolist(), grammar_done.tolist(), strict=True)
+        ):
             row.generated += 1
             try:
                 event = self._next_text(row, token, complete)
             except Exception as exc:  # this row's text alone: the others go on
                 event = TokenEvent(row.row_id, token, "", True, "error", exc)
+            if logprobs is not None or prompt_logprobs is not None:
+                event = dataclasses.replace(
+                    event,
+                    logprob=None if logprobs is None else logprobs[i],
+                    prompt_logprobs=None if prompt_logprobs is None else prompt_logprobs[i],
+                )
             row.finished = event.finished
             events.append(event)
         return events
 
     def _next_text(self, row: _Row, token: int, grammar_complete: bool = False) -> TokenEvent:
         reason: FinishReason | None = None
-        if token in self._eos:
+        if token in self._eos and not row.params.ignore_eos:
             text, reason = row.stream.flush(), "eos"
+        elif token in row.stop_ids:
+            text, reason = row.stream.flush(), "stop"
         else:
             text, stopped = row.stream.push(token)
             if stopped:

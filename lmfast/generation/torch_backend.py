@@ -45,6 +45,7 @@ class TorchBackend:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: list[torch.Tensor] | None,
+        all_logits: bool = False,
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         # full-length layers even where the model has a sliding window (without `config`, no
         # layer truncates itself): transformers' sliding mask applies the window over the cache
@@ -58,14 +59,15 @@ class TorchBackend:
             attention_mask=torch.from_numpy(attention_mask).to(self.device),
             position_ids=torch.from_numpy(position_ids).to(self.device),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if all_logits else 1,  # 0: every position (prompt logprobs)
             **{self._cache_arg: cache},
         )
         new_cache = getattr(out, "cache", None) or out.past_key_values
         flat: list[torch.Tensor] = []
         for layer in new_cache.layers:
             flat += [layer.keys, layer.values]
-        return out.logits[:, -1].float().cpu().numpy(), flat
+        logits = out.logits if all_logits else out.logits[:, -1]
+        return logits.float().cpu().numpy(), flat
 
     def select(self, past: list[torch.Tensor], rows: np.ndarray) -> list[torch.Tensor]:
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)

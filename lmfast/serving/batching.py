@@ -93,6 +93,11 @@ class Piece:
     finished: bool
     finish_reason: str | None
     """'length', 'stop' or 'eos' on the last piece of a sequence, else None."""
+    token_id: int = -1
+    logprob: Any = None
+    """The token's `TokenLogprob` when the job asked for logprobs."""
+    prompt_logprobs: Any = None
+    """On a sequence's first piece, when the job asked: the prompt's `TokenLogprob`s."""
 
 
 class GenerationJob:
@@ -461,7 +466,17 @@ class BatchingEngine:
                     self._job_seconds = 0.8 * self._job_seconds + 0.2 * (
                         time.perf_counter() - job.admitted_at
                     )
-            by_job.setdefault(job, []).append(Piece(index, event.text, event.finished, event.finish_reason))
+            by_job.setdefault(job, []).append(
+                Piece(
+                    index,
+                    event.text,
+                    event.finished,
+                    event.finish_reason,
+                    event.token_id,
+                    event.logprob,
+                    event.prompt_logprobs,
+                )
+            )
         # one wake-up per event loop and step, not one per job: at 32 streams this is 32x fewer
         # self-pipe writes and loop iterations competing with the decode thread for the GIL
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationJob, list[Piece]]]] = {}

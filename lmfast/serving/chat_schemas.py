@@ -1,7 +1,7 @@
 """Bodies of OpenAI's `POST /v1/chat/completions` (pydantic), beside schemas.py's completions ones.
 
 Shared bounds come from schemas.py and `lmfast.generation.params`. Fields this server does not
-implement (tools, logprobs, response formats other than text) are refused with a 422 naming them,
+implement (tools, response formats other than text) are refused with a 422 naming them,
 not silently ignored; unknown fields (user, metadata, presence_penalty...) are ignored as OpenAI's
 own optional hints.
 """
@@ -86,12 +86,22 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
         **field_bounds("max_new_tokens"),
         description="OpenAI's older name for max_completion_tokens. Neither: up to the model's context.",
     )
+    logprobs: bool | None = Field(default=None, description="Log-probabilities of the answer's tokens.")
+    top_logprobs: int | None = Field(
+        default=None, **field_bounds("logprobs"), description="Alternatives per token (needs logprobs)."
+    )
     # OpenAI options this server does not implement: refused rather than silently ignored
-    logprobs: Literal[False] | None = None
-    top_logprobs: None = None
     tools: None = None
     tool_choice: Literal["none"] | None = None
     # response_format (and vLLM's structured_outputs): lmfast.serving.structured
+
+    def refusal(self) -> tuple[str, str] | None:
+        """(field, why) for a combination of fields this server refuses, else None."""
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "needs logprobs: true"
+        if self.stream and self.logprobs:
+            return "stream", "logprobs are answered in one JSON body, not streamed"
+        return None
 
     def max_new_tokens(self) -> int:
         """What to generate at most: the context bounds it anyway (finish_reason "length")."""
@@ -106,10 +116,26 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat `logprobs`: one entry per generated token."""
+
+    content: list[TokenLogprobEntry]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -131,6 +157,12 @@ class TokenizeRequest(RequestBody):
     prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
+    add_special_tokens: bool | None = Field(
+        default=None,
+        description="Add the tokenizer's special tokens (BOS...); default: yes for a prompt, no for messages "
+        "(the template writes them), as vLLM.",
+    )
+    return_token_strs: bool = Field(default=False, description="Also return each token's string.")
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
@@ -143,3 +175,6 @@ class TokenizeResponse(BaseModel):
     count: int = Field(description="Tokens of the prompt (as the generation routes count them).")
     max_model_len: int = Field(description="The model's context: prompt plus generated tokens fit in it.")
     tokens: list[int]
+    token_strs: list[str] | None = Field(
+        default=None, description="With return_token_strs: the token strings."
+    )

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
@@ -41,6 +41,10 @@ class SequenceResult:
     text: str
     finish_reason: str | None
     tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)
+    """`TokenLogprob` per generated token, when the request asked for logprobs."""
+    prompt_logprobs: list[Any] | None = None
 
 
 def invalid(field: str, message: str) -> RequestValidationError:
@@ -60,6 +64,17 @@ def make_params(field_of: dict[str, str], **values: Any) -> GenerationParams:
         return GenerationParams(**values)
     except ParamError as exc:
         raise invalid(field_of.get(exc.field, exc.field), str(exc)) from None
+
+
+def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """OpenAI's `logit_bias` (token id strings -> bias) as GenerationParams takes it; 422 on a key
+    that is not a token id of this model."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 12) or int(key) >= vocab_size:
+            raise invalid("logit_bias", f"keys must be token ids in [0, {vocab_size}), got {key!r}")
+        out[int(key)] = value
+    return out
 
 
 def check_prompts(prompts: Sequence[str], max_chars: int, field: str) -> None:
@@ -151,8 +166,14 @@ async def _collect(job: GenerationJob, deadline: float) -> list[SequenceResult]:
     parts: list[list[str]] = [[] for _ in range(job.n_rows)]
     async for pieces in job.pieces(deadline):
         for piece in pieces:
+            result = results[piece.index]
             parts[piece.index].append(piece.text)
-            results[piece.index].tokens += 1
+            result.tokens += 1
+            result.token_ids.append(piece.token_id)
+            if piece.logprob is not None:
+                result.logprobs.append(piece.logprob)
+            if piece.prompt_logprobs is not None:
+                result.prompt_logprobs = piece.prompt_logprobs
             if piece.finished:
                 results[piece.index].finish_reason = piece.finish_reason
     for result, texts in zip(results, parts, strict=True):

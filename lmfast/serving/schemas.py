@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmfast.generation.params import field_bounds
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, field_bounds
 from lmfast.serving.structured import StructuredOutputFields
 
 MAX_PROMPT_CHARS = 100_000
@@ -24,6 +24,8 @@ MAX_ROWS_PER_REQUEST = 64
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
 MAX_BANNED_WORDS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 1024
 TOP_K_LIMIT = 1_000_000
 """HTTP only: GenerationParams takes any top_k >= 0, a body no more than this."""
 OPENAI_TEMPERATURE = {**field_bounds("temperature"), "le": 2.0}
@@ -149,22 +151,46 @@ class CompletionRequest(SamplingFields, StructuredOutputFields):
     model: str | None = Field(
         default=None, max_length=256, description="Accepted and echoed; one model is served."
     )
-    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
-    max_tokens: int = Field(default=16, **field_bounds("max_new_tokens"))
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A prompt or a list of prompts, each text or token ids (no special tokens added)."
+    )
+    max_tokens: int = Field(
+        default=16, ge=0, le=MAX_NEW_TOKENS_LIMIT, description="0 only with echo: score the prompt."
+    )
+    echo: bool = Field(default=False, description="Return the prompt before the completion.")
+    logprobs: int | None = Field(
+        default=None,
+        **field_bounds("logprobs"),
+        description="Log-probabilities of each token and this many top alternatives.",
+    )
+    # vLLM's sampling extensions
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, **field_bounds("min_tokens"))
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS, description="Token id (a string) -> bias in [-100, 100]."
+    )
     # OpenAI options this server does not implement: refused rather than silently ignored
-    echo: Literal[False] = False
     best_of: Literal[1] | None = None
-    logprobs: None = None
-    suffix: None = None
+    suffix: str | None = Field(default=None, description="Refused: this server does not insert text.")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, suffix: str | None) -> None:
+        if suffix is not None:
+            raise ValueError("is not supported: this server completes a prompt, it does not insert text")
+        return None
 
     @field_validator("prompt")
     @classmethod
-    def _check_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else prompt
+    def _check_prompt(cls, prompt: Any) -> Any:
+        prompts = [prompt] if isinstance(prompt, str) or _is_ids(prompt) else prompt
         if not 1 <= len(prompts) <= MAX_PROMPTS:
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
         if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-            raise ValueError(f"each prompt must have at most {MAX_PROMPT_CHARS} characters")
+            raise ValueError(f"each prompt must have at most {MAX_PROMPT_CHARS} characters (or token ids)")
+        if any(isinstance(p, list) and (not p or min(p) < 0) for p in prompts):
+            raise ValueError("a token-id prompt must be a non-empty list of ids >= 0")
         return prompt
 
     @model_validator(mode="after")
@@ -174,17 +200,43 @@ class CompletionRequest(SamplingFields, StructuredOutputFields):
             raise ValueError(f"n: number of prompts x n must be at most {MAX_ROWS_PER_REQUEST}, got {rows}")
         return self
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def refusal(self) -> tuple[str, str] | None:
+        """(field, why) for a combination of fields this server refuses, else None."""
+        if self.max_tokens == 0 and not self.echo:
+            return "max_tokens", "0 is allowed only with echo: true (to score the prompt)"
+        if self.stream and (self.echo or self.logprobs is not None):
+            return "stream", "echo and logprobs are answered in one JSON body, not streamed"
+        return None
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or token ids."""
+        if isinstance(self.prompt, str) or _is_ids(self.prompt):
+            return [self.prompt]
+        return list(self.prompt)
+
+
+def _is_ids(prompt: Any) -> bool:
+    """One token-id prompt (a list of ints), not a list of prompts."""
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) for t in prompt)
 
 
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions `logprobs`: one entry per token of `text` (the prompt's too with
+    echo, whose first token has no logprob)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 

@@ -378,3 +378,23 @@ def server_chat(url: str, messages: list[dict[str, str]]) -> str:
     body = {"messages": messages, "max_tokens": 8, "temperature": 0}
     response = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
     return response.json()["choices"][0]["message"]["content"]
+
+
+def test_chat_logprobs_in_openais_shape_equal_the_completions_route(chat_client):
+    """logprobs + top_logprobs: per generated token its text, bytes, logprob and alternatives; the
+    same numbers /v1/completions gives for the same prompt ids (greedy: the model's own)."""
+    body = {"messages": CONVERSATION, "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    choice = chat_client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert "".join(entry["token"] for entry in content) == choice["message"]["content"]
+    for entry in content:
+        assert bytes(entry["bytes"]) == entry["token"].encode() and len(entry["top_logprobs"]) == 2
+        assert entry["logprob"] == pytest.approx(entry["top_logprobs"][0]["logprob"])  # greedy
+    ids = chat_client.post("/tokenize", json={"messages": CONVERSATION}).json()["tokens"]
+    plain = chat_client.post(
+        "/v1/completions", json={"prompt": ids, "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    ).json()["choices"][0]["logprobs"]
+    assert [e["logprob"] for e in content] == pytest.approx(plain["token_logprobs"], abs=1e-6)
+    assert chat_client.post("/v1/chat/completions", json=body | {"logprobs": False}).status_code == 422
+    without = chat_client.post("/v1/chat/completions", json=body | {"logprobs": None, "top_logprobs": None})
+    assert without.json()["choices"][0]["logprobs"] is None

@@ -66,6 +66,13 @@ FIELDS = {
         "stream",
         "stream_options",
         "user",
+        "echo",
+        "logprobs",
+        "ignore_eos",
+        "min_tokens",
+        "stop_token_ids",
+        "logit_bias",
+        "suffix",
     ],
     "/generated_texts/": [
         "seed_text",
@@ -139,6 +146,46 @@ def test_hostile_bodies_never_get_a_server_error(live_server: ServerThread, requ
     assert len(response.content) < 20_000  # errors are small: no input copied back
     if response.status_code == 422:
         response.json()  # and always valid JSON
+
+
+_ids = st.lists(st.integers(-2, 50_300), min_size=0, max_size=6)
+_scoring = st.fixed_dictionaries(
+    {"prompt": st.one_of(st.text(max_size=12), _ids, st.lists(_ids, min_size=0, max_size=3))},
+    optional={
+        "max_tokens": st.integers(-1, 4),
+        "echo": st.booleans(),
+        "logprobs": st.one_of(st.none(), st.integers(-1, 21)),
+        "n": st.integers(1, 3),
+        "temperature": st.sampled_from([0, 0.5, 1.0]),
+        "ignore_eos": st.booleans(),
+        "min_tokens": st.integers(-1, 5),
+        "stop_token_ids": _ids,
+        "logit_bias": st.dictionaries(
+            st.one_of(st.integers(-1, 50_300).map(str), st.text(max_size=3)),
+            st.floats(-150, 150),
+            max_size=3,
+        ),
+        "stream": st.booleans(),
+        "repetition_penalty": st.sampled_from([1.0, 1.3]),
+    },
+)
+
+
+@given(body=_scoring)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_scoring_fields_never_get_a_server_error(live_server: ServerThread, body: dict[str, Any]) -> None:
+    """Combinations of the logprobs/echo/token-id fields: a 4xx or a well-formed answer."""
+    response = httpx.post(live_server.url + "/v1/completions", json=body, timeout=60)
+    OUTCOMES[f"scoring {response.status_code}"] += 1
+    assert response.status_code < 500, (body, response.text[:500])
+    if response.status_code != 200 or body.get("stream"):
+        return
+    for choice in response.json()["choices"]:
+        logprobs = choice["logprobs"]
+        assert (logprobs is None) == (body.get("logprobs") is None)
+        if logprobs is not None:
+            sizes = {len(logprobs[k]) for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+            assert len(sizes) == 1, logprobs
 
 
 def test_the_server_still_generates_after_the_fuzz(live_server: ServerThread, generator: Any) -> None:

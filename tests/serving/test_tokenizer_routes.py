@@ -33,3 +33,31 @@ def test_tokenizer_routes_need_the_api_key(make_client):
         assert client.post("/detokenize", json={"tokens": [464]}, headers=authorized).json() == {
             "prompt": "The"
         }
+
+
+def test_tokenize_honours_add_special_tokens_and_return_token_strs(generator, tiny_model_dir):
+    """vLLM's fields. GPT-2 adds no special tokens, so this tokenizer is given a BOS-adding
+    post-processor (as Llama's): a prompt gets it by default, not with add_special_tokens false
+    (what lm-eval's remote tokenizer sends), and messages do not unless asked."""
+    import copy
+
+    from fastapi.testclient import TestClient
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from lmfast.generation.text import TextCodec
+    from lmfast.serving.app import create_app
+    from lmfast.serving.config import ServeConfig
+
+    tokenizer = Tokenizer.from_str(generator.codec.tokenizer.to_str())
+    tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)]
+    )
+    with_bos = copy.copy(generator)
+    with_bos.codec = TextCodec(tokenizer)
+    with TestClient(create_app(ServeConfig(model=str(tiny_model_dir)), generator=with_bos)) as client:
+        data = client.post("/tokenize", json={"prompt": "God is dead", "return_token_strs": True}).json()
+        assert data["tokens"] == [50256, 13482, 318, 2636]
+        assert data["token_strs"] == ["<|endoftext|>", "God", "Ġis", "Ġdead"]
+        bare = client.post("/tokenize", json={"prompt": "God is dead", "add_special_tokens": False}).json()
+        assert bare["tokens"] == [13482, 318, 2636] and bare["token_strs"] is None

@@ -27,13 +27,17 @@ from lmfast.serving.chat_schemas import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatLogprobs,
     TokenizeRequest,
     TokenizeResponse,
+    TokenLogprobEntry,
+    TopLogprob,
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
 from lmfast.serving.routes.openai import _FIELD_OF as COMPLETIONS_FIELD_OF
 from lmfast.serving.routes.openai import (
+    LOGPROB_FLOOR,
     _finish_reason,
     stream_failure,
     stream_response,
@@ -95,13 +99,15 @@ def install(app: FastAPI, config: ServeConfig) -> None:
     app.include_router(extras)
 
 
-def _render(request: Request, messages: list[Any]) -> str:
+def _render(request: Request, messages: list[Any], add_generation_prompt: bool = True) -> str:
     """The conversation's prompt text; 400 when there is no template or it refuses the messages."""
     state = state_of(request.app)
     if state.chat_template is None:
         raise HTTPException(400, state.chat_template_error)
     try:
-        return state.chat_template.render([m.for_template() for m in messages], add_generation_prompt=True)
+        return state.chat_template.render(
+            [m.for_template() for m in messages], add_generation_prompt=add_generation_prompt
+        )
     except ChatTemplateError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -114,12 +120,17 @@ def _chat_ids(request: Request, prompt: str) -> list[int]:
 @extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
-    generator = state_of(request.app).generator
+    tokenizer = state_of(request.app).generator.codec.tokenizer
     if body.messages is not None:
-        ids = _chat_ids(request, _render(request, body.messages))
-    else:
-        ids = generator.codec.encode(body.prompt or "")
-    return TokenizeResponse(count=len(ids), max_model_len=generator.max_context, tokens=ids)
+        text = _render(request, body.messages, body.add_generation_prompt)
+        special = bool(body.add_special_tokens)
+    else:  # as /v1/completions encodes a text prompt: with the tokenizer's special tokens
+        text, special = body.prompt or "", body.add_special_tokens is not False
+    ids = tokenizer.encode(text, add_special_tokens=special).ids
+    strs = [tokenizer.id_to_token(t) for t in ids] if body.return_token_strs else None
+    return TokenizeResponse(
+        count=len(ids), max_model_len=state_of(request.app).generator.max_context, tokens=ids, token_strs=strs
+    )
 
 
 @router.post(
@@ -142,10 +153,17 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer a conversation; choice j is the j-th sampled answer (`n`)."""
     state = state_of(request.app)
+    if (refused := body.refusal()) is not None:
+        raise dispatch.invalid(*refused)
     prompt = _render(request, body.messages)
     dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
     prompt_ids = _chat_ids(request, prompt)
-    params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_new_tokens(), **body.sampling_values())
+    params = dispatch.make_params(
+        _FIELD_OF,
+        max_new_tokens=body.max_new_tokens(),
+        **body.sampling_values(),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+    )
     grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
     job, deadline = await dispatch.start(
         engine, request, [prompt_ids], params, state.config.request_timeout_s, "messages", grammar=grammar
@@ -163,12 +181,35 @@ async def chat_completions(
         ChatChoice(
             index=i,
             message=AssistantMessage(content=r.text),
+            logprobs=_chat_logprobs(state.generator.codec.tokenizer, r.logprobs) if body.logprobs else None,
             finish_reason=_finish_reason(r.finish_reason),
         )
         for i, r in enumerate(results)
     ]
     return ChatCompletionResponse(
         id=completion_id, created=created, model=model, choices=choices, usage=usage_of(job, results)
+    )
+
+
+def _chat_logprobs(tokenizer: Any, entries: list[Any]) -> ChatLogprobs:
+    """OpenAI's chat logprobs of the generated tokens: each token's text, UTF-8 bytes, logprob
+    (of the distribution sampled from) and its `top_logprobs` alternatives."""
+    ids = sorted({e.token_id for e in entries} | {t for e in entries for t, _ in e.top})
+    text_of = dict(
+        zip(ids, tokenizer.decode_batch([[t] for t in ids], skip_special_tokens=False), strict=True)
+    )
+
+    def item(token: int, logprob: float) -> dict[str, Any]:
+        text = text_of[token]
+        return {"token": text, "logprob": max(logprob, LOGPROB_FLOOR), "bytes": list(text.encode("utf-8"))}
+
+    return ChatLogprobs(
+        content=[
+            TokenLogprobEntry(
+                **item(e.token_id, e.logprob), top_logprobs=[TopLogprob(**item(t, v)) for t, v in e.top]
+            )
+            for e in entries
+        ]
     )
 
 

@@ -18,6 +18,7 @@ from lmfast.serving.deps import ServerState, get_engine, get_state, require_api_
 from lmfast.serving.metrics import ServeMetrics
 from lmfast.serving.schemas import (
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
@@ -37,6 +38,11 @@ _FIELD_OF = {
     "repetition_penalty": "repetition_penalty",
     "stop": "stop",
     "seed": "seed",
+    "min_tokens": "min_tokens",
+    "stop_token_ids": "stop_token_ids",
+    "logit_bias": "logit_bias",
+    "logprobs": "logprobs",
+    "prompt_logprobs": "logprobs",
 }
 _ROUTE = "/v1/completions"
 
@@ -74,9 +80,30 @@ async def completions(
 ) -> CompletionResponse | StreamingResponse:
     """Complete one prompt or a list; choice i*n+j is the j-th sample of prompt i."""
     config = state.config
+    if (refused := body.refusal()) is not None:
+        raise dispatch.invalid(*refused)
     prompts = body.prompts()
-    dispatch.check_prompts(prompts, config.max_prompt_chars, "prompt")
-    params = dispatch.make_params(_FIELD_OF, max_new_tokens=body.max_tokens, **body.sampling_values())
+    dispatch.check_prompts([p for p in prompts if isinstance(p, str)], config.max_prompt_chars, "prompt")
+    vocab_size = state.generator.codec.vocab_size
+    for name, ids in (
+        ("prompt", [t for p in prompts if isinstance(p, list) for t in p]),
+        ("stop_token_ids", body.stop_token_ids or []),
+    ):
+        if any(t >= vocab_size for t in ids):
+            raise dispatch.invalid(name, f"token ids must be in [0, {vocab_size})")
+    logit_bias = dispatch.logit_bias(body.logit_bias, vocab_size)
+    score_only = body.max_tokens == 0  # echo alone: the prompt's logprobs, nothing generated
+    params = dispatch.make_params(
+        _FIELD_OF,
+        max_new_tokens=max(1, body.max_tokens),
+        **body.sampling_values(),
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
+        stop_token_ids=body.stop_token_ids or [],
+        logit_bias=logit_bias,
+        logprobs=None if score_only else body.logprobs,
+        prompt_logprobs=body.logprobs if body.echo else None,
+    )
     grammar = await compile_grammar(body, engine.generator.codec, engine.generator.info.eos_token_ids)
     job, deadline = await dispatch.start(
         engine, request, prompts, params, config.request_timeout_s, "prompt", grammar=grammar
@@ -89,10 +116,31 @@ async def completions(
         events = _sse(engine, request, job, deadline, completion_id, created, model, include_usage)
         return stream_response(engine, job, events, state.metrics)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
-    choices = [
-        CompletionChoice(text=r.text, index=i, finish_reason=_finish_reason(r.finish_reason))
-        for i, r in enumerate(results)
-    ]
+    if score_only:
+        results = [
+            dispatch.SequenceResult("", "length", 0, prompt_logprobs=r.prompt_logprobs) for r in results
+        ]
+    tokenizer = state.generator.codec.tokenizer
+    choices = []
+    for i, r in enumerate(results):
+        prompt = prompts[i // body.n]
+        prompt_ids = job.prompt_ids[i // body.n] if job.prompt_ids else []
+        echoed = "" if not body.echo else prompt if isinstance(prompt, str) else _decode(tokenizer, prompt)
+        logprobs = None
+        if body.logprobs is not None:
+            entries = []
+            if body.echo and prompt_ids:  # (an empty text prompt ran from BOS: nothing to echo)
+                entries = (r.prompt_logprobs or [None] * len(prompt_ids))[-len(prompt_ids) :]
+            ids = (list(prompt_ids) if body.echo else []) + r.token_ids
+            logprobs = legacy_logprobs(tokenizer, ids, [*entries, *r.logprobs])
+        choices.append(
+            CompletionChoice(
+                text=echoed + r.text,
+                index=i,
+                logprobs=logprobs,
+                finish_reason=_finish_reason(r.finish_reason),
+            )
+        )
     usage = usage_of(job, results)
     return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
 
@@ -117,6 +165,47 @@ def usage_of(job: GenerationJob, results: Sequence[dispatch.SequenceResult]) -> 
         prompt_tokens=job.prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=job.prompt_tokens + completion_tokens,
+    )
+
+
+LOGPROB_FLOOR = -9999.0
+"""Log-probabilities are reported no lower than this (-inf is not JSON), as vLLM does."""
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def legacy_logprobs(tokenizer: Any, ids: list[int], entries: list[Any]) -> CompletionLogprobs:
+    """OpenAI's legacy `logprobs` of tokens `ids`: entries[i] is token i's `TokenLogprob` (None for
+    a first prompt token). `top_logprobs` holds the asked-for alternatives and the token itself,
+    as vLLM's; keys are the decoded token texts, `text_offset` each token's start in the text."""
+    alternatives = sorted({t for e in entries if e is not None for t, _ in e.top} | set(ids))
+    text_of = dict(
+        zip(
+            alternatives,
+            tokenizer.decode_batch([[t] for t in alternatives], skip_special_tokens=False),
+            strict=True,
+        )
+    )
+    tokens = [text_of[t] for t in ids]
+    offsets, position = [], 0
+    for text in tokens:
+        offsets.append(position)
+        position += len(text)
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    for token, entry in zip(ids, entries, strict=True):
+        if entry is None:
+            token_logprobs.append(None)
+            top_logprobs.append(None)
+            continue
+        token_logprobs.append(max(entry.logprob, LOGPROB_FLOOR))
+        top = {text_of[t]: max(v, LOGPROB_FLOOR) for t, v in entry.top}
+        top.setdefault(text_of[token], max(entry.logprob, LOGPROB_FLOOR))
+        top_logprobs.append(top)
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=offsets
     )
 
 
