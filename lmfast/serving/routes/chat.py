@@ -120,13 +120,15 @@ def _chat_ids(request: Request, prompt: str) -> list[int]:
 @extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
-    tokenizer = state_of(request.app).generator.codec.tokenizer
+    codec = state_of(request.app).generator.codec
+    tokenizer = codec.tokenizer
     if body.messages is not None:
         text = _render(request, body.messages, body.add_generation_prompt)
-        special = bool(body.add_special_tokens)
-    else:  # as /v1/completions encodes a text prompt: with the tokenizer's special tokens
-        text, special = body.prompt or "", body.add_special_tokens is not False
-    ids = tokenizer.encode(text, add_special_tokens=special).ids
+        ids = tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens)).ids
+    elif body.add_special_tokens is not False:  # as /v1/completions encodes a text prompt
+        ids = codec.encode(body.prompt or "")  # (with the prefix training documents began with)
+    else:
+        ids = tokenizer.encode(body.prompt or "", add_special_tokens=False).ids
     strs = [tokenizer.id_to_token(t) for t in ids] if body.return_token_strs else None
     return TokenizeResponse(
         count=len(ids), max_model_len=state_of(request.app).generator.max_context, tokens=ids, token_strs=strs
