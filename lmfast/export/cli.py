@@ -1,4 +1,4 @@
-"""`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize]
+"""`lmfast export onnx SOURCE --output DIR [--precision fp32|bf16|fp16] [--quantize int8|int4] [--optimize]
 [--attention plain|fused] [--overwrite]`."""
 
 from __future__ import annotations
@@ -26,15 +26,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--output", required=True, help="export directory to write")
     onnx.add_argument(
-        "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16 is for the CUDA provider"
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp16 is for the CUDA provider; bf16: bf16 weights upcast to fp32 at load",
     )
     onnx.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "int4"],
         default=None,
-        help="weight-only block-wise int8 (MatMulNBits; activations stay fp32, batch-invariant)",
+        help="weight-only block-wise int8/int4 (MatMulNBits; activations stay fp32, batch-invariant)",
     )
-    onnx.add_argument("--block_size", type=int, default=32, help="weights per int8 scale (--quantize)")
+    onnx.add_argument("--block_size", type=int, default=32, help="weights per scale (--quantize)")
+    onnx.add_argument("--asymmetric", action="store_true", help="--quantize: a zero point per block too")
+    onnx.add_argument(
+        "--accuracy_level", type=int, default=0, help="--quantize: 0 fp32 activations, 4 int8 activations"
+    )
     onnx.add_argument(
         "--accept_quality_loss",
         action="store_true",
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             attention=args.attention,
             decoder=args.decoder,
             block_size=args.block_size,
+            asymmetric=args.asymmetric,
+            accuracy_level=args.accuracy_level,
             accept_quality_loss=args.accept_quality_loss,
             overwrite=args.overwrite,
             opset=args.opset,
