@@ -1,4 +1,4 @@
-"""`lmfast export onnx SOURCE --output DIR [--precision fp32|fp16] [--quantize int8] [--optimize]
+"""`lmfast export onnx SOURCE --output DIR [--precision fp32|bf16|fp16] [--quantize int8|int4] [--optimize]
 [--attention plain|fused] [--overwrite]`: flags built by lmfast.flags from `ExportConfig`."""
 
 from __future__ import annotations

@@ -15,13 +15,21 @@ class ExportConfig:
     """An experiment dir (uses its hf/), a Lightning .ckpt from one, or a Hugging Face model dir."""
     output: Path
     """The export directory to write."""
-    precision: Literal["fp32", "fp16"] = "fp32"
-    """Weights and cache precision; fp16 is for the CUDA provider."""
-    quantize: Literal["none", "int8"] = "none"
-    """int8: weight-only block-wise int8 (ONNX Runtime's MatMulNBits, 8 bits, symmetric): one scale
-    per `block_size` weights, activations stay fp32, so a row's logits do not depend on the batch."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights and cache precision. fp16 is for the CUDA provider. bf16 stores the weights in
+    bfloat16 (half the file) and ONNX Runtime upcasts them to fp32 once at load: its CPU provider
+    has no bf16 MatMul, so compute, speed and cache are fp32's, quality is bf16 weights'."""
+    quantize: Literal["none", "int8", "int4"] = "none"
+    """int8 / int4: weight-only block-wise quantization (ONNX Runtime's MatMulNBits): one scale
+    (and with --asymmetric a zero point) per `block_size` weights; activations stay fp32, so a
+    row's logits do not depend on the batch."""
     block_size: int = 32
-    """Weights per int8 scale for --quantize int8 (a power of two >= 16)."""
+    """Weights per scale for --quantize int8/int4 (a power of two >= 16)."""
+    asymmetric: bool = False
+    """--quantize: store a zero point per block too (min/max range, as llama.cpp's q4_1)."""
+    accuracy_level: int = 0
+    """--quantize: MatMulNBits' compute type: 0 fp32 activations; 4 int8 activations, quantized
+    per row and block (faster kernels, less exact)."""
     accept_quality_loss: bool = False
     """Finish a quantized export whose greedy tokens differ from fp32 (else it is refused)."""
     optimize: bool = False
@@ -43,12 +51,16 @@ class ExportConfig:
     def __post_init__(self) -> None:
         self.source = Path(self.source)
         self.output = Path(self.output)
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"--precision must be fp32 or fp16, got {self.precision!r}")
-        if self.quantize not in ("none", "int8"):
-            raise ValueError(f"--quantize must be int8 (or omitted), got {self.quantize!r}")
-        if self.quantize == "int8" and self.precision == "fp16":
-            raise ValueError("--quantize int8 applies to fp32 weights; drop --precision fp16")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.quantize not in ("none", "int8", "int4"):
+            raise ValueError(f"--quantize must be int8 or int4 (or omitted), got {self.quantize!r}")
+        if self.quantize != "none" and self.precision != "fp32":
+            raise ValueError(
+                f"--quantize {self.quantize} applies to fp32 weights; drop --precision {self.precision}"
+            )
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"--accuracy_level must be 0-4, got {self.accuracy_level}")
         if self.attention not in ("plain", "fused"):
             raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):

@@ -67,6 +67,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "opset": config.opset,
             "precision": config.precision,
             "quantize": config.quantize,
+            "quantization": _quantization(config),
             "optimize": config.optimize,
             "attention": attention,
             "decoder": type(decoder).__name__,
@@ -131,7 +132,7 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
 
 
 def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tuple[dict[str, int], str]:
-    """Apply --optimize, --precision fp16 and --quantize int8 and save model.onnx.
+    """Apply --optimize, --precision fp16/bf16 and --quantize int8/int4 and save model.onnx.
 
     Returns:
         The fused operator counts from --optimize (empty without it), and what export.json
@@ -149,17 +150,119 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tu
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
-    if config.quantize == "int8":
+    if config.precision == "bf16" or config.quantize != "none":
+        model = apply_tier(model, config)
+    _save(model, target)
+    fused = any(node.op_type == "MultiHeadAttention" for node in model.graph.node)
+    return fusions, "fused" if fused else "plain"
+
+
+def apply_tier(model: Any, config: ExportConfig) -> Any:
+    """--precision bf16 or --quantize int8/int4 on an fp32 graph (an onnx ModelProto): the one
+    home of the lossy tiers, also used by benchmarks/bench_engines.py on an existing fp32 export."""
+    if config.precision == "bf16":
+        return bf16_weights(model)
+    if config.quantize != "none":
         # weight-only: the dynamic int8 of onnxruntime's quantize_dynamic scales activations per
         # tensor, i.e. over the whole batch, so a row's greedy tokens changed with its neighbours
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=config.block_size, is_symmetric=True)
+        quantizer = MatMulNBitsQuantizer(
+            _gemm_to_matmul(model),
+            bits=8 if config.quantize == "int8" else 4,
+            block_size=config.block_size,
+            is_symmetric=not config.asymmetric,
+            accuracy_level=config.accuracy_level,
+        )
         quantizer.process()
         model = quantizer.model.model
-    _save(model, target)
-    fused = any(node.op_type == "MultiHeadAttention" for node in model.graph.node)
-    return fusions, "fused" if fused else "plain"
+    return model
+
+
+def _gemm_to_matmul(model: Any) -> Any:
+    """Rewrite bias-free `Gemm(x, W, transB=1)` (the exporter's lm_head) as `MatMul(x, W^T)`:
+    MatMulNBitsQuantizer quantizes MatMul only, and the lm_head is the largest matrix of a small
+    LM (80% of the 16M GPT-2's weights, 21% of SmolLM2-135M's). A tied embedding keeps its fp32
+    copy for the Gather, which reads one row per token."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            node.op_type == "Gemm"
+            and (len(node.input) == 2 or not node.input[2])
+            and node.input[1] in initializers
+            and attributes.get("transA", 0) == 0
+            and attributes.get("alpha", 1.0) == 1.0
+        )
+        if not plain:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        if attributes.get("transB", 0):
+            weight = weight.T
+        name = f"{node.input[1]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+BF16_MIN_ELEMENTS = 1024
+"""fp32 initializers at least this large (the weight matrices and embeddings) are stored in bf16;
+norms, biases and shape constants stay fp32."""
+
+
+def bf16_weights(model: Any) -> Any:
+    """Store the large fp32 initializers as bfloat16 (rounded to nearest even), each read through
+    a Cast to fp32: ONNX Runtime's CPU provider has no bf16 MatMul (NOT_IMPLEMENTED in 1.32), and
+    its constant folding turns each Cast back into an fp32 weight when the session loads."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    kept, casts = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT or np.prod(tensor.dims) < BF16_MIN_ELEMENTS:
+            kept.append(tensor)
+            continue
+        bits = numpy_helper.to_array(tensor).astype(np.float32).view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        stored = onnx.helper.make_tensor(
+            f"{tensor.name}_bf16", onnx.TensorProto.BFLOAT16, tensor.dims, rounded.tobytes(), raw=True
+        )
+        kept.append(stored)
+        casts.append(onnx.helper.make_node("Cast", [stored.name], [tensor.name], to=onnx.TensorProto.FLOAT))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def _quantization(config: ExportConfig) -> dict[str, Any] | None:
+    """export.json's record of how the weights were stored (None: as the source's fp32)."""
+    if config.quantize != "none":
+        return {
+            "operator": "MatMulNBits",
+            "bits": 8 if config.quantize == "int8" else 4,
+            "block_size": config.block_size,
+            "symmetric": not config.asymmetric,
+            "accuracy_level": config.accuracy_level,
+        }
+    if config.precision == "bf16":
+        return {"weights": "bfloat16", "compute": "fp32 (upcast at session load)"}
+    return None
 
 
 def _optimize(raw: Path, decoder: Any) -> tuple[Any, dict[str, int]]:

@@ -3,6 +3,8 @@
 Two figures on real, left-padded prompts of different lengths: the max absolute logit difference
 over the prompt step and `steps` teacher-forced decode steps, and whether free-running greedy
 decoding (the real `DecodeSession` on each backend) yields identical tokens for `steps` steps.
+For lossy tiers the figures that matter: greedy tokens until the first divergence per prompt,
+perplexity against fp32's on a text, and whether a prompt decoded alone gets its batched tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def measure_parity(
 
     Returns:
         export.json's "parity" entry: max_abs_logit_diff, max_abs_logit, tolerance,
-        greedy_tokens_identical, greedy_steps, prompts, provider, and `passed` (the fp32 criterion).
+        greedy_tokens_identical, greedy_tokens_until_divergence (per prompt), greedy_batch_invariant,
+        greedy_steps, prompts, provider, quality, and `passed` (the fp32 criterion).
     """
     codec = TextCodec.load(tokenizer_dir)
     info = ModelInfo.from_dir(onnx_dir)  # the export's config.json: every eos id it stops on
@@ -52,6 +55,7 @@ def measure_parity(
         _greedy_tokens(DecodeSession(backend, codec, info), prompts, greedy)
         for backend in (reference, candidate)
     ]
+    alone = _greedy_tokens(DecodeSession(candidate, codec, info), prompts[:1], greedy)[0]
     quality = _quality(reference, candidate, codec.encode(" ".join(PARITY_PROMPTS))[: info.max_context - 1])
     tolerance = FP32_RELATIVE_TOLERANCE * max(1.0, scale)
     identical = tokens[0] == tokens[1]
@@ -62,6 +66,8 @@ def measure_parity(
         "max_abs_logit": scale,
         "tolerance": tolerance,
         "greedy_tokens_identical": identical,
+        "greedy_tokens_until_divergence": [divergence(a, b) for a, b in zip(*tokens, strict=True)],
+        "greedy_batch_invariant": alone == tokens[1][0],
         "provider": provider,
         "quality": quality,
         "passed": bool(identical and diff <= tolerance),
@@ -90,7 +96,16 @@ def _quality(reference, candidate, ids: list[int]) -> dict[str, float]:
         "top1_agreement": float(np.mean(top1)) if top1 else 1.0,
         "perplexity": float(np.exp(nll["candidate"] / count)),
         "perplexity_reference": float(np.exp(nll["reference"] / count)),
+        "perplexity_delta": float(np.exp(nll["candidate"] / count) - np.exp(nll["reference"] / count)),
     }
+
+
+def divergence(reference: list[int], candidate: list[int]) -> int:
+    """Greedy tokens until the first divergence: the length of the common prefix."""
+    for index, (a, b) in enumerate(zip(reference, candidate, strict=False)):
+        if a != b:
+            return index
+    return min(len(reference), len(candidate))
 
 
 def _teacher_forced_diff(reference, candidate, prompts: list[list[int]], steps: int) -> tuple[float, float]:

