@@ -120,16 +120,53 @@ class TorchScorer:
         return np.split(flat, np.cumsum([len(w) - c for w, c in zip(windows, contexts, strict=True)])[:-1])
 
 
-class StepScorer:
-    """Any lmfast decode backend (the ONNX export's graph, which returns last-position logits):
-    the context is prefilled in one call, then the targets are fed one at a time through the KV
-    cache, so each call gives the logits of the next target (teacher forcing)."""
+WINDOW_LOGITS_BYTES = 256 * 2**20
+"""Most all-position logits (B, T, V float32) one `StepScorer` call asks the graph for at once."""
 
-    def __init__(self, backend: Any) -> None:
+
+class StepScorer:
+    """Any lmfast decode backend (an ONNX export's graph). An export with the `logits_index` input
+    scores a whole window in one call (logits at every position); an older one, which returns
+    last-position logits only, prefills the context and then feeds the targets one at a time
+    through the KV cache, so each call gives the logits of the next target (teacher forcing)."""
+
+    def __init__(self, backend: Any, vocab_size: int) -> None:
         self.backend = backend
         self.name = backend.name
+        self.vocab_size = vocab_size  # the graph's logits width, which sizes the groups
 
     def score(self, windows: Sequence[np.ndarray], contexts: Sequence[int]) -> list[np.ndarray]:
+        if not getattr(self.backend, "has_logits_index", False):
+            return self._score_stepwise(windows, contexts)
+        vocab = self.vocab_size
+        out: list[np.ndarray] = []
+        group: list[int] = []
+        for i, window in enumerate(windows):  # groups whose logits fit WINDOW_LOGITS_BYTES
+            longest = max([len(windows[j]) for j in group] + [len(window)])
+            if group and (len(group) + 1) * longest * vocab * 4 > WINDOW_LOGITS_BYTES:
+                out += self._score_at_once([windows[j] for j in group], [contexts[j] for j in group])
+                group = []
+            group.append(i)
+        return out + self._score_at_once([windows[j] for j in group], [contexts[j] for j in group])
+
+    def _score_at_once(self, windows: Sequence[np.ndarray], contexts: Sequence[int]) -> list[np.ndarray]:
+        """One forward over the left-padded windows; column p's logits predict column p + 1."""
+        from lmfast.generation.backend import left_padded
+
+        ids, mask, positions = left_padded([list(map(int, w)) for w in windows])
+        logits, _ = self.backend.forward(ids, mask, positions, None, all_logits=True)
+        width = ids.shape[1]
+        out = []
+        for i, (window, c) in enumerate(zip(windows, contexts, strict=True)):
+            start = width - len(window)  # the window's first column
+            predicting = logits[i, start + c - 1 : width - 1]
+            logp = log_softmax_rows(predicting)
+            out.append(
+                logp[np.arange(len(window) - c), np.asarray(window[c:], dtype=np.int64)].astype(np.float64)
+            )
+        return out
+
+    def _score_stepwise(self, windows: Sequence[np.ndarray], contexts: Sequence[int]) -> list[np.ndarray]:
         batch = len(windows)
         width = max(contexts)
         ids = np.zeros((batch, width), dtype=np.int64)
@@ -196,8 +233,9 @@ def load_model(config: EvalConfig) -> LoadedModel:
 
             backend = OnnxBackend.load(directory, num_threads=config.num_threads)
             info = ModelInfo.from_dir(directory)
+            codec = TextCodec.load(directory)
             return LoadedModel(
-                StepScorer(backend), TextCodec.load(directory), info.max_context, _start_token(info), "onnx"
+                StepScorer(backend, codec.vocab_size), codec, info.max_context, _start_token(info), "onnx"
             )
         import torch
 

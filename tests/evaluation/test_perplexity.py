@@ -188,3 +188,20 @@ def test_onnx_export_scores_as_its_torch_source_through_the_cli(tiny_model_dir, 
     assert onnx["source"] == {"path": str(export), "kind": "onnx", "backend": "onnx"}
     assert onnx["tokens_scored"] == torch_report["tokens_scored"]
     assert onnx["nll_sum_nats"] == pytest.approx(torch_report["nll_sum_nats"], rel=1e-5)
+    # the one-pass path (the graph's logits_index) and the token-by-token path (exports made
+    # before it) score the same windows alike, padded batch included
+    from lmfast.evaluation.perplexity import StepScorer
+    from lmfast.generation.onnx_backend import OnnxBackend
+
+    backend = OnnxBackend.load(export, num_threads=1)
+    assert backend.has_logits_index
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 1000, size=n) for n in (9, 17, 5)]
+    contexts = [1, 8, 2]
+    one_pass = StepScorer(backend, vocab_size=1000).score(windows, contexts)
+    grouped = StepScorer(backend, vocab_size=10**9).score(windows, contexts)  # one window per call
+    stepwise = StepScorer(backend, vocab_size=1000)._score_stepwise(windows, contexts)
+    for a, b, c in zip(one_pass, grouped, stepwise, strict=True):
+        assert len(a) == len(c)
+        np.testing.assert_allclose(a, c, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(b, c, rtol=0, atol=2e-5)
