@@ -35,7 +35,9 @@ from lmfast.serving.chat_schemas import (
 )
 from lmfast.serving.config import ServeConfig
 from lmfast.serving.deps import get_engine, require_api_key, state_of
-from lmfast.serving.routes.openai import _FIELD_OF as COMPLETIONS_FIELD_OF
+from lmfast.serving.routes.openai import (
+    FIELD_OF as COMPLETIONS_FIELD_OF,
+)
 from lmfast.serving.routes.openai import (
     LOGPROB_FLOOR,
     _finish_reason,

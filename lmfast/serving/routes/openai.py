@@ -29,7 +29,8 @@ from lmfast.serving.structured import compile_grammar
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
-_FIELD_OF = {
+FIELD_OF = {
+    # the body field each GenerationParams field comes from, named by a 422's `loc`
     "max_new_tokens": "max_tokens",
     "num_return_sequences": "n",
     "temperature": "temperature",
@@ -94,7 +95,7 @@ async def completions(
     logit_bias = dispatch.logit_bias(body.logit_bias, vocab_size)
     score_only = body.max_tokens == 0  # echo alone: the prompt's logprobs, nothing generated
     params = dispatch.make_params(
-        _FIELD_OF,
+        FIELD_OF,
         max_new_tokens=max(1, body.max_tokens),
         **body.sampling_values(),
         ignore_eos=body.ignore_eos,
