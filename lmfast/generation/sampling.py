@@ -351,8 +351,7 @@ class SamplerRows:
         if self.grammars is not None:  # structured output: each constrained row's token mask
             logits = apply_banned(logits, self._grammar_refused(logits.shape[1]))
         if self.min_ban is not None:
-            held = (self.generated < self.min_tokens)[:, None] & self.min_ban
-            logits = np.where(held, -np.inf, logits)
+            logits = apply_banned(logits, (self.generated < self.min_tokens)[:, None] & self.min_ban)
         tokens = np.argmax(logits, axis=1)
         sampling = self._sampling_rows
         if sampling.size:
