@@ -38,6 +38,11 @@ class ExportConfig:
     """plain: standard ONNX operators. fused: ONNX Runtime's MultiHeadAttention contrib operator
     (half the graph's nodes, but no faster in lmfast's CPU decode loop; see StepAttention).
     Grouped-query attention is always plain."""
+    kv_cache: Literal["auto", "inplace", "concat"] = "auto"
+    """inplace: preallocated cache buffers the graph updates in place (ONNX Runtime's
+    GroupQueryAttention), so a decode step costs the same at any context length; the hand-written
+    GPT-2/Llama step only. concat: the graph returns past + new (every family, --attention fused).
+    auto: inplace wherever it applies."""
     decoder: Literal["auto", "transformers"] = "auto"
     """auto: the hand-written step for GPT-2 and Llama (faster), transformers' own modeling code
     for every other family; transformers: that code for every family."""
@@ -65,6 +70,8 @@ class ExportConfig:
             raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ValueError(f"--block_size must be a power of two >= 16, got {self.block_size}")
+        if self.kv_cache not in ("auto", "inplace", "concat"):
+            raise ValueError(f"--kv_cache must be auto, inplace or concat, got {self.kv_cache!r}")
         if self.decoder not in ("auto", "transformers"):
             raise ValueError(f"--decoder must be auto or transformers, got {self.decoder!r}")
         if self.opset < 17:

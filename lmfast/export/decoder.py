@@ -1,10 +1,15 @@
 """The graph that becomes `model.onnx`: one decoder step with an explicit, flat KV cache.
 
-`forward(input_ids, attention_mask, position_ids, logits_index, *past) -> (logits, *present)`.
-One graph serves the prompt (past of length 0) and every decode step; the attention mask is a real
-input (left-padded batches work). `logits_index` (K,) picks the new positions whose logits are
-computed, shared by every row: `[T - 1]` for a normal step (the vocabulary projection runs for the
-last position only), `arange(T)` when a request asks for prompt logprobs; logits are (B, K, V).
+Two cache layouts (docs/architecture.md §3):
+- in place (`InPlaceDecoder`, GPT-2 and Llama): preallocated per-layer buffers that the step
+  writes its new keys/values into and reads only as far as each row holds, so a step costs the
+  same at any context length (`BufferAttention`).
+- concat (every family): `forward(input_ids, attention_mask, position_ids, logits_index, *past)
+  -> (logits, *present)` with present = past + the new columns. One graph serves the prompt (past
+  of length 0) and every decode step; the attention mask is a real input (left-padded batches
+  work). `logits_index` (K,) picks the new positions whose logits are computed, shared by every
+  row: `[T - 1]` for a normal step (the vocabulary projection runs for the last position only),
+  `arange(T)` when a request asks for prompt logprobs; logits are (B, K, V).
 
 Two ways to build it, weights shared with the Hugging Face model (nothing copied):
 - `TransformersDecoder`, for every family in `families.EXPORTABLE_FAMILIES`: transformers' own
@@ -127,12 +132,17 @@ class GPT2Decoder(nn.Module):
         logits_index: torch.Tensor,  # (K,) int64 new positions whose logits are computed
         *past: torch.Tensor,  # 2 * n_layer of (B, H, P, D)
     ) -> tuple[torch.Tensor, ...]:
+        attention = StepAttention(
+            attention_mask, input_ids.shape[1], self.n_head, self.n_head, self.scale, self.fused_attention
+        )
+        return self.step(input_ids, position_ids, past, attention, _keep_positions(logits_index))
+
+    def step(self, input_ids, position_ids, past, attention, keep) -> tuple[torch.Tensor, ...]:
+        """The layers over `attention` (either cache layout); `keep` picks the hidden states whose
+        logits are computed."""
         transformer = self.model.transformer
         h = transformer.wte(input_ids) + transformer.wpe(position_ids)  # (B, T, C)
-        B, T, C = h.shape
-        attention = StepAttention(
-            attention_mask, T, self.n_head, self.n_head, self.scale, self.fused_attention
-        )
+        C = h.shape[2]
         presents: list[torch.Tensor] = []
         for i, block in enumerate(transformer.h):
             q, k, v = _dense(block.attn.c_attn, block.ln_1(h)).split(C, dim=2)
@@ -140,8 +150,7 @@ class GPT2Decoder(nn.Module):
             presents += [k, v]
             h = h + _dense(block.attn.c_proj, y)
             h = h + _dense(block.mlp.c_proj, block.mlp.act(_dense(block.mlp.c_fc, block.ln_2(h))))
-        kept = transformer.ln_f(h.index_select(1, logits_index))  # (B, K, C): usually the last only
-        logits = self.model.lm_head(kept)  # (B, K, V)
+        logits = self.model.lm_head(transformer.ln_f(keep(h)))  # usually the last position only
         return (logits, *presents)
 
 
@@ -171,15 +180,25 @@ class LlamaDecoder(nn.Module):
         logits_index: torch.Tensor,  # (K,) int64 new positions whose logits are computed
         *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, P, D)
     ) -> tuple[torch.Tensor, ...]:
+        attention = StepAttention(
+            attention_mask,
+            input_ids.shape[1],
+            self.n_head,
+            self.num_kv_heads,
+            self.scale,
+            self.fused_attention,
+        )
+        return self.step(input_ids, position_ids, past, attention, _keep_positions(logits_index))
+
+    def step(self, input_ids, position_ids, past, attention, keep) -> tuple[torch.Tensor, ...]:
+        """The layers over `attention` (either cache layout); `keep` picks the hidden states whose
+        logits are computed."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         inner = self.model.model
         h = inner.embed_tokens(input_ids)  # (B, T, C)
         B, T, _ = h.shape
         cos, sin = inner.rotary_emb(h, position_ids)  # (B, T, D) each
-        attention = StepAttention(
-            attention_mask, T, self.n_head, self.num_kv_heads, self.scale, self.fused_attention
-        )
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
@@ -191,7 +210,7 @@ class LlamaDecoder(nn.Module):
             presents += [k, v]
             h = h + attn.o_proj(y)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = self.model.lm_head(inner.norm(h.index_select(1, logits_index)))  # (B, K, V)
+        logits = self.model.lm_head(inner.norm(keep(h)))  # usually the last position only
         return (logits, *presents)
 
 
@@ -270,6 +289,95 @@ class StepAttention:
         return y.transpose(1, 2).reshape(B, T, width), present_k, present_v
 
 
+class BufferAttention:
+    """Attention over preallocated cache buffers that the step updates in place: ONNX Runtime's
+    GroupQueryAttention contrib operator, bound by the backend to one buffer per layer for both
+    past and present (lmfast.generation.slot_cache).
+
+    Each row's tokens fill its buffer from column 0 (right padded); `seqlens_k` (B,) int32 says
+    how many a row holds after this step, minus one, and `total_sequence_length` the most any row
+    holds. A step reads and writes only those columns: no concat of the whole cache, no copy of
+    the grouped key/value heads per query head, nothing proportional to the buffer's capacity.
+    A prompt step (T = total_sequence_length) takes right-padded rows; every later step is T = 1.
+    """
+
+    def __init__(
+        self,
+        seqlens_k: torch.Tensor,
+        total_sequence_length: torch.Tensor,
+        num_heads: int,
+        num_kv_heads: int,
+        scale: float,
+    ) -> None:
+        if not torch.onnx.is_in_onnx_export():
+            raise RuntimeError("the in-place cache step exists only as an exported ONNX graph")
+        self.seqlens_k, self.total = seqlens_k, total_sequence_length
+        self.num_heads, self.num_kv_heads, self.scale = num_heads, num_kv_heads, scale
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q: (B, T, H * D); k, v: (B, T, Hkv * D); past_k, past_v: (B, Hkv, capacity, D).
+
+        Returns:
+            (output (B, T, H * D), the same buffers with this step's keys and values written).
+        """
+        return torch.onnx.ops.symbolic_multi_out(
+            "com.microsoft::GroupQueryAttention",
+            (q, k, v, past_k, past_v, self.seqlens_k, self.total),
+            {"num_heads": self.num_heads, "kv_num_heads": self.num_kv_heads, "scale": self.scale},
+            dtypes=[q.dtype] * 3,
+            shapes=[q.shape, past_k.shape, past_v.shape],
+            version=1,
+        )
+
+
+class InPlaceDecoder(nn.Module):
+    """A hand-written step (GPT-2, Llama) over cache buffers updated in place (`BufferAttention`).
+
+    `forward(input_ids, position_ids, seqlens_k, total_sequence_length, logits_index, *past)
+    -> (logits, *present)`: inputs right padded, each present the same buffer as its past (the
+    backend binds them to one array), and `logits_index` (K,) indexes the flattened B * T
+    positions, so each row's own last token can be picked: logits are (K, V).
+    """
+
+    def __init__(self, step: GPT2Decoder | LlamaDecoder) -> None:
+        super().__init__()
+        self.inner = step
+        self.model = step.model
+        self.n_layer, self.n_head = step.n_layer, step.n_head
+        self.num_kv_heads, self.head_dim = step.num_kv_heads, step.head_dim
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) int64, right padded
+        position_ids: torch.Tensor,  # (B, T) int64
+        seqlens_k: torch.Tensor,  # (B,) int32: tokens each row holds after this step, minus one
+        total_sequence_length: torch.Tensor,  # () int32: the most any row holds after this step
+        logits_index: torch.Tensor,  # (K,) int64 flat positions (row * T + column) to project
+        *past: torch.Tensor,  # 2 * n_layer of (B, n_kv_head, capacity, D)
+    ) -> tuple[torch.Tensor, ...]:
+        attention = BufferAttention(
+            seqlens_k, total_sequence_length, self.n_head, self.num_kv_heads, self.inner.scale
+        )
+        return self.inner.step(input_ids, position_ids, past, attention, _keep_flat(logits_index))
+
+
+def _keep_positions(logits_index: torch.Tensor):
+    """(B, T, C) -> (B, K, C): the same positions of every row (the concat graph's rule)."""
+    return lambda h: h.index_select(1, logits_index)
+
+
+def _keep_flat(logits_index: torch.Tensor):
+    """(B, T, C) -> (K, C): positions of the flattened rows, each row its own (in-place graph)."""
+    return lambda h: h.flatten(0, 1).index_select(0, logits_index)
+
+
 def _dense(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """HF GPT-2's Conv1D (weight stored (in, out)) as MatMul + Add on the 3-D activations, the
     pattern ONNX Runtime's fusions recognise (Conv1D traces to a 2-D Gemm between Reshapes)."""
@@ -284,27 +392,42 @@ def _allowed(attention_mask: torch.Tensor, query_length: int, key_length: int) -
     return causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
 
 
-def build_decoder(model: nn.Module, fused_attention: bool = False, decoder: str = "auto") -> nn.Module:
+def build_decoder(
+    model: nn.Module, fused_attention: bool = False, decoder: str = "auto", kv_cache: str = "auto"
+) -> nn.Module:
     """The export module for a loaded HF causal LM.
 
     decoder: "auto" takes the hand-written step for GPT-2 and Llama where it applies and
     transformers' own modeling code (`TransformersDecoder`) for every other family; "transformers"
     forces the latter. fused_attention: hand-written steps only, ONNX Runtime's MultiHeadAttention
-    where the key/value heads equal the query heads.
+    where the key/value heads equal the query heads. kv_cache: "inplace" wraps the hand-written
+    step in `InPlaceDecoder`, "concat" keeps the graph that returns past + new, "auto" takes
+    inplace wherever it applies (a hand-written step, no fused attention).
 
     Raises:
-        ValueError: the config cannot be exported (`families.export_refusal` says why).
+        ValueError: the config cannot be exported (`families.export_refusal` says why), or
+            kv_cache "inplace" where it does not apply.
     """
     config = model.config
     check_exportable(config.to_dict(), type(model).__name__)
     if decoder not in ("auto", "transformers"):
         raise ValueError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+    if kv_cache not in ("auto", "inplace", "concat"):
+        raise ValueError(f"kv_cache must be 'auto', 'inplace' or 'concat', got {kv_cache!r}")
     native = None
     if decoder == "auto":
         if config.model_type == "gpt2" and _gpt2_step_applies(config):
             native = GPT2Decoder(model, fused_attention)
         elif config.model_type == "llama" and _llama_step_applies(config):
             native = LlamaDecoder(model, fused_attention)
+    inplace = kv_cache == "inplace" or (kv_cache == "auto" and native is not None and not fused_attention)
+    if inplace:
+        if native is None or fused_attention:
+            raise ValueError(
+                "--kv_cache inplace needs the hand-written GPT-2/Llama step (--decoder auto on one of "
+                "those families) without --attention fused"
+            )
+        return InPlaceDecoder(native).eval()
     return (native or TransformersDecoder(model)).eval()
 
 

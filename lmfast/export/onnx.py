@@ -17,7 +17,7 @@ from typing import Any
 
 from lmfast import __version__
 from lmfast.export.config import ExportConfig
-from lmfast.export.decoder import build_decoder
+from lmfast.export.decoder import InPlaceDecoder, build_decoder
 from lmfast.export.output import check_output, install, staging_dir, write_error
 from lmfast.export.source import TOKENIZER_FILES, load_source
 from lmfast.generation.model_files import eos_ids, hf_generation_eos
@@ -50,7 +50,13 @@ def export_onnx(config: ExportConfig) -> Path:
     check_output(output, config.source, config.overwrite)
     started = time.perf_counter()
     loaded = load_source(config.source)
-    decoder = build_decoder(loaded.model, fused_attention=config.attention == "fused", decoder=config.decoder)
+    decoder = build_decoder(
+        loaded.model,
+        fused_attention=config.attention == "fused",
+        decoder=config.decoder,
+        kv_cache=config.kv_cache,
+    )
+    inplace = isinstance(decoder, InPlaceDecoder)
     staging = staging_dir(output)
     try:
         raw = staging / "raw" / "model.onnx"
@@ -70,10 +76,11 @@ def export_onnx(config: ExportConfig) -> Path:
             "quantization": _quantization(config),
             "optimize": config.optimize,
             "attention": attention,
-            "decoder": type(decoder).__name__,
+            "decoder": type(decoder.inner if inplace else decoder).__name__,
+            "kv_cache": "inplace" if inplace else "concat",
             "fusions": fusions,
-            "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key/value"],
-            "outputs": ["logits (last position)", "present.{i}.key/value"],
+            "inputs": [*_input_names(inplace), "past_key_values.{i}.key/value"],
+            "outputs": ["logits (the logits_index positions)", "present.{i}.key/value"],
             "parity": parity,
             "export_seconds": round(time.perf_counter() - started, 2),
         }
@@ -88,9 +95,17 @@ def export_onnx(config: ExportConfig) -> Path:
     return output
 
 
+def _input_names(inplace: bool) -> list[str]:
+    """The graph's inputs before the cache, in order (decoder.py's two layouts)."""
+    if inplace:
+        return ["input_ids", "position_ids", "seqlens_k", "total_sequence_length", "logits_index"]
+    return ["input_ids", "attention_mask", "position_ids", "logits_index"]
+
+
 def _torch_export(decoder, path: Path, opset: int) -> None:
-    """One graph for prompt and decode steps, traced on a left-padded example (a mask of all ones
-    lets exporters drop the mask) with a non-empty past; every length is dynamic."""
+    """One graph for prompt and decode steps, every length dynamic. The concat graph is traced on
+    a left-padded example (a mask of all ones lets exporters drop the mask) with a non-empty past;
+    the in-place one on right-padded rows over buffers longer than they hold."""
     import torch
     from torch.export import Dim
 
@@ -100,31 +115,47 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
     attention_mask[0, :2] = 0
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]
     logits_index = torch.arange(1, seq)  # K = 2 of T = 3: K is its own dynamic dim
+    inplace = isinstance(decoder, InPlaceDecoder)
+    capacity = past_len + seq + 1  # a buffer's length is its own dim too
     past = [
-        torch.zeros(batch, decoder.num_kv_heads, past_len, decoder.head_dim)
+        torch.zeros(batch, decoder.num_kv_heads, capacity if inplace else past_len, decoder.head_dim)
         for _ in range(2 * decoder.n_layer)
     ]
     past_names = [
         f"past_key_values.{i // 2}.{'value' if i % 2 else 'key'}" for i in range(2 * decoder.n_layer)
     ]
     dynamic = Dim.DYNAMIC
-    # the mask's length gets its own dim: torch.export works out that it equals past + seq
-    dynamic_shapes = (
-        {0: dynamic, 1: dynamic},
-        {0: dynamic, 1: dynamic},
-        {0: dynamic, 1: dynamic},
-        {0: dynamic},
-        tuple({0: dynamic, 2: dynamic} for _ in past),
-    )
+    if inplace:
+        seqlens_k = torch.tensor([past_len + seq - 1, past_len + seq - 2], dtype=torch.int32)
+        total = torch.tensor(past_len + seq, dtype=torch.int32)
+        inputs = (input_ids, position_ids, seqlens_k, total, logits_index, *past)
+        dynamic_shapes = (
+            {0: dynamic, 1: dynamic},
+            {0: dynamic, 1: dynamic},
+            {0: dynamic},
+            None,
+            {0: dynamic},
+            tuple({0: dynamic, 2: dynamic} for _ in past),
+        )
+    else:
+        inputs = (input_ids, attention_mask, position_ids, logits_index, *past)
+        # the mask's length gets its own dim: torch.export works out that it equals past + seq
+        dynamic_shapes = (
+            {0: dynamic, 1: dynamic},
+            {0: dynamic, 1: dynamic},
+            {0: dynamic, 1: dynamic},
+            {0: dynamic},
+            tuple({0: dynamic, 2: dynamic} for _ in past),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             decoder,
-            (input_ids, attention_mask, position_ids, logits_index, *past),
+            inputs,
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=["input_ids", "attention_mask", "position_ids", "logits_index", *past_names],
+            input_names=[*_input_names(inplace), *past_names],
             output_names=["logits", *(n.replace("past_key_values.", "present.") for n in past_names)],
             dynamic_shapes=dynamic_shapes,
             verbose=False,

@@ -1,12 +1,16 @@
 """The ONNX Runtime backend: `model.onnx` from `lmfast export onnx`, no torch needed.
 
-The graph (lmfast.export.decoder) takes input_ids, attention_mask, position_ids, logits_index and
-`past_key_values.{i}.key/value`, and returns `logits` of the positions in logits_index (the last one
-for a normal step, every one for prompt logprobs) and `present.{i}.key/value`. Exports made before
-logits_index existed return last-position logits only; they serve everything but prompt logprobs.
-On CPU the cache stays in NumPy arrays that ONNX Runtime reads without copying. On CUDA the cache
-stays on the GPU through IO binding; only the logits come back each step, and the rare cache
-reshapes (rows joining or leaving) round-trip through host memory.
+Two graph layouts (lmfast.export.decoder). The in-place one (inputs input_ids, position_ids,
+seqlens_k, total_sequence_length, logits_index and the cache buffers) keeps the cache in a
+`SlotCache` whose buffers ONNX Runtime binds as both past and present, so a step writes only its
+new column (CPU provider). The concat one takes input_ids, attention_mask, position_ids,
+logits_index and `past_key_values.{i}.key/value`, and returns `logits` of the positions in
+logits_index (the last one for a normal step, every one for prompt logprobs) and
+`present.{i}.key/value`. Exports made before logits_index existed return last-position logits
+only; they serve everything but prompt logprobs. On CPU the concat cache stays in NumPy arrays
+that ONNX Runtime reads without copying. On CUDA it stays on the GPU through IO binding; only the
+logits come back each step, and the rare cache reshapes (rows joining or leaving) round-trip
+through host memory.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lmfast.generation.backend import NumpyCacheOps
+from lmfast.generation.slot_cache import SlotCache, left_aligned, right_aligned
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +89,13 @@ class OnnxBackend(NumpyCacheOps):
         self.cache_dtype = _NUMPY_DTYPES[first.type]
         self._binding = session.io_binding() if provider == "cuda" else None
         self.has_logits_index = "logits_index" in inputs
+        self.inplace = "seqlens_k" in inputs  # --kv_cache inplace: lmfast.generation.slot_cache
+        if self.inplace and provider == "cuda":
+            raise ValueError(
+                "this export's in-place cache runs on the CPU provider only so far; for CUDA export "
+                "again with --kv_cache concat"
+            )
+        self._inplace_binding = session.io_binding() if self.inplace else None
 
     @classmethod
     def load(
@@ -121,6 +133,8 @@ class OnnxBackend(NumpyCacheOps):
         past: list | None,
         all_logits: bool = False,
     ) -> tuple[np.ndarray, list]:
+        if self.inplace:
+            return self._forward_inplace(input_ids, attention_mask, position_ids, past, all_logits)
         if past is None:
             past = self._empty_past(input_ids.shape[0])
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
@@ -143,6 +157,67 @@ class OnnxBackend(NumpyCacheOps):
         if self.has_logits_index and not all_logits:
             logits = logits[:, -1]
         return logits, present
+
+    def _forward_inplace(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: SlotCache | None,
+        all_logits: bool,
+    ) -> tuple[np.ndarray, SlotCache]:
+        """The loop's left-padded step on the in-place graph: rows right aligned into their
+        buffers, each row's last real position projected, the buffers written in place."""
+        counts = attention_mask[:, -input_ids.shape[1] :].sum(axis=1)
+        steps = int(counts.max(initial=0))
+        if len(counts) == 0 or counts.min() < 1:
+            raise ValueError("every row of a step needs at least one real token")
+        if past is not None and steps != 1:
+            raise ValueError("an in-place cache extends by one token per step once prefilled")
+        input_ids, position_ids = input_ids[:, -steps:], position_ids[:, -steps:]  # no all-pad columns
+        if steps > 1 and (counts != steps).any():
+            input_ids, position_ids = right_aligned(input_ids, counts), right_aligned(position_ids, counts)
+        batch = input_ids.shape[0]
+        if past is None:
+            past = SlotCache.empty(
+                batch,
+                len(self.past_names) // 2,
+                self.num_kv_heads,
+                self.head_dim,
+                steps + 1,
+                self.cache_dtype,
+            )
+        held = past.lengths + counts
+        cache = past.fit(int(held.max()))
+        if all_logits:
+            index = np.arange(batch * steps, dtype=np.int64)
+        else:
+            index = np.arange(batch, dtype=np.int64) * steps + counts - 1
+        binding = self._inplace_binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_output("logits", "cpu")
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            "seqlens_k": (held - 1).astype(np.int32),
+            "total_sequence_length": np.array(held.max(), dtype=np.int32),
+            "logits_index": index,
+        }
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for past_name, present_name, buffer in zip(
+            self.past_names, self.present_names, cache.buffers, strict=True
+        ):
+            shape, pointer = list(buffer.shape), buffer.ctypes.data
+            binding.bind_input(past_name, "cpu", 0, buffer.dtype, shape, pointer)
+            binding.bind_output(present_name, "cpu", 0, buffer.dtype, shape, pointer)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy().astype(np.float32, copy=False)
+        cache.lengths = held
+        if all_logits:
+            logits = left_aligned(logits.reshape(batch, steps, -1), counts)
+        return logits, cache
 
     def _empty_past(self, batch: int) -> list:
         empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
@@ -174,16 +249,22 @@ class OnnxBackend(NumpyCacheOps):
         return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", 0) for a in past]
 
     def select(self, past: list, rows: np.ndarray) -> list:
+        if isinstance(past, SlotCache):
+            return past.select(rows)
         if self._binding is None:
             return super().select(past, rows)
         return self._to_device(super().select(self._to_host(past), rows))
 
     def merge(self, first: list, second: list) -> list:
+        if isinstance(first, SlotCache):
+            return first.merge(second)
         if self._binding is None:
             return super().merge(first, second)
         return self._to_device(super().merge(self._to_host(first), self._to_host(second)))
 
     def trim(self, past: list, columns: int) -> list:
+        if isinstance(past, SlotCache):  # rows start at column 0: no leading padding to drop
+            return past
         if self._binding is None:
             return super().trim(past, columns)
         return self._to_device(super().trim(self._to_host(past), columns))

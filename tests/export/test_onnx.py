@@ -30,10 +30,17 @@ def test_graph_has_dynamic_batch_sequence_and_past(onnx_dir: Path):
 
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
-    assert set(dims) >= {"input_ids", "attention_mask", "position_ids", "past_key_values.0.key"}
-    assert all(isinstance(d, str) for d in dims["input_ids"] + dims["attention_mask"])
-    batch, heads, past, head_dim = dims["past_key_values.1.value"]
-    assert isinstance(batch, str) and isinstance(past, str) and (heads, head_dim) == (4, 16)
+    # the default for GPT-2: the in-place cache (decoder.InPlaceDecoder)
+    assert json.loads((onnx_dir / "export.json").read_text())["kv_cache"] == "inplace"
+    assert set(dims) >= {"input_ids", "position_ids", "seqlens_k", "total_sequence_length", "logits_index"}
+    assert "attention_mask" not in dims and dims["total_sequence_length"] == []
+    assert all(isinstance(d, str) for d in dims["input_ids"] + dims["position_ids"] + dims["seqlens_k"])
+    batch, heads, capacity, head_dim = dims["past_key_values.1.value"]
+    assert isinstance(batch, str) and isinstance(capacity, str) and (heads, head_dim) == (4, 16)
+    outputs = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output
+    }
+    assert outputs["present.1.value"] == dims["past_key_values.1.value"]  # the same buffer
     # tied input/output embeddings are stored once
     initializers = [i for i in graph.initializer if 50257 in i.dims]
     assert len(initializers) == 1
@@ -126,23 +133,36 @@ def _graph_ops(export_dir: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_fused_and_plain_attention_agree_on_padded_batches_and_the_cache(
+def test_cache_layouts_and_fused_attention_agree_on_padded_batches_and_the_cache(
     onnx_dir: Path, varied_model_dir: Path, tmp_path: Path, prompts
 ):
-    """--attention fused runs ONNX Runtime's MultiHeadAttention with the padding mask and causal
-    flag; the default writes it in standard operators. Both must give the same logits for a
-    left-padded prompt batch and for decode steps over the cache they returned."""
+    """Three graphs of one model: the default in-place cache (GroupQueryAttention over buffers
+    written in place), --kv_cache concat in standard operators, and --attention fused (ONNX
+    Runtime's MultiHeadAttention, concat cache). They must give the same logits for a left-padded
+    prompt batch and for decode steps over their caches, and hold the same keys and values: the
+    in-place row b's first n columns are the concat cache's n real columns."""
     import numpy as np
 
-    fused_dir = tmp_path / "fused"
+    fused_dir, concat_dir = tmp_path / "fused", tmp_path / "concat"
     assert main(["onnx", str(varied_model_dir), "--output", str(fused_dir), "--attention", "fused"]) == 0
-    assert json.loads((onnx_dir / "export.json").read_text())["attention"] == "plain"
-    assert json.loads((fused_dir / "export.json").read_text())["attention"] == "fused"
+    assert main(["onnx", str(varied_model_dir), "--output", str(concat_dir), "--kv_cache", "concat"]) == 0
+    described = {d: json.loads((d / "export.json").read_text()) for d in (onnx_dir, fused_dir, concat_dir)}
+    assert [described[d]["kv_cache"] for d in (onnx_dir, fused_dir, concat_dir)] == [
+        "inplace",
+        "concat",
+        "concat",
+    ]
+    assert described[fused_dir]["attention"] == "fused" and described[concat_dir]["attention"] == "plain"
     assert "MultiHeadAttention" in _graph_ops(fused_dir)
-    assert "MultiHeadAttention" not in _graph_ops(onnx_dir)
+    assert "GroupQueryAttention" in _graph_ops(onnx_dir) and "GroupQueryAttention" not in _graph_ops(
+        concat_dir
+    )
 
-    fused, plain = Generator.load(fused_dir), Generator.load(onnx_dir)
-    ids = [fused.codec.encode(p) for p in prompts]
+    generators = {
+        name: Generator.load(d)
+        for name, d in (("inplace", onnx_dir), ("fused", fused_dir), ("concat", concat_dir))
+    }
+    ids = [generators["concat"].codec.encode(p) for p in prompts]
     width = max(map(len, ids))
     input_ids = np.zeros((len(ids), width), dtype=np.int64)
     mask = np.zeros_like(input_ids)
@@ -153,21 +173,26 @@ def test_fused_and_plain_attention_agree_on_padded_batches_and_the_cache(
     for step in range(3):  # three decode steps on top of the padded prompt
         mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
         steps.append((np.full((len(ids), 1), 11 + step), mask, positions[:, -1:] + 1 + step))
-    past = {"fused": None, "plain": None}
+    past = dict.fromkeys(generators)
     for step_ids, step_mask, step_positions in steps:
         logits = {}
-        for name, generator in (("fused", fused), ("plain", plain)):
+        for name, generator in generators.items():
             logits[name], past[name] = generator.backend.forward(
                 step_ids, step_mask, step_positions, past[name]
             )
-        np.testing.assert_allclose(logits["fused"], logits["plain"], atol=1e-4, rtol=1e-4)
-        for a, b in zip(past["fused"], past["plain"], strict=True):
-            real = step_mask.astype(bool)[:, None, :, None]  # padded columns may differ, never read
+        for name in ("fused", "inplace"):
+            np.testing.assert_allclose(logits[name], logits["concat"], atol=1e-4, rtol=1e-4)
+        real = step_mask.astype(bool)[:, None, :, None]  # padded columns may differ, never read
+        for a, b in zip(past["fused"], past["concat"], strict=True):
             np.testing.assert_allclose(np.where(real, a, 0), np.where(real, b, 0), atol=1e-5)
+        held = step_mask.sum(axis=1)
+        assert past["inplace"].lengths.tolist() == held.tolist()
+        for buffer, b in zip(past["inplace"].buffers, past["concat"], strict=True):
+            for row, n in enumerate(held.tolist()):
+                np.testing.assert_allclose(buffer[row, :, :n], b[row, :, -n:], atol=1e-5)
     params = GenerationParams(max_new_tokens=16, temperature=0.0)
-    assert (
-        fused(prompts, params) == plain(prompts, params) == Generator.load(varied_model_dir)(prompts, params)
-    )
+    texts = [generator(prompts, params) for generator in generators.values()]
+    assert texts[0] == texts[1] == texts[2] == Generator.load(varied_model_dir)(prompts, params)
 
 
 def test_spinning_setting_reaches_the_session_and_changes_speed_only(onnx_dir: Path, prompts):
