@@ -108,11 +108,6 @@ def _dir_bytes(path: Path) -> int:
 
 def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
     from lmfast.export import ExportConfig, export_onnx
-    from lmfast.generation import GenerationParams
-    from lmfast.generation.model_files import ModelInfo
-    from lmfast.generation.onnx_backend import OnnxBackend
-    from lmfast.generation.session import DecodeSession
-    from lmfast.generation.text import TextCodec
 
     output = work / f"lmfast-{tier}"
     fp32 = work / "lmfast-fp32"
@@ -120,6 +115,17 @@ def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         export_onnx(ExportConfig(source=hf_dir, output=fp32, overwrite=True, parity_steps=8))
     if tier != "fp32" and not (output / "export.json").is_file():
         derive_tier(fp32, output, ExportConfig(source=hf_dir, output=output, **LMFAST_TIERS[tier]))
+    return export_engine(output, "lmfast", tier, threads)
+
+
+def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
+    """An lmfast export as a contender: greedy through the decode loop, NLL through the cache."""
+    from lmfast.generation import GenerationParams
+    from lmfast.generation.model_files import ModelInfo
+    from lmfast.generation.onnx_backend import OnnxBackend
+    from lmfast.generation.session import DecodeSession
+    from lmfast.generation.text import TextCodec
+
     backend = OnnxBackend.load(output, num_threads=threads)
     codec = TextCodec.load(output)
     info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
@@ -145,7 +151,7 @@ def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         return total / (len(ids) - 1)
 
     weights = _dir_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
-    return Engine("lmfast", tier, generate, nll, weights)
+    return Engine(engine, tier, generate, nll, weights)
 
 
 def derive_tier(fp32: Path, output: Path, config) -> None:

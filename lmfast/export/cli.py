@@ -1,5 +1,5 @@
 """`lmfast export onnx SOURCE --output DIR [--precision fp32|bf16|fp16] [--quantize int8|int4] [--optimize]
-[--attention plain|fused] [--overwrite]`: flags built by lmfast.flags from `ExportConfig`."""
+[--attention plain|fused] [--kv_cache auto|inplace|concat] [--overwrite]`: flags built by lmfast.flags from `ExportConfig`."""
 
 from __future__ import annotations
 
