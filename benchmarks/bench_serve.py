@@ -1,6 +1,7 @@
 """Serving throughput: `lmfast serve` with continuous batching vs batching off vs `transformers serve`.
 
     python benchmarks/bench_serve.py [--quick] [--model HF_DIR] [--json PATH]
+        [--llama_server BIN --llama_cpp_src DIR]
 
 Real servers on loopback, each its own process with the same intra-op thread count, all serving
 one model: a Hugging Face directory (a random-weight GPT-2, 4 layers x 256, built once if --model
@@ -10,11 +11,16 @@ is not given) and its `lmfast export onnx` export, i.e. the same weights:
   (a') lmfast_batched_torch lmfast serve HF_DIR --backend torch --max_batch_size 32 (same runtime as (c))
   (c) transformers          transformers serve HF_DIR --continuous-batching (needs accelerate,
                             i.e. `pip install 'transformers[serving]'`)
+  (d) llama_server          llama.cpp's own `llama-server` (--llama_server BIN, built from the
+                            llama.cpp sources) on a GGUF f32 of HF_DIR written by llama.cpp's
+                            convert_hf_to_gguf.py (--llama_cpp_src DIR), with one slot per client
+                            (--parallel C) and continuous batching; its prompt cache is off per
+                            request (`cache_prompt: false`), as lmfast keeps none
 An async httpx load generator keeps C requests in flight (closed loop) for C in 1, 8, 32; every
 request streams 64 new tokens greedily (OpenAI /v1/completions with stream_options.include_usage);
 (a) also runs non-streamed, for the streaming overhead. Contenders alternate within each level.
 Before timing, greedy outputs of (a), sent concurrently so that they share batches, must equal
-(b)'s; how many of (a')'s and (c)'s agree is reported.
+(b)'s; how many of (a')'s, (c)'s and (d)'s agree is reported.
 Prints requests/s, generated tokens/s, time to first token, p50/p99 latency and the ratios.
 """
 
@@ -127,9 +133,16 @@ class Server:
     """A server subprocess on loopback; `stop()` interrupts it (graceful), then kills it."""
 
     def __init__(
-        self, name: str, command: list[str], env: dict[str, str], health: str, model_id: str
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        health: str,
+        model_id: str,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        self.extra_body = extra_body or {}  # request fields only this server takes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health = health
@@ -216,12 +229,38 @@ def transformers_server(
     return Server("transformers", command, thread_env(threads), "/health", str(model))
 
 
+def llama_server(
+    model: Path, binary: Path, llama_cpp_src: Path | None, threads: int, concurrency: int, new_tokens: int
+) -> Server | str:
+    """(d), or the reason it cannot run here. Each of the `concurrency` slots gets room for the
+    longest prompt and `new_tokens` (llama-server splits -c among its slots)."""
+    if not Path(binary).is_file():
+        return f"--llama_server {binary}: no such file"
+    from benchmarks.bench_engines import llama_gguf
+
+    try:
+        gguf = llama_gguf(model, model.parent / f"{model.name}_gguf", "f32", llama_cpp_src)
+    except (FileNotFoundError, RuntimeError, ImportError) as error:
+        return f"no GGUF for llama-server: {error}"
+    per_slot = PROMPT_TOKENS_BOUND + new_tokens + 16
+    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}"]
+    command += ["--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(concurrency)]
+    command += ["--ctx-size", str(concurrency * per_slot), "--cont-batching", "--log-disable"]
+    return Server("llama_server", command, thread_env(threads), "/health", "model", {"cache_prompt": False})
+
+
 # --- load generator -------------------------------------------------------------------------------
 async def one_request(
-    client: httpx.AsyncClient, model_id: str, prompt: str, new_tokens: int, stream: bool
+    client: httpx.AsyncClient,
+    model_id: str,
+    prompt: str,
+    new_tokens: int,
+    stream: bool,
+    extra_body: dict[str, Any] | None = None,
 ) -> tuple[float, float, int, str]:
     """Send one completion; returns (latency s, time to first token s, generated tokens, text)."""
     body: dict[str, Any] = {"model": model_id, "prompt": prompt, "max_tokens": new_tokens, "temperature": 0}
+    body.update(extra_body or {})
     started = time.perf_counter()
     if not stream:
         response = await client.post("/v1/completions", json=body)
@@ -302,7 +341,9 @@ async def run_load(
             index = next_index
             next_index += 1
             prompt = PROMPTS[index % len(PROMPTS)]
-            results.append(await one_request(client, server.model_id, prompt, new_tokens, stream))
+            results.append(
+                await one_request(client, server.model_id, prompt, new_tokens, stream, server.extra_body)
+            )
 
     async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
         started = time.perf_counter()
@@ -328,7 +369,12 @@ async def greedy_texts(server: Server, prompts: list[str], new_tokens: int) -> l
     """All prompts at once (they share batches on a batching server), non-streamed."""
     async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
         results = await asyncio.gather(
-            *(one_request(client, server.model_id, p, new_tokens, stream=False) for p in prompts)
+            *(
+                one_request(
+                    client, server.model_id, p, new_tokens, stream=False, extra_body=server.extra_body
+                )
+                for p in prompts
+            )
         )
     return [r[3] for r in results]
 
@@ -343,6 +389,8 @@ def run(
     device: str = "cpu",
     with_transformers: bool = True,
     rounds: int | None = None,
+    llama_server_binary: Path | None = None,
+    llama_cpp_src: Path | None = None,
 ) -> dict[str, Any]:
     """Start the servers, check correctness, time every contender at every concurrency level."""
     load_before = os.getloadavg()
@@ -370,6 +418,16 @@ def run(
             servers.append(theirs)
     else:
         skipped["transformers"] = "disabled with --no_transformers"
+    if llama_server_binary is not None:
+        theirs = llama_server(
+            model, llama_server_binary, llama_cpp_src, threads, max(concurrencies), new_tokens
+        )
+        if isinstance(theirs, str):
+            skipped["llama_server"] = theirs
+        else:
+            servers.append(theirs)
+    else:
+        skipped["llama_server"] = "no --llama_server BIN given"
     runs: list[RunStats] = []
     try:
         for server in list(servers):
@@ -417,9 +475,10 @@ def check_correctness(servers: dict[str, Server], new_tokens: int) -> dict[str, 
     if "lmfast_batched_torch" in servers:
         torch_texts = asyncio.run(greedy_texts(servers["lmfast_batched_torch"], prompts, new_tokens))
         report["torch_backend_same_text"] = sum(a == b for a, b in zip(batched, torch_texts, strict=True))
-    if "transformers" in servers:
-        theirs = asyncio.run(greedy_texts(servers["transformers"], prompts, new_tokens))
-        report["transformers_same_text"] = sum(a == b for a, b in zip(batched, theirs, strict=True))
+    for peer in ("transformers", "llama_server"):
+        if peer in servers:
+            theirs = asyncio.run(greedy_texts(servers[peer], prompts, new_tokens))
+            report[f"{peer}_same_text"] = sum(a == b for a, b in zip(batched, theirs, strict=True))
     return report
 
 
@@ -459,6 +518,10 @@ def summarize(
             entry["p50_latency_ratio_batch1_over_batched"] = b.latency_p50_s / a.latency_p50_s
         if a and c:
             entry["tokens_per_s_vs_transformers"] = a.tokens_per_s / c.tokens_per_s
+        llama = find("llama_server", concurrency)
+        if a and llama:
+            entry["tokens_per_s_vs_llama_server"] = a.tokens_per_s / llama.tokens_per_s
+            entry["ttft_p50_llama_server_over_lmfast"] = llama.ttft_p50_s / a.ttft_p50_s
         torch_a = find("lmfast_batched_torch", concurrency)
         if torch_a and c:
             entry["torch_backend_tokens_per_s_vs_transformers"] = torch_a.tokens_per_s / c.tokens_per_s
@@ -536,6 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no_transformers", action="store_true", help="skip contender (c)")
     parser.add_argument("--rounds", type=int, help="rounds per level, best counts (default: 2, --quick 1)")
+    parser.add_argument("--llama_server", type=Path, help="llama.cpp's llama-server binary: contender (d)")
+    parser.add_argument(
+        "--llama_cpp_src",
+        type=Path,
+        default=os.environ.get("LLAMA_CPP_SRC"),
+        help="the llama.cpp sources (their convert_hf_to_gguf.py writes (d)'s GGUF)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     result = run(
@@ -547,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         with_transformers=not args.no_transformers,
         rounds=args.rounds,
+        llama_server_binary=args.llama_server,
+        llama_cpp_src=args.llama_cpp_src,
     )
     print_summary(result)
     if args.json:

@@ -43,6 +43,10 @@ class ExportConfig:
     GroupQueryAttention), so a decode step costs the same at any context length; the hand-written
     GPT-2/Llama step only. concat: the graph returns past + new (every family, --attention fused).
     auto: inplace wherever it applies."""
+    kv_cache_precision: Literal["fp32", "fp16"] = "fp32"
+    """The in-place cache's storage: fp16 halves the bytes each step reads from it (what decode
+    time grows with at long contexts and large batches), attention still computed in fp32; a lossy
+    tier, held to greedy parity like the others. --precision fp16 implies it."""
     decoder: Literal["auto", "transformers"] = "auto"
     """auto: the hand-written step for GPT-2 and Llama (faster), transformers' own modeling code
     for every other family; transformers: that code for every family."""
@@ -72,6 +76,10 @@ class ExportConfig:
             raise ValueError(f"--block_size must be a power of two >= 16, got {self.block_size}")
         if self.kv_cache not in ("auto", "inplace", "concat"):
             raise ValueError(f"--kv_cache must be auto, inplace or concat, got {self.kv_cache!r}")
+        if self.kv_cache_precision not in ("fp32", "fp16"):
+            raise ValueError(f"--kv_cache_precision must be fp32 or fp16, got {self.kv_cache_precision!r}")
+        if self.kv_cache_precision == "fp16" and self.kv_cache == "concat":
+            raise ValueError("--kv_cache_precision fp16 needs the in-place cache, not --kv_cache concat")
         if self.decoder not in ("auto", "transformers"):
             raise ValueError(f"--decoder must be auto or transformers, got {self.decoder!r}")
         if self.opset < 17:

@@ -327,14 +327,16 @@ class BufferAttention:
         Returns:
             (output (B, T, H * D), the same buffers with this step's keys and values written).
         """
-        return torch.onnx.ops.symbolic_multi_out(
+        cache = past_k.dtype  # an fp16 cache under fp32 compute: the new keys/values are rounded
+        y, present_k, present_v = torch.onnx.ops.symbolic_multi_out(
             "com.microsoft::GroupQueryAttention",
-            (q, k, v, past_k, past_v, self.seqlens_k, self.total),
+            (q.to(cache), k.to(cache), v.to(cache), past_k, past_v, self.seqlens_k, self.total),
             {"num_heads": self.num_heads, "kv_num_heads": self.num_kv_heads, "scale": self.scale},
-            dtypes=[q.dtype] * 3,
+            dtypes=[cache] * 3,
             shapes=[q.shape, past_k.shape, past_v.shape],
             version=1,
         )
+        return y.to(q.dtype), present_k, present_v
 
 
 class InPlaceDecoder(nn.Module):

@@ -57,10 +57,14 @@ def export_onnx(config: ExportConfig) -> Path:
         kv_cache=config.kv_cache,
     )
     inplace = isinstance(decoder, InPlaceDecoder)
+    if config.kv_cache_precision == "fp16" and not inplace:
+        raise ValueError("--kv_cache_precision fp16 needs the in-place cache (--kv_cache inplace)")
     staging = staging_dir(output)
     try:
         raw = staging / "raw" / "model.onnx"
-        _torch_export(decoder, raw, config.opset)
+        _torch_export(
+            decoder, raw, config.opset, "fp32" if config.precision == "fp16" else config.kv_cache_precision
+        )
         fusions, attention = _finalize(raw, staging / "model.onnx", config, decoder)
         shutil.rmtree(raw.parent)
         _write_side_files(staging, loaded)
@@ -78,6 +82,7 @@ def export_onnx(config: ExportConfig) -> Path:
             "attention": attention,
             "decoder": type(decoder.inner if inplace else decoder).__name__,
             "kv_cache": "inplace" if inplace else "concat",
+            "kv_cache_precision": "fp16" if config.precision == "fp16" else config.kv_cache_precision,
             "fusions": fusions,
             "inputs": [*_input_names(inplace), "past_key_values.{i}.key/value"],
             "outputs": ["logits (the logits_index positions)", "present.{i}.key/value"],
@@ -102,7 +107,7 @@ def _input_names(inplace: bool) -> list[str]:
     return ["input_ids", "attention_mask", "position_ids", "logits_index"]
 
 
-def _torch_export(decoder, path: Path, opset: int) -> None:
+def _torch_export(decoder, path: Path, opset: int, kv_cache_precision: str = "fp32") -> None:
     """One graph for prompt and decode steps, every length dynamic. The concat graph is traced on
     a left-padded example (a mask of all ones lets exporters drop the mask) with a non-empty past;
     the in-place one on right-padded rows over buffers longer than they hold."""
@@ -117,8 +122,15 @@ def _torch_export(decoder, path: Path, opset: int) -> None:
     logits_index = torch.arange(1, seq)  # K = 2 of T = 3: K is its own dynamic dim
     inplace = isinstance(decoder, InPlaceDecoder)
     capacity = past_len + seq + 1  # a buffer's length is its own dim too
+    cache_dtype = torch.float16 if kv_cache_precision == "fp16" else torch.float32
     past = [
-        torch.zeros(batch, decoder.num_kv_heads, capacity if inplace else past_len, decoder.head_dim)
+        torch.zeros(
+            batch,
+            decoder.num_kv_heads,
+            capacity if inplace else past_len,
+            decoder.head_dim,
+            dtype=cache_dtype,
+        )
         for _ in range(2 * decoder.n_layer)
     ]
     past_names = [
@@ -360,12 +372,14 @@ def _parity(loaded, directory: Path, config: ExportConfig) -> dict[str, Any]:
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     provider = "cuda" if config.precision == "fp16" and cuda else "cpu"
     parity = measure_parity(loaded.model, loaded.tokenizer_dir, directory, config.parity_steps, provider)
-    exact = config.precision == "fp32" and config.quantize == "none"
+    exact = config.precision == "fp32" and config.quantize == "none" and config.kv_cache_precision == "fp32"
     if exact and not parity["passed"]:
         raise ParityError(f"fp32 {parity_summary(parity)}")
     if not exact:
         parity["passed"] = bool(parity["greedy_tokens_identical"])  # the criterion of a lossy export
         what = config.quantize if config.quantize != "none" else config.precision
+        if config.kv_cache_precision == "fp16" and what == "fp32":
+            what = "fp16 cache"
         if parity["passed"]:
             logger.info("%s parity: greedy tokens identical to fp32 torch (%s)", what, _quality_line(parity))
         elif not config.accept_quality_loss:

@@ -21,11 +21,13 @@ def _initializer_types(directory: Path) -> set[int]:
 def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
     varied_model_dir, tmp_path, prompts, capsys
 ):
-    """Two tiny-model exports (~5 s each on 2 cores): int4 through the CLI, bf16 through the API."""
+    """Two tiny-model exports (~5 s each on 2 cores): int4 with an fp16 in-place cache through the
+    CLI, bf16 through the API."""
     from lmfast.export import export_onnx
 
     int4 = tmp_path / "int4"
     argv = ["onnx", str(varied_model_dir), "--output", str(int4), "--quantize", "int4", "--block_size", "32"]
+    argv += ["--kv_cache_precision", "fp16"]
     assert main([*argv, "--asymmetric", "--parity_steps", "8", "--accept_quality_loss"]) == 0
     assert capsys.readouterr().out.startswith(str(int4))
     bf16 = export_onnx(
@@ -49,6 +51,7 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
         described["bf16"]["precision"] == "bf16"
         and described["bf16"]["quantization"]["weights"] == "bfloat16"
     )
+    assert [described[n]["kv_cache_precision"] for n in ("int4", "bf16")] == ["fp16", "fp32"]
     for name, description in described.items():
         parity = description["parity"]
         assert len(parity["greedy_tokens_until_divergence"]) == parity["prompts"] == 4, name
@@ -68,7 +71,8 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
         batch = [prompts[2], prompts[1], prompts[3]]  # the long prompt pads the other two
         alone = [generator([p], params)[0] for p in batch]
         assert generator(batch, params) == alone, directory.name
-        assert generator.backend.cache_dtype.__name__ == "float32"
+        expected = "float16" if directory == int4 else "float32"
+        assert generator.backend.cache_dtype.__name__ == expected, directory.name
 
 
 def test_tier_combinations_and_levels_are_checked():
@@ -78,3 +82,7 @@ def test_tier_combinations_and_levels_are_checked():
         ExportConfig(source="a", output="b", quantize="int4", accuracy_level=7)
     with pytest.raises(ValueError, match="--quantize must be int8 or int4"):
         ExportConfig(source="a", output="b", quantize="int2")
+    with pytest.raises(ValueError, match="--kv_cache_precision fp16 needs the in-place cache"):
+        ExportConfig(source="a", output="b", kv_cache="concat", kv_cache_precision="fp16")
+    with pytest.raises(ValueError, match="--kv_cache must be"):
+        ExportConfig(source="a", output="b", kv_cache="paged")

@@ -1,0 +1,58 @@
+"""The in-place cache's buffer operations (lmfast.generation.slot_cache), on NumPy alone."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmfast.generation.slot_cache import CAPACITY_STEP, SlotCache, left_aligned, right_aligned
+
+
+def _filled(lengths: list[int], layers: int = 2, capacity_tokens: int = 1) -> SlotCache:
+    """A cache whose row r, column t of every buffer holds 1000 * r + t (+ 0.5 for values)."""
+    cache = SlotCache.empty(len(lengths), layers, 2, 3, max([capacity_tokens, *lengths]), np.float32)
+    for i, buffer in enumerate(cache.buffers):
+        for row, n in enumerate(lengths):
+            buffer[row, :, :n] = (1000 * row + np.arange(n) + 0.5 * (i % 2))[None, :, None]
+    cache.lengths = np.array(lengths, dtype=np.int64)
+    return cache
+
+
+def _held(cache: SlotCache) -> list[list[np.ndarray]]:
+    return [[b[row, :, :n] for row, n in enumerate(cache.lengths.tolist())] for b in cache.buffers]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=5), st.integers(7, 9))
+def test_alignment_moves_each_rows_real_columns_and_back(counts, width):
+    rng = np.random.default_rng(len(counts) * width)
+    array = rng.integers(0, 100, size=(len(counts), width, 2))
+    counts = np.array(counts)
+    right = right_aligned(array, counts)
+    for row, n in enumerate(counts.tolist()):
+        np.testing.assert_array_equal(right[row, :n], array[row, width - n :])  # real columns first
+    np.testing.assert_array_equal(left_aligned(right, counts), array)
+
+
+def test_select_merge_and_fit_keep_every_rows_held_columns():
+    cache = _filled([3, 1, 5])
+    assert cache.capacity == CAPACITY_STEP and cache.capacity % CAPACITY_STEP == 0
+    picked = cache.select(np.array([2, 0, 0]))  # reorder and repeat (num_return_sequences)
+    assert picked.lengths.tolist() == [5, 3, 3]
+    for got, want in zip(_held(picked), _held(cache), strict=True):
+        np.testing.assert_array_equal(got[0], want[2])
+        np.testing.assert_array_equal(got[1], want[0])
+        np.testing.assert_array_equal(got[2], want[0])
+    big = _filled([CAPACITY_STEP + 10], capacity_tokens=CAPACITY_STEP + 10)  # a larger capacity
+    merged = cache.merge(big)
+    assert merged.capacity == big.capacity and merged.lengths.tolist() == [3, 1, 5, CAPACITY_STEP + 10]
+    for got, first, second in zip(_held(merged), _held(cache), _held(big), strict=True):
+        for a, b in zip(got, first + second, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert cache.fit(CAPACITY_STEP) is cache  # room enough: no copy
+    grown = cache.fit(CAPACITY_STEP + 1)
+    assert grown.capacity >= 1.5 * cache.capacity and grown.capacity % CAPACITY_STEP == 0
+    for got, want in zip(_held(grown), _held(cache), strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
