@@ -461,6 +461,11 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     results = {"model": label, "quality": quality, "bandwidth_gbs": bandwidth, "cells": []}
     for context in args.contexts:
         for batch in args.batches:
+            if batch * context > args.max_cell_tokens:
+                print(
+                    f"skip batch {batch} x context {context}: over --max_cell_tokens {args.max_cell_tokens}"
+                )
+                continue
             prompts = [text_ids(tokenizer, context, 50_000 + 104_729 * i) for i in range(batch)]
             load = os.getloadavg()
             cells = time_cell(engines, prompts, args.new_tokens, args.rounds)
@@ -529,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiers", default="fp32,bf16,int8,int4")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--contexts", default="32,1024")
+    parser.add_argument(
+        "--max_cell_tokens",
+        type=int,
+        default=1 << 30,
+        help="skip (batch, context) cells of more prompt tokens",
+    )
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)

@@ -114,8 +114,8 @@ def ensure_export(model: Path, device: str) -> Path | str:
         str(target),
         "--overwrite",
     ]
-    if device == "cuda":
-        command += ["--precision", "fp16"]
+    if device == "cuda":  # the in-place cache is CPU-only so far
+        command += ["--precision", "fp16", "--kv_cache", "concat"]
     done = subprocess.run(command, cwd=REPO, env=thread_env(2), capture_output=True, text=True)
     if done.returncode != 0:
         return f"lmfast export onnx failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"

@@ -210,16 +210,32 @@ def apply_tier(model: Any, config: ExportConfig) -> Any:
         # tensor, i.e. over the whole batch, so a row's greedy tokens changed with its neighbours
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(
-            _gemm_to_matmul(model),
-            bits=8 if config.quantize == "int8" else 4,
-            block_size=config.block_size,
-            is_symmetric=not config.asymmetric,
-            accuracy_level=config.accuracy_level,
-        )
-        quantizer.process()
-        model = quantizer.model.model
+        model = _gemm_to_matmul(model)
+        bits = 8 if config.quantize == "int8" else 4
+        head = _lm_head_node(model)
+        passes = [(bits, None)]
+        if head is not None and config.lm_head_bits != bits:  # the rest first, the head apart
+            passes = [(bits, [head]), (config.lm_head_bits, None)]
+        for pass_bits, exclude in passes:
+            quantizer = MatMulNBitsQuantizer(
+                model,
+                bits=pass_bits,
+                block_size=config.block_size,
+                is_symmetric=not config.asymmetric,
+                accuracy_level=config.accuracy_level,
+                nodes_to_exclude=exclude,
+            )
+            quantizer.process()
+            model = quantizer.model.model
     return model
+
+
+def _lm_head_node(model: Any) -> str | None:
+    """The name of the MatMul that writes the graph's `logits` (the vocabulary projection)."""
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and "logits" in node.output:
+            return node.name
+    return None
 
 
 def _gemm_to_matmul(model: Any) -> Any:
@@ -299,6 +315,7 @@ def _quantization(config: ExportConfig) -> dict[str, Any] | None:
         return {
             "operator": "MatMulNBits",
             "bits": 8 if config.quantize == "int8" else 4,
+            "lm_head_bits": config.lm_head_bits,
             "block_size": config.block_size,
             "symmetric": not config.asymmetric,
             "accuracy_level": config.accuracy_level,

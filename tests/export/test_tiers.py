@@ -45,7 +45,8 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
         "bits": 4,
         "block_size": 32,
         "symmetric": False,
-        "accuracy_level": 0,
+        "accuracy_level": 4,
+        "lm_head_bits": 8,
     }
     assert (
         described["bf16"]["precision"] == "bf16"
