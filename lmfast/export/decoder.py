@@ -171,6 +171,13 @@ class LlamaDecoder(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
+        # one product for q, k and v and one for the MLP's gate and up, on weights stacked once
+        # here: 3 fewer operators per layer in the graph (and in a quantized graph 3 fewer kernels)
+        layers = model.model.layers
+        self.qkv = nn.ModuleList(
+            _stacked(a.q_proj, a.k_proj, a.v_proj) for a in (layer.self_attn for layer in layers)
+        )
+        self.gate_up = nn.ModuleList(_stacked(layer.mlp.gate_proj, layer.mlp.up_proj) for layer in layers)
 
     def forward(
         self,
@@ -201,15 +208,17 @@ class LlamaDecoder(nn.Module):
         cos, sin = inner.rotary_emb(h, position_ids)  # (B, T, D) each
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(inner.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D): token-major
-            k = attn.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+            q_width, kv_width = self.n_head * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = self.qkv[i](layer.input_layernorm(h)).split([q_width, kv_width, kv_width], dim=2)
+            q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, H, D): token-major
+            k = k.view(B, T, self.num_kv_heads, self.head_dim)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-            y, k, v = attention(q.flatten(2), k.flatten(2), attn.v_proj(x), past[2 * i], past[2 * i + 1])
+            y, k, v = attention(q.flatten(2), k.flatten(2), v, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-            h = h + attn.o_proj(y)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + layer.self_attn.o_proj(y)
+            mlp = layer.mlp
+            gate, up = self.gate_up[i](layer.post_attention_layernorm(h)).chunk(2, dim=2)
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
         logits = self.model.lm_head(inner.norm(keep(h)))  # usually the last position only
         return (logits, *presents)
 
@@ -368,6 +377,17 @@ class InPlaceDecoder(nn.Module):
             seqlens_k, total_sequence_length, self.n_head, self.num_kv_heads, self.inner.scale
         )
         return self.inner.step(input_ids, position_ids, past, attention, _keep_flat(logits_index))
+
+
+def _stacked(*linears: nn.Linear) -> nn.Linear:
+    """One Linear computing `linears` side by side (their outputs concatenated)."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    stacked = nn.Linear(weight.shape[1], weight.shape[0], bias=linears[0].bias is not None)
+    with torch.no_grad():
+        stacked.weight.copy_(weight)
+        if stacked.bias is not None:
+            stacked.bias.copy_(torch.cat([linear.bias.detach() for linear in linears]))
+    return stacked.to(weight.dtype).eval()
 
 
 def _keep_positions(logits_index: torch.Tensor):
