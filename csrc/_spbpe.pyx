@@ -8,7 +8,6 @@ used by one thread at a time, and different workers run in parallel without the 
 import numpy as np
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t
-from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.vector cimport vector
 
@@ -24,9 +23,17 @@ cdef extern from "spbpe.h" namespace "spbpe":
         void add_merge(uint32_t left, uint32_t right, uint32_t rank, uint32_t new_id)
 
     cdef cppclass Encoder:
-        Encoder(const Model* model)
-        void encode(const uint8_t* data, const int64_t* offsets, int64_t n, vector[uint32_t]& ids,
-                    int64_t* out_offsets) nogil
+        Encoder(const Model* model, size_t cache_slots)
+        int64_t encode(const uint8_t* data, const int64_t* offsets, int64_t n, uint32_t* ids,
+                       int64_t* out_offsets) nogil
+
+
+cdef bint _nondecreasing(const int64_t[::1] offsets, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(first, last):
+        if offsets[i + 1] < offsets[i]:
+            return False
+    return True
 
 
 cdef class Kernel:
@@ -34,8 +41,11 @@ cdef class Kernel:
     cdef vector[Encoder*] encoders
 
     def __cinit__(self, dict char_ids, byte_ids, merges, int prepend, bint cut_every_space,
-                  bint cut_around_bytes, int workers):
-        """char_ids: codepoint -> id; byte_ids: 256 ids; merges: (left, right, rank, new id) rows."""
+                  bint cut_around_bytes, int workers, size_t cache_slots=1 << 19):
+        """char_ids: codepoint -> id; byte_ids: 256 ids; merges: (left, right, rank, new id) rows;
+        cache_slots: each worker's word cache at most (a power of two >= 2, 32 bytes a slot)."""
+        if cache_slots < 2 or cache_slots & (cache_slots - 1):
+            raise ValueError(f"cache_slots must be a power of two >= 2, got {cache_slots}")
         self.model = new Model()
         self.model.prepend = prepend
         self.model.cut_every_space = cut_every_space
@@ -50,7 +60,7 @@ cdef class Kernel:
             self.model.add_merge(rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3])
         self.model.finish()
         for i in range(max(workers, 1)):
-            self.encoders.push_back(new Encoder(self.model))
+            self.encoders.push_back(new Encoder(self.model, cache_slots))
 
     def __dealloc__(self):
         for i in range(self.encoders.size()):
@@ -70,18 +80,19 @@ cdef class Kernel:
             raise ValueError("piece range out of bounds")
         if last > first and (offsets[first] < 0 or offsets[last] > flat.shape[0]):
             raise ValueError("offsets out of bounds")
-        cdef vector[uint32_t] ids
-        out_offsets = np.zeros(last - first + 1, dtype=np.int64)
+        cdef int64_t count = last - first
+        if not _nondecreasing(offsets, first, last):
+            raise ValueError("offsets decrease")
+        out_offsets = np.zeros(count + 1, dtype=np.int64)
         cdef int64_t[::1] out_view = out_offsets
         cdef Encoder* encoder = self.encoders[worker]
         cdef const uint8_t* data = &flat[0] if flat.shape[0] else NULL
-        cdef int64_t count = last - first
-        if count:
-            ids.reserve(<size_t>((offsets[last] - offsets[first]) // 3 + count))
-            with nogil:
-                encoder.encode(data + offsets[first], &offsets[first], count, ids, &out_view[0])
-        result = np.empty(ids.size(), dtype=np.uint32)
+        # room for the most ids the pieces can give: one per byte, plus a prepended "▁" each
+        result = np.empty((offsets[last] - offsets[first]) + count if count else 0, dtype=np.uint32)
         cdef uint32_t[::1] result_view = result
-        if ids.size():
-            memcpy(&result_view[0], ids.data(), ids.size() * sizeof(uint32_t))
-        return result, out_offsets
+        cdef int64_t written = 0
+        if count:
+            with nogil:
+                written = encoder.encode(data + offsets[first], &offsets[first], count, &result_view[0],
+                                         &out_view[0])
+        return result[:written], out_offsets

@@ -2,9 +2,12 @@
 //
 // The plain Python reference is lmfast/data/spbpe.py (`SentencePieceBpe.encode`); both merge by
 // the same rules as tokenizers' `Word::merge_all`: a min-heap of (rank, position) over adjacent
-// pairs, stale entries skipped when the pair no longer yields the entry's token. What makes this
-// fast is outside the merge: the document is cut into words where the cut is proven not to change
-// the ids (see spbpe.py), and each word's ids are cached.
+// pairs, stale entries skipped when the pair no longer yields the entry's token (words of up to
+// SMALL_WORD symbols run the equivalent linear scan). What makes this fast is outside the merge:
+// the document is cut into words where the cut is proven not to change the ids (see spbpe.py),
+// runs of plain ASCII are skipped without decoding, and each word's ids are cached in a flat
+// table whose slot holds the key and the ids (one cache line a hit, no allocation). Ids are
+// written straight into the caller's buffer.
 #pragma once
 
 #include <algorithm>
@@ -25,46 +28,49 @@ enum Prepend { PREPEND_NEVER = 0, PREPEND_NONEMPTY = 1, PREPEND_UNLESS_LEADING_S
 static const uint32_t SPACE = 0x2581;      // SentencePiece's "▁"
 static const uint32_t INVALID = 0xFFFFFFFFu;  // not a UTF-8 character: falls back to its byte token
 
-// open addressing, uint64 keys (never ~0), linear probing
+// open addressing, uint64 keys (never ~0), linear probing; key and value side by side, so a probe
+// touches one cache line
 class PairMap {
   public:
     void insert(uint64_t key, uint64_t value) {
-        if ((count_ + 1) * 2 > keys_.size()) grow();
+        if ((count_ + 1) * 2 > slots_.size()) grow();
         size_t at = slot(key);
-        if (keys_[at] == EMPTY) ++count_;
-        keys_[at] = key;
-        values_[at] = value;
+        if (slots_[at].key == EMPTY) ++count_;
+        slots_[at] = {key, value};
     }
     bool find(uint64_t key, uint64_t* value) const {
-        if (keys_.empty()) return false;
+        if (slots_.empty()) return false;
         for (size_t at = hash(key) & mask_;; at = (at + 1) & mask_) {
-            if (keys_[at] == key) {
-                *value = values_[at];
+            const Slot& slot = slots_[at];
+            if (slot.key == key) {
+                *value = slot.value;
                 return true;
             }
-            if (keys_[at] == EMPTY) return false;
+            if (slot.key == EMPTY) return false;
         }
     }
 
   private:
     static constexpr uint64_t EMPTY = ~0ull;
-    std::vector<uint64_t> keys_, values_;
+    struct Slot {
+        uint64_t key, value;
+    };
+    std::vector<Slot> slots_;
     size_t mask_ = 0, count_ = 0;
     static size_t hash(uint64_t key) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20); }
     size_t slot(uint64_t key) const {
         size_t at = hash(key) & mask_;
-        while (keys_[at] != EMPTY && keys_[at] != key) at = (at + 1) & mask_;
+        while (slots_[at].key != EMPTY && slots_[at].key != key) at = (at + 1) & mask_;
         return at;
     }
     void grow() {
-        std::vector<uint64_t> keys = std::move(keys_), values = std::move(values_);
-        size_t size = keys.empty() ? 1024 : keys.size() * 2;
-        keys_.assign(size, EMPTY);
-        values_.assign(size, 0);
+        std::vector<Slot> old = std::move(slots_);
+        size_t size = old.empty() ? 1024 : old.size() * 2;
+        slots_.assign(size, Slot{EMPTY, 0});
         mask_ = size - 1;
         count_ = 0;
-        for (size_t i = 0; i < keys.size(); ++i) {
-            if (keys[i] != EMPTY) insert(keys[i], values[i]);
+        for (const Slot& slot : old) {
+            if (slot.key != EMPTY) insert(slot.key, slot.value);
         }
     }
 };
@@ -90,15 +96,22 @@ struct Model {
     void add_merge(uint32_t left, uint32_t right, uint32_t rank, uint32_t new_id) {
         merges.insert((static_cast<uint64_t>(left) << 32) | right, (static_cast<uint64_t>(rank) << 32) | new_id);
     }
-    static constexpr uint8_t FLAG_SPACE = 1, FLAG_BYTES = 2;
-    uint8_t ascii_flags[128] = {0};  // per ASCII byte of the raw text: " " (a space), no token (bytes)
+    // what a byte of the raw text is, so the scan decodes only non-ASCII characters: PLAIN (an
+    // ASCII character with a token: never a cut after another one), SPACE_BYTE (" "), NO_TOKEN (an
+    // ASCII character with no token, cut around), OTHER (starts a multi-byte or invalid sequence)
+    static constexpr uint8_t PLAIN = 0, SPACE_BYTE = 1, NO_TOKEN = 2, OTHER = 3;
+    uint8_t byte_class[256] = {0};
 
     // after the characters and cut_around_bytes are set
     void finish() {
-        for (uint32_t c = 0; c < 128; ++c) {
-            uint32_t codepoint = c == ' ' ? SPACE : c;
-            ascii_flags[c] = (codepoint == SPACE ? FLAG_SPACE : 0) |
-                             (cut_around_bytes && char_id(codepoint) < 0 ? FLAG_BYTES : 0);
+        for (uint32_t c = 0; c < 256; ++c) {
+            if (c >= 0x80) {
+                byte_class[c] = OTHER;
+            } else if (c == ' ') {
+                byte_class[c] = SPACE_BYTE;
+            } else {
+                byte_class[c] = cut_around_bytes && char_id(c) < 0 ? NO_TOKEN : PLAIN;
+            }
         }
     }
     // the id of the codepoint's one-character token, or -1
@@ -110,26 +123,107 @@ struct Model {
     }
 };
 
-// word bytes -> ids, open addressing over two arenas; cleared when half full
+// Words of up to 16 bytes (nearly all of them) -> ids: open addressing over 32-byte slots that hold
+// the key (its bytes zero-padded to two uint64) and up to 3 ids, so a hit reads one cache line
+// and allocates nothing. More ids go to an overflow arena. Grows to `max_slots` (a power of two),
+// then is cleared when half full.
+class ShortCache {
+  public:
+    static constexpr size_t MAX_KEY = 16, INLINE_IDS = 3;
+    explicit ShortCache(size_t max_slots) : max_slots_(max_slots) { reset(std::min<size_t>(max_slots, 1 << 14)); }
+
+    const uint32_t* find(uint64_t k0, uint64_t k1, size_t length, uint64_t h, size_t* count) const {
+        for (size_t at = h & mask_;; at = (at + 1) & mask_) {
+            const Slot& slot = slots_[at];
+            if (slot.length == length && slot.k0 == k0 && slot.k1 == k1) {
+                *count = slot.count;
+                return slot.count <= INLINE_IDS ? slot.ids : overflow_.data() + slot.ids[0];
+            }
+            if (slot.length == 0) return nullptr;
+        }
+    }
+    void insert(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
+        if ((used_ + 1) * 2 > slots_.size()) {
+            if (slots_.size() < max_slots_) {
+                grow();
+            } else {
+                reset(slots_.size());
+            }
+        }
+        place(k0, k1, length, h, ids, count);
+    }
+    // the hash of a key; the same function places and finds it
+    static uint64_t hash(uint64_t k0, uint64_t k1, size_t length) {
+        uint64_t h = (k0 ^ (k1 * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(length) << 58)) * 0xFF51AFD7ED558CCDull;
+        return h ^ (h >> 29);
+    }
+
+  private:
+    struct Slot {
+        uint64_t k0, k1;
+        uint32_t ids[INLINE_IDS];  // the ids, or ids[0] = their offset in overflow_
+        uint8_t length, count;     // length 0: an empty slot (no word is empty)
+        uint16_t pad;
+    };
+    static_assert(sizeof(Slot) == 32, "a slot is a quarter of a cache line");
+    std::vector<Slot> slots_;
+    std::vector<uint32_t> overflow_;
+    size_t max_slots_, mask_ = 0, used_ = 0;
+
+    void reset(size_t size) {
+        slots_.assign(size, Slot{0, 0, {0, 0, 0}, 0, 0, 0});
+        overflow_.clear();
+        mask_ = size - 1;
+        used_ = 0;
+    }
+    void place(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
+        size_t at = h & mask_;
+        while (slots_[at].length != 0) at = (at + 1) & mask_;
+        Slot& slot = slots_[at];
+        slot = Slot{k0, k1, {0, 0, 0}, static_cast<uint8_t>(length), static_cast<uint8_t>(count), 0};
+        if (count <= INLINE_IDS) {
+            std::copy(ids, ids + count, slot.ids);
+        } else {
+            slot.ids[0] = static_cast<uint32_t>(overflow_.size());
+            overflow_.insert(overflow_.end(), ids, ids + count);
+        }
+        ++used_;
+    }
+    void grow() {
+        std::vector<Slot> old = std::move(slots_);
+        std::vector<uint32_t> overflow = std::move(overflow_);
+        reset(old.size() * 2);
+        for (const Slot& slot : old) {
+            if (slot.length == 0) continue;
+            const uint32_t* ids = slot.count <= INLINE_IDS ? slot.ids : overflow.data() + slot.ids[0];
+            place(slot.k0, slot.k1, slot.length, hash(slot.k0, slot.k1, slot.length), ids, slot.count);
+        }
+    }
+};
+
+// Longer words -> ids: open addressing over two arenas; cleared when half full
 class WordCache {
   public:
-    explicit WordCache(size_t slots = 1 << 19) : slots_(slots), mask_(slots - 1) {}
+    explicit WordCache(size_t slots = 1 << 14) : slots_(slots), mask_(slots - 1) {}
 
-    static constexpr uint64_t SEED = 1469598103934665603ull;  // FNV-1a, one byte at a time
-    static uint64_t step(uint64_t h, uint8_t byte) { return (h ^ byte) * 1099511628211ull; }
-    static uint64_t finish(uint64_t h) { return h | 1; }  // 0 marks an empty slot
+    static uint64_t hash(const char* key, size_t length) {  // FNV-1a
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < length; ++i) h = (h ^ static_cast<uint8_t>(key[i])) * 1099511628211ull;
+        return h | 1;  // 0 marks an empty slot
+    }
     const uint32_t* find(const char* key, size_t length, uint64_t h, size_t* count) const {
         for (size_t at = h & mask_;; at = (at + 1) & mask_) {
             const Slot& slot = slots_[at];
             if (slot.hash == 0) return nullptr;
-            if (slot.hash == h && slot.key_length == length && same(keys_.data() + slot.key_offset, key, length)) {
+            if (slot.hash == h && slot.key_length == length &&
+                std::memcmp(keys_.data() + slot.key_offset, key, length) == 0) {
                 *count = slot.id_count;
                 return ids_.data() + slot.id_offset;
             }
         }
     }
     void insert(const char* key, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
-        if (length > 0xFFFF || count > 0xFFFF) return;  // long words are not worth caching
+        if (length > 0xFFFF || count > 0xFFFF) return;  // very long words are not worth caching
         if ((used_ + 1) * 2 > slots_.size()) clear();
         size_t at = h & mask_;
         while (slots_[at].hash != 0) at = (at + 1) & mask_;
@@ -141,13 +235,6 @@ class WordCache {
     }
 
   private:
-    // words are short: a loop beats a call to memcmp
-    static bool same(const char* a, const char* b, size_t length) {
-        for (size_t i = 0; i < length; ++i) {
-            if (a[i] != b[i]) return false;
-        }
-        return true;
-    }
     struct Slot {
         uint64_t hash;
         uint32_t key_offset, id_offset;
@@ -192,34 +279,65 @@ inline size_t decode(const uint8_t* s, size_t i, size_t n, uint32_t* codepoint) 
     return len;
 }
 
+// the key of a word of at most 16 bytes: its bytes, zero-padded, as two uint64; reads 16 bytes
+// from s when `readable` (little-endian only), else copies
+inline void short_key(const uint8_t* s, size_t length, bool readable, uint64_t* k0, uint64_t* k1) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (readable) {
+        uint64_t a, b;
+        std::memcpy(&a, s, 8);
+        std::memcpy(&b, s + 8, 8);
+        *k0 = length >= 8 ? a : a & ((1ull << (8 * length)) - 1);
+        *k1 = length >= 16 ? b : length <= 8 ? 0 : b & ((1ull << (8 * (length - 8))) - 1);
+        return;
+    }
+#else
+    (void)readable;
+#endif
+    uint8_t padded[16] = {0};
+    std::memcpy(padded, s, length);
+    std::memcpy(k0, padded, 8);
+    std::memcpy(k1, padded + 8, 8);
+}
+
 class Encoder {
   public:
-    explicit Encoder(const Model* model) : model_(model) {}
+    // cache_slots: the word cache's most slots, a power of two (32 bytes each; half are used)
+    Encoder(const Model* model, size_t cache_slots) : model_(model), short_cache_(cache_slots) {}
 
-    // Encode pieces data[offsets[i] - offsets[0] ..] for i < n: ids appended to `ids`,
-    // out_offsets[0..n] (out_offsets[0] = 0) their boundaries.
-    void encode(const uint8_t* data, const int64_t* offsets, int64_t n, std::vector<uint32_t>& ids,
-                int64_t* out_offsets) {
+    // Encode pieces data[offsets[i] - offsets[0] ..] for i < n into ids (room for at least
+    // offsets[n] - offsets[0] + n ids: a piece gives at most one id per byte, plus a prepended
+    // "▁"); out_offsets[0..n] (out_offsets[0] = 0) their boundaries. Returns the number of ids.
+    int64_t encode(const uint8_t* data, const int64_t* offsets, int64_t n, uint32_t* ids, int64_t* out_offsets) {
         const int64_t base = offsets[0];
+        end_ = data + (offsets[n] - base);
+        out_ = ids;
         out_offsets[0] = 0;
         for (int64_t i = 0; i < n; ++i) {
-            encode_piece(data + (offsets[i] - base), static_cast<size_t>(offsets[i + 1] - offsets[i]), ids);
-            out_offsets[i + 1] = static_cast<int64_t>(ids.size());
+            encode_piece(data + (offsets[i] - base), static_cast<size_t>(offsets[i + 1] - offsets[i]));
+            out_offsets[i + 1] = static_cast<int64_t>(out_ - ids);
         }
+        return static_cast<int64_t>(out_ - ids);
     }
 
   private:
     const Model* model_;
-    WordCache cache_;
-    std::string prefixed_;
+    ShortCache short_cache_;
+    WordCache long_cache_;
+    const uint8_t* end_ = nullptr;  // the end of the readable input
+    uint32_t* out_ = nullptr;       // where the next id goes
+    std::vector<uint8_t> prefixed_;
     std::vector<Symbol> symbols_;
     std::vector<uint32_t> word_ids_;
+    std::vector<uint32_t> small_ids_, small_ranks_, small_new_;
     using Entry = std::tuple<uint32_t, int64_t, uint32_t>;  // (rank, position, new id): smallest first
     std::vector<Entry> queue_;
+    static constexpr uint32_t NO_MERGE = 0xFFFFFFFFu;
+    static constexpr size_t SMALL_WORD = 48;  // symbols; longer words merge through the heap
 
     // Words are cut from the raw text, where " " stands for the "▁" it normalizes to; a prepended
     // "▁" becomes a " " in front of the first word's key.
-    void encode_piece(const uint8_t* text, size_t n, std::vector<uint32_t>& ids) {
+    void encode_piece(const uint8_t* text, size_t n) {
         if (n == 0) return;
         uint32_t first;
         decode(text, 0, n, &first);
@@ -227,54 +345,75 @@ class Encoder {
         bool prefix = model_->prepend == PREPEND_NONEMPTY ||
                       (model_->prepend == PREPEND_UNLESS_LEADING_SPACE && !leading_space);
         const bool every_space = model_->cut_every_space, around_bytes = model_->cut_around_bytes;
+        const uint8_t* classes = model_->byte_class;
         size_t start = 0, i = 0;
         bool previous_space = prefix, previous_bytes = false;
-        uint64_t h = prefix ? WordCache::step(WordCache::SEED, ' ') : WordCache::SEED;  // FNV-1a of the word
         while (i < n) {
             const uint8_t c = text[i];
+            const uint8_t kind = classes[c];
             size_t len = 1;
-            bool space, bytes;
-            if (c < 0x80) {
-                space = model_->ascii_flags[c] & Model::FLAG_SPACE;
-                bytes = model_->ascii_flags[c] & Model::FLAG_BYTES;
-            } else {
+            bool space = kind == Model::SPACE_BYTE, bytes = kind == Model::NO_TOKEN;
+            if (kind == Model::OTHER) {
                 uint32_t codepoint;
                 len = decode(text, i, n, &codepoint);
                 space = codepoint == SPACE;
                 bytes = around_bytes && model_->char_id(codepoint) < 0;
             }
             if ((i > start || prefix) && ((space && (every_space || !previous_space)) || bytes || previous_bytes)) {
-                emit(text + start, i - start, prefix, WordCache::finish(h), ids);
+                emit(text + start, i - start, prefix);
                 prefix = false;
                 start = i;
-                h = WordCache::SEED;
             }
-            for (size_t k = 0; k < len; ++k) h = WordCache::step(h, text[i + k]);
             previous_space = space;
             previous_bytes = bytes;
             i += len;
+            // after a character that is neither a space nor without a token, plain ASCII never cuts
+            if (!space && !bytes) {
+                while (i < n && classes[text[i]] == Model::PLAIN) ++i;
+            }
         }
-        if (n > start || prefix) emit(text + start, n - start, prefix, WordCache::finish(h), ids);
+        if (n > start || prefix) emit(text + start, n - start, prefix);
     }
 
-    // the word raw[0..length) (after a " " when `prefix`), whose key hashes to h
-    void emit(const uint8_t* raw, size_t length, bool prefix, uint64_t h, std::vector<uint32_t>& ids) {
-        const char* key = reinterpret_cast<const char*>(raw);
+    // the word raw[0..length) (after a " " when `prefix`): its ids from a cache, else merged
+    void emit(const uint8_t* raw, size_t length, bool prefix) {
+        const uint8_t* key = raw;
+        bool readable = raw + ShortCache::MAX_KEY <= end_;
         if (prefix) {
-            prefixed_.assign(1, ' ');
-            prefixed_.append(key, length);
+            prefixed_.resize(length + 1 + ShortCache::MAX_KEY);
+            prefixed_[0] = ' ';
+            std::memcpy(prefixed_.data() + 1, raw, length);
             key = prefixed_.data();
-            length = prefixed_.size();
+            length += 1;
+            readable = true;
         }
         size_t count;
-        const uint32_t* hit = cache_.find(key, length, h, &count);
-        if (hit != nullptr) {
-            ids.insert(ids.end(), hit, hit + count);
+        if (length <= ShortCache::MAX_KEY) {
+            uint64_t k0, k1;
+            short_key(key, length, readable, &k0, &k1);
+            const uint64_t h = ShortCache::hash(k0, k1, length);
+            const uint32_t* hit = short_cache_.find(k0, k1, length, h, &count);
+            if (hit == nullptr) {
+                merge_word(key, length);
+                short_cache_.insert(k0, k1, length, h, word_ids_.data(), word_ids_.size());
+                hit = word_ids_.data();
+                count = word_ids_.size();
+            }
+            for (size_t k = 0; k < count; ++k) out_[k] = hit[k];
+            out_ += count;
             return;
         }
-        merge_word(reinterpret_cast<const uint8_t*>(key), length);
-        ids.insert(ids.end(), word_ids_.begin(), word_ids_.end());
-        cache_.insert(key, length, h, word_ids_.data(), word_ids_.size());
+        const char* text = reinterpret_cast<const char*>(key);
+        const uint64_t h = WordCache::hash(text, length);
+        const uint32_t* hit = long_cache_.find(text, length, h, &count);
+        if (hit == nullptr) {
+            merge_word(key, length);
+            long_cache_.insert(text, length, h, word_ids_.data(), word_ids_.size());
+            hit = word_ids_.data();
+            count = word_ids_.size();
+        }
+        std::memcpy(out_, hit, count * sizeof(uint32_t));
+        out_ += count;
     }
 
     bool lookup(uint32_t left, uint32_t right, uint32_t* rank, uint32_t* new_id) const {
@@ -284,21 +423,72 @@ class Encoder {
         *new_id = static_cast<uint32_t>(value & 0xFFFFFFFFu);
         return true;
     }
+    uint32_t pair_rank(uint32_t left, uint32_t right, uint32_t* new_id) const {
+        uint32_t rank;
+        return lookup(left, right, &rank, new_id) ? rank : NO_MERGE;
+    }
 
-    void merge_word(const uint8_t* s, size_t n) {
-        symbols_.clear();
+    // the word's symbols: one per character with a token, else one per byte
+    void symbols_of(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+        out.clear();
         for (size_t i = 0; i < n;) {
             uint32_t codepoint;
             size_t len = decode(s, i, n, &codepoint);
             if (codepoint == ' ') codepoint = SPACE;
             int64_t id = model_->char_id(codepoint);
             if (id >= 0) {
-                symbols_.push_back({static_cast<uint32_t>(id), 0, 0, true});
+                out.push_back(static_cast<uint32_t>(id));
             } else {
-                for (size_t k = 0; k < len; ++k) symbols_.push_back({model_->byte_ids[s[i + k]], 0, 0, true});
+                for (size_t k = 0; k < len; ++k) out.push_back(model_->byte_ids[s[i + k]]);
             }
             i += len;
         }
+    }
+
+    void merge_word(const uint8_t* s, size_t n) {
+        symbols_of(s, n, word_ids_);
+        if (word_ids_.size() <= SMALL_WORD) {
+            merge_small();
+        } else {
+            merge_heap();
+        }
+    }
+
+    // Few symbols: merge the pair of smallest rank, leftmost first, until none is left. This is
+    // what the heap does: its stale entries never pass the check, since a merged token's text is
+    // the concatenation of its pair's, and a position's pair only grows.
+    void merge_small() {
+        std::vector<uint32_t>& ids = word_ids_;
+        size_t count = ids.size();
+        if (count < 2) return;
+        small_ranks_.resize(count);
+        small_new_.resize(count);
+        uint32_t* ranks = small_ranks_.data();
+        uint32_t* news = small_new_.data();
+        for (size_t k = 0; k + 1 < count; ++k) ranks[k] = pair_rank(ids[k], ids[k + 1], &news[k]);
+        while (count > 1) {
+            size_t best = 0;
+            for (size_t k = 1; k + 1 < count; ++k) {
+                if (ranks[k] < ranks[best]) best = k;
+            }
+            if (ranks[best] == NO_MERGE) break;
+            ids[best] = news[best];
+            for (size_t k = best + 1; k + 1 < count; ++k) {
+                ids[k] = ids[k + 1];
+                ranks[k] = ranks[k + 1];
+                news[k] = news[k + 1];
+            }
+            --count;
+            if (best > 0) ranks[best - 1] = pair_rank(ids[best - 1], ids[best], &news[best - 1]);
+            if (best + 1 < count) ranks[best] = pair_rank(ids[best], ids[best + 1], &news[best]);
+        }
+        ids.resize(count);
+    }
+
+    // tokenizers' `Word::merge_all`: a min-heap of (rank, position), stale entries skipped
+    void merge_heap() {
+        symbols_.clear();
+        for (uint32_t id : word_ids_) symbols_.push_back({id, 0, 0, true});
         const int64_t count = static_cast<int64_t>(symbols_.size());
         for (int64_t k = 0; k < count; ++k) {
             symbols_[k].prev = k - 1;

@@ -14,6 +14,7 @@ class Kernel:
         cut_every_space: bool,
         cut_around_bytes: bool,
         workers: int,
+        cache_slots: int = ...,
     ) -> None: ...
     @property
     def workers(self) -> int: ...

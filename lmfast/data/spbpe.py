@@ -205,7 +205,10 @@ class SpbpeEngine:
 
     name = "spbpe"
 
-    def __init__(self, tokenizer: Tokenizer, num_threads: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, num_threads: int | None = None, cache_slots: int = 1 << 19
+    ) -> None:
+        """cache_slots: the most slots of each thread's word cache (32 bytes each, a power of two)."""
         kernel = native_kernel()
         if kernel is None:
             raise ValueError("the native kernel lmfast.data._spbpe is not built")
@@ -222,6 +225,7 @@ class SpbpeEngine:
             spec.cut_every_space,
             spec.cut_around_bytes,
             self._workers,
+            cache_slots,
         )
         self._lock = threading.Lock()  # one call at a time: worker w's cache is not thread-safe
         self._pool: ThreadPoolExecutor | None = None
