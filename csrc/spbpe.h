@@ -12,13 +12,21 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <memory>
 #include <queue>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace spbpe {
 
@@ -27,6 +35,54 @@ enum Prepend { PREPEND_NEVER = 0, PREPEND_NONEMPTY = 1, PREPEND_UNLESS_LEADING_S
 
 static const uint32_t SPACE = 0x2581;      // SentencePiece's "▁"
 static const uint32_t INVALID = 0xFFFFFFFFu;  // not a UTF-8 character: falls back to its byte token
+
+// A fixed-size array of trivially copyable T; one of 2 MiB or more asks for huge pages (Linux
+// madvise), since the word cache and the merge table are probed at random and 4 KiB pages would
+// make most probes a TLB miss.
+template <class T>
+class HugeArray {
+  public:
+    HugeArray() = default;
+    HugeArray(const HugeArray&) = delete;
+    HugeArray& operator=(const HugeArray&) = delete;
+    HugeArray(HugeArray&& other) noexcept : data_(other.data_), size_(other.size_) {
+        other.data_ = nullptr;
+        other.size_ = 0;
+    }
+    HugeArray& operator=(HugeArray&& other) noexcept {
+        std::swap(data_, other.data_);
+        std::swap(size_, other.size_);
+        return *this;
+    }
+    ~HugeArray() { std::free(data_); }
+
+    void assign(size_t n, const T& value) {
+        std::free(data_);
+        data_ = nullptr;
+        size_ = 0;
+        constexpr size_t HUGE_PAGE = 2 << 20;
+        size_t bytes = std::max<size_t>(n * sizeof(T), 64);
+        const size_t align = bytes >= HUGE_PAGE ? HUGE_PAGE : 64;
+        bytes = (bytes + align - 1) / align * align;
+        data_ = static_cast<T*>(std::aligned_alloc(align, bytes));
+        if (data_ == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+        if (align == HUGE_PAGE) madvise(data_, bytes, MADV_HUGEPAGE);
+#endif
+        size_ = n;
+        std::fill(data_, data_ + n, value);
+    }
+    size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+    T& operator[](size_t i) { return data_[i]; }
+    const T& operator[](size_t i) const { return data_[i]; }
+    const T* begin() const { return data_; }
+    const T* end() const { return data_ + size_; }
+
+  private:
+    T* data_ = nullptr;
+    size_t size_ = 0;
+};
 
 // open addressing, uint64 keys (never ~0), linear probing; key and value side by side, so a probe
 // touches one cache line
@@ -55,7 +111,7 @@ class PairMap {
     struct Slot {
         uint64_t key, value;
     };
-    std::vector<Slot> slots_;
+    HugeArray<Slot> slots_;
     size_t mask_ = 0, count_ = 0;
     static size_t hash(uint64_t key) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20); }
     size_t slot(uint64_t key) const {
@@ -64,7 +120,7 @@ class PairMap {
         return at;
     }
     void grow() {
-        std::vector<Slot> old = std::move(slots_);
+        HugeArray<Slot> old = std::move(slots_);
         size_t size = old.empty() ? 1024 : old.size() * 2;
         slots_.assign(size, Slot{EMPTY, 0});
         mask_ = size - 1;
@@ -123,34 +179,74 @@ struct Model {
     }
 };
 
-// Words of up to 16 bytes (nearly all of them) -> ids: open addressing over 32-byte slots that hold
-// the key (its bytes zero-padded to two uint64) and up to 3 ids, so a hit reads one cache line
-// and allocates nothing. More ids go to an overflow arena. Grows to `max_slots` (a power of two),
-// then is cleared when half full.
-class ShortCache {
+// Words of up to 16 bytes (nearly all of them) -> ids, shared by the threads of one encode: open
+// addressing over 32-byte slots that hold the key (its bytes zero-padded to two uint64) and up to
+// 3 ids (more go to an arena), so a hit reads one cache line and allocates nothing, and a word is
+// merged about once, not once per thread. `find` and `insert` may run concurrently: a slot is claimed by
+// a compare-and-swap of its length byte and published by a release store of its length, so a
+// reader sees a slot whole or not at all (a word being inserted may be inserted twice: harmless).
+// The table never grows during an encode (a full one takes no more words); `reserve`, between
+// encodes, grows it up to `max_slots` (a power of two) or clears it.
+class SharedCache {
   public:
     static constexpr size_t MAX_KEY = 16, INLINE_IDS = 3;
-    explicit ShortCache(size_t max_slots) : max_slots_(max_slots) { reset(std::min<size_t>(max_slots, 1 << 14)); }
+    // the arena is allocated, not touched: pages are only used as ids are stored
+    explicit SharedCache(size_t max_slots)
+        : max_slots_(max_slots), arena_capacity_(max_slots * 4), arena_(new uint32_t[arena_capacity_]) {
+        reset(std::min<size_t>(max_slots, 1 << 14));
+    }
 
     const uint32_t* find(uint64_t k0, uint64_t k1, size_t length, uint64_t h, size_t* count) const {
         for (size_t at = h & mask_;; at = (at + 1) & mask_) {
             const Slot& slot = slots_[at];
-            if (slot.length == length && slot.k0 == k0 && slot.k1 == k1) {
+            const uint8_t published = __atomic_load_n(&slot.length, __ATOMIC_ACQUIRE);
+            if (published == length && slot.k0 == k0 && slot.k1 == k1) {
                 *count = slot.count;
-                return slot.count <= INLINE_IDS ? slot.ids : overflow_.data() + slot.ids[0];
+                return slot.count <= INLINE_IDS ? slot.ids : arena_.get() + slot.ids[0];
             }
-            if (slot.length == 0) return nullptr;
+            if (published == 0) return nullptr;
         }
     }
-    void insert(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
-        if ((used_ + 1) * 2 > slots_.size()) {
-            if (slots_.size() < max_slots_) {
-                grow();
-            } else {
-                reset(slots_.size());
-            }
+    // false when the word was not stored (the table is half full, or the arena is)
+    bool insert(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
+        if (__atomic_load_n(&used_, __ATOMIC_RELAXED) * 2 >= slots_.size()) return false;
+        size_t at_arena = 0;
+        if (count > INLINE_IDS) {
+            at_arena = __atomic_fetch_add(&arena_used_, count, __ATOMIC_RELAXED);
+            if (at_arena + count > arena_capacity_) return false;
+            std::copy(ids, ids + count, arena_.get() + at_arena);
         }
-        place(k0, k1, length, h, ids, count);
+        __atomic_fetch_add(&used_, 1, __ATOMIC_RELAXED);
+        for (size_t at = h & mask_;; at = (at + 1) & mask_) {
+            Slot& slot = slots_[at];
+            uint8_t expected = 0;
+            if (__atomic_load_n(&slot.length, __ATOMIC_RELAXED) != 0 ||
+                !__atomic_compare_exchange_n(&slot.length, &expected, CLAIMED, false, __ATOMIC_ACQUIRE,
+                                             __ATOMIC_RELAXED)) {
+                continue;
+            }
+            slot.k0 = k0;
+            slot.k1 = k1;
+            if (count > INLINE_IDS) {
+                slot.ids[0] = static_cast<uint32_t>(at_arena);
+            } else {
+                std::copy(ids, ids + count, slot.ids);
+            }
+            slot.count = static_cast<uint8_t>(count);
+            __atomic_store_n(&slot.length, static_cast<uint8_t>(length), __ATOMIC_RELEASE);
+            return true;
+        }
+    }
+    // Before an encode of about `words` new words (no encode may run): room for them, growing the
+    // table up to max_slots, or an empty table when even that cannot hold them.
+    void reserve(size_t words) {
+        size_t target = slots_.size();
+        while (target < max_slots_ && (used_ + words) * 2 > target) target *= 2;
+        if (used_ * 2 >= max_slots_ / 2 && (used_ + words) * 2 > target) {
+            reset(target);
+        } else if (target > slots_.size()) {
+            grow(target);
+        }
     }
     // the hash of a key; the same function places and finds it
     static uint64_t hash(uint64_t k0, uint64_t k1, size_t length) {
@@ -159,44 +255,37 @@ class ShortCache {
     }
 
   private:
+    static constexpr uint8_t CLAIMED = 0xFF;  // a length no key has: being written
     struct Slot {
         uint64_t k0, k1;
-        uint32_t ids[INLINE_IDS];  // the ids, or ids[0] = their offset in overflow_
-        uint8_t length, count;     // length 0: an empty slot (no word is empty)
+        uint32_t ids[INLINE_IDS];  // the ids, or ids[0] = their offset in the arena
+        uint8_t length, count;  // length 0: an empty slot (no word is empty)
         uint16_t pad;
     };
-    static_assert(sizeof(Slot) == 32, "a slot is a quarter of a cache line");
-    std::vector<Slot> slots_;
-    std::vector<uint32_t> overflow_;
+    static_assert(sizeof(Slot) == 32, "a slot is half a cache line");
+    HugeArray<Slot> slots_;
     size_t max_slots_, mask_ = 0, used_ = 0;
+    const size_t arena_capacity_;
+    std::unique_ptr<uint32_t[]> arena_;
+    size_t arena_used_ = 0;
 
     void reset(size_t size) {
         slots_.assign(size, Slot{0, 0, {0, 0, 0}, 0, 0, 0});
-        overflow_.clear();
         mask_ = size - 1;
         used_ = 0;
+        arena_used_ = 0;
     }
-    void place(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
-        size_t at = h & mask_;
-        while (slots_[at].length != 0) at = (at + 1) & mask_;
-        Slot& slot = slots_[at];
-        slot = Slot{k0, k1, {0, 0, 0}, static_cast<uint8_t>(length), static_cast<uint8_t>(count), 0};
-        if (count <= INLINE_IDS) {
-            std::copy(ids, ids + count, slot.ids);
-        } else {
-            slot.ids[0] = static_cast<uint32_t>(overflow_.size());
-            overflow_.insert(overflow_.end(), ids, ids + count);
-        }
-        ++used_;
-    }
-    void grow() {
-        std::vector<Slot> old = std::move(slots_);
-        std::vector<uint32_t> overflow = std::move(overflow_);
-        reset(old.size() * 2);
+    void grow(size_t size) {
+        HugeArray<Slot> old = std::move(slots_);
+        const size_t arena_used = arena_used_;
+        reset(size);
+        arena_used_ = arena_used;  // the arena stays as it is
         for (const Slot& slot : old) {
-            if (slot.length == 0) continue;
-            const uint32_t* ids = slot.count <= INLINE_IDS ? slot.ids : overflow.data() + slot.ids[0];
-            place(slot.k0, slot.k1, slot.length, hash(slot.k0, slot.k1, slot.length), ids, slot.count);
+            if (slot.length == 0 || slot.length == CLAIMED) continue;
+            size_t at = hash(slot.k0, slot.k1, slot.length) & mask_;
+            while (slots_[at].length != 0) at = (at + 1) & mask_;
+            slots_[at] = slot;
+            ++used_;
         }
     }
 };
@@ -302,17 +391,17 @@ inline void short_key(const uint8_t* s, size_t length, bool readable, uint64_t* 
 
 class Encoder {
   public:
-    // cache_slots: the word cache's most slots, a power of two (32 bytes each; half are used)
-    Encoder(const Model* model, size_t cache_slots) : model_(model), short_cache_(cache_slots) {}
+    // `cache` is shared with the other encoders of the same model (see SharedCache)
+    Encoder(const Model* model, SharedCache* cache) : model_(model), shared_cache_(cache) {}
 
     // Encode pieces data[offsets[i] - offsets[0] ..] for i < n into ids (room for at least
     // offsets[n] - offsets[0] + n ids: a piece gives at most one id per byte, plus a prepended
-    // "▁"); out_offsets[0..n] (out_offsets[0] = 0) their boundaries. Returns the number of ids.
+    // "▁"); out_offsets[1..n] the ends of their ids (out_offsets[0] is not written; it is 0).
+    // Returns the number of ids.
     int64_t encode(const uint8_t* data, const int64_t* offsets, int64_t n, uint32_t* ids, int64_t* out_offsets) {
         const int64_t base = offsets[0];
         end_ = data + (offsets[n] - base);
         out_ = ids;
-        out_offsets[0] = 0;
         for (int64_t i = 0; i < n; ++i) {
             encode_piece(data + (offsets[i] - base), static_cast<size_t>(offsets[i + 1] - offsets[i]));
             out_offsets[i + 1] = static_cast<int64_t>(out_ - ids);
@@ -322,8 +411,8 @@ class Encoder {
 
   private:
     const Model* model_;
-    ShortCache short_cache_;
-    WordCache long_cache_;
+    SharedCache* shared_cache_;
+    WordCache own_cache_;  // longer words, and short ones with more ids than a shared slot holds
     const uint8_t* end_ = nullptr;  // the end of the readable input
     uint32_t* out_ = nullptr;       // where the next id goes
     std::vector<uint8_t> prefixed_;
@@ -378,9 +467,9 @@ class Encoder {
     // the word raw[0..length) (after a " " when `prefix`): its ids from a cache, else merged
     void emit(const uint8_t* raw, size_t length, bool prefix) {
         const uint8_t* key = raw;
-        bool readable = raw + ShortCache::MAX_KEY <= end_;
+        bool readable = raw + SharedCache::MAX_KEY <= end_;
         if (prefix) {
-            prefixed_.resize(length + 1 + ShortCache::MAX_KEY);
+            prefixed_.resize(length + 1 + SharedCache::MAX_KEY);
             prefixed_[0] = ' ';
             std::memcpy(prefixed_.data() + 1, raw, length);
             key = prefixed_.data();
@@ -388,29 +477,31 @@ class Encoder {
             readable = true;
         }
         size_t count;
-        if (length <= ShortCache::MAX_KEY) {
+        if (length <= SharedCache::MAX_KEY) {
             uint64_t k0, k1;
             short_key(key, length, readable, &k0, &k1);
-            const uint64_t h = ShortCache::hash(k0, k1, length);
-            const uint32_t* hit = short_cache_.find(k0, k1, length, h, &count);
-            if (hit == nullptr) {
-                merge_word(key, length);
-                short_cache_.insert(k0, k1, length, h, word_ids_.data(), word_ids_.size());
-                hit = word_ids_.data();
-                count = word_ids_.size();
+            const uint64_t h = SharedCache::hash(k0, k1, length);
+            const uint32_t* hit = shared_cache_->find(k0, k1, length, h, &count);
+            if (hit != nullptr) {
+                for (size_t k = 0; k < count; ++k) out_[k] = hit[k];
+                out_ += count;
+                return;
             }
-            for (size_t k = 0; k < count; ++k) out_[k] = hit[k];
-            out_ += count;
-            return;
         }
         const char* text = reinterpret_cast<const char*>(key);
         const uint64_t h = WordCache::hash(text, length);
-        const uint32_t* hit = long_cache_.find(text, length, h, &count);
+        const uint32_t* hit = own_cache_.find(text, length, h, &count);
         if (hit == nullptr) {
             merge_word(key, length);
-            long_cache_.insert(text, length, h, word_ids_.data(), word_ids_.size());
             hit = word_ids_.data();
             count = word_ids_.size();
+            uint64_t k0, k1;
+            if (length > SharedCache::MAX_KEY) {
+                own_cache_.insert(text, length, h, hit, count);
+            } else if (short_key(key, length, readable, &k0, &k1),
+                       !shared_cache_->insert(k0, k1, length, SharedCache::hash(k0, k1, length), hit, count)) {
+                own_cache_.insert(text, length, h, hit, count);
+            }
         }
         std::memcpy(out_, hit, count * sizeof(uint32_t));
         out_ += count;
@@ -530,5 +621,51 @@ class Encoder {
         }
     }
 };
+
+// Encode pieces [0, n) of (data, offsets) as Encoder::encode does, one thread per encoder over
+// ranges of about equal bytes (the calling thread runs the first); each range writes its ids at
+// its own upper bound in `ids`, then they are moved together. No other encode of these encoders
+// may run meanwhile (the cache is reserved here).
+inline int64_t encode_parallel(const std::vector<Encoder*>& encoders, SharedCache& cache, const uint8_t* data,
+                               const int64_t* offsets, int64_t n, uint32_t* ids, int64_t* out_offsets) {
+    out_offsets[0] = 0;
+    if (n == 0) return 0;
+    const int64_t base = offsets[0], bytes = offsets[n] - base;
+    cache.reserve(static_cast<size_t>(bytes / 32 + 1));
+    const int64_t by_size = std::max<int64_t>(1, bytes / (64 << 10));  // no thread for less than 64 KiB
+    const int64_t workers = std::min<int64_t>({static_cast<int64_t>(encoders.size()), by_size, n});
+    std::vector<int64_t> cuts(workers + 1, 0), counts(workers, 0);
+    cuts[workers] = n;
+    for (int64_t w = 1; w < workers; ++w) {
+        const int64_t target = base + bytes * w / workers;
+        cuts[w] = std::max(cuts[w - 1], static_cast<int64_t>(std::lower_bound(offsets, offsets + n, target) - offsets));
+    }
+    // range w's ids start at its bound: the bytes and pieces before it
+    auto start = [&](int64_t w) { return (offsets[cuts[w]] - base) + cuts[w]; };
+    std::vector<std::exception_ptr> errors(workers);
+    auto run = [&](int64_t w) {
+        try {
+            const int64_t first = cuts[w];
+            counts[w] = encoders[w]->encode(data + (offsets[first] - base), offsets + first, cuts[w + 1] - first,
+                                            ids + start(w), out_offsets + first);
+        } catch (...) {
+            errors[w] = std::current_exception();
+        }
+    };
+    std::vector<std::thread> threads;
+    for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run, w);
+    run(0);
+    for (std::thread& thread : threads) thread.join();
+    for (const std::exception_ptr& error : errors) {
+        if (error) std::rethrow_exception(error);
+    }
+    int64_t total = 0;
+    for (int64_t w = 0; w < workers; ++w) {
+        if (total != start(w)) std::memmove(ids + total, ids + start(w), counts[w] * sizeof(uint32_t));
+        for (int64_t i = cuts[w] + 1; i <= cuts[w + 1]; ++i) out_offsets[i] += total;
+        total += counts[w];
+    }
+    return total;
+}
 
 }  // namespace spbpe

@@ -4,8 +4,8 @@
 
 - `spbpe`: lmfast's native SentencePiece BPE with byte fallback (Llama 2, Mistral;
   `lmfast.data.spbpe`): cuts each document into words where that provably keeps the ids,
-  merges by rank with a word cache, one thread per range of documents. It refuses every other
-  tokenizer, so `auto` moves on to the next engine.
+  merges by rank with a word cache its threads share, one thread per range of documents. It
+  refuses every other tokenizer, so `auto` moves on to the next engine.
 - `gigatoken`: a Rust BPE (MIT, PyPI) that encodes a whole window of documents from one flat
   buffer in parallel, splitting long documents itself. It reads tokenizer.json's pre-tokenizer
   and normalizer, so it serves GPT-2, SmolLM2, Qwen2/3 and Llama 3 byte-level BPE and Llama 2 /

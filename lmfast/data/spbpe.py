@@ -39,7 +39,6 @@ import operator
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -242,19 +241,18 @@ def native_kernel():
 
 
 class SpbpeEngine:
-    """The native kernel over contiguous ranges of pieces, one thread (and word cache) per range."""
+    """The native kernel: its threads (one per range of pieces) share one word cache."""
 
     name = "spbpe"
 
     def __init__(
         self, tokenizer: Tokenizer, num_threads: int | None = None, cache_slots: int = 1 << 19
     ) -> None:
-        """cache_slots: the most slots of each thread's word cache (32 bytes each, a power of two)."""
+        """cache_slots: the most slots of the shared word cache (32 bytes each, a power of two)."""
         kernel = native_kernel()
         if kernel is None:
             raise ValueError("the native kernel lmfast.data._spbpe is not built")
         spec = SentencePieceBpe.from_tokenizer(tokenizer)
-        self._workers = max(1, num_threads or os.cpu_count() or 1)
         self._kernel = kernel.Kernel(
             {ord(c): i for c, i in spec.char_ids.items()},
             spec.byte_ids,
@@ -262,43 +260,15 @@ class SpbpeEngine:
             spec.prepend,
             spec.cut_every_space,
             spec.cut_around_bytes,
-            self._workers,
+            max(1, num_threads or os.cpu_count() or 1),
             cache_slots,
         )
-        self._lock = threading.Lock()  # one call at a time: worker w's cache is not thread-safe
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        """The worker threads, started again in a forked child (a fork copies no threads)."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="spbpe")
-            self._pool_pid = os.getpid()
-        return self._pool
+        self._lock = threading.Lock()  # one encode at a time: the kernel's encoders are not re-entrant
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.ascontiguousarray(flat, dtype=np.uint8)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        n = len(offsets) - 1
-        if n <= 0:
+        if len(offsets) <= 1:
             return np.zeros(0, dtype=np.uint32), np.zeros(1, dtype=np.int64)
-        # ranges of about equal bytes, cut at piece boundaries
-        inner = np.searchsorted(offsets, np.linspace(offsets[0], offsets[-1], self._workers + 1)[1:-1])
-        cuts = np.unique(np.concatenate(([0], np.clip(inner, 0, n), [n])))
-        ranges = [(w, int(a), int(b)) for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
-
-        def run(worker_range: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-            worker, first, last = worker_range
-            return self._kernel.encode(worker, flat, offsets, first, last)
-
         with self._lock:
-            parts = (
-                [run(r) for r in ranges] if len(ranges) <= 1 else list(self._thread_pool().map(run, ranges))
-            )
-        ids = np.concatenate([p[0] for p in parts])
-        out = [parts[0][1]]
-        shift = parts[0][1][-1]
-        for _, part_offsets in parts[1:]:
-            out.append(part_offsets[1:] + shift)
-            shift += part_offsets[-1]
-        return ids, np.concatenate(out)
+            return self._kernel.encode(flat, offsets)
