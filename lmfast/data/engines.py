@@ -243,16 +243,24 @@ def _gigatoken_json(tokenizer: Tokenizer) -> tuple[str, int | None]:
         ValueError: a byte is missing but the BPE model has an unk token (the reference would
             emit it, possibly fused); not mapped here.
     """
+    from tokenizers import models
+
     text = _without_special_tokens(tokenizer)
+    backend = tokenizer.backend
+    pre = backend.pre_tokenizer
+    pre_json = "null" if pre is None else pre.__getstate__().decode()
+    if (
+        not isinstance(backend.model, models.BPE)
+        or backend.model.byte_fallback
+        or '"ByteLevel"' not in pre_json
+    ):
+        return text, None
+    if all(backend.model.token_to_id(char) is not None for char in _bytes_to_unicode().values()):
+        return text, None  # the vocabulary (MBs of JSON) is parsed only when bytes are missing
     config = json.loads(text)
     model = config.get("model") or {}
-    pre = json.dumps(config.get("pre_tokenizer"))
-    if model.get("type") != "BPE" or model.get("byte_fallback") or '"ByteLevel"' not in pre:
-        return text, None
     vocab: dict[str, int] = model["vocab"]
     missing = [char for char in _bytes_to_unicode().values() if char not in vocab]
-    if not missing:
-        return text, None
     if model.get("unk_token") is not None:
         raise ValueError(f"{len(missing)} bytes have no token and the BPE model has an unk token")
     if any(any(char in token for char in missing) for token in vocab):
@@ -345,11 +353,11 @@ def _as_pieces(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def first_difference(engine: Engine, tokenizer: Tokenizer, texts: Sequence[str]) -> str | None:
     """Compare `engine` with the reference on `texts`; a description of the first difference, or None."""
-    reference = tokenizer.plain_text_backend()
     flat, offsets = _as_pieces(texts)
     ids, id_offsets = engine.encode(flat, offsets)
-    for i, text in enumerate(texts):
-        expected = reference.encode(text, add_special_tokens=False).ids
+    with tokenizer.special_tokens_as_text() as reference:
+        expected_ids = [reference.encode(text, add_special_tokens=False).ids for text in texts]
+    for i, (text, expected) in enumerate(zip(texts, expected_ids, strict=True)):
         got = ids[id_offsets[i] : id_offsets[i + 1]].tolist()
         if got != expected:
             return (
