@@ -209,14 +209,21 @@ class SharedCache {
     }
     // false when the word was not stored (the table is half full, or the arena is)
     bool insert(uint64_t k0, uint64_t k1, size_t length, uint64_t h, const uint32_t* ids, size_t count) {
-        if (__atomic_load_n(&used_, __ATOMIC_RELAXED) * 2 >= slots_.size()) return false;
+        // a ticket per word, taken before its slot: the table never gets more than half full, so
+        // every probe ends at an empty slot, however many threads insert at once
+        if (__atomic_fetch_add(&used_, 1, __ATOMIC_RELAXED) * 2 >= slots_.size()) {
+            __atomic_fetch_sub(&used_, 1, __ATOMIC_RELAXED);
+            return false;
+        }
         size_t at_arena = 0;
         if (count > INLINE_IDS) {
             at_arena = __atomic_fetch_add(&arena_used_, count, __ATOMIC_RELAXED);
-            if (at_arena + count > arena_capacity_) return false;
+            if (at_arena + count > arena_capacity_) {
+                __atomic_fetch_sub(&used_, 1, __ATOMIC_RELAXED);
+                return false;
+            }
             std::copy(ids, ids + count, arena_.get() + at_arena);
         }
-        __atomic_fetch_add(&used_, 1, __ATOMIC_RELAXED);
         for (size_t at = h & mask_;; at = (at + 1) & mask_) {
             Slot& slot = slots_[at];
             uint8_t expected = 0;
