@@ -35,7 +35,8 @@ else:
                 depends=["csrc/spbpe.h"],  # rebuilt when it changes, and shipped in the sdist
                 include_dirs=[numpy.get_include(), "csrc"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-                extra_compile_args=["-O3", "-std=c++17"],
+                extra_compile_args=["-O3", "-std=c++17", "-pthread"],
+                extra_link_args=["-pthread"],
                 language="c++",
                 optional=not REQUIRE_NATIVE,
             ),

@@ -1,14 +1,13 @@
 # distutils: language = c++
 """Native SentencePiece BPE (csrc/spbpe.h); the reference is lmfast.data.spbpe.SentencePieceBpe.encode.
 
-One `Kernel` holds the model and one encoder (with its word cache) per worker; worker w may be
-used by one thread at a time, and different workers run in parallel without the GIL.
+One `Kernel` holds the model, a word cache its threads share, and one encoder per thread; an
+encode runs them over ranges of the pieces without the GIL (csrc/spbpe.h `encode_parallel`).
 """
 
 import numpy as np
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t
-from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.vector cimport vector
 
@@ -23,19 +22,35 @@ cdef extern from "spbpe.h" namespace "spbpe":
         void set_byte(int byte, uint32_t id)
         void add_merge(uint32_t left, uint32_t right, uint32_t rank, uint32_t new_id)
 
+    cdef cppclass SharedCache:
+        SharedCache(size_t max_slots)
+
     cdef cppclass Encoder:
-        Encoder(const Model* model)
-        void encode(const uint8_t* data, const int64_t* offsets, int64_t n, vector[uint32_t]& ids,
-                    int64_t* out_offsets) nogil
+        Encoder(const Model* model, SharedCache* cache)
+
+    int64_t encode_parallel(const vector[Encoder*]& encoders, SharedCache& cache, const uint8_t* data,
+                            const int64_t* offsets, int64_t n, uint32_t* ids, int64_t* out_offsets) except + nogil
+
+
+cdef bint _nondecreasing(const int64_t[::1] offsets, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(first, last):
+        if offsets[i + 1] < offsets[i]:
+            return False
+    return True
 
 
 cdef class Kernel:
     cdef Model* model
+    cdef SharedCache* cache
     cdef vector[Encoder*] encoders
 
     def __cinit__(self, dict char_ids, byte_ids, merges, int prepend, bint cut_every_space,
-                  bint cut_around_bytes, int workers):
-        """char_ids: codepoint -> id; byte_ids: 256 ids; merges: (left, right, rank, new id) rows."""
+                  bint cut_around_bytes, int threads, size_t cache_slots=1 << 19):
+        """char_ids: codepoint -> id; byte_ids: 256 ids; merges: (left, right, rank, new id) rows;
+        cache_slots: the shared word cache at most (a power of two >= 2, 32 bytes a slot)."""
+        if cache_slots < 2 or cache_slots & (cache_slots - 1):
+            raise ValueError(f"cache_slots must be a power of two >= 2, got {cache_slots}")
         self.model = new Model()
         self.model.prepend = prepend
         self.model.cut_every_space = cut_every_space
@@ -49,39 +64,43 @@ cdef class Kernel:
         for i in range(rows.shape[0]):
             self.model.add_merge(rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3])
         self.model.finish()
-        for i in range(max(workers, 1)):
-            self.encoders.push_back(new Encoder(self.model))
+        self.cache = new SharedCache(cache_slots)
+        for i in range(max(threads, 1)):
+            self.encoders.push_back(new Encoder(self.model, self.cache))
 
     def __dealloc__(self):
         for i in range(self.encoders.size()):
             del self.encoders[i]
+        del self.cache
         del self.model
 
     @property
-    def workers(self) -> int:
+    def threads(self) -> int:
         return self.encoders.size()
 
-    def encode(self, int worker, const uint8_t[::1] flat, const int64_t[::1] offsets, Py_ssize_t first,
-               Py_ssize_t last):
-        """Pieces first..last-1 of (flat, offsets): (uint32 ids, int64 offsets from 0, len last-first+1)."""
-        if not 0 <= worker < <int>self.encoders.size():
-            raise ValueError(f"worker {worker} out of range")
-        if not 0 <= first <= last < offsets.shape[0]:
-            raise ValueError("piece range out of bounds")
-        if last > first and (offsets[first] < 0 or offsets[last] > flat.shape[0]):
+    def encode(self, const uint8_t[::1] flat, const int64_t[::1] offsets):
+        """Pieces flat[offsets[i]:offsets[i+1]]: (uint32 ids, int64 offsets from 0, len(offsets)).
+
+        One thread per range of pieces, without the GIL; one call at a time per Kernel.
+        """
+        cdef Py_ssize_t n = offsets.shape[0] - 1
+        if n < 0:
+            raise ValueError("offsets is empty")
+        if n > 0 and (offsets[0] < 0 or offsets[n] > flat.shape[0]):
             raise ValueError("offsets out of bounds")
-        cdef vector[uint32_t] ids
-        out_offsets = np.zeros(last - first + 1, dtype=np.int64)
+        if not _nondecreasing(offsets, 0, n):
+            raise ValueError("offsets decrease")
+        out_offsets = np.empty(n + 1, dtype=np.int64)
         cdef int64_t[::1] out_view = out_offsets
-        cdef Encoder* encoder = self.encoders[worker]
-        cdef const uint8_t* data = &flat[0] if flat.shape[0] else NULL
-        cdef int64_t count = last - first
-        if count:
-            ids.reserve(<size_t>((offsets[last] - offsets[first]) // 3 + count))
-            with nogil:
-                encoder.encode(data + offsets[first], &offsets[first], count, ids, &out_view[0])
-        result = np.empty(ids.size(), dtype=np.uint32)
+        # room for the most ids the pieces can give: one per byte, plus a prepended "▁" each
+        result = np.empty((offsets[n] - offsets[0]) + n if n else 1, dtype=np.uint32)
         cdef uint32_t[::1] result_view = result
-        if ids.size():
-            memcpy(&result_view[0], ids.data(), ids.size() * sizeof(uint32_t))
-        return result, out_offsets
+        cdef const uint8_t* data = &flat[0] if flat.shape[0] else NULL
+        cdef int64_t written = 0
+        out_view[0] = 0
+        if n:
+            with nogil:
+                written = encode_parallel(self.encoders, self.cache[0], data + offsets[0], &offsets[0], n,
+                                          &result_view[0], &out_view[0])
+        # a right-sized copy when the bound was far off (it is never touched past the ids)
+        return (result[:written].copy() if written < len(result) // 2 else result[:written]), out_offsets

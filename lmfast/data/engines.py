@@ -4,8 +4,8 @@
 
 - `spbpe`: lmfast's native SentencePiece BPE with byte fallback (Llama 2, Mistral;
   `lmfast.data.spbpe`): cuts each document into words where that provably keeps the ids,
-  merges by rank with a word cache, one thread per range of documents. It refuses every other
-  tokenizer, so `auto` moves on to the next engine.
+  merges by rank with a word cache its threads share, one thread per range of documents. It
+  refuses every other tokenizer, so `auto` moves on to the next engine.
 - `gigatoken`: a Rust BPE (MIT, PyPI) that encodes a whole window of documents from one flat
   buffer in parallel, splitting long documents itself. It reads tokenizer.json's pre-tokenizer
   and normalizer, so it serves GPT-2, SmolLM2, Qwen2/3 and Llama 3 byte-level BPE and Llama 2 /
@@ -23,10 +23,12 @@ back to the next engine on any difference (or refuses a forced one).
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -243,16 +245,24 @@ def _gigatoken_json(tokenizer: Tokenizer) -> tuple[str, int | None]:
         ValueError: a byte is missing but the BPE model has an unk token (the reference would
             emit it, possibly fused); not mapped here.
     """
+    from tokenizers import models
+
     text = _without_special_tokens(tokenizer)
+    backend = tokenizer.backend
+    pre = backend.pre_tokenizer
+    pre_json = "null" if pre is None else pre.__getstate__().decode()
+    if (
+        not isinstance(backend.model, models.BPE)
+        or backend.model.byte_fallback
+        or '"ByteLevel"' not in pre_json
+    ):
+        return text, None
+    if all(backend.model.token_to_id(char) is not None for char in _bytes_to_unicode().values()):
+        return text, None  # the vocabulary (MBs of JSON) is parsed only when bytes are missing
     config = json.loads(text)
     model = config.get("model") or {}
-    pre = json.dumps(config.get("pre_tokenizer"))
-    if model.get("type") != "BPE" or model.get("byte_fallback") or '"ByteLevel"' not in pre:
-        return text, None
     vocab: dict[str, int] = model["vocab"]
     missing = [char for char in _bytes_to_unicode().values() if char not in vocab]
-    if not missing:
-        return text, None
     if model.get("unk_token") is not None:
         raise ValueError(f"{len(missing)} bytes have no token and the BPE model has an unk token")
     if any(any(char in token for char in missing) for token in vocab):
@@ -274,8 +284,15 @@ class GigatokenEngine:
     def __init__(self, tokenizer: Tokenizer) -> None:
         import gigatoken
 
-        text, self._drop_from = _gigatoken_json(tokenizer)
-        self._tokenizer = gigatoken.Tokenizer.from_json(text)
+        # gigatoken returns awkward arrays; awkward's ~0.4 s of imports run while gigatoken reads
+        # the vocabulary, which it does without the GIL
+        importer = threading.Thread(target=_import_quietly, args=("awkward",), name="lmfast-import")
+        importer.start()
+        try:
+            text, self._drop_from = _gigatoken_json(tokenizer)
+            self._tokenizer = gigatoken.Tokenizer.from_json(text)
+        finally:
+            importer.join()
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import awkward as ak
@@ -297,6 +314,14 @@ class GigatokenEngine:
         if self._drop_from is not None:
             ids, out_offsets = _drop_ids_from(ids, out_offsets, self._drop_from)
         return ids, out_offsets
+
+
+def _import_quietly(module: str) -> None:
+    """Import `module` ahead of use; a failure is left to the real import to report."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass
 
 
 def _drop_ids_from(ids: np.ndarray, offsets: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
@@ -345,11 +370,11 @@ def _as_pieces(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def first_difference(engine: Engine, tokenizer: Tokenizer, texts: Sequence[str]) -> str | None:
     """Compare `engine` with the reference on `texts`; a description of the first difference, or None."""
-    reference = tokenizer.plain_text_backend()
     flat, offsets = _as_pieces(texts)
     ids, id_offsets = engine.encode(flat, offsets)
-    for i, text in enumerate(texts):
-        expected = reference.encode(text, add_special_tokens=False).ids
+    with tokenizer.special_tokens_as_text() as reference:
+        expected_ids = [reference.encode(text, add_special_tokens=False).ids for text in texts]
+    for i, (text, expected) in enumerate(zip(texts, expected_ids, strict=True)):
         got = ids[id_offsets[i] : id_offsets[i + 1]].tolist()
         if got != expected:
             return (

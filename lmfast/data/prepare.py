@@ -268,44 +268,53 @@ def _commit(stage: staging.Staging, dataset_dir: Path) -> Path:
         return final
 
 
-def _prefetched(iterator: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Run `iterator` in a thread, `depth` items ahead: reading the next window (native kernels,
-    GIL released) overlaps tokenizing and writing the current one. Errors re-raise here."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+class _Prefetched(Iterator[T]):
+    """Run `iterator` in a thread, `depth` items ahead, from construction on: reading the next
+    window (native kernels, GIL released) overlaps tokenizing and writing the current one, and the
+    first window is read while the engine is chosen. Errors re-raise in `__next__`; `close` (also
+    at the end) stops the thread."""
 
-    def offer(item: object) -> bool:
-        while not stop.is_set():
+    def __init__(self, iterator: Iterator[T], depth: int = 1) -> None:
+        self._items: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = object()
+        self._iterator = iterator
+        self._thread = threading.Thread(target=self._produce, name="lmfast-prepare-reader", daemon=True)
+        self._thread.start()
+
+    def _offer(self, item: object) -> bool:
+        while not self._stop.is_set():
             try:
-                items.put(item, timeout=0.05)
+                self._items.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in iterator:
-                if not offer(item):
+            for item in self._iterator:
+                if not self._offer(item):
                     return
-            offer(done)
+            self._offer(self._done)
         except BaseException as error:  # handed to the consumer, raised there
-            offer(_Failure(error))
+            self._offer(_Failure(error))
 
-    thread = threading.Thread(target=produce, name="lmfast-prepare-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is done:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    def __next__(self) -> T:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._items.get()
+        if item is self._done:
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self.close()
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -447,9 +456,11 @@ def write_documents(
     config: PrepareConfig,
     dtype: np.dtype,
     splittable: bool,
+    batches: _Prefetched[_Tagged] | None = None,
 ) -> dict[str, SplitStats]:
     """Tokenize `files` (global index, file) in order into `outputs["train"]`, streaming; with a
     second output `outputs["valid"]`, the documents `inputs.valid_documents` picks go there.
+    `batches`: the files' batches already being read (`_Prefetched(_tagged(files, ...))`); closed here.
 
     Raises:
         documents.DocumentsError: bad content (invalid UTF-8, no delimiter line, bad record, ...).
@@ -457,8 +468,9 @@ def write_documents(
     writers = {name: SplitWriter(directory, tokenizer, config, dtype) for name, directory in outputs.items()}
     split_valid = "valid" in writers and len(writers) == 2
     main_writer = writers["train"] if "train" in writers else next(iter(writers.values()))
+    reader = batches if batches is not None else _Prefetched(_tagged(files, flag, config, splittable))
     try:
-        for tagged in _prefetched(_tagged(files, flag, config, splittable)):
+        for tagged in reader:
             batch = tagged.batch
             ids, id_offsets = engine.encode(batch.flat, batch.offsets)
             if not split_valid:
@@ -475,6 +487,8 @@ def write_documents(
             writer.corpus.close()
             writer.starts.close()
         raise
+    finally:
+        reader.close()
     return {name: writer.close() for name, writer in writers.items()}
 
 
@@ -544,6 +558,33 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
     except ImportError as error:
         raise PrepareError(f"--kernel_backend: {error}") from None
+    splittable = engines.is_byte_level_bpe(tokenizer)
+    train_mine = _shard(splits["train"], config)
+    # the first train window is read (GIL released) while the engine is chosen
+    reader = None
+    if not dialog:
+        reader = _Prefetched(_tagged(train_mine, "--documents_train_file", config, splittable))
+    try:
+        return _prepare_with(
+            config, tokenizer, splits, boundaries, kernel_backend, train_mine, reader, started
+        )
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _prepare_with(
+    config: PrepareConfig,
+    tokenizer: Tokenizer,
+    splits: dict[str, list[inputs.InputFile]],
+    boundaries: DocumentBoundaries,
+    kernel_backend: str,
+    train_mine: list[tuple[int, inputs.InputFile]],
+    train_batches: _Prefetched[_Tagged] | None,
+    started: float,
+) -> Path:
+    """`prepare` once its inputs are checked: choose the engine, write both splits, commit."""
+    dialog = config.documents_format == "dialogs"
     renderer = None
     try:
         if dialog:  # special tokens in a rendered chat are tokens: only the reference engine encodes them so
@@ -604,12 +645,12 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
                 assert engine is not None
                 write = partial(write_documents, engine=engine, tokenizer=tokenizer, config=config,
                                 dtype=dtype, splittable=splittable)  # fmt: skip
-                train_mine = _shard(splits["train"], config)
                 if config.valid_fraction:
                     outputs = {"train": temporary / "train", "valid": temporary / "valid"}
-                    stats = write(train_mine, "--documents_train_file", outputs)
+                    stats = write(train_mine, "--documents_train_file", outputs, batches=train_batches)
                 else:
-                    stats = write(train_mine, "--documents_train_file", {"train": temporary / "train"})
+                    train_output = {"train": temporary / "train"}
+                    stats = write(train_mine, "--documents_train_file", train_output, batches=train_batches)
                     valid_mine = _shard(splits["valid"], config)
                     stats |= write(valid_mine, "--documents_valid_file", {"valid": temporary / "valid"})
                 if not sharded:

@@ -31,13 +31,14 @@ and to `tokenizers`.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
+import operator
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,25 +79,74 @@ def _pipeline(config: dict) -> tuple[int, bool]:
     )
 
 
-@dataclass(frozen=True)
+def _state(component: object) -> dict | None:
+    """A normalizer's or pre-tokenizer's tokenizer.json entry, read without serializing the vocabulary."""
+    return None if component is None else json.loads(component.__getstate__())
+
+
+def _merge_rows(merges: list, vocab: dict[str, int], cut_every_space: bool) -> np.ndarray:
+    """(left, right, rank, new id) uint32 rows, one per pair, a later duplicate winning (as in tokenizers).
+
+    Raises:
+        ValueError: a merge's part or result is not in the vocabulary, or it spans a word cut.
+    """
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    lefts, rights = [p[0] for p in pairs], [p[1] for p in pairs]
+    merged = list(map(operator.add, lefts, rights))
+    if not cut_every_space:
+        spanning = next(
+            (k for k, m in enumerate(merged) if m.find(SPACE, 1) > 0 and _SPANS_CUT.search(m)), None
+        )
+        if spanning is not None:
+            raise ValueError(
+                f"merge {lefts[spanning]!r} + {rights[spanning]!r} spans a word boundary before {SPACE!r}"
+            )
+    get, count = vocab.__getitem__, len(pairs)
+    try:
+        columns = [
+            np.fromiter(map(get, part), dtype=np.uint32, count=count) for part in (lefts, rights, merged)
+        ]
+    except KeyError as missing:
+        raise ValueError(f"merge part or result {missing.args[0]!r} is not in the vocabulary") from None
+    left, right, new = columns
+    keys = (left.astype(np.uint64) << np.uint64(32)) | right
+    _, last_reversed = np.unique(keys[::-1], return_index=True)
+    keep = np.sort(count - 1 - last_reversed)
+    return np.stack([left[keep], right[keep], keep.astype(np.uint32), new[keep]], axis=1)
+
+
+@dataclass(frozen=True, eq=False)
 class SentencePieceBpe:
     """The tokenizer as the kernel needs it: ids of one-character tokens, byte tokens, merges."""
 
     char_ids: dict[str, int]
     byte_ids: tuple[int, ...]
-    merges: dict[tuple[int, int], tuple[int, int]]  # (left, right) -> (rank, new id)
+    merge_rows: np.ndarray  # (left, right, rank, new id) uint32, one row per pair
     prepend: int
     cut_every_space: bool
     cut_around_bytes: bool  # no merge involves a byte token, so `<0xXX>` pieces never merge
 
+    @functools.cached_property
+    def merges(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(left, right) -> (rank, new id), for the plain reference."""
+        return {(a, b): (rank, new) for a, b, rank, new in self.merge_rows.tolist()}
+
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer) -> SentencePieceBpe:
-        """Read tokenizer.json; ValueError (one line) when it is not SentencePiece BPE as described above."""
-        config = json.loads(tokenizer.backend.to_str())
-        prepend, cut_every_space = _pipeline(config)
-        model = config.get("model") or {}
-        if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        """Read tokenizer.json; ValueError (one line) when it is not SentencePiece BPE as described above.
+
+        The pipeline and model type are checked first, from the backend's own objects, so other
+        tokenizers are refused before their vocabulary is serialized and parsed.
+        """
+        from tokenizers import models
+
+        backend = tokenizer.backend
+        pipeline = {"normalizer": _state(backend.normalizer), "pre_tokenizer": _state(backend.pre_tokenizer)}
+        prepend, cut_every_space = _pipeline(pipeline)
+        if not isinstance(backend.model, models.BPE) or not backend.model.byte_fallback:
             raise ValueError("not a BPE model with byte_fallback")
+        config = json.loads(backend.to_str())
+        model = config.get("model") or {}
         if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
             raise ValueError("BPE dropout or subword prefix/suffix set")
         if model.get("ignore_merges"):
@@ -110,20 +160,10 @@ class SentencePieceBpe:
             raise ValueError(f"byte-fallback token {missing.args[0]} is missing") from None
         if SPACE not in vocab:
             raise ValueError(f"{SPACE!r} is not a token")
-        merges: dict[tuple[int, int], tuple[int, int]] = {}
-        for rank, merge in enumerate(model.get("merges") or ()):
-            left, right = merge if isinstance(merge, list) else merge.split(" ")
-            merged = left + right
-            if not cut_every_space and SPACE in merged[1:] and _SPANS_CUT.search(merged):
-                raise ValueError(f"merge {left!r} + {right!r} spans a word boundary before {SPACE!r}")
-            merges[(vocab[left], vocab[right])] = (rank, vocab[merged])  # a later duplicate wins
+        rows = _merge_rows(model.get("merges") or [], vocab, cut_every_space)
         char_ids = {token: i for token, i in vocab.items() if len(token) == 1}
-        byte_set = set(byte_ids)
-        cut_around_bytes = not any(
-            left in byte_set or right in byte_set or new in byte_set
-            for (left, right), (_, new) in merges.items()
-        )
-        return cls(char_ids, byte_ids, merges, prepend, cut_every_space, cut_around_bytes)
+        cut_around_bytes = not np.isin(rows[:, [0, 1, 3]], np.array(byte_ids, dtype=np.uint32)).any()
+        return cls(char_ids, byte_ids, rows, prepend, cut_every_space, cut_around_bytes)
 
     def normalize(self, text: str) -> str:
         if not text:
@@ -201,62 +241,34 @@ def native_kernel():
 
 
 class SpbpeEngine:
-    """The native kernel over contiguous ranges of pieces, one thread (and word cache) per range."""
+    """The native kernel: its threads (one per range of pieces) share one word cache."""
 
     name = "spbpe"
 
-    def __init__(self, tokenizer: Tokenizer, num_threads: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, num_threads: int | None = None, cache_slots: int = 1 << 19
+    ) -> None:
+        """cache_slots: the most slots of the shared word cache (32 bytes each, a power of two)."""
         kernel = native_kernel()
         if kernel is None:
             raise ValueError("the native kernel lmfast.data._spbpe is not built")
         spec = SentencePieceBpe.from_tokenizer(tokenizer)
-        self._workers = max(1, num_threads or os.cpu_count() or 1)
-        merges = np.array(
-            [(left, right, rank, new) for (left, right), (rank, new) in spec.merges.items()], dtype=np.uint32
-        ).reshape(-1, 4)
         self._kernel = kernel.Kernel(
             {ord(c): i for c, i in spec.char_ids.items()},
             spec.byte_ids,
-            merges,
+            spec.merge_rows,
             spec.prepend,
             spec.cut_every_space,
             spec.cut_around_bytes,
-            self._workers,
+            max(1, num_threads or os.cpu_count() or 1),
+            cache_slots,
         )
-        self._lock = threading.Lock()  # one call at a time: worker w's cache is not thread-safe
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        """The worker threads, started again in a forked child (a fork copies no threads)."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="spbpe")
-            self._pool_pid = os.getpid()
-        return self._pool
+        self._lock = threading.Lock()  # one encode at a time: the kernel's encoders are not re-entrant
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.ascontiguousarray(flat, dtype=np.uint8)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        n = len(offsets) - 1
-        if n <= 0:
+        if len(offsets) <= 1:
             return np.zeros(0, dtype=np.uint32), np.zeros(1, dtype=np.int64)
-        # ranges of about equal bytes, cut at piece boundaries
-        inner = np.searchsorted(offsets, np.linspace(offsets[0], offsets[-1], self._workers + 1)[1:-1])
-        cuts = np.unique(np.concatenate(([0], np.clip(inner, 0, n), [n])))
-        ranges = [(w, int(a), int(b)) for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
-
-        def run(worker_range: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-            worker, first, last = worker_range
-            return self._kernel.encode(worker, flat, offsets, first, last)
-
         with self._lock:
-            parts = (
-                [run(r) for r in ranges] if len(ranges) <= 1 else list(self._thread_pool().map(run, ranges))
-            )
-        ids = np.concatenate([p[0] for p in parts])
-        out = [parts[0][1]]
-        shift = parts[0][1][-1]
-        for _, part_offsets in parts[1:]:
-            out.append(part_offsets[1:] + shift)
-            shift += part_offsets[-1]
-        return ids, np.concatenate(out)
+            return self._kernel.encode(flat, offsets)

@@ -27,11 +27,12 @@ that occur inside the text are plain text (encoded by the BPE like any other cha
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -118,6 +119,23 @@ class Tokenizer:
             self._plain = HFTokenizer.from_str(self.backend.to_str())
             self._plain.encode_special_tokens = True
         return self._plain
+
+    @contextlib.contextmanager
+    def special_tokens_as_text(self) -> Iterator[HFTokenizer]:
+        """The plain-text reference without building the copy: the cached copy when there is one,
+        else the backend itself with `encode_special_tokens` set until the block ends (the same
+        encoder; a copy costs a full deserialization). The block must not run beside other users
+        of the backend: the engine check in `prepare` runs before anything else encodes.
+        """
+        if self._plain is not None:
+            yield self._plain
+            return
+        before = self.backend.encode_special_tokens
+        self.backend.encode_special_tokens = True
+        try:
+            yield self.backend
+        finally:
+            self.backend.encode_special_tokens = before
 
     def encode_document(self, text: str, bos: int | None = -1, eos: int | None = -1) -> list[int]:
         """Reference ids of one document: BOS + plain-text ids + EOS (slow; for tests and checks).

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
 from lmfast.data import chunking, engines
-from lmfast.data.tokenizers import Tokenizer
+from lmfast.data.tokenizers import Tokenizer, load_tokenizer
 
 # the engines that serve GPT-2's byte-level BPE (spbpe serves SentencePiece BPE only: test_spbpe.py)
 BYTE_LEVEL_ENGINES = tuple(name for name in engines.ENGINES if name != "spbpe")
@@ -131,3 +131,19 @@ def test_tiktoken_is_refused_when_ids_do_not_follow_merge_order(gpt2):
     with pytest.raises(ValueError, match="out of id order"):
         engines.select_engine(swapped, "tiktoken")
     assert engines.select_engine(swapped, "auto", samples=["a tale of two cities"]).name == "gigatoken"
+
+
+def test_the_identity_check_reads_special_tokens_as_text_without_a_copy():
+    """Without a cached plain copy, the backend itself encodes special-token strings as text for
+    the block and is restored after it, also when the block raises; a cached copy is used as is."""
+    tokenizer = load_tokenizer("GPT2Tokenizer")  # its own: the session fixture may have a copy cached
+    special = [tokenizer.backend.token_to_id("<|endoftext|>")]
+    with tokenizer.special_tokens_as_text() as backend:
+        assert backend is tokenizer.backend and backend.encode("<|endoftext|>").ids != special
+    assert tokenizer.backend.encode("<|endoftext|>").ids == special
+    with pytest.raises(RuntimeError), tokenizer.special_tokens_as_text():
+        raise RuntimeError
+    assert not tokenizer.backend.encode_special_tokens and tokenizer._plain is None
+    plain = tokenizer.plain_text_backend()
+    with tokenizer.special_tokens_as_text() as backend:
+        assert backend is plain

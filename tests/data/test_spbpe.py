@@ -177,3 +177,25 @@ def test_a_forked_child_encodes_with_fresh_threads(variants):
         time.sleep(0.05)
     with os.fdopen(read) as pipe:
         assert json.loads(pipe.read()) == expected
+
+
+def test_many_distinct_words_through_a_growing_and_a_tiny_word_cache(variants):
+    """The shared word cache grows between calls and is shared by 2 threads (ids of words with more
+    than 3 ids in its arena); a tiny one fills up (words then go to each thread's own cache) and is
+    cleared by the next call. Words of 7-9 and 15-17 bytes straddle its 8-byte key halves and its
+    16-byte limit."""
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyzé中😀\x00") + ["ing", "the", "▁"]
+    words = ["".join(rng.choice(letters, size=int(rng.integers(1, 12)))) for _ in range(12000)]
+    words += ["x" * n for n in (7, 8, 9, 15, 16, 17)] + ["ab" * n for n in (4, 8)]
+    texts = [" ".join(words[i : i + 400]) for i in range(0, len(words), 400)] * 2  # then all are cached
+    for name in ("llama2", "metaspace-first-True", "byte-merge"):
+        tokenizer = variants[name][0]
+        expected = [
+            e.ids for e in tokenizer.plain_text_backend().encode_batch(texts, add_special_tokens=False)
+        ]
+        for engine in (variants[name][2], SpbpeEngine(tokenizer, 2, cache_slots=2)):
+            assert _kernel(engine, texts) == expected, name  # > 128 KiB: both threads run
+            assert _kernel(engine, texts[:3]) + _kernel(engine, texts[3:]) == expected, name
+    with pytest.raises(ValueError, match="power of two"):
+        SpbpeEngine(variants["llama2"][0], 1, cache_slots=100)
