@@ -51,6 +51,11 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "bf16": {"precision": "bf16"},
     "int8": {"quantize": "int8"},
     "int4": {"quantize": "int4"},
+    # variants of the quantized tiers, for their quality and speed (llama.cpp/CT2 have no such tier)
+    "int8-level0": {"quantize": "int8", "accuracy_level": 0},
+    "int4-level0": {"quantize": "int4", "accuracy_level": 0},
+    "int4-asym-head4": {"quantize": "int4", "asymmetric": True, "lm_head_bits": 4},
+    "int4-asym": {"quantize": "int4", "asymmetric": True},
 }
 LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
 LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2}  # llama.h's LLAMA_FTYPE_MOSTLY_*
@@ -410,7 +415,7 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     try:
         import llama_cpp  # noqa: F401
 
-        for tier in args.tiers:
+        for tier in [t for t in args.tiers if t in LLAMA_TIERS]:
             try:
                 gguf = llama_gguf(hf_dir, work, LLAMA_TIERS[tier], args.llama_cpp_src)
                 engines.append(llama_engine(gguf, tier, args.threads, max_rows, max_context))
@@ -426,7 +431,7 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     try:
         import ctranslate2  # noqa: F401
 
-        for tier in args.tiers:
+        for tier in [t for t in args.tiers if t in LLAMA_TIERS]:
             if tier not in CT2_TIERS:
                 print(f"skip ctranslate2 {tier}: CTranslate2 has no weight-only {tier} type", flush=True)
                 continue
