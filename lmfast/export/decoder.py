@@ -209,7 +209,9 @@ class LlamaDecoder(nn.Module):
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(inner.layers):
             q_width, kv_width = self.n_head * self.head_dim, self.num_kv_heads * self.head_dim
-            q, k, v = self.qkv[i](layer.input_layernorm(h)).split([q_width, kv_width, kv_width], dim=2)
+            q, k, v = self.qkv[i](_rms_norm(layer.input_layernorm, h)).split(
+                [q_width, kv_width, kv_width], dim=2
+            )
             q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, H, D): token-major
             k = k.view(B, T, self.num_kv_heads, self.head_dim)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
@@ -217,9 +219,9 @@ class LlamaDecoder(nn.Module):
             presents += [k, v]
             h = h + layer.self_attn.o_proj(y)
             mlp = layer.mlp
-            gate, up = self.gate_up[i](layer.post_attention_layernorm(h)).chunk(2, dim=2)
+            gate, up = self.gate_up[i](_rms_norm(layer.post_attention_layernorm, h)).chunk(2, dim=2)
             h = h + mlp.down_proj(mlp.act_fn(gate) * up)
-        logits = self.model.lm_head(inner.norm(keep(h)))  # usually the last position only
+        logits = self.model.lm_head(_rms_norm(inner.norm, keep(h)))  # usually the last position only
         return (logits, *presents)
 
 
@@ -377,6 +379,22 @@ class InPlaceDecoder(nn.Module):
             seqlens_k, total_sequence_length, self.n_head, self.num_kv_heads, self.inner.scale
         )
         return self.inner.step(input_ids, position_ids, past, attention, _keep_flat(logits_index))
+
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Llama's RMSNorm, exported as ONNX Runtime's one SimplifiedLayerNormalization node (the
+    traced module is 7: Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul, and ONNX Runtime's own
+    fusions leave them apart)."""
+    if not torch.onnx.is_in_onnx_export():
+        return norm(x)
+    return torch.onnx.ops.symbolic(
+        "::SimplifiedLayerNormalization",
+        (x, norm.weight),
+        {"axis": -1, "epsilon": float(norm.variance_epsilon)},
+        dtype=x.dtype,
+        shape=x.shape,
+        version=1,
+    )
 
 
 def _stacked(*linears: nn.Linear) -> nn.Linear:
