@@ -46,6 +46,8 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks.bench_engines for contender (d)
+    sys.path.insert(0, str(REPO))
 # transformers' continuous batching: tokens per KV-cache page, and a bound on any PROMPTS' length
 CB_PAGE_TOKENS = 256
 PROMPT_TOKENS_BOUND = 64
