@@ -50,9 +50,9 @@ class ExportConfig:
     GPT-2/Llama step only. concat: the graph returns past + new (every family, --attention fused).
     auto: inplace wherever it applies."""
     kv_cache_precision: Literal["fp32", "fp16"] = "fp32"
-    """The in-place cache's storage: fp16 halves the bytes each step reads from it (what decode
-    time grows with at long contexts and large batches), attention still computed in fp32; a lossy
-    tier, held to greedy parity like the others. --precision fp16 implies it."""
+    """The in-place cache's storage: fp16 halves its memory and the bytes each step reads from it,
+    attention still computed in fp32; a lossy tier, held to greedy parity like the others. On a
+    CPU it was not faster (ONNX Runtime converts it back per head); --precision fp16 implies it."""
     decoder: Literal["auto", "transformers"] = "auto"
     """auto: the hand-written step for GPT-2 and Llama (faster), transformers' own modeling code
     for every other family; transformers: that code for every family."""
