@@ -125,10 +125,8 @@ def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
 
 def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
     """An lmfast export as a contender: greedy through the decode loop, NLL through the cache."""
-    from lmfast.generation import GenerationParams
     from lmfast.generation.model_files import ModelInfo
     from lmfast.generation.onnx_backend import OnnxBackend
-    from lmfast.generation.session import DecodeSession
     from lmfast.generation.text import TextCodec
 
     backend = OnnxBackend.load(output, num_threads=threads)
@@ -136,14 +134,7 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
     info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
 
     def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
-        session = DecodeSession(backend, codec, info, max_batch_size=len(prompts))
-        params = GenerationParams(max_new_tokens=n, temperature=0.0)
-        rows = [session.add_token_ids(p, params)[0] for p in prompts]
-        out: dict[int, list[int]] = {r: [] for r in rows}
-        while len(session):
-            for event in session.step():
-                out[event.row_id].append(event.token_id)
-        return [out[r] for r in rows]
+        return greedy(backend, codec, info, prompts, n)
 
     def nll(ids: list[int]) -> float:  # token by token through the cache (last-position logits)
         past, total = None, 0.0
@@ -157,6 +148,21 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
 
     weights = _dir_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
     return Engine(engine, tier, generate, nll, weights)
+
+
+def greedy(backend, codec, info, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """n greedy tokens per prompt, all prompts batched through lmfast's decode loop."""
+    from lmfast.generation import GenerationParams
+    from lmfast.generation.session import DecodeSession
+
+    session = DecodeSession(backend, codec, info, max_batch_size=len(prompts))
+    params = GenerationParams(max_new_tokens=n, temperature=0.0)
+    rows = [session.add_token_ids(p, params)[0] for p in prompts]
+    out: dict[int, list[int]] = {r: [] for r in rows}
+    while len(session):
+        for event in session.step():
+            out[event.row_id].append(event.token_id)
+    return [out[r] for r in rows]
 
 
 def derive_tier(fp32: Path, output: Path, config) -> None:

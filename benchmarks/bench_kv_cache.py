@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_engines import gpt2_dir, smollm2_dir, text_ids  # noqa: E402
+from benchmarks.bench_engines import gpt2_dir, greedy, smollm2_dir, text_ids  # noqa: E402
 
 LAYOUTS = {  # name -> ExportConfig overrides
     "inplace": {"kv_cache": "inplace"},
@@ -52,19 +52,6 @@ def step_ms(backend, codec, info, prompts: list[list[int]], steps: int) -> float
         session.step()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
-
-
-def greedy(backend, codec, info, prompts: list[list[int]], n: int) -> list[list[int]]:
-    from lmfast.generation import GenerationParams
-    from lmfast.generation.session import DecodeSession
-
-    session = DecodeSession(backend, codec, info, max_batch_size=len(prompts))
-    rows = [session.add_token_ids(p, GenerationParams(max_new_tokens=n, temperature=0.0))[0] for p in prompts]
-    out: dict[int, list[int]] = {r: [] for r in rows}
-    while len(session):
-        for event in session.step():
-            out[event.row_id].append(event.token_id)
-    return [out[r] for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:

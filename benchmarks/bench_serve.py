@@ -412,24 +412,21 @@ def run(
     ]
     if backend == "onnx":
         servers.append(lmfast_server("lmfast_batched_torch", model, 32, threads, device, "torch"))
-    if with_transformers:
-        theirs = transformers_server(model, threads, device, max(concurrencies), new_tokens)
-        if isinstance(theirs, str):
-            skipped["transformers"] = theirs
-        else:
-            servers.append(theirs)
-    else:
-        skipped["transformers"] = "disabled with --no_transformers"
-    if llama_server_binary is not None:
-        theirs = llama_server(
+    peers: dict[str, Server | str] = {
+        "transformers": transformers_server(model, threads, device, max(concurrencies), new_tokens)
+        if with_transformers
+        else "disabled with --no_transformers",
+        "llama_server": llama_server(
             model, llama_server_binary, llama_cpp_src, threads, max(concurrencies), new_tokens
         )
-        if isinstance(theirs, str):
-            skipped["llama_server"] = theirs
+        if llama_server_binary is not None
+        else "no --llama_server BIN given",
+    }
+    for name, peer in peers.items():  # a peer that cannot run here is a skip line with the reason
+        if isinstance(peer, str):
+            skipped[name] = peer
         else:
-            servers.append(theirs)
-    else:
-        skipped["llama_server"] = "no --llama_server BIN given"
+            servers.append(peer)
     runs: list[RunStats] = []
     try:
         for server in list(servers):
