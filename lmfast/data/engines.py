@@ -106,7 +106,7 @@ def _without_special_tokens(tokenizer: Tokenizer) -> str:
     Only the small `added_tokens` list is parsed and rewritten; the vocabulary and merges (MBs of
     JSON) are spliced through untouched, which keeps engine start-up short.
     """
-    text = tokenizer.backend.to_str()
+    text = tokenizer.json_text()
     key = text.find('"added_tokens":')
     if key < 0:
         return text
@@ -220,7 +220,7 @@ def _check_ranks_follow_merges(
     """
     if any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError("not every byte is a token")
-    merges = json.loads(tokenizer.backend.to_str())["model"]["merges"]
+    merges = json.loads(tokenizer.json_text())["model"]["merges"]
     previous, seen = -1, set()
     for merge in merges:
         left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
@@ -368,18 +368,59 @@ def _as_pieces(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
 
 
-def first_difference(engine: Engine, tokenizer: Tokenizer, texts: Sequence[str]) -> str | None:
-    """Compare `engine` with the reference on `texts`; a description of the first difference, or None."""
+class ReferenceIds:
+    """The reference's ids of `texts`, computed in a thread while the caller builds engines.
+
+    `encode_batch` releases the GIL, so the reference and an engine's start-up (spbpe's tables,
+    gigatoken's vocabulary) overlap. The backend reads special tokens as text until `result()`
+    returns; nothing may modify it meanwhile (pyo3 would refuse: it is borrowed).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, texts: Sequence[str]) -> None:
+        self._texts = list(texts)
+        self._context = tokenizer.special_tokens_as_text()
+        self._reference = self._context.__enter__()
+        self._outcome: list[object] = []
+        self._thread = threading.Thread(target=self._run, name="lmfast-reference", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            encodings = self._reference.encode_batch(self._texts, add_special_tokens=False)
+            self._outcome.append([e.ids for e in encodings])
+        except BaseException as error:
+            self._outcome.append(error)
+
+    def close(self) -> None:
+        """Wait for the thread and give the backend back (idempotent)."""
+        self._thread.join()
+        context, self._context = self._context, None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    def result(self) -> list[list[int]]:
+        """The ids, one list per text (closes first)."""
+        self.close()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[return-value]
+
+
+def first_difference(
+    engine: Engine, tokenizer: Tokenizer, texts: Sequence[str], expected: ReferenceIds | None = None
+) -> str | None:
+    """Compare `engine` with the reference on `texts`; a description of the first difference, or None.
+
+    `expected`: the reference's ids of the same texts, already under way.
+    """
     flat, offsets = _as_pieces(texts)
     ids, id_offsets = engine.encode(flat, offsets)
-    with tokenizer.special_tokens_as_text() as reference:
-        expected_ids = [reference.encode(text, add_special_tokens=False).ids for text in texts]
-    for i, (text, expected) in enumerate(zip(texts, expected_ids, strict=True)):
+    expected_ids = (expected or ReferenceIds(tokenizer, texts)).result()
+    for i, (text, want) in enumerate(zip(texts, expected_ids, strict=True)):
         got = ids[id_offsets[i] : id_offsets[i + 1]].tolist()
-        if got != expected:
-            return (
-                f"text {i} ({text[:40]!r}...): {engine.name} gave {got[:12]}..., reference {expected[:12]}..."
-            )
+        if got != want:
+            return f"text {i} ({text[:40]!r}...): {engine.name} gave {got[:12]}..., reference {want[:12]}..."
     return None
 
 
@@ -410,12 +451,28 @@ def select_engine(
         raise ValueError(f"unknown tokenizer engine {requested!r}; expected one of {('auto', *ENGINES)}")
     candidates = ENGINES if requested == "auto" else (requested,)
     texts = [*PROBE_TEXTS, *samples]
+    expected = ReferenceIds(tokenizer, texts)
+    try:
+        return _first_identical(tokenizer, requested, candidates, texts, expected, num_threads)
+    finally:
+        expected.close()
+
+
+def _first_identical(
+    tokenizer: Tokenizer,
+    requested: str,
+    candidates: Sequence[str],
+    texts: Sequence[str],
+    expected: ReferenceIds,
+    num_threads: int | None,
+) -> Engine:
+    """`select_engine`'s loop: the first candidate that builds and matches `expected`."""
     for name in candidates:
         if name == "tokenizers":
             break
         try:
             engine = build_engine(name, tokenizer, num_threads)
-            difference = first_difference(engine, tokenizer, texts)
+            difference = first_difference(engine, tokenizer, texts, expected)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as error:  # pyo3's PanicException derives from BaseException

@@ -145,7 +145,7 @@ class SentencePieceBpe:
         prepend, cut_every_space = _pipeline(pipeline)
         if not isinstance(backend.model, models.BPE) or not backend.model.byte_fallback:
             raise ValueError("not a BPE model with byte_fallback")
-        config = json.loads(backend.to_str())
+        config = json.loads(tokenizer.json_text())
         model = config.get("model") or {}
         if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
             raise ValueError("BPE dropout or subword prefix/suffix set")

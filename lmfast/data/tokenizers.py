@@ -78,6 +78,7 @@ class Tokenizer:
     generation_eos_token_ids: tuple[int, ...] = ()
     _plain: HFTokenizer | None = field(default=None, init=False, repr=False, compare=False)
     _vocab_size: int | None = field(default=None, init=False, repr=False, compare=False)
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.pad_token is None:
@@ -110,13 +111,23 @@ class Tokenizer:
             self._vocab_size = max(self.backend.get_vocab_size(with_added_tokens=True), largest + 1)
         return self._vocab_size
 
+    def json_text(self) -> str:
+        """The backend as tokenizer.json text, serialized once (MBs for a large vocabulary).
+
+        The engines, the plain-text copy and `save` all read it; the backend must not be modified
+        after the first call.
+        """
+        if self._json is None:
+            self._json = self.backend.to_str()
+        return self._json
+
     def plain_text_backend(self) -> HFTokenizer:
         """A copy of the backend that encodes special-token strings as plain text (the reference).
 
         Built once and cached: the backend must not be modified after the first call.
         """
         if self._plain is None:
-            self._plain = HFTokenizer.from_str(self.backend.to_str())
+            self._plain = HFTokenizer.from_str(self.json_text())
             self._plain.encode_special_tokens = True
         return self._plain
 
@@ -158,7 +169,7 @@ class Tokenizer:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / "tokenizer.json"))
+        (directory / "tokenizer.json").write_text(self.json_text(), encoding="utf-8")
         special = {
             key: value
             for key, value in (
