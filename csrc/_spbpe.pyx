@@ -102,5 +102,7 @@ cdef class Kernel:
             with nogil:
                 written = encode_parallel(self.encoders, self.cache[0], data + offsets[0], &offsets[0], n,
                                           &result_view[0], &out_view[0])
-        # a right-sized copy when the bound was far off (it is never touched past the ids)
-        return (result[:written].copy() if written < len(result) // 2 else result[:written]), out_offsets
+        # shrunk in place (realloc: the untouched tail is given back, nothing is copied or faulted in)
+        del result_view
+        result.resize(max(written, 1), refcheck=False)
+        return result[:written], out_offsets
