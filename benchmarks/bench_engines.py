@@ -15,9 +15,11 @@ loads weights converted from that one HF dir:
 Before anything is timed, quality against the HF fp32 reference: greedy tokens until the first
 divergence over `--quality_prompts` prompts x `--quality_tokens` tokens (the reference decodes each
 prompt alone, the engine all prompts in one batch), and the perplexity of `--ppl_tokens` tokens of
-Gutenberg prose. Timing: for each (batch, context) every engine generates 1 and `--new_tokens`
-tokens from `batch` real-text prompts of `context` tokens; ms/step = (T(n) - T(1)) / (n - 1),
-contenders alternate within each round in a rotating order, medians of `--rounds`. Threads are set
+Gutenberg prose. Timing: for each (batch, context) every engine generates `--new_tokens` tokens
+from `batch` real-text prompts of `context` tokens, and marks the moment every row has its first
+token (the end of prefill) inside that same call: TTFT = mark - start, ms/step = (end - mark) /
+(n - 1). One call gives both, so a long prompt's prefill noise never lands in the decode figure.
+Contenders alternate within each round in a rotating order; medians of `--rounds`. Threads are set
 explicitly; os.getloadavg() is printed with every table, and the machine is shared, so figures are
 noisy. A missing peer prints one skip line.
 
@@ -64,11 +66,14 @@ CT2_TIERS = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
 @dataclasses.dataclass
 class Engine:
-    """One contender: greedy generation of n tokens for rows of token ids, and a text's mean NLL."""
+    """One contender: greedy generation of n tokens for rows of token ids, and a text's mean NLL.
+
+    `generate(prompts, n, first)` calls `first()` once, as soon as every row has its first token.
+    """
 
     engine: str
     tier: str
-    generate: Callable[[list[list[int]], int], list[list[int]]]
+    generate: Callable[[list[list[int]], int, Callable[[], None]], list[list[int]]]
     nll: Callable[[list[int]], float]
     weight_bytes: int
 
@@ -133,8 +138,8 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
     codec = TextCodec.load(output)
     info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
-        return greedy(backend, codec, info, prompts, n)
+    def generate(prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing) -> list[list[int]]:
+        return greedy(backend, codec, info, prompts, n, first)
 
     def nll(ids: list[int]) -> float:  # token by token through the cache (last-position logits)
         past, total = None, 0.0
@@ -150,8 +155,15 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
     return Engine(engine, tier, generate, nll, weights)
 
 
-def greedy(backend, codec, info, prompts: list[list[int]], n: int) -> list[list[int]]:
-    """n greedy tokens per prompt, all prompts batched through lmfast's decode loop."""
+def _nothing() -> None:
+    pass
+
+
+def greedy(
+    backend, codec, info, prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing
+) -> list[list[int]]:
+    """n greedy tokens per prompt, all prompts batched through lmfast's decode loop; `first()` when
+    every row has its first token."""
     from lmfast.generation import GenerationParams
     from lmfast.generation.session import DecodeSession
 
@@ -159,9 +171,15 @@ def greedy(backend, codec, info, prompts: list[list[int]], n: int) -> list[list[
     params = GenerationParams(max_new_tokens=n, temperature=0.0)
     rows = [session.add_token_ids(p, params)[0] for p in prompts]
     out: dict[int, list[int]] = {r: [] for r in rows}
+    waiting = set(rows)
     while len(session):
         for event in session.step():
             out[event.row_id].append(event.token_id)
+            if waiting is not None:
+                waiting.discard(event.row_id)
+        if waiting is not None and not waiting:
+            first()
+            waiting = None
     return [out[r] for r in rows]
 
 
@@ -204,7 +222,7 @@ def hf_engine(hf_dir: Path, threads: int) -> Engine:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing) -> list[list[int]]:
         length = max(map(len, prompts))
         ids = torch.zeros((len(prompts), length), dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -213,8 +231,9 @@ def hf_engine(hf_dir: Path, threads: int) -> Engine:
             mask[i, length - len(p) :] = 1
         with torch.inference_mode():
             out = model.generate(
-                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
-            )
+                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                streamer=_FirstTokenStreamer(first),
+            )  # fmt: skip
         return out[:, length:].tolist()
 
     def nll(ids: list[int]) -> float:
@@ -224,6 +243,21 @@ def hf_engine(hf_dir: Path, threads: int) -> Engine:
 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return Engine("hf", "fp32", generate, nll, weights)
+
+
+class _FirstTokenStreamer:
+    """transformers' streamer protocol: `put` gets the prompt, then each step's tokens."""
+
+    def __init__(self, first: Callable[[], None]) -> None:
+        self._puts, self._first = 0, first
+
+    def put(self, value) -> None:
+        self._puts += 1
+        if self._puts == 2:
+            self._first()
+
+    def end(self) -> None:
+        pass
 
 
 # --- llama.cpp -----------------------------------------------------------------------------------
@@ -306,7 +340,7 @@ def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context
     def logits_of(i: int) -> np.ndarray:
         return np.ctypeslib.as_array(lc.llama_get_logits_ith(context, i), shape=(n_vocab,))
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing) -> list[list[int]]:
         clear()
         entries, last = [], []
         for seq, prompt in enumerate(prompts):
@@ -314,6 +348,7 @@ def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context
             last.append(len(entries) - 1)
         decode(entries)
         out = [[int(logits_of(i).argmax())] for i in last]
+        first()
         for step in range(1, n):
             decode([(out[s][-1], len(p) + step - 1, s, True) for s, p in enumerate(prompts)])
             for s in range(len(prompts)):
@@ -343,13 +378,23 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
     )
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing) -> list[list[int]]:
+        firsts = [0]
+
+        def callback(step) -> bool:  # every row's step 0 arrives once prefill is done
+            if step.step == 0:
+                firsts[0] += 1
+                if firsts[0] == len(prompts):
+                    first()
+            return False
+
         results = generator.generate_batch(
             [tokenizer.convert_ids_to_tokens(p) for p in prompts],
             max_length=n,
             min_length=n,
             sampling_topk=1,
             include_prompt_in_result=False,
+            callback=callback,
         )
         return [r.sequences_ids[0] for r in results]
 
@@ -391,18 +436,29 @@ def _seconds(run: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def timed_generate(engine: Engine, prompts: list[list[int]], n: int) -> tuple[float, float]:
+    """(seconds to every row's first token, seconds per later step) of one `generate` call."""
+    marks: list[float] = []
+    start = time.perf_counter()
+    engine.generate(prompts, n, lambda: marks.append(time.perf_counter()))
+    end = time.perf_counter()
+    if len(marks) != 1:
+        raise RuntimeError(f"{engine.name}: generate marked its first token {len(marks)} times")
+    return marks[0] - start, (end - marks[0]) / (n - 1)
+
+
 def time_cell(engines: list[Engine], prompts: list[list[int]], n: int, rounds: int) -> dict[str, dict]:
-    """Median T(1) and T(n) per engine, contenders alternating in a rotating order."""
-    times: dict[str, dict[str, list[float]]] = {e.name: {"first": [], "all": []} for e in engines}
+    """Median TTFT and step time per engine, contenders alternating in a rotating order."""
+    times: dict[str, dict[str, list[float]]] = {e.name: {"first": [], "step": []} for e in engines}
     for r in range(rounds):
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         for engine in order:
-            times[engine.name]["first"].append(_seconds(lambda e=engine: e.generate(prompts, 1)))
-            times[engine.name]["all"].append(_seconds(lambda e=engine: e.generate(prompts, n)))
+            first, step = timed_generate(engine, prompts, n)
+            times[engine.name]["first"].append(first)
+            times[engine.name]["step"].append(step)
     cells = {}
     for name, t in times.items():
-        first, full = statistics.median(t["first"]), statistics.median(t["all"])
-        step = max(full - first, 1e-9) / (n - 1)
+        first, step = statistics.median(t["first"]), statistics.median(t["step"])
         cells[name] = {"first_s": first, "ms_per_step": step * 1e3, "tokens_per_s": len(prompts) / step}
     return cells
 
@@ -479,7 +535,8 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
                 continue
             prompts = [text_ids(tokenizer, context, 50_000 + 104_729 * i) for i in range(batch)]
             load = os.getloadavg()
-            cells = time_cell(engines, prompts, args.new_tokens, args.rounds)
+            timed = [e for e in engines if e.engine in args.timed_engines.split(",")]
+            cells = time_cell(timed, prompts, args.new_tokens, args.rounds)
             results["cells"].append({"batch": batch, "context": context, "load": load, "engines": cells})
             print_cell(label, batch, context, load, engines, cells, quality, bandwidth, args)
     growth = context_growth(results["cells"], args.contexts)
@@ -508,7 +565,7 @@ def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, 
         "| vs llama.cpp same tier | vs CT2 same tier | floor ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for engine in engines:
+    for engine in [e for e in engines if e.name in cells]:
         cell, q = cells[engine.name], quality[engine.name]
         tier = engine.tier.split()[0]
         ratios = []
@@ -551,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1 << 30,
         help="skip (batch, context) cells of more prompt tokens",
     )
+    parser.add_argument(
+        "--timed_engines",
+        default="hf,lmfast,llama.cpp,ctranslate2",
+        help="engines timed after the quality check (all of them are checked)",
+    )
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -568,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.contexts = [int(c) for c in args.contexts.split(",")]
     if args.new_tokens < 2:
-        parser.error("--new_tokens must be >= 2 (ms/step is (T(n) - T(1)) / (n - 1))")
+        parser.error("--new_tokens must be >= 2 (ms/step is the time after the first token / (n - 1))")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(args.threads)

@@ -200,8 +200,6 @@ class LlamaDecoder(nn.Module):
     def step(self, input_ids, position_ids, past, attention, keep) -> tuple[torch.Tensor, ...]:
         """The layers over `attention` (either cache layout); `keep` picks the hidden states whose
         logits are computed."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         inner = self.model.model
         h = inner.embed_tokens(input_ids)  # (B, T, C)
         B, T, _ = h.shape
@@ -212,10 +210,8 @@ class LlamaDecoder(nn.Module):
             q, k, v = self.qkv[i](_rms_norm(layer.input_layernorm, h)).split(
                 [q_width, kv_width, kv_width], dim=2
             )
-            q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, H, D): token-major
-            k = k.view(B, T, self.num_kv_heads, self.head_dim)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-            y, k, v = attention(q.flatten(2), k.flatten(2), v, past[2 * i], past[2 * i + 1])
+            q, k = _rotary(q, k, cos, sin, self.n_head, self.num_kv_heads)
+            y, k, v = attention(q, k, v, past[2 * i], past[2 * i + 1])
             presents += [k, v]
             h = h + layer.self_attn.o_proj(y)
             mlp = layer.mlp
@@ -395,6 +391,42 @@ def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         shape=x.shape,
         version=1,
     )
+
+
+def _rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int, n_kv_head: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama's rotary embedding of q (B, T, H*D) and k (B, T, KV*D), token-major in and out.
+
+    Exported as two ONNX Runtime RotaryEmbedding nodes (the traced `apply_rotary_pos_emb` is
+    about 14 operators per layer). The nodes index their cos/sin "cache" by position id; here the
+    cache is this step's own cos/sin rows (B*T of them, from the model's rotary module, so every
+    rope scaling is kept) and the ids are 0..B*T-1.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    B, T, _ = q.shape
+    head_dim = q.shape[-1] // n_head
+    half = head_dim // 2
+    exported = torch.onnx.is_in_onnx_export() and cos.shape[-1] == head_dim
+    if not exported:
+        q4, k4 = q.view(B, T, n_head, head_dim), k.view(B, T, n_kv_head, head_dim)
+        q4, k4 = apply_rotary_pos_emb(q4, k4, cos, sin, unsqueeze_dim=2)
+        return q4.flatten(2), k4.flatten(2)
+    cos_rows = cos[..., :half].reshape(B * T, half)  # HF's cos is cat(freqs, freqs)
+    sin_rows = sin[..., :half].reshape(B * T, half)
+    rows = torch.arange(B * T, device=q.device).view(B, T)
+    return tuple(
+        torch.onnx.ops.symbolic(
+            "com.microsoft::RotaryEmbedding",
+            (x, rows, cos_rows, sin_rows),
+            {"interleaved": 0, "num_heads": heads},
+            dtype=x.dtype,
+            shape=x.shape,
+            version=1,
+        )
+        for x, heads in ((q, n_head), (k, n_kv_head))
+    )  # type: ignore[return-value]
 
 
 def _stacked(*linears: nn.Linear) -> nn.Linear:

@@ -298,3 +298,42 @@ def test_llama_family_exports_with_parity(tmp_path, prompts, kv_heads, attention
     assert onnx_generator.backend.num_kv_heads == kv_heads  # the cache keeps the grouped heads only
     params = GenerationParams(max_new_tokens=12, temperature=0.0)
     assert onnx_generator(prompts, params) == Generator.load(source)(prompts, params)
+
+
+@pytest.mark.parametrize(
+    "rope_scaling",
+    [
+        None,
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 32},
+    ],
+    ids=["default", "llama3"],
+)  # fmt: skip
+def test_llama_rotary_is_one_node_per_projection_and_keeps_rope_scaling(tmp_path, prompts, rope_scaling):
+    """The hand-written Llama step rotates q and k with ONNX Runtime's RotaryEmbedding, fed the
+    step's own cos/sin rows, so a scaled rope (Llama 3's) keeps parity with HF past the original
+    context."""
+    import onnx
+    import torch
+    from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    from lmfast.export import export_onnx
+
+    source = tmp_path / "llama"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        initializer_range=0.3, bos_token_id=50256, eos_token_id=50256, rope_scaling=rope_scaling,
+    )  # fmt: skip
+    LlamaForCausalLM(config).eval().save_pretrained(source)
+    GPT2TokenizerFast.from_pretrained(
+        Path(__file__).parents[2] / "lmfast" / "assets" / "gpt2"
+    ).save_pretrained(source)
+    output = export_onnx(ExportConfig(source=source, output=tmp_path / "export", parity_steps=48))
+    assert json.loads((output / "export.json").read_text())["parity"]["passed"]
+    ops = [node.op_type for node in onnx.load(str(output / "model.onnx")).graph.node]
+    assert ops.count("RotaryEmbedding") == 2 * config.num_hidden_layers
+    long_prompts = [prompt * 12 for prompt in prompts]  # beyond original_max_position_embeddings
+    params = GenerationParams(max_new_tokens=8, temperature=0.0)
+    assert Generator.load(output)(long_prompts, params) == Generator.load(source)(long_prompts, params)
