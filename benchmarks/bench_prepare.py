@@ -515,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--rss_gb", type=float, default=None, help="only measure peak RSS on this many GB")
     parser.add_argument("--families", action="store_true", help="per tokenizer family vs tokenizers")
-    parser.add_argument("--files", type=int, default=None, help="N small files per format vs one file (+ sharded)")
+    parser.add_argument(
+        "--files", type=int, default=None, help="N small files per format vs one file (+ sharded)"
+    )
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     if args.files:

@@ -15,11 +15,20 @@ from lmfast import __version__
 # name -> (module with main(argv), one-line summary shown by `lmfast --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lmfast.data.cli", "Tokenize raw document files into a memory-mapped dataset."),
-    "train": ("lmfast.train.cli", "Train or fine-tune a causal LM on a prepared dataset (PyTorch Lightning)."),
+    "train": (
+        "lmfast.train.cli",
+        "Train or fine-tune a causal LM on a prepared dataset (PyTorch Lightning).",
+    ),
     "export": ("lmfast.export.cli", "Export a trained model (`lmfast export onnx SOURCE --output DIR`)."),
-    "generate": ("lmfast.generation.cli", "Generate text from an export, experiment or Hugging Face model dir."),
+    "generate": (
+        "lmfast.generation.cli",
+        "Generate text from an export, experiment or Hugging Face model dir.",
+    ),
     "serve": ("lmfast.serving.cli", "Serve a model over HTTP with dynamic batching (FastAPI + uvicorn)."),
-    "eval": ("lmfast.evaluation.cli", "Evaluate a model: perplexity and bits per byte, or lm-evaluation-harness tasks (--tasks)."),
+    "eval": (
+        "lmfast.evaluation.cli",
+        "Evaluate a model: perplexity and bits per byte, or lm-evaluation-harness tasks (--tasks).",
+    ),
     "bot": ("lmfast.bot.cli", "Run the Telegram bot in front of an `lmfast serve` API."),
     "demo": ("lmfast.demo", "Run the whole pipeline end to end on the bundled Nietzsche example."),
 }

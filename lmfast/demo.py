@@ -93,10 +93,18 @@ def serve_and_ask(export_dir: Path, prompt: str, max_new_tokens: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmfast demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--documents_dir", type=Path, default=DEFAULT_DOCUMENTS,
-                        help="directory with train.txt and valid.txt (default: the bundled Nietzsche example)")
-    parser.add_argument("--work_dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help="where datasets/, experiments/ and exports/ are written (default: data/demo)")
+    parser.add_argument(
+        "--documents_dir",
+        type=Path,
+        default=DEFAULT_DOCUMENTS,
+        help="directory with train.txt and valid.txt (default: the bundled Nietzsche example)",
+    )
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        help="where datasets/, experiments/ and exports/ are written (default: data/demo)",
+    )
     parser.add_argument("--max_steps", type=int, default=300, help="training steps of the tiny model")
     parser.add_argument("--prompt", default="Supposing that Truth is a woman")
     parser.add_argument("--max_new_tokens", type=int, default=48)
@@ -109,24 +117,53 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     datasets_root = args.work_dir / "datasets"
-    run_stage("prepare", [
+    run_stage(
         "prepare",
-        "--documents_train_file", str(args.documents_dir / "train.txt"),
-        "--documents_valid_file", str(args.documents_dir / "valid.txt"),
-        "--end_of_document", "[END_OF_DOCUMENT]",
-        "--tokenizer_cls_name", "GPT2Tokenizer",
-        "--max_sample_length", "128", "--min_sample_length", "8",
-        "--datasets_root", str(datasets_root), "--dataset_name", "nietzsche",
-    ])
+        [
+            "prepare",
+            "--documents_train_file",
+            str(args.documents_dir / "train.txt"),
+            "--documents_valid_file",
+            str(args.documents_dir / "valid.txt"),
+            "--end_of_document",
+            "[END_OF_DOCUMENT]",
+            "--tokenizer_cls_name",
+            "GPT2Tokenizer",
+            "--max_sample_length",
+            "128",
+            "--min_sample_length",
+            "8",
+            "--datasets_root",
+            str(datasets_root),
+            "--dataset_name",
+            "nietzsche",
+        ],
+    )
     dataset_dir = newest_version(datasets_root / "nietzsche")
 
     experiments_root = args.work_dir / "experiments"
-    run_stage("train", [
-        "train", "--dataset_dir", str(dataset_dir), "--model", "gpt2-tiny",
-        "--batch_size", "16", "--learning_rate", "1e-3",
-        "--num_warmup_steps", str(max(1, args.max_steps // 10)), "--max_steps", str(args.max_steps),
-        "--experiments_root", str(experiments_root), "--experiment_name", "nietzsche",
-    ])
+    run_stage(
+        "train",
+        [
+            "train",
+            "--dataset_dir",
+            str(dataset_dir),
+            "--model",
+            "gpt2-tiny",
+            "--batch_size",
+            "16",
+            "--learning_rate",
+            "1e-3",
+            "--num_warmup_steps",
+            str(max(1, args.max_steps // 10)),
+            "--max_steps",
+            str(args.max_steps),
+            "--experiments_root",
+            str(experiments_root),
+            "--experiment_name",
+            "nietzsche",
+        ],
+    )
     experiment_dir = newest_version(experiments_root / "nietzsche")
 
     export_dir = args.work_dir / "exports" / "nietzsche"
@@ -148,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
 def next_steps(export_dir: Path, experiments_root: Path, prompt: str) -> str:
     """The commands to try next on what the demo wrote (printed last, so they are on screen)."""
     export, logs = shlex.quote(str(export_dir)), shlex.quote(str(experiments_root))
-    return "\n".join([
-        "",
-        "next, try:",
-        f"  lmfast generate {export} --prompt {shlex.quote(prompt)} --max_new_tokens 64",
-        f"  lmfast serve {export} --host 127.0.0.1 --port 8000     # then open http://127.0.0.1:8000/",
-        f"  tensorboard --logdir {logs}",
-    ])
+    return "\n".join(
+        [
+            "",
+            "next, try:",
+            f"  lmfast generate {export} --prompt {shlex.quote(prompt)} --max_new_tokens 64",
+            f"  lmfast serve {export} --host 127.0.0.1 --port 8000     # then open http://127.0.0.1:8000/",
+            f"  tensorboard --logdir {logs}",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -414,7 +414,9 @@ class BatchingEngine:
                 job.tokenize(self.generator.codec)
             assert job.prompt_ids is not None
             for p, prompt_ids in enumerate(job.prompt_ids):
-                for s, row_id in enumerate(session.add_token_ids(prompt_ids, job.params, job.banned_ids, job.grammar)):
+                for s, row_id in enumerate(
+                    session.add_token_ids(prompt_ids, job.params, job.banned_ids, job.grammar)
+                ):
                     rows[row_id] = (job, p * n + s)
                     job.row_ids.append(row_id)
         except Exception as exc:
