@@ -469,7 +469,9 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     work = args.work / label
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    max_context = max(args.contexts) + args.new_tokens + 8
+    # tokens per llama.cpp sequence: the timed cells' and the quality check's (its prompts are 8 + 3i tokens)
+    quality_context = 8 + 3 * (args.quality_prompts - 1) + args.quality_tokens
+    max_context = max(max(args.contexts) + args.new_tokens, quality_context, args.ppl_tokens) + 8
     max_rows = max(max(args.batches), args.quality_prompts)
     engines: list[Engine] = [hf_engine(hf_dir, args.threads)]
     for tier in args.tiers:
