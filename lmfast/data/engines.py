@@ -23,7 +23,6 @@ back to the next engine on any difference (or refuses a forced one).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import logging
@@ -284,15 +283,10 @@ class GigatokenEngine:
     def __init__(self, tokenizer: Tokenizer) -> None:
         import gigatoken
 
-        # gigatoken returns awkward arrays; awkward's ~0.4 s of imports run while gigatoken reads
-        # the vocabulary, which it does without the GIL
-        importer = threading.Thread(target=_import_quietly, args=("awkward",), name="lmfast-import")
-        importer.start()
-        try:
-            text, self._drop_from = _gigatoken_json(tokenizer)
-            self._tokenizer = gigatoken.Tokenizer.from_json(text)
-        finally:
-            importer.join()
+        # no thread to overlap awkward's import (0.4-0.6 s, done at the first encode) with this:
+        # gigatoken holds the GIL while it reads the vocabulary, so the two would only take turns
+        text, self._drop_from = _gigatoken_json(tokenizer)
+        self._tokenizer = gigatoken.Tokenizer.from_json(text)
 
     def encode(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import awkward as ak
@@ -314,14 +308,6 @@ class GigatokenEngine:
         if self._drop_from is not None:
             ids, out_offsets = _drop_ids_from(ids, out_offsets, self._drop_from)
         return ids, out_offsets
-
-
-def _import_quietly(module: str) -> None:
-    """Import `module` ahead of use; a failure is left to the real import to report."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        pass
 
 
 def _drop_ids_from(ids: np.ndarray, offsets: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
