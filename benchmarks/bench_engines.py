@@ -57,6 +57,7 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "int8-level0": {"quantize": "int8", "accuracy_level": 0},
     "int4-level0": {"quantize": "int4", "accuracy_level": 0},
     "int4-asym-head4": {"quantize": "int4", "asymmetric": True, "lm_head_bits": 4},
+    "int8-b128": {"quantize": "int8", "block_size": 128},
     "int4-asym": {"quantize": "int4", "asymmetric": True},
 }
 LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
@@ -116,6 +117,25 @@ def _dir_bytes(path: Path) -> int:
 # --- lmfast --------------------------------------------------------------------------------------
 
 
+def step_bytes(model_path: Path) -> int:
+    """Bytes of the weights a batch-1 decode step reads: every initializer except tables that are
+    only gathered from (the token embedding: one row per token; the lm_head is its own matrix)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(model_path)).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, position))
+    total = 0
+    for tensor in graph.initializer:
+        if consumers.get(tensor.name) and all(c == ("Gather", 0) for c in consumers[tensor.name]):
+            continue
+        total += int(np.prod(tensor.dims)) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
+
+
 def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
     from lmfast.export import ExportConfig, export_onnx
 
@@ -151,7 +171,7 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
             total += _nll_of(logits[0], ids[t + 1])
         return total / (len(ids) - 1)
 
-    weights = _dir_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
+    weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
     return Engine(engine, tier, generate, nll, weights)
 
 
@@ -423,10 +443,15 @@ def text_ids(tokenizer, count: int, offset: int) -> list[int]:
     return tokenizer(text)["input_ids"][:count]
 
 
-def memory_bandwidth_gbs() -> float:
-    """Single-core streaming read bandwidth (NumPy sum of 256 MB), best of 5."""
-    data = np.ones(64 * 2**20, dtype=np.float32)
-    best = min(_seconds(lambda: data.sum()) for _ in range(5))
+def memory_bandwidth_gbs(threads: int) -> float:
+    """Streaming read bandwidth with `threads` threads (NumPy sums of a 512 MB array's shares,
+    which release the GIL), best of 5: what a decode step's weight reads can reach here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(128 * 2**20, dtype=np.float32)
+    shares = np.array_split(data, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        best = min(_seconds(lambda: list(pool.map(np.sum, shares))) for _ in range(5))
     return data.nbytes / best / 1e9
 
 
@@ -526,7 +551,7 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
         }
         print(f"quality {label} {engine.name}: {json.dumps(quality[engine.name])}", flush=True)
 
-    bandwidth = memory_bandwidth_gbs()
+    bandwidth = memory_bandwidth_gbs(args.threads)
     results = {"model": label, "quality": quality, "bandwidth_gbs": bandwidth, "cells": []}
     for context in args.contexts:
         for batch in args.batches:
@@ -560,25 +585,27 @@ def _peer_step(cells: dict, engine: str, tier: str) -> float | None:
 def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, args) -> None:
     print(
         f"\n### {label}, batch {batch}, context {context}, {args.new_tokens} new tokens, {args.threads} threads, "
-        f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, bandwidth {bandwidth:.1f} GB/s (1 core)"
+        f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, bandwidth {bandwidth:.1f} GB/s ({args.threads} threads)"
     )
     print(
         "| engine | ms/step | tokens/s | TTFT s | greedy = fp32 (mean tokens, identical/prompts) | ppl Δ "
-        "| vs llama.cpp same tier | vs CT2 same tier | floor ms |"
+        "| vs llama.cpp same tier | vs CT2 same tier | floor ms (floor / ms) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for engine in [e for e in engines if e.name in cells]:
         cell, q = cells[engine.name], quality[engine.name]
-        tier = engine.tier.split()[0]
+        tier = engine.tier.split()[0].split("-")[0]  # a variant (int8-b128) against its tier
         ratios = []
         for peer in ("llama.cpp", "ctranslate2"):
             peer_ms = _peer_step(cells, peer, tier) if engine.engine == "lmfast" else None
             ratios.append(f"{peer_ms / cell['ms_per_step']:.2f}x" if peer_ms else "")
         floor = engine.weight_bytes / (bandwidth * 1e9) * 1e3 if batch == 1 else None
+        floor_text = f"{floor:.1f} ({floor / cell['ms_per_step']:.0%})" if floor else ""
         print(
             f"| {engine.name} | {cell['ms_per_step']:.1f} | {cell['tokens_per_s']:.0f} | {cell['first_s']:.2f} "
             f"| {q['mean_tokens_until_divergence']:.1f} ({q['prompts_identical']}/{args.quality_prompts}) "
-            f"| {q['perplexity_delta']:+.3f} | {ratios[0]} | {ratios[1]} | {f'{floor:.1f}' if floor else ''} |",
+            f"| {q['perplexity_delta']:+.3f} | {ratios[0]} | {ratios[1]} "
+            f"| {floor_text} |",
             flush=True,
         )
 

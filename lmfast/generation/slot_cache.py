@@ -23,7 +23,9 @@ GROWTH = 1.5
 @dataclass
 class SlotCache:
     buffers: list[np.ndarray]
-    """2 * n_layer arrays (B, n_kv_head, capacity, head_dim): key, value per layer."""
+    """2 * n_layer arrays (B, n_kv_head, capacity, head_dim): key, value per layer. Fixed when the
+    cache is made (every change of rows or capacity makes a new SlotCache), so a backend may keep
+    them bound between steps."""
     lengths: np.ndarray
     """(B,) int64: the tokens each row holds (columns beyond are stale and never read)."""
 
