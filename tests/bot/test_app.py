@@ -57,7 +57,14 @@ async def test_start_help_unknown_command_and_non_text(make_config):
     assert "Hello, User&lt;1001&gt;!" in start["text"] and "/settings" in start["text"]
     assert "/reset" in help_["text"] and "Repeat" in help_["text"]
     (menu,) = tg.sent("setMyCommands")
-    assert [c["command"] for c in menu["commands"]] == ["start", "help", "settings", "mode", "system", "reset"]
+    assert [c["command"] for c in menu["commands"]] == [
+        "start",
+        "help",
+        "settings",
+        "mode",
+        "system",
+        "reset",
+    ]
     assert unknown["text"].startswith("I don't know that command")
     assert "text message" in sticker["text"]
     assert not api.requests, "commands must not reach the model"
@@ -130,7 +137,9 @@ async def test_reset_restores_defaults_and_retires_old_buttons(make_config):
             assert "t=1.3" in reply["_plain"]
             tg.send_text(USER, "/reset")
             (reset,) = (await tg.wait_sent(3, USER))[2:]
-            assert reset["text"].startswith("Done: a new conversation starts, settings are back to the defaults")
+            assert reset["text"].startswith(
+                "Done: a new conversation starts, settings are back to the defaults"
+            )
             tg.press(USER, tg.message_of(reply), buttons(reply)["🔁 Repeat"])
             answer = (await tg.wait_for(lambda: tg.sent("answerCallbackQuery")))[0]
             assert answer["show_alert"] == "true" and "no longer have this text" in answer["text"]

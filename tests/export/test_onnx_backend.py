@@ -46,6 +46,23 @@ def test_against_torch_greedy_tokens_in_padded_batches(generators, prompts):
     assert len(set(onnx_tokens[0])) > 5  # a varied sequence, not one token repeated
 
 
+def test_cache_replaced_mid_generation_is_bound_again(generators, prompts, monkeypatch):
+    # the backend keeps the cache bound between steps; with a 16-token capacity step the buffers
+    # are replaced by larger ones several times (and by new ones as rows join and leave), and each
+    # replacement must reach the session, or a step writes into freed memory
+    from lmfast.generation import slot_cache
+
+    monkeypatch.setattr(slot_cache, "CAPACITY_STEP", 16)
+    adds = {
+        0: [(prompts[0], GREEDY.replace(max_new_tokens=40)), (prompts[1], GREEDY.replace(max_new_tokens=9))],
+        3: [(prompts[3], GREEDY.replace(max_new_tokens=30))],
+    }
+    session = generators[1].session()
+    torch_tokens, onnx_tokens = _tokens(generators[0].session(), adds), _tokens(session, adds)
+    assert torch_tokens == onnx_tokens
+    assert [len(t) for t in onnx_tokens.values()] == [40, 9, 30]
+
+
 def test_against_torch_logits_of_a_left_padded_prompt(generators, prompts):
     ids = [generators[0].codec.encode(p) for p in prompts[:2]]
     length = max(map(len, ids))
