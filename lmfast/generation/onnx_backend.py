@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +98,14 @@ class OnnxBackend(NumpyCacheOps):
                 "again with --kv_cache concat"
             )
         self._inplace_binding = session.io_binding() if self.inplace else None
-        self._bound_cache: weakref.ref[SlotCache] | None = None  # the cache the binding holds now
-        logits_info = next(o for o in session.get_outputs() if o.name == "logits")
-        self._logits_dtype = _NUMPY_DTYPES[logits_info.type]
-        self._vocab_size = logits_info.shape[-1]
-        if self.inplace and not isinstance(self._vocab_size, int):
-            raise ValueError(f"this export's logits have no fixed vocabulary size: {logits_info.shape}")
+        # the cache the in-place binding holds now, weakly (a finished cache is freed)
+        self._bound_cache: Callable[[], SlotCache | None] = lambda: None
+        if self.inplace:  # its logits are written into arrays of ours: (K, V) of a fixed dtype
+            logits_info = next(o for o in session.get_outputs() if o.name == "logits")
+            self._logits_dtype = _NUMPY_DTYPES[logits_info.type]
+            self._vocab_size = logits_info.shape[-1]
+            if not isinstance(self._vocab_size, int):
+                raise ValueError(f"this export's logits have no fixed vocabulary size: {logits_info.shape}")
 
     @classmethod
     def load(
@@ -207,8 +210,7 @@ class OnnxBackend(NumpyCacheOps):
             "total_sequence_length": np.array(held.max(), dtype=np.int32),
             "logits_index": index,
         }
-        logits = self._run_inplace(feeds, cache, len(index))
-        logits = logits.astype(np.float32, copy=False)
+        logits = self._run_inplace(feeds, cache, len(index)).astype(np.float32, copy=False)
         cache.lengths = held
         if all_logits:
             logits = left_aligned(logits.reshape(batch, steps, -1), counts)
@@ -227,7 +229,7 @@ class OnnxBackend(NumpyCacheOps):
         binding = self._inplace_binding
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        if self._bound_cache is None or self._bound_cache() is not cache:  # weak: a done cache is freed
+        if self._bound_cache() is not cache:
             for past_name, present_name, buffer in zip(
                 self.past_names, self.present_names, cache.buffers, strict=True
             ):

@@ -57,8 +57,7 @@ def test_cache_replaced_mid_generation_is_bound_again(generators, prompts, monke
         0: [(prompts[0], GREEDY.replace(max_new_tokens=40)), (prompts[1], GREEDY.replace(max_new_tokens=9))],
         3: [(prompts[3], GREEDY.replace(max_new_tokens=30))],
     }
-    session = generators[1].session()
-    torch_tokens, onnx_tokens = _tokens(generators[0].session(), adds), _tokens(session, adds)
+    torch_tokens, onnx_tokens = (_tokens(g.session(), adds) for g in generators)
     assert torch_tokens == onnx_tokens
     assert [len(t) for t in onnx_tokens.values()] == [40, 9, 30]
 
