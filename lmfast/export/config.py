@@ -28,6 +28,11 @@ class ExportConfig:
     """Weights per scale for --quantize int8/int4 (a power of two >= 16)."""
     asymmetric: bool = False
     """--quantize: store a zero point per block too (min/max range, as llama.cpp's q4_1)."""
+    rounding: Literal["least_squares", "nearest"] = "least_squares"
+    """--quantize, symmetric blocks: least_squares keeps, per block, the rounding (of 17 tried
+    around the max/-2^(bits-1) scale) whose least-squares scale leaves the smallest squared error;
+    nearest is round-to-nearest on that one scale (llama.cpp's q4_0/q8_0 and ONNX Runtime's own
+    quantizer). Same bytes and speed. --asymmetric blocks always take min/max."""
     lm_head_bits: int = 8
     """--quantize: bits of the vocabulary projection (lm_head), 4 or 8. 8 by default, as
     llama.cpp's q4_0 keeps the output matrix at q8_0 (SmolLM2-135M's tied embedding); there an
@@ -74,6 +79,8 @@ class ExportConfig:
             raise ValueError(
                 f"--quantize {self.quantize} applies to fp32 weights; drop --precision {self.precision}"
             )
+        if self.rounding not in ("least_squares", "nearest"):
+            raise ValueError(f"--rounding must be least_squares or nearest, got {self.rounding!r}")
         if self.lm_head_bits not in (4, 8):
             raise ValueError(f"--lm_head_bits must be 4 or 8, got {self.lm_head_bits}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):

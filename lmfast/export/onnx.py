@@ -208,25 +208,24 @@ def apply_tier(model: Any, config: ExportConfig) -> Any:
     if config.quantize != "none":
         # weight-only: the dynamic int8 of onnxruntime's quantize_dynamic scales activations per
         # tensor, i.e. over the whole batch, so a row's greedy tokens changed with its neighbours
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from lmfast.export.quantize import matmul_nbits
 
         model = _gemm_to_matmul(model)
         bits = 8 if config.quantize == "int8" else 4
         head = _lm_head_node(model)
-        passes = [(bits, None)]
+        passes = [(bits, frozenset())]
         if head is not None and config.lm_head_bits != bits:  # the rest first, the head apart
-            passes = [(bits, [head]), (config.lm_head_bits, None)]
+            passes = [(bits, frozenset([head])), (config.lm_head_bits, frozenset())]
         for pass_bits, exclude in passes:
-            quantizer = MatMulNBitsQuantizer(
+            model = matmul_nbits(
                 model,
                 bits=pass_bits,
                 block_size=config.block_size,
-                is_symmetric=not config.asymmetric,
+                symmetric=not config.asymmetric,
                 accuracy_level=config.accuracy_level,
-                nodes_to_exclude=exclude,
+                least_squares=config.rounding == "least_squares",
+                exclude=exclude,
             )
-            quantizer.process()
-            model = quantizer.model.model
     return model
 
 
@@ -318,6 +317,7 @@ def _quantization(config: ExportConfig) -> dict[str, Any] | None:
             "lm_head_bits": config.lm_head_bits,
             "block_size": config.block_size,
             "symmetric": not config.asymmetric,
+            "rounding": "min/max" if config.asymmetric else config.rounding,
             "accuracy_level": config.accuracy_level,
         }
     if config.precision == "bf16":

@@ -45,6 +45,7 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
         "bits": 4,
         "block_size": 32,
         "symmetric": False,
+        "rounding": "min/max",
         "accuracy_level": 4,
         "lm_head_bits": 8,
     }
@@ -77,6 +78,8 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
 
 
 def test_tier_combinations_and_levels_are_checked():
+    with pytest.raises(ValueError, match="--rounding must be least_squares or nearest"):
+        ExportConfig(source="m", output="o", quantize="int8", rounding="stochastic")
     with pytest.raises(ValueError, match="--quantize int4 applies to fp32"):
         ExportConfig(source="a", output="b", precision="bf16", quantize="int4")
     with pytest.raises(ValueError, match="--accuracy_level"):
