@@ -59,6 +59,8 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "int4-asym-head4": {"quantize": "int4", "asymmetric": True, "lm_head_bits": 4},
     "int8-b128": {"quantize": "int8", "block_size": 128},
     "int4-asym": {"quantize": "int4", "asymmetric": True},
+    "int8-nearest": {"quantize": "int8", "rounding": "nearest"},
+    "int4-nearest": {"quantize": "int4", "rounding": "nearest"},
 }
 LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
 LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2}  # llama.h's LLAMA_FTYPE_MOSTLY_*
@@ -553,6 +555,10 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
 
     bandwidth = memory_bandwidth_gbs(args.threads)
     results = {"model": label, "quality": quality, "bandwidth_gbs": bandwidth, "cells": []}
+    timed = [e for e in engines if e.engine in args.timed_engines.split(",")]
+    if not timed:
+        print(f"no engine of --timed_engines {args.timed_engines!r}: quality only", flush=True)
+        return results
     for context in args.contexts:
         for batch in args.batches:
             if batch * context > args.max_cell_tokens:
@@ -562,7 +568,6 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
                 continue
             prompts = [text_ids(tokenizer, context, 50_000 + 104_729 * i) for i in range(batch)]
             load = os.getloadavg()
-            timed = [e for e in engines if e.engine in args.timed_engines.split(",")]
             cells = time_cell(timed, prompts, args.new_tokens, args.rounds)
             results["cells"].append({"batch": batch, "context": context, "load": load, "engines": cells})
             print_cell(label, batch, context, load, engines, cells, quality, bandwidth, args)
