@@ -421,7 +421,8 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         return [r.sequences_ids[0] for r in results]
 
     def nll(ids: list[int]) -> float:
-        result = generator.score_batch([tokenizer.convert_ids_to_tokens(ids)])[0]
+        # max_input_length=0: CTranslate2 otherwise truncates the text at 1,024 tokens
+        result = generator.score_batch([tokenizer.convert_ids_to_tokens(ids)], max_input_length=0)[0]
         return -float(np.mean(result.log_probs))
 
     # the converted model is float32; compute_type converts it when it loads
@@ -652,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quality_prompts", type=int, default=16)
     parser.add_argument("--quality_tokens", type=int, default=128)
-    parser.add_argument("--ppl_tokens", type=int, default=256)
+    parser.add_argument("--ppl_tokens", type=int, default=2048)
     parser.add_argument("--llama_cpp_src", type=Path, default=os.environ.get("LLAMA_CPP_SRC"))
     parser.add_argument("--work", type=Path, default=REPO / "data" / "bench" / "engines")
     parser.add_argument("--json", type=Path, default=None)
