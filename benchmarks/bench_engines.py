@@ -14,8 +14,9 @@ loads weights converted from that one HF dir:
 
 Before anything is timed, quality against the HF fp32 reference: greedy tokens until the first
 divergence over `--quality_prompts` prompts x `--quality_tokens` tokens (the reference decodes each
-prompt alone, the engine all prompts in one batch), and the perplexity of `--ppl_tokens` tokens of
-Gutenberg prose. Timing: for each (batch, context) every engine generates `--new_tokens` tokens
+prompt alone, the engine all prompts in one batch), and over `--ppl_tokens` tokens of Gutenberg
+prose the perplexity and the teacher-forced top-1 agreement (how often the engine's argmax after a
+token is the reference's; CTranslate2's scoring gives no argmax). Timing: for each (batch, context) every engine generates `--new_tokens` tokens
 from `batch` real-text prompts of `context` tokens, and marks the moment every row has its first
 token (the end of prefill) inside that same call: TTFT = mark - start, ms/step = (end - mark) /
 (n - 1). One call gives both, so a long prompt's prefill noise never lands in the decode figure.
@@ -69,15 +70,17 @@ CT2_TIERS = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
 @dataclasses.dataclass
 class Engine:
-    """One contender: greedy generation of n tokens for rows of token ids, and a text's mean NLL.
+    """One contender: greedy generation of n tokens for rows of token ids, and a text's score.
 
     `generate(prompts, n, first)` calls `first()` once, as soon as every row has its first token.
+    `score(ids)` is the text's mean NLL and the argmax after each of its tokens but the last
+    (teacher-forced; None where the engine's API gives only the targets' log-probs).
     """
 
     engine: str
     tier: str
     generate: Callable[[list[list[int]], int, Callable[[], None]], list[list[int]]]
-    nll: Callable[[list[int]], float]
+    score: Callable[[list[int]], tuple[float, list[int] | None]]
     weight_bytes: int
 
     @property
@@ -163,18 +166,19 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
     def generate(prompts: list[list[int]], n: int, first: Callable[[], None] = _nothing) -> list[list[int]]:
         return greedy(backend, codec, info, prompts, n, first)
 
-    def nll(ids: list[int]) -> float:  # token by token through the cache (last-position logits)
-        past, total = None, 0.0
+    def score(ids: list[int]) -> tuple[float, list[int]]:  # token by token through the cache
+        past, total, top = None, 0.0, []
         for t in range(len(ids) - 1):
             mask = np.ones((1, t + 1), dtype=np.int64)
             logits, past = backend.forward(
                 np.array([[ids[t]]], dtype=np.int64), mask, np.array([[t]], dtype=np.int64), past
             )
             total += _nll_of(logits[0], ids[t + 1])
-        return total / (len(ids) - 1)
+            top.append(int(logits[0].argmax()))
+        return total / (len(ids) - 1), top
 
     weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
-    return Engine(engine, tier, generate, nll, weights)
+    return Engine(engine, tier, generate, score, weights)
 
 
 def _nothing() -> None:
@@ -258,13 +262,14 @@ def hf_engine(hf_dir: Path, threads: int) -> Engine:
             )  # fmt: skip
         return out[:, length:].tolist()
 
-    def nll(ids: list[int]) -> float:
+    def score(ids: list[int]) -> tuple[float, list[int]]:
         with torch.inference_mode():
             logits = model(torch.tensor([ids])).logits[0, :-1].double()
-        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+        nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+        return nll, logits.argmax(-1).tolist()
 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Engine("hf", "fp32", generate, nll, weights)
+    return Engine("hf", "fp32", generate, score, weights)
 
 
 class _FirstTokenStreamer:
@@ -377,12 +382,14 @@ def llama_engine(gguf: Path, tier: str, threads: int, max_rows: int, max_context
                 out[s].append(int(logits_of(s).argmax()))
         return out
 
-    def nll(ids: list[int]) -> float:
+    def score(ids: list[int]) -> tuple[float, list[int]]:
         clear()
         decode([(t, pos, 0, True) for pos, t in enumerate(ids)])
-        return sum(_nll_of(logits_of(i), ids[i + 1]) for i in range(len(ids) - 1)) / (len(ids) - 1)
+        rows = [logits_of(i) for i in range(len(ids) - 1)]
+        nll = sum(_nll_of(row, ids[i + 1]) for i, row in enumerate(rows)) / (len(ids) - 1)
+        return nll, [int(row.argmax()) for row in rows]
 
-    return Engine("llama.cpp", f"{tier} ({LLAMA_TIERS[tier]})", generate, nll, gguf.stat().st_size)
+    return Engine("llama.cpp", f"{tier} ({LLAMA_TIERS[tier]})", generate, score, gguf.stat().st_size)
 
 
 # --- CTranslate2 ---------------------------------------------------------------------------------
@@ -420,14 +427,14 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         )
         return [r.sequences_ids[0] for r in results]
 
-    def nll(ids: list[int]) -> float:
+    def score(ids: list[int]) -> tuple[float, None]:  # score_batch returns the targets' log-probs only
         # max_input_length=0: CTranslate2 otherwise truncates the text at 1,024 tokens
         result = generator.score_batch([tokenizer.convert_ids_to_tokens(ids)], max_input_length=0)[0]
-        return -float(np.mean(result.log_probs))
+        return -float(np.mean(result.log_probs)), None
 
     # the converted model is float32; compute_type converts it when it loads
     weights = int(_dir_bytes(output) * {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}[tier])
-    return Engine("ctranslate2", f"{tier} ({CT2_TIERS[tier]})", generate, nll, weights)
+    return Engine("ctranslate2", f"{tier} ({CT2_TIERS[tier]})", generate, score, weights)
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -540,17 +547,20 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     ]
     reference = [engines[0].generate([p], args.quality_tokens)[0] for p in quality_prompts]
     ppl_ids = text_ids(tokenizer, args.ppl_tokens, 1_000_000)
-    ppl_reference = float(np.exp(engines[0].nll(ppl_ids)))
+    reference_nll, reference_top = engines[0].score(ppl_ids)
+    ppl_reference = float(np.exp(reference_nll))
     quality = {}
     for engine in engines:
         tokens = engine.generate(quality_prompts, args.quality_tokens)
         until = [divergence(a, b) for a, b in zip(reference, tokens, strict=True)]
-        ppl = float(np.exp(engine.nll(ppl_ids)))
+        nll, top = engine.score(ppl_ids)
+        ppl = float(np.exp(nll))
         quality[engine.name] = {
             "mean_tokens_until_divergence": float(np.mean(until)),
             "prompts_identical": sum(u == args.quality_tokens for u in until),
             "perplexity": ppl,
             "perplexity_delta": ppl - ppl_reference,
+            "teacher_forced_top1": None if top is None else float(np.mean(np.equal(top, reference_top))),
         }
         print(f"quality {label} {engine.name}: {json.dumps(quality[engine.name])}", flush=True)
 
@@ -595,9 +605,9 @@ def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, 
     )
     print(
         "| engine | ms/step | tokens/s | TTFT s | greedy = fp32 (mean tokens, identical/prompts) | ppl Δ "
-        "| vs llama.cpp same tier | vs CT2 same tier | floor ms (floor / ms) |"
+        "| teacher-forced top-1 = fp32 | vs llama.cpp same tier | vs CT2 same tier | floor ms (floor / ms) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for engine in [e for e in engines if e.name in cells]:
         cell, q = cells[engine.name], quality[engine.name]
         tier = engine.tier.split()[0].split("-")[0]  # a variant (int8-b128) against its tier
@@ -610,10 +620,14 @@ def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, 
         print(
             f"| {engine.name} | {cell['ms_per_step']:.1f} | {cell['tokens_per_s']:.0f} | {cell['first_s']:.2f} "
             f"| {q['mean_tokens_until_divergence']:.1f} ({q['prompts_identical']}/{args.quality_prompts}) "
-            f"| {q['perplexity_delta']:+.3f} | {ratios[0]} | {ratios[1]} "
+            f"| {q['perplexity_delta']:+.3f} | {_share(q['teacher_forced_top1'])} | {ratios[0]} | {ratios[1]} "
             f"| {floor_text} |",
             flush=True,
         )
+
+
+def _share(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.2%}"
 
 
 def context_growth(cells: list[dict], contexts: list[int]) -> dict[tuple[str, int], float]:
