@@ -111,6 +111,11 @@ def gpt2_dir(work: Path, shape: str) -> Path:
         config = GPT2Config(n_positions=2048, vocab_size=50257, **SHAPES[shape])
         GPT2LMHeadModel(config).eval().save_pretrained(directory)
         GPT2TokenizerFast.from_pretrained(REPO / "lmfast" / "assets" / "gpt2").save_pretrained(directory)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "n_ctx" not in config:  # llama.cpp's GPT-2 converter reads it; transformers 5 no longer writes it
+        config["n_ctx"] = config["n_positions"]
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory
 
 
