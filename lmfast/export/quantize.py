@@ -2,10 +2,11 @@
 
 ONNX Runtime's own `MatMulNBitsQuantizer` rounds each block to nearest on the scale
 `max / -2^(bits-1)` (the signed value of largest magnitude lands on the lowest level), exactly
-llama.cpp's q4_0/q8_0 rule. Round-to-nearest on that one scale is rarely the closest the block's
-levels can come to its weights: `least_squares` tries a few scales around it and keeps, per block,
-the rounding whose least-squares scale leaves the smallest squared error (llama.cpp's
-`make_qx_quants` idea, without an importance matrix). Same bytes, same kernel, same speed.
+llama.cpp's q4_0/q8_0 rule. Round-to-nearest on that one scale is often not the closest the
+block's levels can come to its weights: `least_squares` tries 17 scales around it and keeps, per
+block, the rounding whose least-squares scale leaves the smallest squared error (llama.cpp's
+`make_qx_quants` idea, without an importance matrix). The layout, size, kernel and speed are the
+same; only the chosen levels and scales differ.
 """
 
 from __future__ import annotations
