@@ -239,10 +239,12 @@ def _lm_head_node(model: Any) -> str | None:
 
 def _gemm_to_matmul(model: Any) -> Any:
     """Rewrite bias-free `Gemm(x, W, transB=1)` (the exporter's lm_head) as `MatMul(x, W^T)`:
-    MatMulNBitsQuantizer quantizes MatMul only, and the lm_head is the largest matrix of a small
+    `quantize.matmul_nbits` quantizes MatMul only, and the lm_head is the largest matrix of a small
     LM (80% of the 16M GPT-2's weights, 21% of SmolLM2-135M's). A tied embedding keeps its fp32
     copy for the Gather, which reads one row per token."""
     from onnx import helper, numpy_helper
+
+    from lmfast.export.quantize import drop_unused_initializers
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
@@ -267,10 +269,7 @@ def _gemm_to_matmul(model: Any) -> Any:
         nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name))
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     return model
 
 

@@ -73,8 +73,8 @@ def _symmetric(x: np.ndarray, bits: int, least_squares: bool) -> tuple[np.ndarra
     half = 2 ** (bits - 1)
     extreme = np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1)[..., 0]
     safe = np.where(extreme == 0, 1.0, extreme).astype(np.float32)
-    best_levels = _round(x, safe / -half, half)
     best_scale = safe / -half
+    best_levels = _round(x, best_scale, half)
     if least_squares:
         best_error = _error(x, best_levels, best_scale)
         for step in SEARCH_STEPS[SEARCH_STEPS != 0]:
@@ -186,10 +186,16 @@ def matmul_nbits(
         )
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for node in graph.node for i in node.input}
-    kept = [t for t in [*graph.initializer, *added] if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend(added)
+    drop_unused_initializers(graph)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove the initializers no node of `graph` (an onnx GraphProto) reads any more."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
