@@ -191,11 +191,17 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def lmfast_server(
-    name: str, model: Path, max_batch_size: int, threads: int, device: str, backend: str = "onnx"
+    name: str,
+    model: Path,
+    max_batch_size: int,
+    threads: int,
+    device: str,
+    backend: str = "onnx",
+    extra_args: tuple[str, ...] = (),
 ) -> Server:
     command = [sys.executable, "-m", "lmfast", "serve", str(model), "--port", "{port}", "--backend", backend]
     command += ["--provider", device, "--num_threads", str(threads), "--max_batch_size", str(max_batch_size)]
-    command += ["--queue_size", "1024", "--request_timeout_s", "3600", "--log_level", "warning"]
+    command += ["--queue_size", "1024", "--request_timeout_s", "3600", "--log_level", "warning", *extra_args]
     return Server(name, command, thread_env(threads), "/health_check/", model.name)
 
 

@@ -54,6 +54,17 @@ class Backend(Protocol):
         """Drop the first `columns` time steps (padding no row attends to any more)."""
         ...
 
+    def prefix(self, past: Past, row: int, first: int, length: int) -> Past:
+        """A standalone copy (batch 1) of the first `length` cached tokens of batch row `row`, for
+        the prefix cache; `first` is the row's first real column in the loop's left-padded layout
+        (its attention mask)."""
+        ...
+
+    def extend_from(self, prefix: Past, length: int, room: int) -> Past:
+        """A batch-1 cache holding the first `length` tokens of a `prefix` copy, which a forward
+        may extend by `room` more tokens; the copy itself is never written."""
+        ...
+
 
 def left_pad_time(array: np.ndarray, length: int) -> np.ndarray:
     """Zero-pad axis 2 (time) of a (B, H, T, D) array on the left to `length`."""
@@ -80,6 +91,13 @@ class NumpyCacheOps:
 
     def trim(self, past: list[np.ndarray], columns: int) -> list[np.ndarray]:
         return [np.ascontiguousarray(array[:, :, columns:]) for array in past]
+
+    def prefix(self, past: list[np.ndarray], row: int, first: int, length: int) -> list[np.ndarray]:
+        return [np.ascontiguousarray(array[row : row + 1, :, first : first + length]) for array in past]
+
+    def extend_from(self, prefix: list[np.ndarray], length: int, room: int) -> list[np.ndarray]:
+        # a forward concatenates the new columns into new arrays: the copy is only read
+        return [np.ascontiguousarray(array[:, :, :length]) for array in prefix]
 
 
 def left_padded(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from lmfast.generation.backend import Backend
 from lmfast.generation.model_files import ModelInfo, read_json, resolve_model_dir
 from lmfast.generation.params import GenerationParams
+from lmfast.generation.prefix_cache import PrefixCache
 from lmfast.generation.session import DecodeSession
 from lmfast.generation.text import TextCodec
 
@@ -97,9 +98,17 @@ class Generator:
     def count_tokens(self, text: str) -> int:
         return len(self.codec.encode(text))
 
-    def session(self, max_batch_size: int | None = None) -> DecodeSession:
-        """A fresh decode session (continuous batching) on this model."""
-        return DecodeSession(self.backend, self.codec, self.info, max_batch_size)
+    def session(
+        self,
+        max_batch_size: int | None = None,
+        step_token_budget: int | None = None,
+        prefix_cache: PrefixCache | None = None,
+    ) -> DecodeSession:
+        """A fresh decode session (continuous batching) on this model; see `DecodeSession` for
+        the token budget and the prefix cache (the server sets both, offline calls neither)."""
+        return DecodeSession(
+            self.backend, self.codec, self.info, max_batch_size, step_token_budget, prefix_cache
+        )
 
     def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
         """`params` (or the model's defaults) with `overrides` applied and validated."""

@@ -182,8 +182,11 @@ class OnnxBackend(NumpyCacheOps):
         steps = int(counts.max(initial=0))
         if len(counts) == 0 or counts.min() < 1:
             raise ValueError("every row of a step needs at least one real token")
-        if past is not None and steps != 1:
-            raise ValueError("an in-place cache extends by one token per step once prefilled")
+        if past is not None and steps != 1 and input_ids.shape[0] != 1:
+            # GroupQueryAttention extends a filled cache by several tokens for one row at a time
+            raise ValueError(
+                "an in-place cache extends by one token per step once prefilled, or one row by a chunk"
+            )
         input_ids, position_ids = input_ids[:, -steps:], position_ids[:, -steps:]  # no all-pad columns
         if steps > 1 and (counts != steps).any():
             input_ids, position_ids = right_aligned(input_ids, counts), right_aligned(position_ids, counts)
@@ -284,6 +287,26 @@ class OnnxBackend(NumpyCacheOps):
         if self._binding is None:
             return super().merge(first, second)
         return self._to_device(super().merge(self._to_host(first), self._to_host(second)))
+
+    def prefix(self, past: list, row: int, first: int, length: int) -> list:
+        if isinstance(past, SlotCache):  # rows start at column 0
+            return [np.array(b[row : row + 1, :, :length]) for b in past.buffers]
+        if self._binding is None:
+            return super().prefix(past, row, first, length)
+        return super().prefix(self._to_host(past), row, first, length)  # kept in host memory
+
+    def extend_from(self, prefix: list, length: int, room: int) -> list:
+        if self.inplace:  # buffers the forward writes into: never the stored copy's
+            cache = SlotCache.empty(
+                1, len(prefix) // 2, self.num_kv_heads, self.head_dim, length + room + 1, self.cache_dtype
+            )
+            for buffer, stored in zip(cache.buffers, prefix, strict=True):
+                buffer[:, :, :length] = stored[:, :, :length]
+            cache.lengths[:] = length
+            return cache
+        if self._binding is None:
+            return super().extend_from(prefix, length, room)
+        return self._to_device(super().extend_from(prefix, length, room))
 
     def trim(self, past: list, columns: int) -> list:
         if isinstance(past, SlotCache):  # rows start at column 0: no leading padding to drop

@@ -1,10 +1,16 @@
 """The one KV-cached decode loop, with rows joining and leaving between steps (continuous batching).
 
 `Generator.__call__`, `Generator.stream` and the server's engine thread all drive a
-`DecodeSession`. A step advances every running row by one token in one forward call, then
-prefills rows added since the last step (left padded among themselves) and stacks their cache
-under the running rows' (the shorter side left padded along time, padding masked out). Rows that
-finish leave the batch at once; cache columns no row attends to any more are trimmed.
+`DecodeSession`. A step advances every running row by one token in one forward call first, then
+spends the step's token budget (`step_token_budget`) on the prompts waiting to join, first come
+first served: whole prompts that fit are prefilled together (left padded among themselves), a
+longer one in chunks of what is left of the budget, one chunk per step, so a long prompt or a
+scoring request delays the running rows by one bounded chunk per step instead of stopping them
+for its whole prefill (vLLM's chunked prefill, TGI's token budget). A prompt that starts like a
+sequence in the prefix cache (`lmfast.generation.prefix_cache`) prefills only the rest. A prompt
+prefilled whole is stacked under the running rows' cache (the shorter side left padded along time,
+padding masked out). Rows that finish leave the batch at once; cache columns no row attends to any
+more are trimmed. Cancelling a row between steps drops its prompt's prefill too.
 
 A failure is contained to the rows it concerns: a prefill that raises is retried one request at a
 time and only the failing request's rows end, a row whose text cannot be decoded ends alone, and
@@ -15,7 +21,7 @@ set, and the session goes on with the others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,12 +30,17 @@ import numpy as np
 from lmfast.generation.backend import Backend, Past, left_padded
 from lmfast.generation.model_files import ModelInfo
 from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams, ParamError
+from lmfast.generation.prefix_cache import PrefixCache, past_nbytes
 from lmfast.generation.sampling import SamplerRows, TokenLogprob, log_softmax, make_rng, token_logprobs
 from lmfast.generation.text import TextCodec, TextStream
 
 FinishReason = Literal["length", "stop", "eos", "error"]
-PROMPT_LOGITS_BYTES = 256 * 2**20
-"""Bound on one prefill's all-position logits (prompt logprobs): requests beyond it prefill apart."""
+PROMPT_LOGITS_BYTES = 64 * 2**20
+"""Bound on one chunk's all-position logits (prompt logprobs): a scored prompt is prefilled in
+chunks no longer than this allows, whatever its length."""
+IDLE_STEP_TOKENS = 1024
+"""With no row decoding nobody waits on a chunk, so a step may prefill up to this many prompt tokens
+(still chunked: a cancelled request stops, and memory stays bounded, within one chunk)."""
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
 
 
@@ -73,21 +84,48 @@ class _Row:
     row_id: int
     params: GenerationParams
     sequence_index: int  # which of the request's num_return_sequences
-    prompt_length: int
+    prompt_ids: list[int]
     stream: TextStream
     stop_ids: frozenset[int] = frozenset()
-    generated: int = 0
+    tokens: list[int] = field(default_factory=list)  # generated so far (the last one not yet fed)
     finished: bool = False
+    finish_reason: FinishReason | None = None
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two requests may carry the same prompt
 class _Request:
-    """One `add` call waiting for room in the batch."""
+    """One `add` call: waiting for room in the batch, then prefilled (whole or in chunks)."""
 
     prompt_ids: list[int]
     banned_ids: np.ndarray
     rows: list[_Row]
     grammar: str | None = None  # structured output (lmfast.generation.grammar), one matcher per row
+    past: Past | None = None
+    """The prompt's cache so far (batch 1) while it is prefilled in chunks."""
+    done: int = 0
+    """Prompt tokens in `past` (from the prefix cache or computed)."""
+    cached: int = 0
+    """Of those, the tokens taken from the prefix cache."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """With `prompt_logprobs` asked: the entries of the chunks computed so far."""
+    logits: np.ndarray | None = None
+    """(1, V): the last prompt position's logits, once the whole prompt is in `past`."""
+
+    @property
+    def scored(self) -> bool:
+        return self.rows[0].params.prompt_logprobs is not None
+
+    @property
+    def remaining(self) -> int:
+        return len(self.prompt_ids) - self.done
 
 
 @dataclass
@@ -102,6 +140,10 @@ class _Batch:
     sampler: SamplerRows | None = None
 
 
+_NewRows = tuple[_Batch, np.ndarray, list[list[TokenLogprob | None] | None]]
+"""Rows ready to join the batch: (the rows, their first logits (B, V), per row prompt logprobs)."""
+
+
 class DecodeSession:
     """Iteration-level batching over one backend. Driven by ONE thread; not thread-safe.
 
@@ -109,20 +151,46 @@ class DecodeSession:
     """
 
     def __init__(
-        self, backend: Backend, codec: TextCodec, info: ModelInfo, max_batch_size: int | None = None
+        self,
+        backend: Backend,
+        codec: TextCodec,
+        info: ModelInfo,
+        max_batch_size: int | None = None,
+        step_token_budget: int | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
+        """
+        Args:
+            step_token_budget: most prompt tokens one step prefills while rows are decoding (with
+                none decoding, `IDLE_STEP_TOKENS` if larger); None: every admitted prompt is
+                prefilled whole in the step it joins (offline generation: nobody is waiting).
+            prefix_cache: where computed sequences are kept for prompts that start with them.
+        """
+        if step_token_budget is not None and step_token_budget < 1:
+            raise ValueError(f"step_token_budget must be >= 1, got {step_token_budget}")
         self.backend = backend
         self.codec = codec
         self.info = info
         self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self.step_token_budget = step_token_budget
+        self.prefix_cache = prefix_cache
         self._eos = frozenset(int(t) for t in info.eos_token_ids)
         self._batch: _Batch | None = None
         self._waiting: list[_Request] = []
+        self._prefilling: list[_Request] = []
         self._next_row_id = 0
+        self._cache_bytes_per_token: int | None = None
+        self.prefill_chunks = 0
+        """Prompt forwards run so far (whole groups and chunks): a count tests can observe."""
 
     def __len__(self) -> int:
         running = len(self._batch.rows) if self._batch else 0
-        return running + sum(len(r.rows) for r in self._waiting)
+        return running + sum(len(r.rows) for r in self._waiting + self._prefilling)
+
+    @property
+    def num_prefilling(self) -> int:
+        """Rows whose prompt is being prefilled (admitted, not yet decoding)."""
+        return sum(len(r.rows) for r in self._prefilling)
 
     @property
     def num_running(self) -> int:
@@ -168,6 +236,7 @@ class DecodeSession:
                 "tokens and must leave room for at least one new token",
             )
         self._check_token_ids(params)
+        prompt_ids = list(prompt_ids)
         rows = []
         for index in range(params.num_return_sequences):
             rows.append(
@@ -175,7 +244,7 @@ class DecodeSession:
                     self._next_row_id,
                     params,
                     index,
-                    len(prompt_ids),
+                    prompt_ids,
                     self.codec.stream(params.stop),
                     frozenset(params.stop_token_ids),
                 )
@@ -183,7 +252,7 @@ class DecodeSession:
             self._next_row_id += 1
         if banned_ids is None:
             banned_ids = self.codec.banned_ids(params.banned_words)
-        self._waiting.append(_Request(list(prompt_ids), banned_ids, rows, grammar))
+        self._waiting.append(_Request(prompt_ids, banned_ids, rows, grammar))
         return [row.row_id for row in rows]
 
     def _check_token_ids(self, params: GenerationParams) -> None:
@@ -195,10 +264,12 @@ class DecodeSession:
                 raise ParamError(name, f"token ids must be in [0, {vocab}), got {bad[0]}")
 
     def cancel(self, row_id: int) -> None:
-        """Stop a row now (no event is emitted for it). Unknown or finished ids are ignored."""
-        for request in self._waiting:
+        """Stop a row now (no event is emitted for it). Unknown or finished ids are ignored. A
+        request whose rows are all cancelled stops its prefill (its partial cache is dropped)."""
+        for request in self._waiting + self._prefilling:
             request.rows = [r for r in request.rows if r.row_id != row_id]
         self._waiting = [r for r in self._waiting if r.rows]
+        self._prefilling = [r for r in self._prefilling if r.rows]
         if self._batch:
             for row in self._batch.rows:
                 if row.row_id == row_id:
@@ -206,7 +277,8 @@ class DecodeSession:
             self._drop_finished()
 
     def step(self) -> list[TokenEvent]:
-        """Advance every running row by one token, then prefill waiting rows (their first token).
+        """Advance every running row by one token, then prefill waiting prompts within the step's
+        token budget (a prompt prefilled whole gets its first token).
 
         Returns:
             One event per row that produced a token in this step.
@@ -232,30 +304,124 @@ class DecodeSession:
                 batch.pending = tokens
                 events += self._record(batch.rows, tokens, done, logprobs)
                 self._drop_finished()  # rows done now free their places for waiting ones
-        admitted = self._admit()
-        if admitted:
-            events += self._join(admitted)
+        self._prefilling += self._admit()
+        if self._prefilling:
+            events += self._prefill_step()
         return events
 
     def _admit(self) -> list[_Request]:
-        count = admissible((len(r.rows) for r in self._waiting), self.num_running, self.max_batch_size)
+        """The waiting requests whose rows fit beside the running and prefilling ones."""
+        occupied = self.num_running + self.num_prefilling
+        count = admissible((len(r.rows) for r in self._waiting), occupied, self.max_batch_size)
         admitted, self._waiting = self._waiting[:count], self._waiting[count:]
         return admitted
 
-    def _join(self, requests: list[_Request]) -> list[TokenEvent]:
-        """Prefill `requests` into the batch; if that fails, retry each alone so that only the
-        request at fault ends."""
-        groups = self._logit_groups(requests)
-        if len(groups) > 1:
-            return [event for group in groups for event in self._join(group)]
+    def _step_budget(self) -> float:
+        if self.step_token_budget is None:
+            return float("inf")
+        if self.num_running == 0:
+            return max(self.step_token_budget, IDLE_STEP_TOKENS)
+        return self.step_token_budget
+
+    def _prefill_step(self) -> list[TokenEvent]:
+        """Spend this step's token budget on the prefilling requests, first come first served.
+
+        A request not yet started first takes what the prefix cache holds of its prompt. A fresh
+        prompt that fits what is left of the budget joins the group prefilled together; any other
+        (longer, partly cached or scored) gets one chunk of what is left. Requests whose prompt
+        is then complete join the running batch with their first token.
+        """
+        budget = self._step_budget()
+        events: list[TokenEvent] = []
+        group: list[_Request] = []
+        complete: list[_Request] = []
+        for request in list(self._prefilling):
+            if budget <= 0:
+                break
+            try:
+                if request.done == 0:
+                    self._reuse_prefix(request)
+                if request.done == 0 and not request.scored and request.remaining <= budget:
+                    group.append(request)
+                    budget -= request.remaining
+                    continue
+                chunk = int(min(request.remaining, budget, self._chunk_limit(request)))
+                self._prefill_chunk(request, chunk)
+            except Exception as exc:  # this request alone fails
+                self._prefilling.remove(request)
+                events += _failed(request.rows, exc)
+                continue
+            budget -= chunk
+            if request.remaining == 0:
+                complete.append(request)
+        joining = group + complete
+        self._prefilling = [r for r in self._prefilling if r not in joining]
+        if group:
+            events += self._join(group, self._prefill)
+        for request in complete:
+            events += self._join([request], self._prefilled)
+        return events
+
+    def _chunk_limit(self, request: _Request) -> float:
+        """A scored chunk's all-position logits stay within `PROMPT_LOGITS_BYTES`."""
+        if not request.scored:
+            return float("inf")
+        return max(1, PROMPT_LOGITS_BYTES // (4 * self.codec.vocab_size))
+
+    def _reuse_prefix(self, request: _Request) -> None:
+        """Start the request from the longest cached prefix of its prompt, if any (never for a
+        scored prompt: every position's logits are needed)."""
+        if self.prefix_cache is None or request.scored:
+            return
+        found = self.prefix_cache.lookup(request.prompt_ids)
+        if found is None:
+            return
+        prefix, length = found
+        request.past = self.backend.extend_from(prefix, length, len(request.prompt_ids) - length)
+        request.done = request.cached = length
+
+    def _prefill_chunk(self, request: _Request, chunk: int) -> None:
+        """Compute the next `chunk` prompt tokens of one request onto its own cache (batch 1)."""
+        start, end = request.done, request.done + chunk
+        input_ids = np.asarray(request.prompt_ids[start:end], dtype=np.int64)[None]
+        mask = np.ones((1, end), dtype=np.int64)
+        positions = np.arange(start, end, dtype=np.int64)[None]
+        self.prefill_chunks += 1
+        if request.scored:  # logits at every position: only when asked
+            all_logits, past = self.backend.forward(input_ids, mask, positions, request.past, all_logits=True)
+            self._score_chunk(request, all_logits[0], start, end)
+            last = all_logits[:, -1]
+        else:
+            last, past = self.backend.forward(input_ids, mask, positions, request.past)
+        request.past, request.done = past, end
+        if end == len(request.prompt_ids):
+            request.logits = last
+
+    def _score_chunk(self, request: _Request, logits: np.ndarray, start: int, end: int) -> None:
+        """Append the prompt logprobs that a chunk's logits (T, V) give: position j predicts j + 1."""
+        if request.prompt_logprobs is None:
+            request.prompt_logprobs = [None]  # the first token has none
+        targets = np.asarray(request.prompt_ids[start + 1 : end + 1], dtype=np.int64)
+        if len(targets) == 0:
+            return
+        vocab = min(logits.shape[1], self.codec.vocab_size)
+        top_n = request.rows[0].params.prompt_logprobs
+        predicting = log_softmax(logits[: len(targets), :vocab])
+        request.prompt_logprobs += token_logprobs(predicting, targets, [top_n] * len(targets))
+
+    def _join(
+        self, requests: list[_Request], build: Callable[[list[_Request]], _NewRows]
+    ) -> list[TokenEvent]:
+        """Add `requests`' rows (made by `build`) to the batch with their first token; if that
+        fails, retry each alone so that only the request at fault ends."""
         try:
-            fresh, logits, prompt_logprobs = self._prefill(requests)
+            fresh, logits, prompt_logprobs = build(requests)
             fresh.pending, logprobs = fresh.sampler.choose(logits)
             joined = fresh if self._batch is None else self._merge(self._batch, fresh)
         except Exception as exc:
             if len(requests) == 1:
                 return _failed(requests[0].rows, exc)
-            return [event for request in requests for event in self._join([request])]
+            return [event for request in requests for event in self._join([request], build)]
         self._batch = joined
         events = self._record(
             fresh.rows, fresh.pending, fresh.sampler.grammar_done, logprobs, prompt_logprobs
@@ -263,46 +429,35 @@ class DecodeSession:
         self._drop_finished()
         return events
 
-    def _logit_groups(self, requests: list[_Request]) -> list[list[_Request]]:
-        """`requests` as prefill groups: one when no request wants prompt logprobs; else those
-        that do in groups whose all-position logits, (B, T, V) float32, fit
-        `PROMPT_LOGITS_BYTES` (a request alone may exceed it), the others together."""
-        scored = [r for r in requests if r.rows[0].params.prompt_logprobs is not None]
-        if not scored or (len(requests) == 1):
-            return [requests]
-        plain = [r for r in requests if r.rows[0].params.prompt_logprobs is None]
-        groups: list[list[_Request]] = [plain] if plain else []
-        group: list[_Request] = []
-        for request in scored:
-            longest = max([len(r.prompt_ids) for r in group] + [len(request.prompt_ids)])
-            if group and (len(group) + 1) * longest * self.codec.vocab_size * 4 > PROMPT_LOGITS_BYTES:
-                groups.append(group)
-                group = []
-            group.append(request)
-        groups.append(group)
-        return groups
+    def _prefill(self, requests: list[_Request]) -> _NewRows:
+        """Run fresh prompts whole (each once, left padded) and expand to one row per sequence."""
+        input_ids, mask, positions = left_padded([r.prompt_ids for r in requests])
+        self.prefill_chunks += 1
+        logits, past = self.backend.forward(input_ids, mask, positions, None)
+        return self._new_rows(requests, past, mask, logits, [None] * len(requests))
 
-    def _prefill(
-        self, requests: list[_Request]
-    ) -> tuple[_Batch, np.ndarray, list[list[TokenLogprob | None] | None]]:
-        """Run the waiting prompts (each once, left padded) and expand to one row per sequence.
+    def _prefilled(self, requests: list[_Request]) -> _NewRows:
+        """The rows of one request whose prompt was prefilled in chunks."""
+        (request,) = requests
+        mask = np.ones((1, len(request.prompt_ids)), dtype=np.int64)
+        return self._new_rows(requests, request.past, mask, request.logits, [request.prompt_logprobs])
+
+    def _new_rows(
+        self,
+        requests: list[_Request],
+        past: Past,
+        mask: np.ndarray,
+        logits: np.ndarray,
+        per_request: list[list[TokenLogprob | None] | None],
+    ) -> _NewRows:
+        """Rows for prefilled prompts (`past`, `mask` and `logits` hold one row per request): the
+        prompts are kept in the prefix cache, then expanded to one row per sequence.
 
         Returns:
             (the new rows, their last-position logits, per row its prompt logprobs or None).
         """
-        input_ids, mask, positions = left_padded([r.prompt_ids for r in requests])
-        wanted = [r.rows[0].params.prompt_logprobs for r in requests]
-        if any(n is not None for n in wanted):  # logits at every position: only when asked
-            all_logits, past = self.backend.forward(input_ids, mask, positions, None, all_logits=True)
-            logits = all_logits[:, -1]
-            per_request = [
-                None if n is None else self._prompt_logprobs(all_logits[i], r.prompt_ids, n)
-                for i, (r, n) in enumerate(zip(requests, wanted, strict=True))
-            ]
-        else:
-            logits, past = self.backend.forward(input_ids, mask, positions, None)
-            per_request = [None] * len(requests)
-
+        for i, request in enumerate(requests):
+            self._remember(request.prompt_ids, past, i, mask.shape[1] - len(request.prompt_ids))
         expand = np.repeat(np.arange(len(requests)), [len(r.rows) for r in requests])
         if len(expand) != len(requests):
             past = self.backend.select(past, expand)
@@ -335,19 +490,18 @@ class DecodeSession:
         compiled = Grammars.of(self.codec, self.info.eos_token_ids)
         return [None if g is None else compiled.matcher(g) for g in grammars]
 
-    def _prompt_logprobs(
-        self, logits: np.ndarray, prompt_ids: list[int], top_n: int
-    ) -> list[TokenLogprob | None]:
-        """The model's log-probability of each prompt token given those before it.
-
-        logits: (T, V) of one left-padded row; its prompt fills the last len(prompt_ids) columns.
-        """
-        if len(prompt_ids) < 2:
-            return [None] * len(prompt_ids)
-        vocab = min(logits.shape[1], self.codec.vocab_size)
-        predicting = logits[logits.shape[0] - len(prompt_ids) : -1, :vocab]  # column j predicts j + 1
-        targets = np.asarray(prompt_ids[1:], dtype=np.int64)
-        return [None, *token_logprobs(log_softmax(predicting), targets, [top_n] * len(targets))]
+    def _remember(self, tokens: list[int], past: Past, row: int, first: int) -> None:
+        """Keep a copy of batch row `row`'s cache of `tokens` in the prefix cache (if it wants it)."""
+        cache = self.prefix_cache
+        if cache is None:
+            return
+        per_token = self._cache_bytes_per_token  # known after the first copy
+        if per_token is not None and not cache.wants(tokens, len(tokens) * per_token):
+            return
+        prefix = self.backend.prefix(past, row, first, len(tokens))
+        if per_token is None:
+            self._cache_bytes_per_token = past_nbytes(prefix) // max(1, len(tokens))
+        cache.add(tokens, prefix)
 
     def _record(
         self,
@@ -362,7 +516,7 @@ class DecodeSession:
         for i, (row, token, complete) in enumerate(
             zip(rows, tokens.tolist(), grammar_done.tolist(), strict=True)
         ):
-            row.generated += 1
+            row.tokens.append(token)
             try:
                 event = self._next_text(row, token, complete)
             except Exception as exc:  # this row's text alone: the others go on
@@ -373,7 +527,7 @@ class DecodeSession:
                     logprob=None if logprobs is None else logprobs[i],
                     prompt_logprobs=None if prompt_logprobs is None else prompt_logprobs[i],
                 )
-            row.finished = event.finished
+            row.finished, row.finish_reason = event.finished, event.finish_reason
             events.append(event)
         return events
 
@@ -415,6 +569,9 @@ class DecodeSession:
         batch = self._batch
         if batch is None or not any(row.finished for row in batch.rows):
             return
+        for i, row in enumerate(batch.rows):
+            if row.finished and row.finish_reason in ("length", "stop", "eos"):
+                self._remember_row(batch, i)
         keep = np.array([i for i, row in enumerate(batch.rows) if not row.finished], dtype=np.int64)
         if len(keep) == 0:
             self._batch = None
@@ -429,6 +586,18 @@ class DecodeSession:
         if unused:
             batch.past = self.backend.trim(batch.past, unused)
             batch.attention_mask = batch.attention_mask[:, unused:]
+
+    def _remember_row(self, batch: _Batch, i: int) -> None:
+        """Keep a finished row's prompt and reply (all but its last token, never fed) for the
+        prompt that continues it: a chat's next turn."""
+        if self.prefix_cache is None:
+            return
+        row = batch.rows[i]
+        tokens = row.prompt_ids + row.tokens[:-1]
+        held = int(batch.attention_mask[i].sum())
+        if held != len(tokens):  # not the layout this relies on: keep nothing rather than guess
+            return
+        self._remember(tokens, batch.past, i, batch.attention_mask.shape[1] - held)
 
 
 def _failed(rows: list[_Row], error: BaseException) -> list[TokenEvent]:

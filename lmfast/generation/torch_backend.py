@@ -83,6 +83,13 @@ class TorchBackend:
     def trim(self, past: list[torch.Tensor], columns: int) -> list[torch.Tensor]:
         return [t[:, :, columns:].contiguous() for t in past]
 
+    def prefix(self, past: list[torch.Tensor], row: int, first: int, length: int) -> list[torch.Tensor]:
+        return [t[row : row + 1, :, first : first + length].clone() for t in past]
+
+    def extend_from(self, prefix: list[torch.Tensor], length: int, room: int) -> list[torch.Tensor]:
+        # DynamicCache concatenates the new columns into new tensors: the copy is only read
+        return [t[:, :, :length] for t in prefix]
+
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
     missing = length - tensor.shape[2]

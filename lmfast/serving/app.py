@@ -84,6 +84,8 @@ def create_app(
             queue_size=config.queue_size,
             metrics=metrics,
             on_crash=on_engine_crash,
+            step_token_budget=config.step_token_budget,
+            prefix_cache_mb=config.prefix_cache_mb,
         )
         state.generator = gen
         state.default_params = gen.default_params

@@ -3,8 +3,11 @@
 One engine thread owns the session (it is not thread-safe). HTTP handlers, on the asyncio event
 loop, `submit` a `GenerationJob` into a bounded waiting queue. Between decode steps the thread
 admits waiting jobs while their rows fit in `max_batch_size`, runs one `session.step()` (which
-prefills the newcomers and advances every row by one token) and hands each job its new text through
-`loop.call_soon_threadsafe`. A finished row leaves the batch at once and its slot is reused at the
+advances every running row by one token, then prefills newcomers within `step_token_budget` prompt
+tokens, long prompts in chunks, reusing what the prefix cache holds of them) and hands each job its
+new text through `loop.call_soon_threadsafe`. A step is bounded, so a job cancelled mid-prefill
+(client gone, timeout) is dropped between two chunks, and a step running longer than a bound shows
+as a stalled engine (`stalled_s`). A finished row leaves the batch at once and its slot is reused at the
 next step, as in TGI and vLLM; a cancelled job (client gone, timeout) has its rows dropped.
 With `max_batch_size=1` jobs run strictly one after another: the "batching off" baseline.
 
@@ -28,7 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE, GenerationParams
+from lmfast.generation.params import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_PREFIX_CACHE_MB,
+    DEFAULT_STEP_TOKEN_BUDGET,
+    GenerationParams,
+)
+from lmfast.generation.prefix_cache import PrefixCache
 from lmfast.serving.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
@@ -75,12 +84,19 @@ class _Session(Protocol):
     def step(self) -> list[Any]: ...
     def cancel(self, row_id: int) -> None: ...
     def __len__(self) -> int: ...
+    @property
+    def num_prefilling(self) -> int: ...
 
 
 class _Generator(Protocol):
     codec: _Codec
 
-    def session(self, max_batch_size: int | None = None) -> _Session: ...
+    def session(
+        self,
+        max_batch_size: int | None = None,
+        step_token_budget: int | None = None,
+        prefix_cache: PrefixCache | None = None,
+    ) -> _Session: ...
 
 
 @dataclass(frozen=True)
@@ -241,15 +257,28 @@ class BatchingEngine:
         queue_size: int = 256,
         metrics: ServeMetrics | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
+        step_token_budget: int | None = DEFAULT_STEP_TOKEN_BUDGET,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         """
         Args:
             on_crash: called on the engine thread if it dies of an error no job could be blamed
                 for (after every waiting client was answered).
+            step_token_budget: prompt tokens prefilled per step while rows decode (None: whole
+                prompts at once, the offline behaviour).
+            prefix_cache_mb: the prefix cache's pool (0: no prefix cache).
         """
         if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
+        if (step_token_budget is not None and step_token_budget < 1) or prefix_cache_mb < 0:
+            raise ValueError("step_token_budget must be >= 1 and prefix_cache_mb >= 0")
         self.generator = generator
+        self.step_token_budget = step_token_budget
+        self.prefix_cache_mb = prefix_cache_mb
+        self.prefix_cache: PrefixCache | None = None
+        self.step_started: float | None = None
+        """`time.monotonic()` when the running step began; None between steps."""
+        self._cache_seen = (0, 0, 0)  # prefix cache lookups, hits, reused tokens already counted
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -282,6 +311,17 @@ class BatchingEngine:
     @property
     def queue_depth(self) -> int:
         return len(self._waiting)
+
+    @property
+    def saturated(self) -> bool:
+        """The waiting queue is full: new requests are refused (429) until it drains."""
+        return len(self._waiting) >= self.queue_size
+
+    def stalled_s(self) -> float:
+        """How long the running step has taken so far (0 between steps): a step is bounded by the
+        token budget, so a long one means a stuck engine."""
+        started = self.step_started
+        return 0.0 if started is None else max(0.0, time.monotonic() - started)
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job for the next free batch slots.
@@ -345,7 +385,7 @@ class BatchingEngine:
     def _run(self) -> None:
         rows: dict[int, tuple[GenerationJob, int]] = {}  # row id -> (job, choice index)
         try:
-            session = self.generator.session(max_batch_size=self.max_batch_size)
+            session = self._new_session()
             while True:
                 with self._cond:
                     while not (self._waiting or rows or self._cancelled or self._stopping):
@@ -377,9 +417,39 @@ class BatchingEngine:
             self._accepting = False
         self._fail_all(rows, EngineStoppedError("the server shut down before this request finished"))
 
+    def _new_session(self) -> _Session:
+        """A session with a new, empty prefix cache (a failed session's cache is not trusted)."""
+        self.prefix_cache = None
+        if self.prefix_cache_mb > 0:
+            self.prefix_cache = PrefixCache(int(self.prefix_cache_mb * 2**20))
+        self._cache_seen = (0, 0, 0)
+        return self.generator.session(
+            max_batch_size=self.max_batch_size,
+            step_token_budget=self.step_token_budget,
+            prefix_cache=self.prefix_cache,
+        )
+
     def _set_active_rows(self, rows: dict[int, tuple[GenerationJob, int]]) -> None:
         if self.metrics is not None:
             self.metrics.active_rows.set(len(rows))
+
+    def _observe_session(self, session: _Session) -> None:
+        """Export what the session's prefill and prefix cache did since the last step."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.prefilling_rows.set(session.num_prefilling)
+        cache = self.prefix_cache
+        if cache is None:
+            return
+        stats = cache.stats()
+        seen = self._cache_seen
+        metrics.prefix_cache_lookups.inc(stats.lookups - seen[0])
+        metrics.prefix_cache_hits.inc(stats.hits - seen[1])
+        metrics.prefix_cache_reused_tokens.inc(stats.reused_tokens - seen[2])
+        metrics.prefix_cache_bytes.set(stats.bytes)
+        metrics.prefix_cache_entries.set(stats.entries)
+        self._cache_seen = (stats.lookups, stats.hits, stats.reused_tokens)
 
     def _gather(self) -> None:
         """Idle model, jobs waiting: let a burst of arrivals gather into one prefill (lock held).
@@ -440,16 +510,20 @@ class BatchingEngine:
         """One decode step; returns the session to keep using (a fresh one if this one failed)."""
         started = time.perf_counter()
         batch = len(rows)
+        self.step_started = time.monotonic()
         try:
             events = session.step()
         except Exception as exc:  # a bug outside what the session contains itself: start afresh
             logger.exception("decode step failed; failing the %d running sequences", batch)
             self._fail_all(rows, JobFailedError(f"decode step failed ({type(exc).__name__})"), waiting=False)
-            return self.generator.session(max_batch_size=self.max_batch_size)
+            return self._new_session()
+        finally:
+            self.step_started = None
         elapsed = time.perf_counter() - started
         self.steps += 1
         if self.metrics is not None:
             self.metrics.observe_step(batch, len(events), elapsed)
+        self._observe_session(session)
         by_job: dict[GenerationJob, list[Piece]] = {}
         for event in events:
             entry = rows.get(event.row_id)

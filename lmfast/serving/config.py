@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmfast.flags import ENV_PREFIX, env_values
-from lmfast.generation.params import DEFAULT_MAX_BATCH_SIZE
+from lmfast.generation.params import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_PREFIX_CACHE_MB,
+    DEFAULT_STEP_TOKEN_BUDGET,
+)
 
 
 @dataclass
@@ -36,6 +40,12 @@ class ServeConfig:
     """Name reported by /version/ and /v1/models (None: the generator's model name)."""
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Most sequences decoded together; 1 turns batching off (one request at a time)."""
+    step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET
+    """Most prompt tokens prefilled per engine step while other sequences decode (longer prompts go in chunks); smaller keeps streams smoother, larger starts long prompts sooner."""
+    prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB
+    """Memory for the prefix cache (MB of keys and values): a prompt that starts like a cached prompt or conversation prefills only the rest; 0 turns it off."""
+    stall_timeout_s: float = 30.0
+    """/health_check/ answers 503 "stalled" while one engine step has run longer than this."""
     max_wait_ms: float = 5.0
     """When the model is idle, wait this long for more requests to start a fuller batch."""
     queue_size: int = 256
@@ -72,6 +82,12 @@ class ServeConfig:
             raise ValueError(f"--spin_us must be >= 0, got {self.spin_us}")
         if self.max_batch_size < 1:
             raise ValueError(f"--max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.step_token_budget < 1:
+            raise ValueError(f"--step_token_budget must be >= 1, got {self.step_token_budget}")
+        if not self.prefix_cache_mb >= 0:
+            raise ValueError(f"--prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f"--stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.queue_size < 1:

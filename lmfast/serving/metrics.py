@@ -65,6 +65,26 @@ class ServeMetrics:
         self.rejected = Counter(
             "lmfast_rejected_requests", "Requests refused or dropped, by reason.", ["reason"], registry=r
         )
+        self.prefilling_rows = Gauge(
+            "lmfast_prefilling_rows", "Sequences whose prompt is being prefilled (in chunks).", registry=r
+        )
+        self.prefix_cache_lookups = Counter(
+            "lmfast_prefix_cache_lookups", "Prompts looked up in the prefix cache.", registry=r
+        )
+        self.prefix_cache_hits = Counter(
+            "lmfast_prefix_cache_hits", "Prompts that started from a cached prefix.", registry=r
+        )
+        self.prefix_cache_reused_tokens = Counter(
+            "lmfast_prefix_cache_reused_tokens",
+            "Prompt tokens taken from the prefix cache, not prefilled.",
+            registry=r,
+        )
+        self.prefix_cache_bytes = Gauge(
+            "lmfast_prefix_cache_bytes", "Bytes of keys and values held by the prefix cache.", registry=r
+        )
+        self.prefix_cache_entries = Gauge(
+            "lmfast_prefix_cache_entries", "Sequences held by the prefix cache.", registry=r
+        )
         self.tokens_per_second = Gauge(
             "lmfast_tokens_per_second",
             f"Generated tokens/s over the last {THROUGHPUT_WINDOW_S:g} s.",

@@ -32,10 +32,17 @@ _FIELD_OF = {
 
 @router.get("/health_check/", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health_check(state: ServerState = Depends(get_state)) -> JSONResponse:
-    """`{"status": "ok"}` once the model is loaded and requests are accepted, else 503."""
+    """`{"status": "ok"}` once the model is loaded and requests are accepted; else 503 with status
+    "unavailable" (loading, stopping, crashed), "stalled" (one engine step has run longer than
+    `--stall_timeout_s`: a step is bounded by the token budget, so the engine is stuck) or
+    "saturated" (the waiting queue is full: new requests get 429), so a proxy can tell them apart."""
     engine = state.engine
     if engine is None or not engine.running:
         return JSONResponse({"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
+    if engine.stalled_s() > state.config.stall_timeout_s:
+        return JSONResponse({"status": "stalled"}, status_code=503, headers={"Retry-After": "5"})
+    if engine.saturated:
+        return JSONResponse({"status": "saturated"}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ok"})
 
 
