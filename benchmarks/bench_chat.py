@@ -73,10 +73,14 @@ def system_prompt() -> str:
 
 
 async def stream_chat(
-    client: httpx.AsyncClient, server: Server, messages: list[dict[str, str]], new_tokens: int
+    client: httpx.AsyncClient,
+    server: Server,
+    messages: list[dict[str, str]],
+    new_tokens: int,
+    arrivals: list[float] | None = None,
 ) -> tuple[float, list[float], str]:
     """One streamed greedy chat turn; returns (seconds to the first token, arrival time of each
-    content chunk, the reply's text)."""
+    content chunk, also appended to `arrivals` as they come, the reply's text)."""
     body: dict[str, Any] = {
         "model": server.model_id,
         "messages": messages,
@@ -86,7 +90,7 @@ async def stream_chat(
     }
     body.update(server.extra_body)
     started = time.perf_counter()
-    arrivals: list[float] = []
+    arrivals = [] if arrivals is None else arrivals
     text: list[str] = []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -248,23 +252,26 @@ def run_chat(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-async def _gap_run(server: Server, long_prompt: str, stream_tokens: int, lead_s: float) -> dict[str, Any]:
-    """One stream decodes; `lead_s` later a long prompt joins (1 new token). Returns the stream's
-    gaps before and while the long prompt is in, and the long prompt's time to first token."""
+async def _gap_run(server: Server, long_prompt: str, stream_tokens: int, lead_tokens: int) -> dict[str, Any]:
+    """One stream decodes; after its first `lead_tokens` tokens a long prompt joins (1 new token).
+    Returns the stream's gaps while the long prompt is in and outside that window, and the long
+    prompt's time to first token."""
     async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
         messages = [
             {"role": "system", "content": system_prompt()},
             {"role": "user", "content": USER_TURNS[0]},
         ]
-        stream = asyncio.create_task(stream_chat(client, server, messages, stream_tokens))
-        await asyncio.sleep(lead_s)
+        arrivals: list[float] = []
+        stream = asyncio.create_task(stream_chat(client, server, messages, stream_tokens, arrivals))
+        while len(arrivals) < lead_tokens and not stream.done():
+            await asyncio.sleep(0.01)
         long_messages = [{"role": "user", "content": long_prompt + system_prompt()}]
         joined = time.perf_counter()
         long_ttft, _, _ = await stream_chat(client, server, long_messages, 1)
         left = joined + long_ttft
         _, arrivals, _ = await stream
     gaps = [(b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    before = [g for g, at in gaps if at < joined]
+    before = [g for g, at in gaps if not joined <= at <= left + 0.001]  # the stream alone
     during = [g for g, at in gaps if joined <= at <= left + 0.001]
     return {"before": before, "during": during, "long_ttft": long_ttft}
 
@@ -294,7 +301,7 @@ def run_gap(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[int, list[dict[str, Any]]] = {b: [] for b in budgets}
         for round_index in range(args.rounds):
             for b in budgets if round_index % 2 == 0 else budgets[::-1]:
-                runs[b].append(asyncio.run(_gap_run(servers[b], long_prompt, args.gap_stream_tokens, 1.0)))
+                runs[b].append(asyncio.run(_gap_run(servers[b], long_prompt, args.gap_stream_tokens, 30)))
     finally:
         for server in servers.values():
             server.stop()

@@ -18,7 +18,7 @@ MAX_RETURN_SEQUENCES = 16
 SEED_LIMIT = 2**63
 DEFAULT_MAX_BATCH_SIZE = 32
 """Rows decoded together when nobody says otherwise (the session, the engine, `lmfast serve`)."""
-DEFAULT_STEP_TOKEN_BUDGET = 64
+DEFAULT_STEP_TOKEN_BUDGET = 32
 """Prompt tokens the server prefills per engine step while other rows decode (`--step_token_budget`)."""
 DEFAULT_PREFIX_CACHE_MB = 1024
 """The server's prefix cache pool, in MB of keys and values (`--prefix_cache_mb`; 0 turns it off)."""

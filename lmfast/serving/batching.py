@@ -401,10 +401,10 @@ class BatchingEngine:
                     self._set_queue_depth()
                 for job in admitted:
                     self._admit(session, job, rows)
-                self._set_active_rows(rows)
+                self._set_rows(session, rows)
                 if rows:
                     session = self._step(session, rows)
-                    self._set_active_rows(rows)
+                    self._set_rows(session, rows)
         except BaseException as exc:  # never leave clients waiting on a dead thread
             logger.exception("engine thread crashed")
             self.crashed = exc
@@ -429,16 +429,16 @@ class BatchingEngine:
             prefix_cache=self.prefix_cache,
         )
 
-    def _set_active_rows(self, rows: dict[int, tuple[GenerationJob, int]]) -> None:
+    def _set_rows(self, session: _Session, rows: dict[int, tuple[GenerationJob, int]]) -> None:
         if self.metrics is not None:
             self.metrics.active_rows.set(len(rows))
+            self.metrics.prefilling_rows.set(session.num_prefilling)
 
-    def _observe_session(self, session: _Session) -> None:
-        """Export what the session's prefill and prefix cache did since the last step."""
+    def _observe_prefix_cache(self) -> None:
+        """Export what the prefix cache did since the last step."""
         metrics = self.metrics
         if metrics is None:
             return
-        metrics.prefilling_rows.set(session.num_prefilling)
         cache = self.prefix_cache
         if cache is None:
             return
@@ -523,7 +523,7 @@ class BatchingEngine:
         self.steps += 1
         if self.metrics is not None:
             self.metrics.observe_step(batch, len(events), elapsed)
-        self._observe_session(session)
+        self._observe_prefix_cache()
         by_job: dict[GenerationJob, list[Piece]] = {}
         for event in events:
             entry = rows.get(event.row_id)
