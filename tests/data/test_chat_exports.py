@@ -383,3 +383,30 @@ def test_bad_input_is_one_line_naming_the_file_exit_2_nothing_written(tmp_path, 
     bad = valid if case == "no usable turns" else train
     assert len(errors) == 1 and says in errors[0] and str(bad) in errors[0], result.stderr
     assert not root.exists()
+
+
+def test_the_docs_page_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """docs/chat-exports.md's prepare commands, on the bundled exports, print what the page shows."""
+    import shlex
+    import shutil
+
+    from lmfast.data.cli import main
+
+    page = (REPO_ROOT / "docs" / "chat-exports.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", page, flags=re.DOTALL)
+    commands = [re.sub(r"\\\n\s*", " ", b).strip() for b in blocks if b.startswith("lmfast prepare")]
+    assert len(commands) == 2
+    shutil.copytree(REPO_ROOT / "data" / "documents", tmp_path / "data" / "documents")
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = shlex.split(command)[2:]
+        assert main(argv) == 0
+        name = argv[argv.index("--dataset_name") + 1]
+        assert capsys.readouterr().out.strip() == f"data/datasets/{name}/0"
+        assert f"data/datasets/{name}/0" in page
+    description = json.loads((tmp_path / "data/datasets/me/0/description.json").read_text())
+    assert description["persona_name"] == "Bob" and description["chat_train_messages_dropped"] == {
+        "service": 1,
+        "sticker": 1,
+    }
+    assert '`{"service": 1, "sticker": 1}` above' in page
