@@ -246,6 +246,10 @@ def parse_telegram(path: Path, flag: str, media: str) -> ChatExport:
         messages = raw.get("messages")
         if not isinstance(messages, list):
             continue
+        if raw.get("type") == "saved_messages":  # notes to oneself: no one is answered there
+            export.stats.messages_read += len(messages)
+            export.stats.drop("saved_messages", len(messages))
+            continue
         group = raw.get("type") in _GROUP_TYPES
         chat = Chat(str(raw.get("name") or raw.get("id") or "chat"), group, [])
         chat.messages = _telegram_messages(messages, media, export.stats)

@@ -5,6 +5,7 @@ for the group's history with the same settings (slow: real weights)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -48,9 +49,14 @@ def persona_model(smollm2_dir: Path, tmp_path_factory) -> Path:
     config = TrainConfig(
         dataset_dir=str(dataset), model=str(smollm2_dir), experiments_root=str(root / "experiments"),
         batch_size=2, max_steps=2, learning_rate=1e-4, num_warmup_steps=0, val_check_interval=2,
-        limit_val_batches=1, num_workers=0, num_generated_samples=0, lora_r=4, lora_target_modules="q_proj,v_proj",
+        limit_val_batches=1, num_workers=0, num_generated_samples=1, generation_max_new_tokens=4, lora_r=4,
+        lora_target_modules="q_proj,v_proj",
     )  # fmt: skip
-    return train(config) / "hf"
+    experiment = train(config)
+    # validation samples of a chat-export dataset are prompted with the chat template, as for dialogs
+    record = json.loads((experiment / "generated.txt").read_text().splitlines()[0])
+    assert record["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n"), record["prompt"]
+    return experiment / "hf"
 
 
 async def test_a_bot_trained_on_a_group_export_answers_in_the_group(persona_model, make_config):

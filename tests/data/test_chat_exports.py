@@ -120,14 +120,16 @@ def test_the_full_account_export_takes_its_owner_as_the_persona_by_default(tmp_p
             "Ann": ("personal_chat", PRIVATE),
             "Football": ("private_supergroup", GROUP),
             "Ann and Carl": ("private_group", others),
+            "Saved Messages": ("saved_messages", [said(0, BOB, "buy milk"), said(9, BOB, "call mum")]),
         },
     )
     splits = read_splits("telegram", path, path, 0.0, ChatOptions(), "strict")
     keys = splits.description()
     assert splits.persona == ("user22", "Bob")
     assert keys["chat_train_chats"] == 3 and len(splits.conversations["train"]) == 3
-    assert keys["chat_train_messages_read"] == len(PRIVATE) + len(GROUP) + len(others)
+    assert keys["chat_train_messages_read"] == len(PRIVATE) + len(GROUP) + len(others) + 2
     assert keys["chat_train_messages_dropped"]["in_conversation_without_persona"] == 2
+    assert keys["chat_train_messages_dropped"]["saved_messages"] == 2  # notes to oneself are no dialog
     assert splits.conversations["train"][2][0]["content"].startswith("Ann: who is up")
 
 
