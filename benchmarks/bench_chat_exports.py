@@ -5,8 +5,10 @@ under `data/bench/`, git-ignored) is prepared with `--documents_format telegram`
 conversations it yields are written as a dialogs JSONL and prepared with `--documents_format
 dialogs`. Correctness first: both datasets' `corpus.npy` and `loss_mask.npy` must be
 byte-identical, else it exits 1. Each contender runs in a fresh process, alternating, the best of
-`--rounds` counts; the time is prepare's own `wall_time_s` (description.json). The ratio is
-telegram / dialogs: what reading the export costs on top of rendering and encoding.
+`--rounds` counts; the time is prepare's own `wall_time_s` (description.json) and the process's CPU
+time (user + sys, which a busy shared machine disturbs less). The ratios are telegram / dialogs:
+what reading the export costs on top of rendering and encoding. Reading the export into
+conversations alone is timed in-process too.
 
     python benchmarks/bench_chat_exports.py [--mb 100] [--rounds 2]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -101,6 +104,11 @@ def as_dialogs(export: Path) -> Path:
     return path
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_prepare(fmt: str, train: Path, valid: Path, root: Path) -> Path:
     args = [sys.executable, "-m", "lmfast.prepare", "--quiet", "--documents_format", fmt,
             "--documents_train_file", str(train), "--documents_valid_file", str(valid),
@@ -130,10 +138,16 @@ def main() -> int:
     )
     inputs = {"telegram": (export, small), "dialogs": (train_jsonl, valid_jsonl)}
     best: dict[str, float] = {}
+    best_cpu: dict[str, float] = {}
     root = BENCH_DIR / "chat_datasets"
     for round_ in range(args.rounds):
         shutil.rmtree(root, ignore_errors=True)
-        dirs = {fmt: run_prepare(fmt, *paths, root) for fmt, paths in inputs.items()}
+        dirs, cpu = {}, {}
+        for fmt, paths in inputs.items():
+            before = children_cpu_s()
+            dirs[fmt] = run_prepare(fmt, *paths, root)
+            cpu[fmt] = children_cpu_s() - before
+            best_cpu[fmt] = min(best_cpu.get(fmt, float("inf")), cpu[fmt])
         if round_ == 0:  # correctness before any number
             for name in ("corpus.npy", "loss_mask.npy"):
                 a, b = (np.load(dirs[f] / "train" / name) for f in inputs)
@@ -149,12 +163,24 @@ def main() -> int:
         for fmt, directory in dirs.items():
             wall = json.loads((directory / "description.json").read_text())["wall_time_s"]
             best[fmt] = min(best.get(fmt, float("inf")), wall)
-            print(f"round {round_ + 1}: {fmt:8s} {wall:7.2f} s")
+            print(f"round {round_ + 1}: {fmt:8s} {wall:7.2f} s wall, {cpu[fmt]:7.2f} s CPU (process)")
     shutil.rmtree(root, ignore_errors=True)
+    from lmfast.data.chat_exports import ChatOptions, read_splits
+
+    started = time.perf_counter()
+    read_splits("telegram", export, None, 0.01, ChatOptions(), "strict")
+    reading = time.perf_counter() - started
     mb = export.stat().st_size / 1e6
+    print(
+        f"reading the export into conversations alone: {reading:.2f} s ({mb / reading:.1f} MB/s), in this process"
+    )
     print(
         f"telegram {best['telegram']:.2f} s ({mb / best['telegram']:.1f} MB/s of export), dialogs "
         f"{best['dialogs']:.2f} s: telegram/dialogs time ratio {best['telegram'] / best['dialogs']:.2f}x"
+    )
+    print(
+        f"CPU time (user+sys, less sensitive to a shared machine): telegram {best_cpu['telegram']:.2f} s, "
+        f"dialogs {best_cpu['dialogs']:.2f} s: telegram/dialogs CPU ratio {best_cpu['telegram'] / best_cpu['dialogs']:.2f}x"
     )
     return 0
 
