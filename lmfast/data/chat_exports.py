@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,15 @@ _TELEGRAM_MEDIA = {
     "video_file": "[video]",
     "audio_file": "[audio]",
 }
+
+# attachments without a media_type, by the key that holds them (the first present wins)
+_TELEGRAM_ATTACHMENTS = (
+    ("photo", "[photo]"),
+    ("file", "[file]"),
+    ("poll", "[poll]"),
+    ("location_information", "[location]"),
+    ("contact_information", "[contact]"),
+)
 
 
 class ChatExportError(DialogsError):
@@ -146,6 +155,7 @@ def _telegram_text(value: Any) -> str:
 
 
 def _telegram_messages(raw: list[Any], media: str, stats: ChatStats) -> list[Message]:
+    """The chat's usable messages; every other one counted under its drop reason."""
     out: list[Message] = []
     for m in raw:
         stats.messages_read += 1
@@ -160,21 +170,9 @@ def _telegram_messages(raw: list[Any], media: str, stats: ChatStats) -> list[Mes
             stats.drop("unknown_type")
             continue
         text = _telegram_text(m.get("text")).strip()
-        label = _TELEGRAM_MEDIA.get(m.get("media_type", ""))
-        if label is None and "photo" in m:
-            label = "[photo]"
-        elif label is None and (
-            "file" in m or "poll" in m or "location_information" in m or "contact_information" in m
-        ):
-            label = (
-                "[file]"
-                if "file" in m
-                else "[poll]"
-                if "poll" in m
-                else "[location]"
-                if "location_information" in m
-                else "[contact]"
-            )
+        label = _TELEGRAM_MEDIA.get(m.get("media_type", "")) or next(
+            (mark for key, mark in _TELEGRAM_ATTACHMENTS if key in m), None
+        )
         if not text:
             if label is None:
                 stats.drop("empty")
@@ -201,8 +199,7 @@ def _telegram_messages(raw: list[Any], media: str, stats: ChatStats) -> list[Mes
 
 
 def _iso_seconds(value: str) -> float:
-    from datetime import datetime, timezone
-
+    """Older exports have only `date` (local time, no zone): read as UTC, only gaps matter."""
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc).timestamp()
 
 
