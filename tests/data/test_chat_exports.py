@@ -4,6 +4,7 @@ the persona's turns."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -266,6 +267,52 @@ def test_every_message_is_kept_once_or_counted_dropped(draws, kind):
     # dropped messages are those that cannot be kept, or those of a conversation without Bob
     droppable = sum(1 for m in messages if m.kind in ("service", "sticker") or not m.text)
     assert stats.messages_kept + droppable + stats.dropped["in_conversation_without_persona"] == len(messages)
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_renderer() -> tuple:
+    """The GPT-2 tokenizer and the bundled template's renderer, loaded once for the property below."""
+    from lmfast.data.dialogs import DialogRenderer, load_chat_template
+    from lmfast.data.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer("GPT2Tokenizer")
+    return tokenizer, DialogRenderer(load_chat_template(str(TEMPLATE), "GPT2Tokenizer"), tokenizer)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(message_strategy, min_size=1, max_size=30),
+    st.sampled_from(["private_supergroup", "personal_chat"]),
+)
+def test_the_masked_tokens_are_exactly_the_persona_messages(draws, kind):
+    """Through the dialog writer itself: the loss mask covers the persona's kept messages, all of
+    them and nothing else (by the message ids the texts carry)."""
+    import numpy as np
+
+    from lmfast.data.dialogs import write_dialog_split
+
+    messages = build(draws)
+    tokenizer, renderer = gpt2_renderer()
+    with tempfile.TemporaryDirectory() as directory:
+        path = write_telegram_chat(Path(directory) / "result.json", "chat", kind, messages)
+        try:
+            splits = read_splits("telegram", path, path, 0.0, options(gap_minutes=60), "strict")
+        except ChatExportError:
+            return  # Bob says nothing usable: the error is tested above
+        out = Path(directory) / "train"
+        write_dialog_split(path, "--documents_train_file", out, tokenizer, renderer, dtype=np.dtype(np.uint16),
+                           max_len=1 << 20, min_len=1, conversations=splits.conversations["train"])  # fmt: skip
+        corpus, mask = np.load(out / "corpus.npy"), np.load(out / "loss_mask.npy")
+    trained = tokenizer.backend.decode(corpus[mask == 1].tolist(), skip_special_tokens=False)
+    untrained = tokenizer.backend.decode(corpus[mask == 0].tolist(), skip_special_tokens=False)
+    kept = {re.match(r"(?:\w+: )?(m\d+)", line).group(1) for c in splits.conversations["train"]
+            for t in c for line in t["content"].split("\n")}  # fmt: skip
+    mine = {f"m{k}" for k, m in enumerate(messages) if m.name == "Bob" and m.kind != "forwarded"} & kept
+    assert set(re.findall(r"m\d+", trained)) == mine
+    assert not set(re.findall(r"m\d+", untrained)) & mine
+    assert trained.count("<|endoftext|>") == sum(
+        t["role"] == "assistant" for c in splits.conversations["train"] for t in c
+    )
 
 
 # --- prepare: the dataset, its masks, its description, and bad input ---
