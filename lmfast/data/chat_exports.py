@@ -3,7 +3,9 @@
 A Telegram Desktop JSON export (one chat's `result.json`, or the full-account export whose
 `chats.list` holds many) or a WhatsApp "Export chat" text file becomes conversations in the
 `{"role", "content"}` form that `dialogs.write_dialog_split` renders, masks and writes, so a chat
-export is a dialog dataset and nothing downstream changes. The rules:
+export is a dialog dataset and nothing downstream changes. An export is named by its file
+(`result.json`, `WhatsApp Chat with NAME.txt` or the .zip a phone shares it as) or, for Telegram,
+by the export's folder. The rules:
 
 - the persona's messages (`--persona`, a name or a Telegram id) are the assistant turns, everyone
   else's the user turns; in group chats each user line starts with its speaker's name
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -279,6 +282,26 @@ _WA_MEDIA_LABEL = {
 }
 
 
+def _whatsapp_bytes(path: Path, flag: str) -> bytes:
+    """The chat text: the file itself, or the one .txt inside the .zip that phones often share."""
+    if not zipfile.is_zipfile(path):
+        return path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        texts = [i for i in archive.infolist() if i.filename.lower().endswith(".txt") and not i.is_dir()]
+        if len(texts) != 1:
+            raise ChatExportError(
+                f"{flag}: {path}: a WhatsApp export .zip holds one chat .txt, this one has {len(texts)}"
+            )
+        if texts[0].file_size > MAX_EXPORT_BYTES:
+            raise ChatExportError(f"{flag}: {path}: {texts[0].filename} is over {MAX_EXPORT_BYTES >> 30} GiB")
+        return archive.read(texts[0])
+
+
+def export_file(path: Path) -> Path:
+    """A Telegram export's folder names its `result.json`; any other path is itself."""
+    return path / "result.json" if path.is_dir() and (path / "result.json").is_file() else path
+
+
 def _date_order(
     headers: list[tuple[str, str, str]], requested: str, path: Path, flag: str
 ) -> tuple[str, str]:
@@ -309,7 +332,7 @@ def parse_whatsapp(
         ChatExportError: not UTF-8, no message header at all, or dates in no consistent order.
     """
     try:
-        text = path.read_bytes().decode("utf-8-sig", errors=encoding_errors)
+        text = _whatsapp_bytes(path, flag).decode("utf-8-sig", errors=encoding_errors)
     except UnicodeDecodeError as error:
         raise ChatExportError(
             f"{flag}: {path}: invalid UTF-8 at byte {error.start}; fix the file or pass --encoding_errors replace"

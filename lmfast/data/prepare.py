@@ -803,9 +803,13 @@ def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
     Raises:
         inputs.InputError, documents.DocumentsError, dialogs.DialogsError: naming the flag and file.
     """
-    splits = {"train": inputs.expand(config.documents_train_file, "--documents_train_file")}
+    chat = config.documents_format in chat_exports.FORMATS
+    arguments = {"train": config.documents_train_file, "valid": config.documents_valid_file}
+    if chat:  # a Telegram export's folder stands for its result.json
+        arguments = {name: [chat_exports.export_file(p) for p in paths] for name, paths in arguments.items()}
+    splits = {"train": inputs.expand(arguments["train"], "--documents_train_file")}
     if not config.valid_fraction:
-        splits["valid"] = inputs.expand(config.documents_valid_file, "--documents_valid_file")
+        splits["valid"] = inputs.expand(arguments["valid"], "--documents_valid_file")
     delimiter = config.end_of_document.strip()
     for name, files in splits.items():
         flag = f"--documents_{name}_file"

@@ -459,3 +459,22 @@ def test_the_docs_page_commands_run_as_written(tmp_path, monkeypatch, capsys):
         "sticker": 1,
     }
     assert '`{"service": 1, "sticker": 1}` above' in page
+
+
+def test_a_telegram_export_folder_and_a_whatsapp_zip_are_read_as_their_chat(tmp_path):
+    import zipfile
+
+    folder = tmp_path / "ChatExport_2024-01-01"
+    folder.mkdir()
+    write_telegram_chat(folder / "result.json", "Ann", "personal_chat", PRIVATE)
+    config = chat_config(tmp_path / "datasets", folder)
+    assert PreparedDataset(prepare(config)).description["chat_train_messages_kept"] == 9
+    text = write_whatsapp(tmp_path / "_chat.txt", "en_GB_ios", PRIVATE)
+    archive = tmp_path / "WhatsApp Chat - Ann.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(text, "_chat.txt")
+    assert conversations_of(archive, "whatsapp")[0] == conversations_of(text, "whatsapp")[0]
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("other.txt", "x")
+    with pytest.raises(ChatExportError, match="holds one chat .txt, this one has 2"):
+        conversations_of(archive, "whatsapp")
