@@ -478,3 +478,11 @@ def test_a_telegram_export_folder_and_a_whatsapp_zip_are_read_as_their_chat(tmp_
         z.writestr("other.txt", "x")
     with pytest.raises(ChatExportError, match="holds one chat .txt, this one has 2"):
         conversations_of(archive, "whatsapp")
+
+
+def test_an_export_too_big_to_parse_in_memory_is_refused_before_reading(tmp_path):
+    path = tmp_path / "result.json"
+    with path.open("wb") as file:
+        file.truncate(chat_exports.MAX_EXPORT_BYTES + 1)  # sparse: nothing is written or read
+    with pytest.raises(ChatExportError, match=r"result.json: 1073741825 bytes is over the 1 GiB"):
+        conversations_of(path, "telegram")
