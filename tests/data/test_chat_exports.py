@@ -486,3 +486,24 @@ def test_an_export_too_big_to_parse_in_memory_is_refused_before_reading(tmp_path
         file.truncate(chat_exports.MAX_EXPORT_BYTES + 1)  # sparse: nothing is written or read
     with pytest.raises(ChatExportError, match=r"result.json: 1073741825 bytes is over the 1 GiB"):
         conversations_of(path, "telegram")
+
+
+def test_year_first_dates_and_a_name_two_speakers_share(tmp_path):
+    swedish = tmp_path / "chat.txt"
+    swedish.write_text("2024-01-02 09:00 - Ann: hej\n2024-01-02 09:01 - Bob: hej hej\n", encoding="utf-8")
+    conversations, splits = conversations_of(swedish, "whatsapp")
+    assert conversations == [
+        [{"role": "user", "content": "hej"}, {"role": "assistant", "content": "hej hej"}]
+    ]
+    assert splits.description()["chat_train_date_order"] == "YMD (detected: the year comes first)"
+    two_bobs = write_telegram_chat(
+        tmp_path / "result.json",
+        "Bobs",
+        "private_group",
+        [said(0, BOB, "hi"), said(5, ("Bob", 23), "hi too")],
+    )
+    with pytest.raises(ChatExportError, match=r"'Bob' names 2 speakers .* \(user22, user23\); pass the id"):
+        conversations_of(two_bobs, "telegram")
+    assert conversations_of(two_bobs, "telegram", persona="user23")[0] == [
+        [{"role": "user", "content": "Bob: hi"}, {"role": "assistant", "content": "hi too"}]
+    ]
