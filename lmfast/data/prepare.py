@@ -115,7 +115,8 @@ class PrepareConfig:
     documents_format: str = field(
         default="text",
         metadata=_help(
-            'text (delimiter-separated documents) or dialogs (JSONL, one {"messages": [...]} a line).'
+            'text (delimiter-separated documents), dialogs (JSONL, one {"messages": [...]} a line), '
+            "telegram (Telegram Desktop's JSON export) or whatsapp (an exported WhatsApp chat)."
         ),
     )
     chat_template: str = field(
