@@ -64,11 +64,13 @@ def build_dispatcher(
         db=db,
         api=api,
         limiter=RateLimiter(config.rate_limit, config.rate_window_s),
+        group_limiter=RateLimiter(config.group_rate_limit, config.rate_window_s),
+        group_trigger=config.group_trigger,
         edit_interval_s=config.stream_edit_interval_s,
     )
     if in_flight is not None:
         dispatcher.update.outer_middleware(in_flight)
-    allow_list = AllowList(config.allowed_users)
+    allow_list = AllowList(config.allowed_users, config.allowed_groups)
     dispatcher.message.outer_middleware(allow_list)
     dispatcher.callback_query.outer_middleware(allow_list)
     dispatcher.include_router(build_router())

@@ -18,6 +18,7 @@ API_URL_ENV = "LMFAST_API_URL"
 API_KEY_ENV = "LMFAST_API_KEY"
 ALLOWED_USERS_ENV = "LMFAST_BOT_ALLOWED_USERS"
 
+GROUP_TRIGGERS = ("mention_or_reply", "mention", "reply", "always")  # lmfast.bot.groups.TRIGGERS
 # the format BotFather hands out; aiogram rejects anything else before any network call
 _TOKEN_RE = re.compile(r"^\d+:[\w-]+$")
 
@@ -65,6 +66,23 @@ class BotConfig:
             ALLOWED_USERS_ENV,
             parse=parse_user_ids,
         ),
+    )
+    allowed_groups: tuple[int, ...] = field(
+        default=(),
+        metadata=_help(
+            "Comma-separated group chat ids the bot answers in (empty: any group); in a group it "
+            "answers only --allowed_users, and refuses nobody aloud.",
+            parse=parse_user_ids,
+        ),
+    )
+    group_trigger: str = field(
+        default="mention_or_reply",
+        metadata=_help(
+            "In groups, answer when: mention_or_reply, mention (@bot), reply (to the bot), or always."
+        ),
+    )
+    group_rate_limit: int = field(
+        default=20, metadata=_help("Most answers per group within --rate_window_s seconds (then silence).")
     )
     db_path: str = field(
         default="lmfast_bot.sqlite3",
@@ -127,6 +145,13 @@ class BotConfig:
             raise ValueError(f"--max_stored_texts must be >= 1, got {self.max_stored_texts}")
         if self.rate_limit < 1:
             raise ValueError(f"--rate_limit must be >= 1, got {self.rate_limit}")
+        self.allowed_groups = tuple(int(g) for g in self.allowed_groups)
+        if self.group_trigger not in GROUP_TRIGGERS:
+            raise ValueError(
+                f"--group_trigger must be one of {', '.join(GROUP_TRIGGERS)}, got {self.group_trigger!r}"
+            )
+        if self.group_rate_limit < 1:
+            raise ValueError(f"--group_rate_limit must be >= 1, got {self.group_rate_limit}")
         if self.rate_window_s <= 0:
             raise ValueError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
         if self.api_timeout_s <= 0:
@@ -168,4 +193,5 @@ class BotConfig:
             if values[secret]:
                 values[secret] = "***"
         values["allowed_users"] = list(values["allowed_users"])
+        values["allowed_groups"] = list(values["allowed_groups"])
         return values

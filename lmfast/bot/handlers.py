@@ -16,7 +16,7 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, ErrorEvent, InlineKeyboardMarkup, Message
 from aiogram.utils.chat_action import ChatActionSender
 
-from lmfast.bot import chat
+from lmfast.bot import chat, groups
 from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
 from lmfast.bot.formatting import escape, render_reply, render_segments
 from lmfast.bot.keyboards import SetValue, TextAction, settings_keyboard, settings_text, text_keyboard
@@ -69,7 +69,9 @@ def build_router() -> Router:
     router.message.register(chat.on_mode, Command("mode"))
     router.message.register(chat.on_system, Command("system"))
     router.message.register(on_unknown_command, F.text.startswith("/"))
+    router.message.register(groups.on_group_text, groups.in_group, F.text)
     router.message.register(on_prompt, F.text)
+    router.message.register(groups.on_group_other, groups.in_group)
     router.message.register(on_not_text)
     router.callback_query.register(on_text_action, TextAction.filter())
     router.callback_query.register(on_set_value, SetValue.filter())
@@ -158,7 +160,11 @@ async def on_prompt(
     if use_chat:
         await chat.on_chat_message(message, bot, db, api, db.get_settings(chat_id), edit_interval_s)
         return
-    prompt = message.text or ""
+    await answer_continuation(bot, db, api, chat_id, message.text or "")
+
+
+async def answer_continuation(bot: Bot, db: Storage, api: LmfastClient, chat_id: int, prompt: str) -> None:
+    """Continuation mode's reply: the prompt in bold, the continuation, the Repeat/Continue buttons."""
     continuation = await _generate(bot, chat_id, api, prompt, db.get_settings(chat_id))
     if continuation is None:
         return

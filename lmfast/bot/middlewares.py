@@ -23,10 +23,17 @@ REFUSAL = (
 
 
 class AllowList(BaseMiddleware):
-    """Lets through only messages and button presses from the listed user ids (all when empty)."""
+    """Lets through only messages and button presses from the listed user ids (all when empty).
 
-    def __init__(self, user_ids: tuple[int, ...] | frozenset[int]) -> None:
+    In a group the refusal is silent (the group would see one for every member's message), and
+    only the listed groups (all when empty) are served at all.
+    """
+
+    def __init__(
+        self, user_ids: tuple[int, ...] | frozenset[int], group_ids: tuple[int, ...] | frozenset[int] = ()
+    ) -> None:
         self.user_ids = frozenset(user_ids)
+        self.group_ids = frozenset(group_ids)
 
     def allows(self, user_id: int | None) -> bool:
         return not self.user_ids or (user_id is not None and user_id in self.user_ids)
@@ -39,6 +46,15 @@ class AllowList(BaseMiddleware):
     ) -> Any:
         user = getattr(event, "from_user", None)
         user_id = user.id if user is not None else None
+        message = event.message if isinstance(event, CallbackQuery) else event
+        chat = getattr(message, "chat", None)
+        if chat is not None and chat.type in ("group", "supergroup"):
+            if (not self.group_ids or chat.id in self.group_ids) and self.allows(user_id):
+                return await handler(event, data)
+            logger.info("ignored user %s in group %s (--allowed_users, --allowed_groups)", user_id, chat.id)
+            if isinstance(event, CallbackQuery):
+                await event.answer("Sorry, this bot is private.", show_alert=True)
+            return None
         if self.allows(user_id):
             return await handler(event, data)
         logger.info("refused user %s (not in --allowed_users)", user_id)

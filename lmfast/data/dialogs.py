@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,8 +168,8 @@ class LineCounts:
 
 def iter_conversations(
     path: Path, flag: str, *, bad_lines: str = "error", encoding_errors: str = "strict", counts: LineCounts
-) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Yield (1-based line number, messages) per non-blank line, streaming.
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Yield ("line N", messages) per non-blank line, streaming.
 
     Raises:
         DialogsError: a bad line (invalid UTF-8 or JSON, not a conversation) with `bad_lines="error"`.
@@ -194,7 +194,7 @@ def iter_conversations(
                     continue
                 raise DialogsError(f"{flag}: {path} line {number}: {error}") from None
             counts.conversations += 1
-            yield number, messages
+            yield f"line {number}", messages
 
 
 @dataclass
@@ -371,8 +371,12 @@ def write_dialog_split(
     min_len: int,
     bad_lines: str = "error",
     encoding_errors: str = "strict",
+    conversations: Iterable[list[dict[str, Any]]] | None = None,
 ) -> DialogSplitStats:
     """Render, encode and cut one dialogs file into `out_dir/{corpus,sample_start_positions,loss_mask}.npy`.
+
+    `conversations`, when given, are the file's conversations already read (a chat export's,
+    `chat_exports`), rendered and written exactly as a dialogs file's lines.
 
     Raises:
         DialogsError: a bad line (with `bad_lines="error"`), or no sample at all.
@@ -417,18 +421,21 @@ def write_dialog_split(
                 masks.append(np.concatenate(kept_masks))
             batch.clear()
 
-        conversations = iter_conversations(
-            path, flag, bad_lines=bad_lines, encoding_errors=encoding_errors, counts=counts
-        )
-        for number, messages in conversations:
+        if conversations is None:
+            read = iter_conversations(
+                path, flag, bad_lines=bad_lines, encoding_errors=encoding_errors, counts=counts
+            )
+        else:
+            read = _numbered(conversations, counts)
+        for where, messages in read:
             try:
                 batch.append(renderer.render(messages))
             except ValueError as error:
                 if bad_lines == "skip":
-                    counts.skip(f"line {number}: {error}")
+                    counts.skip(f"{where}: {error}")
                     counts.conversations -= 1
                     continue
-                raise DialogsError(f"{flag}: {path} line {number}: {error}") from None
+                raise DialogsError(f"{flag}: {path} {where}: {error}") from None
             if len(batch) >= _BATCH:
                 flush()
         if batch:
@@ -449,6 +456,14 @@ def write_dialog_split(
             f"in a sample of at least --min_sample_length {min_len} tokens)"
         )
     return stats
+
+
+def _numbered(
+    conversations: Iterable[list[dict[str, Any]]], counts: LineCounts
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    for number, messages in enumerate(conversations, start=1):
+        counts.conversations += 1
+        yield f"conversation {number}", messages
 
 
 def description_keys(template: ChatTemplate, stats: dict[str, DialogSplitStats]) -> dict[str, Any]:

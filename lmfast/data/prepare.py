@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lmfast.data import chunking, dialogs, documents, engines, inputs, records, staging
+from lmfast.data import chat_exports, chunking, dialogs, documents, engines, inputs, records, staging
 from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
@@ -115,7 +115,8 @@ class PrepareConfig:
     documents_format: str = field(
         default="text",
         metadata=_help(
-            'text (delimiter-separated documents) or dialogs (JSONL, one {"messages": [...]} a line).'
+            'text (delimiter-separated documents), dialogs (JSONL, one {"messages": [...]} a line), '
+            "telegram (Telegram Desktop's JSON export) or whatsapp (an exported WhatsApp chat)."
         ),
     )
     chat_template: str = field(
@@ -127,6 +128,28 @@ class PrepareConfig:
     bad_lines: str = field(
         default="error",
         metadata=_help("dialogs: a bad JSONL line is an error, or skip (skipped and counted)."),
+    )
+    persona: str = field(
+        default="",
+        metadata=_help(
+            "telegram/whatsapp: whose messages are the assistant turns, a name or a Telegram id "
+            "(default for a full Telegram export: its owner)."
+        ),
+    )
+    chat_gap_minutes: float = field(
+        default=360.0,
+        metadata=_help("telegram/whatsapp: a silence this long starts a new conversation; 0 = never."),
+    )
+    chat_media: str = field(
+        default="drop",
+        metadata=_help("telegram/whatsapp: stickers and media without text are dropped, or mark ([photo], ...)."),
+    )
+    whatsapp_date_order: str = field(
+        default="auto", metadata=_help("whatsapp: date order, auto (detected), DMY, MDY or YMD.")
+    )
+    redact: bool = field(
+        default=False,
+        metadata=_help("telegram/whatsapp: replace e-mail addresses, links and phone numbers with placeholders."),
     )
 
     def __post_init__(self) -> None:
@@ -153,8 +176,9 @@ class PrepareConfig:
         for name in ("text_field", "text_column"):
             if not getattr(self, name):
                 raise PrepareError(name, "must not be empty")
-        if self.documents_format not in dialogs.FORMATS:
-            raise PrepareError("documents_format", f"expected one of {dialogs.FORMATS}, got {self.documents_format!r}")
+        formats = (*dialogs.FORMATS, *chat_exports.FORMATS)
+        if self.documents_format not in formats:
+            raise PrepareError("documents_format", f"expected one of {formats}, got {self.documents_format!r}")
         if self.train_on not in dialogs.TRAIN_ON:
             raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
         if self.bad_lines not in dialogs.BAD_LINES:
@@ -167,7 +191,7 @@ class PrepareConfig:
         for name in ("max_sample_length", "min_sample_length"):
             if getattr(self, name) < 1:
                 raise PrepareError(name, f"must be positive, got {getattr(self, name)}")
-        if self.documents_format == "dialogs" and self.tokenizer_engine not in ("auto", "tokenizers"):
+        if self.is_dialog and self.tokenizer_engine not in ("auto", "tokenizers"):
             raise PrepareError(
                 "tokenizer_engine",
                 "dialogs are encoded by tokenizers (the chat template's special tokens must be recognised), "
@@ -197,13 +221,34 @@ class PrepareConfig:
         if not self.dataset_name or "/" in self.dataset_name or self.dataset_name in (".", ".."):
             raise PrepareError("dataset_name", f"{self.dataset_name!r} is not a valid directory name")
 
-        if self.documents_format == "dialogs":
+        if self.is_dialog:
             for name in ("documents_train_file", "documents_valid_file"):
                 if len(getattr(self, name)) > 1:
-                    raise PrepareError(name, "--documents_format dialogs takes one file per split")
-            if self.valid_fraction or self.num_shards > 1:
-                flag = "valid_fraction" if self.valid_fraction else "num_shards"
-                raise PrepareError(flag, "works with --documents_format text only")
+                    raise PrepareError(name, f"--documents_format {self.documents_format} takes one file per split")
+            chat = self.documents_format in chat_exports.FORMATS
+            if (self.valid_fraction and not chat) or self.num_shards > 1:
+                flag = "num_shards" if self.num_shards > 1 else "valid_fraction"
+                raise PrepareError(flag, f"does not work with --documents_format {self.documents_format}")
+        if self.chat_media not in chat_exports.MEDIA:
+            raise PrepareError("chat_media", f"expected one of {chat_exports.MEDIA}, got {self.chat_media!r}")
+        if self.whatsapp_date_order not in chat_exports.DATE_ORDERS:
+            raise PrepareError(
+                "whatsapp_date_order", f"expected one of {chat_exports.DATE_ORDERS}, got {self.whatsapp_date_order!r}"
+            )
+        if not 0 <= self.chat_gap_minutes < float("inf"):
+            raise PrepareError("chat_gap_minutes", f"must be >= 0 (0 = never split), got {self.chat_gap_minutes}")
+        if len(self.persona) > 256:
+            raise PrepareError("persona", "must be at most 256 characters")
+
+    @property
+    def is_dialog(self) -> bool:
+        """Conversations with a loss mask: dialogs JSONL or a chat export."""
+        return self.documents_format == "dialogs" or self.documents_format in chat_exports.FORMATS
+
+    def chat_options(self) -> chat_exports.ChatOptions:
+        return chat_exports.ChatOptions(
+            self.persona, self.chat_gap_minutes, self.chat_media, self.whatsapp_date_order, self.redact
+        )
 
     def _may_be_text(self) -> bool:
         """Whether an input named so far may be delimited text (record files need no delimiter)."""
@@ -547,7 +592,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
         tokenizer = load_tokenizer(config.tokenizer_cls_name)
     except UnknownTokenizerError as error:
         raise PrepareError(f"--tokenizer_cls_name: {error}") from None
-    dialog = config.documents_format == "dialogs"
+    dialog = config.is_dialog
     try:
         splits = _resolve_inputs(config)
     except (inputs.InputError, documents.DocumentsError, dialogs.DialogsError) as error:
@@ -584,7 +629,7 @@ def _prepare_with(
     started: float,
 ) -> Path:
     """`prepare` once its inputs are checked: choose the engine, write both splits, commit."""
-    dialog = config.documents_format == "dialogs"
+    dialog = config.is_dialog
     renderer = None
     try:
         if dialog:  # special tokens in a rendered chat are tokens: only the reference engine encodes them so
@@ -602,6 +647,7 @@ def _prepare_with(
         raise PrepareError(str(error)) from None
     except ValueError as error:
         raise PrepareError(f"--tokenizer_engine: {error}") from None
+    chats = _read_chats(config, splits) if config.documents_format in chat_exports.FORMATS else None
     engine_name = engine.name if engine is not None else "tokenizers"
     vocab_size = tokenizer.vocab_size
     dtype = np.dtype(np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.int32)
@@ -633,11 +679,14 @@ def _prepare_with(
         sharded = config.num_shards > 1
         try:
             if renderer is not None:
-                for name, files in splits.items():
+                for name in ("train", "valid"):
+                    path = splits.get(name, splits["train"])[0].path
+                    flag = f"--documents_{name}_file" if name in splits else "--valid_fraction"
                     dialog_stats[name] = dialogs.write_dialog_split(
-                        files[0].path, f"--documents_{name}_file", temporary / name, tokenizer, renderer,
+                        path, flag, temporary / name, tokenizer, renderer,
                         dtype=dtype, max_len=config.max_sample_length, min_len=config.min_sample_length,
                         bad_lines=config.bad_lines, encoding_errors=config.encoding_errors,
+                        conversations=chats.conversations[name] if chats is not None else None,
                     )  # fmt: skip
                     split = dialog_stats[name]
                     stats[name] = SplitStats(split.samples, split.tokens, split.conversations)
@@ -674,6 +723,10 @@ def _prepare_with(
         if renderer is not None:
             dialogs.save_chat_template(temporary / "tokenizer", renderer.template)
             description.update(dialogs.description_keys(renderer.template, dialog_stats))
+        if chats is not None:
+            description.update(chats.description())
+            for record in description["input_files"]:
+                record["format"] = config.documents_format
         (temporary / "description.json").write_text(
             json.dumps(description, indent=2) + "\n", encoding="utf-8"
         )
@@ -706,6 +759,27 @@ def _prepare_with(
     return final
 
 
+def _read_chats(config: PrepareConfig, splits: dict[str, list[inputs.InputFile]]) -> chat_exports.ChatSplits:
+    """A chat-export run's conversations, read before anything is written (errors leave nothing)."""
+    valid = splits["valid"][0].path if "valid" in splits else None
+    try:
+        chats = chat_exports.read_splits(
+            config.documents_format, splits["train"][0].path, valid, config.valid_fraction,
+            config.chat_options(), config.encoding_errors,
+        )  # fmt: skip
+    except dialogs.DialogsError as error:
+        raise PrepareError(str(error)) from None
+    logger.info(
+        "persona %s (%s): %d conversations from %d messages", chats.persona[1], chats.persona[0],
+        sum(map(len, chats.conversations.values())),
+        sum(e.stats.messages_kept for e in chats.exports.values()),
+    )  # fmt: skip
+    for export in chats.exports.values():
+        if export.date_order is not None:
+            logger.info("%s: dates read as %s", export.path, export.date_order)
+    return chats
+
+
 def shard_name(index: int, count: int) -> str:
     """The directory a shard is written to, beside the dataset's versions."""
     return f"shard-{index:05d}-of-{count:05d}"
@@ -730,16 +804,22 @@ def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
     Raises:
         inputs.InputError, documents.DocumentsError, dialogs.DialogsError: naming the flag and file.
     """
-    splits = {"train": inputs.expand(config.documents_train_file, "--documents_train_file")}
+    chat = config.documents_format in chat_exports.FORMATS
+    arguments = {"train": config.documents_train_file, "valid": config.documents_valid_file}
+    if chat:  # a Telegram export's folder stands for its result.json
+        arguments = {name: [chat_exports.export_file(p) for p in paths] for name, paths in arguments.items()}
+    splits = {"train": inputs.expand(arguments["train"], "--documents_train_file")}
     if not config.valid_fraction:
-        splits["valid"] = inputs.expand(config.documents_valid_file, "--documents_valid_file")
+        splits["valid"] = inputs.expand(arguments["valid"], "--documents_valid_file")
     delimiter = config.end_of_document.strip()
     for name, files in splits.items():
         flag = f"--documents_{name}_file"
         for file in files:
-            if config.documents_format == "dialogs":
+            if config.is_dialog:
                 if file.compression != "none":
-                    raise inputs.InputError(f"{flag}: {file.path}: dialogs are read from a plain .jsonl file")
+                    raise inputs.InputError(
+                        f"{flag}: {file.path}: {config.documents_format} are read from a plain, uncompressed file"
+                    )
                 dialogs.check_dialogs_file(file.path, flag)
                 continue
             if file.compression == "zstd":

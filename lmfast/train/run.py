@@ -317,7 +317,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         seed=config.seed,
         max_new_tokens=config.generation_max_new_tokens,
         real_vocab_size=tokenizer.vocab_size,
-        chat=dataset.description.get("documents_format") == "dialogs",
+        chat="loss_mask_file" in dataset.description,  # dialogs and chat exports: conversations
     )
     run_dir = _RunDirectory(Path(config.resume) if config.resume else None)
     all_callbacks: list[pl.Callback] = [

@@ -130,6 +130,7 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._answered: set[str] = set()
         self._pending_queries: set[str] = set()
+        self.chat_types: dict[int, str] = {}  # chat id -> type, for chats that are not private
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -163,6 +164,32 @@ class FakeTelegram:
         if text.startswith("/"):
             command = text.split()[0]
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        return self._push({"message": message})
+
+    def send_group_text(
+        self, user_id: int, group_id: int, text: str, name: str = "", reply_to: dict[str, Any] | None = None
+    ) -> int:
+        """`name` (user `user_id`) writes `text` in supergroup `group_id`; `@username`s become mention
+        entities, and `reply_to` (a message the group has) makes it a reply."""
+        self.chat_types[group_id] = "supergroup"
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids),
+            "date": int(time.time()),
+            "chat": {"id": group_id, "type": "supergroup", "title": "The group"},
+            "from": {"id": user_id, "is_bot": False, "first_name": name or f"user{user_id}"},
+            "text": text,
+        }
+        entities = [
+            {"type": "mention", "offset": utf16_len(text[: m.start()]), "length": utf16_len(m.group())}
+            for m in re.finditer(r"@\w+", text)
+        ]
+        if text.startswith("/"):
+            entities.insert(0, {"type": "bot_command", "offset": 0, "length": len(text.split()[0])})
+        if entities:
+            message["entities"] = entities
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
+        self.messages[(group_id, message["message_id"])] = message
         return self._push({"message": message})
 
     def send_sticker(self, user_id: int) -> int:
@@ -325,7 +352,7 @@ class FakeTelegram:
         message = {
             "message_id": next(self._message_ids),
             "date": int(time.time()),
-            "chat": {"id": params["chat_id"], "type": "private"},
+            "chat": {"id": params["chat_id"], "type": self.chat_types.get(params["chat_id"], "private")},
             "from": BOT_USER,
             "text": plain,
         }
