@@ -21,17 +21,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
 from lmfast.serving.batching import BatchingEngine
 from lmfast.serving.config import ServeConfig, allowed_origins
-from lmfast.serving.deps import ServerState
+from lmfast.serving.deps import ServerState, require_api_key, require_api_key_for_metrics
 from lmfast.serving.dispatch import ClientDisconnected
 from lmfast.serving.errors import validation_error_handler
 from lmfast.serving.guard import BodyDeadline, RequireJSON
@@ -105,6 +107,9 @@ def create_app(
         version=__version__,
         summary="Text generation with continuous batching; the seed's API and OpenAI's /v1/completions.",
         lifespan=lifespan,
+        docs_url=None,  # served below, behind --api_key like every route but the public ones
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.lmfast = state
     app.include_router(legacy.router)
@@ -112,13 +117,26 @@ def create_app(
     chat.install(app, config)  # /v1/chat/completions and the chat template
     app.include_router(tokenizer.router)
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="lmfast API")
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, 401: {}},
+        dependencies=[Depends(require_api_key_for_metrics)],
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text: requests, queue depth, batch sizes, tokens/s, latency histograms."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground() -> HTMLResponse:
+    async def playground() -> HTMLResponse:  # public: a static shell that asks for the key
         return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
 
     @app.exception_handler(ClientDisconnected)
@@ -166,7 +184,18 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
+            # refused before routing (415, 413, 408): counted under the route it was for
+            route = scope.get("route") or _route_of(scope)
             # the template, not the raw path: a fuzzer must not create one series per URL
             name = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(name, str(status)).inc()
+
+
+def _route_of(scope: Scope) -> Any:
+    """The route a request was for when a guard answered before routing, or None."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+    return None
