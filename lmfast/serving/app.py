@@ -27,7 +27,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
@@ -184,18 +183,16 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            # refused before routing (415, 413, 408): counted under the route it was for
-            route = scope.get("route") or _route_of(scope)
-            # the template, not the raw path: a fuzzer must not create one series per URL
-            name = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(name, str(status)).inc()
+            self.metrics.requests.labels(_route_name(scope), str(status)).inc()
 
 
-def _route_of(scope: Scope) -> Any:
-    """The route a request was for when a guard answered before routing, or None."""
-    router = getattr(scope.get("app"), "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return route
-    return None
+def _route_name(scope: Scope) -> str:
+    """The route template a request is counted under. One refused before routing (415, 413, 408)
+    counts under its path when that is one of the API's routes (from the cached OpenAPI schema),
+    else under "unmatched": a fuzzer must not create one series per URL."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    app = scope.get("app")
+    paths = app.openapi()["paths"] if isinstance(app, FastAPI) else {}
+    return str(scope["path"]) if scope["path"] in paths else "unmatched"
