@@ -733,6 +733,14 @@ def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
     splits = {"train": inputs.expand(config.documents_train_file, "--documents_train_file")}
     if not config.valid_fraction:
         splits["valid"] = inputs.expand(config.documents_valid_file, "--documents_valid_file")
+        train = {os.path.realpath(f.path) for f in splits["train"]}
+        both = [str(f.path) for f in splits["valid"] if os.path.realpath(f.path) in train]
+        if both:
+            logger.warning(
+                "--documents_valid_file: %s is also a --documents_train_file: the validation loss "
+                "will measure documents the model was trained on",
+                ", ".join(both[:3]) + (", ..." if len(both) > 3 else ""),
+            )
     delimiter = config.end_of_document.strip()
     for name, files in splits.items():
         flag = f"--documents_{name}_file"

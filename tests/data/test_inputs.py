@@ -214,3 +214,36 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path, corpus_dir, capsys
                           "--num_shards", "2", "--shard_index", "1"])  # fmt: skip
     _fails(capsys, ["merge", str(shard), str(other)], "another run", "max_sample_length")
     assert sorted(p.name for p in (out / "t").iterdir()) == [shard.name, other.name]
+
+
+@pytest.mark.timeout(120)  # the two link loops below once never finished
+def test_each_input_is_read_once_through_links_and_link_loops(tmp_path, corpus_dir, capsys, caplog):
+    root, documents = corpus_dir
+    looped = tmp_path / "looped"
+    (looped / "sub").mkdir(parents=True)
+    (looped / "a.txt").write_bytes((root / "all.txt").read_bytes())
+    (looped / "self").symlink_to(".")  # a loop: looped/self/self/... is looped
+    (looped / "sub" / "up").symlink_to("..")  # a second loop, through a subdirectory
+    (looped / "alias.txt").symlink_to("a.txt")  # the same file under another name
+    valid = ["--documents_valid_file", str(root / "all.txt")]
+    cases = {
+        "dir": [str(looped)],
+        "glob": [str(looped / "**" / "*.txt")],
+        "named": [str(looped / "self" / "sub" / "up" / "a.txt"), str(looped / "alias.txt"), str(looped)],
+    }
+    for name, train in cases.items():
+        caplog.clear()
+        dataset = PreparedDataset(_run(capsys, _args(tmp_path, train, *valid, name=name)))
+        records = [r for r in dataset.description["input_files"] if r["split"] == "train"]
+        assert [Path(r["path"]).name for r in records] == ["a.txt"], records
+        if name != "glob":  # pathlib's ** never enters a directory link: nothing to skip
+            assert any("read each file once; skipped" in r.getMessage() for r in caplog.records), name
+
+
+def test_the_same_file_as_train_and_valid_is_a_warning(tmp_path, corpus_dir, capsys, caplog):
+    root, _ = corpus_dir
+    link = tmp_path / "again.txt"
+    link.symlink_to(root / "all.txt")
+    _run(capsys, _args(tmp_path, [str(root / "all.txt")], "--documents_valid_file", str(link)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("again.txt is also a --documents_train_file" in w for w in warnings), warnings
