@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -183,8 +183,50 @@ def open_binary(path: Path, compression: str) -> IO[bytes]:
     if compression == "zstd":
         zstandard = require("zstandard", path)
 
-        return io.BufferedReader(zstandard.open(path, "rb"))  # its reader has no readline
+        return io.BufferedReader(ZstdFrames(path, zstandard))
     return path.open("rb")
+
+
+class ZstdFrames(io.RawIOBase):
+    """A .zst file's bytes, every frame of it. A file that ends inside a frame raises EOFError
+    naming the cut, where zstandard's own reader stops quietly there (a two-frame file cut in its
+    second frame read as half the documents, one cut frame as none)."""
+
+    def __init__(self, path: Path, zstandard: Any) -> None:
+        self._file = path.open("rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the frame being decompressed, None between frames
+        self._pending = b""  # compressed bytes after the last frame's end, not yet fed
+        self._out = bytearray()
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out and not self._ended:
+            self._feed()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def _feed(self) -> None:
+        data, self._pending = self._pending or self._file.read(1 << 20), b""
+        if not data:
+            if self._frame is not None:
+                raise EOFError(f"truncated: the file ends inside a zstd frame, at byte {self._file.tell()}")
+            self._ended = True
+            return
+        if self._frame is None:
+            self._frame = self._dctx.decompressobj()
+        self._out += self._frame.decompress(data)
+        if self._frame.eof:
+            self._pending, self._frame = self._frame.unused_data, None
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def require(module: str, path: Path):  # noqa: ANN201 (a module)

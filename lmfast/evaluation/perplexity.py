@@ -293,14 +293,21 @@ def dataset_stream(config: EvalConfig, codec: Any) -> Stream:
     directory = Path(config.dataset_dir or "")
     if not directory.is_dir():
         raise EvalError("dataset_dir", f"{directory}: no such directory")
-    try:
-        dataset = PreparedDataset(directory)
+    try:  # the full check train and merge run, before any scoring
+        dataset = PreparedDataset(directory).verify()
         split = getattr(dataset, config.split)
         ids = np.asarray(split.corpus, dtype=np.int64)
         mask = split.loss_mask
     except DatasetFormatError as error:
         raise EvalError("dataset_dir", str(error)) from None
     _check_tokenizer(directory, codec)
+    if ids.size and int(ids.max()) >= codec.vocab_size:
+        position = int(np.argmax(ids >= codec.vocab_size))
+        raise EvalError(
+            "dataset_dir",
+            f"{directory}/{config.split}/corpus.npy: token id {int(ids[position])} at position {position} "
+            f"is outside the model's vocabulary ({codec.vocab_size})",
+        )
     scored = None if mask is None else np.asarray(mask, dtype=bool)
     return Stream(ids, scored, {"kind": "dataset", "path": str(directory), "split": config.split})
 
