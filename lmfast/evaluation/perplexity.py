@@ -442,8 +442,12 @@ def check_output(path: Path) -> None:
         raise EvalError("output", f"{path}: is a directory (give a file name for the JSON report)")
     if not path.parent.is_dir():
         raise EvalError("output", f"{path.parent}: no such directory")
-    if not os.access(path.parent, os.W_OK):
-        raise EvalError("output", f"{path.parent}: not writable")
+    try:  # a real write, not os.access: root passes that on a read-only mount or in /proc
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise EvalError("output", f"{path.parent}: not writable ({error.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

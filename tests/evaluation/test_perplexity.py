@@ -237,3 +237,13 @@ def test_a_damaged_dataset_is_refused_before_scoring(tiny_model_dir, tmp_path, n
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "token id 60000 at position 11 is outside the vocabulary" in err, err
     assert not report.exists()
+
+
+@pytest.mark.parametrize("output", ["/proc/self/report.json", "/dev/null/report.json"])
+def test_an_unwritable_output_is_refused_before_the_run(tiny_model_dir, tmp_path, output, capsys):
+    """A real write probe, not os.access (which says yes to root anywhere)."""
+    text = tmp_path / "text.txt"
+    text.write_text("Supposing that Truth is a woman--what then?", encoding="utf-8")
+    assert main([str(tiny_model_dir), "--text_file", str(text), "--output", output]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lmfast eval: error: --output: "), err
