@@ -159,6 +159,11 @@ class PrepareConfig:
             raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
         if self.bad_lines not in dialogs.BAD_LINES:
             raise PrepareError("bad_lines", f"expected one of {dialogs.BAD_LINES}, got {self.bad_lines!r}")
+        if self.bad_lines != "error" and self.documents_format != "dialogs":
+            raise PrepareError(
+                "bad_lines",
+                "applies to --documents_format dialogs only (a bad line of a document file is always an error)",
+            )
         delimiter = self.end_of_document.strip()
         if self.documents_format == "text" and not delimiter and self._may_be_text():
             raise PrepareError("end_of_document", "must not be empty or whitespace (required with --documents_format text)")

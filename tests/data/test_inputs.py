@@ -314,3 +314,11 @@ def test_merge_verifies_every_shard_before_writing(tmp_path, corpus_dir, capsys)
         assert sorted(p.name for p in shards[0].parent.iterdir()) == before  # nothing written
         starts_path.write_bytes(good_starts)
         corpus_path.write_bytes(good_corpus)
+
+
+def test_bad_lines_skip_is_refused_for_document_files(tmp_path, corpus_dir, capsys):
+    root, _ = corpus_dir
+    valid = ["--documents_valid_file", str(root / "all.txt")]
+    train = [str(root / "inputs" / "c.jsonl")]
+    _fails(capsys, _args(tmp_path, train, *valid, "--bad_lines", "skip"), "--bad_lines", "dialogs only")
+    assert not (tmp_path / "datasets").exists()
