@@ -557,3 +557,25 @@ def test_metrics_public_opens_only_metrics_to_scrapers(make_server):
         assert httpx.get(running.url + "/metrics").status_code == 200
         for path in ("/version/", "/openapi.json", "/docs", "/v1/models"):
             assert httpx.get(running.url + path).status_code == 401, path
+
+
+def test_logprobs_and_echo_are_decoded_off_the_event_loop(bounded, monkeypatch):
+    """Echo with logprobs decodes every prompt token and its alternatives: a worker thread's job."""
+    from lmfast.serving.routes import chat, openai
+
+    threads: list[str] = []
+
+    def spy(function: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return function(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(openai, "legacy_logprobs", spy(openai.legacy_logprobs))
+    monkeypatch.setattr(chat, "_chat_logprobs", spy(chat._chat_logprobs))
+    echo = {"prompt": " a" * 40, "max_tokens": 0, "echo": True, "logprobs": 5}
+    assert _ask(bounded, "/v1/completions", echo).status_code == 200
+    scored = {"messages": _messages(4), "max_tokens": 3, "logprobs": True, "top_logprobs": 5}
+    assert _ask(bounded, "/v1/chat/completions", scored).status_code == 200
+    assert len(threads) == 2 and "uvicorn" not in threads, threads

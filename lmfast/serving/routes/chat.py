@@ -216,11 +216,17 @@ async def chat_completions(
         events = _sse(engine, request, job, deadline, head, include_usage)
         return stream_response(engine, job, events, state.metrics)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
+    tokenizer = state.generator.codec.tokenizer
+    logprobs = (  # decoding every alternative grows with the answer: off the event loop
+        await asyncio.to_thread(lambda: [_chat_logprobs(tokenizer, r.logprobs) for r in results])
+        if body.logprobs
+        else [None] * len(results)
+    )
     choices = [
         ChatChoice(
             index=i,
             message=AssistantMessage(content=r.text),
-            logprobs=_chat_logprobs(state.generator.codec.tokenizer, r.logprobs) if body.logprobs else None,
+            logprobs=logprobs[i],
             finish_reason=_finish_reason(r.finish_reason),
         )
         for i, r in enumerate(results)
