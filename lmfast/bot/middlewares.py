@@ -15,7 +15,7 @@ from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
-from lmfast.serving.schemas import check_text
+from lmfast.unicode import check_text
 
 logger = logging.getLogger(__name__)
 

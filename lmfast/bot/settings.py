@@ -1,17 +1,16 @@
 """Per-chat sampling settings: the three knobs a chat may turn, their button choices and bounds.
 
-Defaults and validity come from `GenerationParams` (pure Python) and from the request bodies of
-the two routes the bot calls (`/generated_texts/` and `/v1/chat/completions`, whose temperature
-is capped at OpenAI's 2): one source, so the bot never stores a value the server would refuse.
+Defaults and validity come from `GenerationParams` (pure Python) and from `openai_bounds`, the
+bounds of `/v1/chat/completions` (temperature at most OpenAI's 2), which the bot calls beside
+`/generated_texts/`: one source, so the bot never stores a value the server would refuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from lmfast.generation.params import GenerationParams
+from lmfast.generation.params import GenerationParams, check_bounds, openai_bounds
 
 _DEFAULTS = GenerationParams()
 
@@ -34,7 +33,8 @@ class ChatSettings:
             )
         # the shared dataclass and the routes' own bodies hold the one definition of what is valid
         self.to_params()
-        _check_routes(self)
+        for name in ("temperature", "top_p"):  # /v1/chat/completions' bounds, inside those
+            check_bounds(name, getattr(self, name), openai_bounds(name))
 
     def to_params(self) -> GenerationParams:
         return GenerationParams(
@@ -59,37 +59,6 @@ class ChatSettings:
         if kind is float and value != value:  # NaN passes every range check
             raise ValueError(f"{name} must be a number, got {raw!r}")
         return dataclasses.replace(self, **{name: value})
-
-
-def _check_routes(settings: ChatSettings) -> None:
-    """ValueError unless both routes the bot calls take these values (their pydantic bodies decide)."""
-    from pydantic import BaseModel, ValidationError
-
-    from lmfast.serving.chat_schemas import ChatCompletionRequest
-    from lmfast.serving.schemas import GeneratedTextsRequest
-
-    name_of = {"max_tokens": "max_new_tokens", "generation_max_len": "max_new_tokens"}
-    sampling = {"temperature": settings.temperature, "top_p": settings.top_p}
-    bodies: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
-        "/v1/chat/completions": (
-            ChatCompletionRequest,
-            {"messages": [{"role": "user", "content": "x"}], "max_tokens": settings.max_new_tokens},
-        ),
-        "/generated_texts/": (
-            GeneratedTextsRequest,
-            {"seed_text": "x", "generation_max_len": settings.max_new_tokens},
-        ),
-    }
-    for route, (body, fields) in bodies.items():
-        try:
-            body(**fields, **sampling)
-        except ValidationError as error:
-            first = error.errors()[0]
-            name = name_of.get(str(first["loc"][0]), str(first["loc"][0]))
-            rule = str(first["msg"]).replace("Input should be", "must be")
-            raise ValueError(
-                f"{name} {rule} (a bound of the server's {route}), got {getattr(settings, name)}"
-            ) from None
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ChatSettings))
