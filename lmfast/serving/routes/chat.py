@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from lmfast.generation.chat_template import ChatTemplate, ChatTemplateError
 from lmfast.generation.model_files import resolve_model_dir
+from lmfast.generation.text import encode_ids
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine, GenerationJob
 from lmfast.serving.chat_schemas import (
@@ -131,7 +132,7 @@ def _chat_prompt(request: Request, messages: list[Any], add_generation_prompt: b
     template writes every special token itself). Runs in a worker thread."""
     prompt = _render(request, messages, add_generation_prompt)
     dispatch.check_prompts([prompt], state_of(request.app).config.max_prompt_chars, "messages")
-    return state_of(request.app).generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+    return encode_ids(state_of(request.app).generator.codec.tokenizer, prompt, add_special_tokens=False)
 
 
 def _tokenize(request: Request, body: TokenizeRequest, codec: Any) -> list[int]:
@@ -141,11 +142,11 @@ def _tokenize(request: Request, body: TokenizeRequest, codec: Any) -> list[int]:
         if body.add_special_tokens:  # rare: the template's text with the tokenizer's specials too
             text = _render(request, body.messages, body.add_generation_prompt)
             dispatch.check_prompts([text], state_of(request.app).config.max_prompt_chars, "messages")
-            return codec.tokenizer.encode(text, add_special_tokens=True).ids
+            return encode_ids(codec.tokenizer, text)
         return _chat_prompt(request, body.messages, body.add_generation_prompt)
     if body.add_special_tokens is not False:  # as /v1/completions encodes a text prompt
         return codec.encode(body.prompt or "")  # (with the prefix training documents began with)
-    return codec.tokenizer.encode(body.prompt or "", add_special_tokens=False).ids
+    return encode_ids(codec.tokenizer, body.prompt or "", add_special_tokens=False)
 
 
 @extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}, 422: {}, 503: {}})
