@@ -139,14 +139,15 @@ async def test_a_long_conversation_keeps_working_in_bounded_requests(tiny_model_
                 tg.send_text(USER, "Ещё вопрос?")
                 tg.send_text(USER, "И ещё один?")
                 tg.send_text(USER, "broken \ud800 text")
+                tg.send_text(USER, "/system a pirate \udc00")  # a command's text too
                 tg.send_text(USER, "Последний?")
                 sent = await tg.wait_for(
-                    lambda: len(tg.sent("sendMessage", USER)) >= 6 and tg.sent("sendMessage", USER), 60
+                    lambda: len(tg.sent("sendMessage", USER)) >= 7 and tg.sent("sendMessage", USER), 60
                 )
                 await tg.wait_for(lambda: len(tg.sent("editMessageText", USER)) >= 3, 60)
     texts = [m["text"] for m in sent]
     assert texts[0].startswith("Not changed: temperature must be in [0, 2], got 3"), texts[0]
-    assert BROKEN_TEXT in texts, texts
+    assert texts.count(BROKEN_TEXT) == 2, texts
     answers = [m["text"] for m in tg.sent("editMessageText", USER)]
     assert not any(a == API_DOWN or "unexpected" in a or "wrong" in a for a in answers + texts), texts
     # every /tokenize body is a small part of the history: newest turns first, never all of it
