@@ -14,8 +14,8 @@ is not given) and its `lmfast export onnx` export, i.e. the same weights:
   (d) llama_server          llama.cpp's own `llama-server` (--llama_server BIN, built from the
                             llama.cpp sources) on a GGUF f32 of HF_DIR written by llama.cpp's
                             convert_hf_to_gguf.py (--llama_cpp_src DIR), with one slot per client
-                            (--parallel C) and continuous batching; its prompt cache is off per
-                            request (`cache_prompt: false`), as lmfast keeps none
+                            (--parallel C) and continuous batching, with its defaults otherwise:
+                            its prompt cache is on, as lmfast's prefix cache is
 An async httpx load generator keeps C requests in flight (closed loop) for C in 1, 8, 32; every
 request streams 64 new tokens greedily (OpenAI /v1/completions with stream_options.include_usage);
 (a) also runs non-streamed, for the streaming overhead. Contenders alternate within each level.
@@ -254,7 +254,7 @@ def llama_server(
     command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}"]
     command += ["--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(concurrency)]
     command += ["--ctx-size", str(concurrency * per_slot), "--cont-batching", "--log-disable"]
-    return Server("llama_server", command, thread_env(threads), "/health", "model", {"cache_prompt": False})
+    return Server("llama_server", command, thread_env(threads), "/health", "model")
 
 
 # --- load generator -------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from lmfast.bot.client import LmfastClient
 from lmfast.bot.config import BotConfig
 from lmfast.bot.handlers import COMMANDS, build_router
-from lmfast.bot.middlewares import AllowList, InFlight, RetryTelegramCalls
+from lmfast.bot.middlewares import AllowList, InFlight, RetryTelegramCalls, ValidText
 from lmfast.bot.ratelimit import RateLimiter
 from lmfast.bot.storage import Storage
 
@@ -72,6 +72,7 @@ def build_dispatcher(
         dispatcher.update.outer_middleware(in_flight)
     allow_list = AllowList(config.allowed_users, config.allowed_groups)
     dispatcher.message.outer_middleware(allow_list)
+    dispatcher.message.outer_middleware(ValidText())
     dispatcher.callback_query.outer_middleware(allow_list)
     dispatcher.include_router(build_router())
     return dispatcher

@@ -1,9 +1,9 @@
 """Conversation mode: the chat's history sent to `/v1/chat/completions`, the answer streamed in place.
 
 When the served model has a chat template (or the chat chose `/mode chat`), each text message is a
-user turn. The history lives in SQLite (it survives restarts) and is trimmed from the oldest turn
-until the conversation plus the reply's `max_tokens` fit the model's context, counted by the
-server's `POST /tokenize`. The answer is sent as a placeholder message that is edited as pieces
+user turn. The history lives in SQLite (it survives restarts); what is sent is fitted newest turn
+first, counted by the server's `POST /tokenize` in bounded requests, until the conversation plus
+the reply's `max_tokens` fill the model's context (`fit_conversation`). The answer is sent as a placeholder message that is edited as pieces
 arrive (at most once per `edit_interval_s`, Telegram limits edits), then finally with the Repeat
 button. Repeat replaces the last answer with a new one.
 """
@@ -188,43 +188,64 @@ async def fit_conversation(
 ) -> tuple[list[dict[str, str]], int]:
     """The newest turns (from a user turn on) whose prompt plus `max_tokens` fit the context.
 
-    Turns are dropped from the oldest; a binary search over the user turns to start from keeps
-    the `/tokenize` calls to a few. When even the newest message alone leaves less room than
+    Fitted newest first: the newest user turn alone, then twice as many turns back each time
+    until a candidate does not fit (or the server refuses it with a 422, over its bounds), then a
+    binary search between the last that fit and the first that did not. So each `/tokenize` call
+    holds at most about twice what fits, never the whole history, and there are about
+    2·log2(user turns) of them. When even the newest message alone leaves less room than
     `max_tokens`, the answer gets the room there is.
 
     Returns:
         (messages to send, max_tokens to ask for).
 
     Raises:
-        TooLong: the newest message alone fills the context.
+        TooLong: the newest message alone fills the context (or the server refuses it as too long).
     """
     head = [{"role": "system", "content": system}] if system else []
     starts = [i for i, turn in enumerate(turns) if turn.role == "user"]
 
-    def messages(start: int) -> list[dict[str, str]]:
-        return head + [turn.message() for turn in turns[start:]]
+    def messages(k: int) -> list[dict[str, str]]:  # the newest k user turns and what follows them
+        return head + [turn.message() for turn in turns[starts[-k] :]]
 
-    count, context = await api.count_chat_tokens(messages(starts[0]))
-    if count + max_tokens <= context:
-        return messages(starts[0]), max_tokens
-    low, high = 1, len(starts) - 1  # the answer lies in starts[low..high]; the last start always "fits"
-    last_count: int | None = None
-    while low <= high:
-        middle = (low + high) // 2
-        count, _ = await api.count_chat_tokens(messages(starts[middle]))
-        if middle == len(starts) - 1:
-            last_count = count
-        if count + max_tokens <= context:
-            high = middle - 1
+    try:
+        newest, context = await api.count_chat_tokens(messages(1))
+    except ApiRejected as error:
+        if error.status == 422:  # over the server's bounds (characters, tokens, context)
+            raise TooLong(error.message) from None
+        raise
+    if newest >= context:
+        raise TooLong(f"your message is {newest} tokens; the model's context is {context}")
+    if newest + max_tokens > context:
+        return messages(1), context - newest
+
+    async def fits(k: int) -> bool:
+        try:
+            count, _ = await api.count_chat_tokens(messages(k))
+        except ApiRejected as error:
+            if error.status == 422:
+                return False
+            raise
+        return count + max_tokens <= context
+
+    good, bad = 1, len(starts) + 1  # fits(good); bad: the fewest turns known not to fit
+    k = 2
+    while k <= len(starts):
+        if not await fits(k):
+            bad = k
+            break
+        good, k = k, k * 2
+    else:  # every doubling fit: maybe the whole history does
+        if good < len(starts):
+            if await fits(len(starts)):
+                return messages(len(starts)), max_tokens
+            bad = len(starts)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if await fits(middle):
+            good = middle
         else:
-            low = middle + 1
-    if low < len(starts):
-        return messages(starts[low]), max_tokens
-    if last_count is None:
-        last_count, _ = await api.count_chat_tokens(messages(starts[-1]))
-    if last_count >= context:
-        raise TooLong(f"your message is {last_count} tokens; the model's context is {context}")
-    return messages(starts[-1]), context - last_count
+            bad = middle
+    return messages(good), max_tokens
 
 
 async def _answer(

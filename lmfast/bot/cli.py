@@ -62,10 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     from aiogram.exceptions import TelegramUnauthorizedError
 
     from lmfast.bot.app import run
+    from lmfast.bot.storage import StorageError
 
     logging.getLogger(__name__).info("starting with %s", config.to_dict())
     try:
         asyncio.run(run(config))
+    except StorageError as error:
+        print(f"lmfast bot: error: {error}", file=sys.stderr)
+        return 2
     except TelegramUnauthorizedError:
         print("lmfast bot: error: --token: rejected by Telegram (revoked or mistyped?)", file=sys.stderr)
         return 2

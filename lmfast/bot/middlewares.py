@@ -1,4 +1,5 @@
-"""Two middlewares: the allow-list in front of every handler, and retries around Telegram calls."""
+"""Middlewares: the allow-list and the text check in front of every handler, and retries around
+Telegram calls."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, Telegra
 from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import CallbackQuery, Message, TelegramObject
+
+from lmfast.unicode import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,32 @@ class AllowList(BaseMiddleware):
         elif isinstance(event, CallbackQuery):
             await event.answer("Sorry, this bot is private.", show_alert=True)
         return None
+
+
+BROKEN_TEXT = (
+    "Sorry, I cannot read this message: it holds a broken character (a lone UTF-16 surrogate). "
+    "Please send it again, perhaps without that emoji or symbol."
+)
+
+
+class ValidText(BaseMiddleware):
+    """Answers a message whose text is not valid Unicode (a lone UTF-16 surrogate, which JSON can
+    spell and no encoder takes) with one clear line, before any handler stores or sends it."""
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        if isinstance(event, Message):
+            try:
+                check_text([event.text, event.caption])
+            except ValueError:
+                logger.info("refused a message with invalid text in chat %s", event.chat.id)
+                await event.answer(BROKEN_TEXT)
+                return None
+        return await handler(event, data)
 
 
 class InFlight(BaseMiddleware):

@@ -1,7 +1,8 @@
 """Per-chat sampling settings: the three knobs a chat may turn, their button choices and bounds.
 
-Defaults and validity come from `GenerationParams` (pure Python), so the bot can never store a
-value the server would reject for a reason the bot could have known.
+Defaults and validity come from `GenerationParams` (pure Python) and from `openai_bounds`, the
+bounds of `/v1/chat/completions` (temperature at most OpenAI's 2), which the bot calls beside
+`/generated_texts/`: one source, so the bot never stores a value the server would refuse.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lmfast.generation.params import GenerationParams
+from lmfast.generation.params import GenerationParams, check_bounds, openai_bounds
 
 _DEFAULTS = GenerationParams()
 
@@ -30,8 +31,10 @@ class ChatSettings:
             raise ValueError(
                 f"max_new_tokens must be in [1, {MAX_BOT_NEW_TOKENS}], got {self.max_new_tokens}"
             )
-        # the shared dataclass holds the one definition of what is valid
+        # the shared dataclass and the routes' own bodies hold the one definition of what is valid
         self.to_params()
+        for name in ("temperature", "top_p"):  # /v1/chat/completions' bounds, inside those
+            check_bounds(name, getattr(self, name), openai_bounds(name))
 
     def to_params(self) -> GenerationParams:
         return GenerationParams(

@@ -78,6 +78,10 @@ class StoredText:
     continuation: str
 
 
+class StorageError(ValueError):
+    """The `--db_path` file cannot be used (garbage, truncated, a directory...): one line, exit 2."""
+
+
 class Storage:
     """The bot's SQLite file. Open once per process, close on shutdown."""
 
@@ -86,11 +90,20 @@ class Storage:
             raise ValueError(f"max_texts must be >= 1, got {max_texts}")
         self.path = Path(path)
         self.max_texts = max_texts
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: one statement each
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        if self.path.is_dir():
+            raise StorageError(f"--db_path: {self.path} is a directory (give the SQLite file's name)")
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: one statement each
+            # a truncated file opens fine and fails at its first read: check it whole, now
+            problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as error:
+            raise StorageError(f"--db_path: {self.path}: not a usable SQLite database ({error})") from None
 
     def close(self) -> None:
         self._db.close()

@@ -2,22 +2,23 @@
 
 Why one module: every later step (sharding, the valid split, description.json, merge) relies on
 the same deterministic order, so it is decided once, here. Order is the sorted path strings
-(code point order, not the shell's locale), duplicates removed. The format follows the name:
+(code point order, not the shell's locale); a file named twice, through a link or a link loop, is
+read once (`expand`). The format follows the name:
 `.jsonl`/`.ndjson` are JSON lines (one document a record), `.parquet` is Parquet (one document a
 row), anything else is the seed's delimited text; `.gz` and `.zst` after it are read as streams.
 """
 
 from __future__ import annotations
 
-import glob
 import gzip
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 # the names a directory contributes (an explicitly named file of any other name is text)
 DIRECTORY_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".parquet")
 _GLOB_CHARS = set("*?[")
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -63,10 +65,24 @@ def classify(path: Path) -> tuple[str, str]:
     return fmt, compression
 
 
-def _in_directory(directory: Path) -> list[Path]:
+def _in_directory(directory: Path, skipped: list[str]) -> list[Path]:
+    """The directory's files of the known suffixes, recursively. A directory link is followed only
+    to a directory not yet walked (by real path), so a link loop (`self -> .`) is walked once and
+    noted in `skipped`."""
     found = []
+    walked = {os.path.realpath(directory)}
     for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if name.startswith("."):
+                continue
+            if real in walked:
+                skipped.append(f"{os.path.join(root, name)} (a link to a directory already read)")
+                continue
+            walked.add(real)
+            kept.append(name)
+        dirs[:] = kept
         for name in files:
             path = Path(root) / name
             stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in COMPRESSIONS else name
@@ -75,9 +91,26 @@ def _in_directory(directory: Path) -> list[Path]:
     return found
 
 
+def _glob(text: str) -> list[Path]:
+    """The files a glob matches. pathlib's `**` does not descend into directory links, so a link
+    loop cannot trap it; hidden names match only a pattern part that starts with a dot (as glob)."""
+    parts = Path(text).parts
+    first = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
+    root = Path(*parts[:first]) if first else Path()
+    pattern = Path(*parts[first:])
+    hidden_ok = any(part.startswith(".") for part in pattern.parts)
+    return [
+        path
+        for path in root.glob(str(pattern))
+        if path.is_file() and (hidden_ok or not any(p.startswith(".") for p in path.relative_to(root).parts))
+    ]
+
+
 def expand(arguments: Sequence[Path | str], flag: str) -> list[InputFile]:
     """Every file the arguments name: a file, a glob (`**` recursive) or a directory (its files of
-    the known suffixes, hidden ones skipped, recursively). Sorted by path, duplicates removed.
+    the known suffixes, hidden ones skipped, recursively). Each file is read once: files are told
+    apart by their real path (links resolved), the one kept named by its smallest path, and what
+    was skipped (duplicates, link loops) is logged in one line. Sorted by path.
 
     Raises:
         InputError: nothing given, a path that does not exist, a glob or directory matching no
@@ -85,22 +118,37 @@ def expand(arguments: Sequence[Path | str], flag: str) -> list[InputFile]:
     """
     if not arguments:
         raise InputError(f"{flag}: no input file given")
-    paths: dict[str, Path] = {}
+    paths: dict[str, Path] = {}  # real path -> the path that names it
+    skipped: list[str] = []
     for argument in arguments:
         text = str(argument)
         if _GLOB_CHARS & set(text) and not Path(text).exists():
-            matches = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
+            matches = _glob(text)
             if not matches:
                 raise InputError(f"{flag}: no file matches {text!r}")
         elif Path(text).is_dir():
-            matches = _in_directory(Path(text))
+            matches = _in_directory(Path(text), skipped)
             if not matches:
                 raise InputError(f"{flag}: directory {text} holds no {'/'.join(DIRECTORY_SUFFIXES)} file")
         else:
             matches = [Path(text)]
         for path in matches:
-            paths.setdefault(os.path.normpath(path), path)
-    return [_input_file(paths[key], flag) for key in sorted(paths)]
+            real = os.path.realpath(path)
+            kept = paths.get(real)
+            if kept is not None and os.path.normpath(kept) != os.path.normpath(path):
+                first, second = sorted((kept, path), key=os.path.normpath)
+                skipped.append(f"{second} (the same file as {first})")
+                path = first
+            paths[real] = path
+    if skipped:
+        logger.warning(
+            "%s: read each file once; skipped %d: %s%s",
+            flag,
+            len(skipped),
+            "; ".join(skipped[:3]),
+            "; ..." if len(skipped) > 3 else "",
+        )
+    return [_input_file(path, flag) for path in sorted(paths.values(), key=os.path.normpath)]
 
 
 def _input_file(path: Path, flag: str) -> InputFile:
@@ -135,8 +183,50 @@ def open_binary(path: Path, compression: str) -> IO[bytes]:
     if compression == "zstd":
         zstandard = require("zstandard", path)
 
-        return io.BufferedReader(zstandard.open(path, "rb"))  # its reader has no readline
+        return io.BufferedReader(ZstdFrames(path, zstandard))
     return path.open("rb")
+
+
+class ZstdFrames(io.RawIOBase):
+    """A .zst file's bytes, every frame of it. A file that ends inside a frame raises EOFError
+    naming the cut, where zstandard's own reader stops quietly there (a two-frame file cut in its
+    second frame read as half the documents, one cut frame as none)."""
+
+    def __init__(self, path: Path, zstandard: Any) -> None:
+        self._file = path.open("rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the frame being decompressed, None between frames
+        self._pending = b""  # compressed bytes after the last frame's end, not yet fed
+        self._out = bytearray()
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out and not self._ended:
+            self._feed()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def _feed(self) -> None:
+        data, self._pending = self._pending or self._file.read(1 << 20), b""
+        if not data:
+            if self._frame is not None:
+                raise EOFError(f"truncated: the file ends inside a zstd frame, at byte {self._file.tell()}")
+            self._ended = True
+            return
+        if self._frame is None:
+            self._frame = self._dctx.decompressobj()
+        self._out += self._frame.decompress(data)
+        if self._frame.eof:
+            self._pending, self._frame = self._frame.unused_data, None
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def require(module: str, path: Path):  # noqa: ANN201 (a module)

@@ -6,7 +6,8 @@ arrays concatenated in shard order, each shard's start positions shifted by the 
 it. The merge streams every array once into the new dataset (nothing else copies token data) and
 writes the description a single run would have written (plus `merged_from`); training reads the
 result like any dataset. Shards are checked first: one run (same flags and inputs), every index
-present once, the same tokenizer, arrays consistent with their descriptions.
+present once, the same tokenizer, arrays consistent with their descriptions, and the full
+`PreparedDataset.verify()` that training runs (every id, every start position, the tokenizer).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lmfast.data import staging
-from lmfast.data.dataset import SPLITS, DatasetFormatError, PreparedSplit, _read_description
+from lmfast.data.dataset import SPLITS, DatasetFormatError, PreparedDataset, PreparedSplit, _read_description
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.prepare import PrepareConfig, _commit
@@ -98,6 +99,11 @@ def _load_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
                 )
             except DatasetFormatError as error:
                 raise PrepareError(f"shards: {error}") from None
+    for path, _ in shards:  # the full check train runs (ids, start positions, tokenizer), before any write
+        try:
+            PreparedDataset(path).verify()
+        except DatasetFormatError as error:
+            raise PrepareError(f"shards: {error}") from None
     return shards
 
 

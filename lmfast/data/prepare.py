@@ -183,6 +183,11 @@ class PrepareConfig:
             raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
         if self.bad_lines not in dialogs.BAD_LINES:
             raise PrepareError("bad_lines", f"expected one of {dialogs.BAD_LINES}, got {self.bad_lines!r}")
+        if self.bad_lines != "error" and self.documents_format != "dialogs":
+            raise PrepareError(
+                "bad_lines",
+                "applies to --documents_format dialogs only (a bad line of a document file is always an error)",
+            )
         delimiter = self.end_of_document.strip()
         if self.documents_format == "text" and not delimiter and self._may_be_text():
             raise PrepareError("end_of_document", "must not be empty or whitespace (required with --documents_format text)")
@@ -811,6 +816,14 @@ def _resolve_inputs(config: PrepareConfig) -> dict[str, list[inputs.InputFile]]:
     splits = {"train": inputs.expand(arguments["train"], "--documents_train_file")}
     if not config.valid_fraction:
         splits["valid"] = inputs.expand(arguments["valid"], "--documents_valid_file")
+        train = {os.path.realpath(f.path) for f in splits["train"]}
+        both = [str(f.path) for f in splits["valid"] if os.path.realpath(f.path) in train]
+        if both:
+            logger.warning(
+                "--documents_valid_file: %s is also a --documents_train_file: the validation loss "
+                "will measure documents the model was trained on",
+                ", ".join(both[:3]) + (", ..." if len(both) > 3 else ""),
+            )
     delimiter = config.end_of_document.strip()
     for name, files in splits.items():
         flag = f"--documents_{name}_file"

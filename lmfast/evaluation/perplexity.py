@@ -293,14 +293,21 @@ def dataset_stream(config: EvalConfig, codec: Any) -> Stream:
     directory = Path(config.dataset_dir or "")
     if not directory.is_dir():
         raise EvalError("dataset_dir", f"{directory}: no such directory")
-    try:
-        dataset = PreparedDataset(directory)
+    try:  # the full check train and merge run, before any scoring
+        dataset = PreparedDataset(directory).verify()
         split = getattr(dataset, config.split)
         ids = np.asarray(split.corpus, dtype=np.int64)
         mask = split.loss_mask
     except DatasetFormatError as error:
         raise EvalError("dataset_dir", str(error)) from None
     _check_tokenizer(directory, codec)
+    if ids.size and int(ids.max()) >= codec.vocab_size:
+        position = int(np.argmax(ids >= codec.vocab_size))
+        raise EvalError(
+            "dataset_dir",
+            f"{directory}/{config.split}/corpus.npy: token id {int(ids[position])} at position {position} "
+            f"is outside the model's vocabulary ({codec.vocab_size})",
+        )
     scored = None if mask is None else np.asarray(mask, dtype=bool)
     return Stream(ids, scored, {"kind": "dataset", "path": str(directory), "split": config.split})
 
@@ -435,8 +442,12 @@ def check_output(path: Path) -> None:
         raise EvalError("output", f"{path}: is a directory (give a file name for the JSON report)")
     if not path.parent.is_dir():
         raise EvalError("output", f"{path.parent}: no such directory")
-    if not os.access(path.parent, os.W_OK):
-        raise EvalError("output", f"{path.parent}: not writable")
+    try:  # a real write, not os.access: root passes that on a read-only mount or in /proc
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise EvalError("output", f"{path.parent}: not writable ({error.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

@@ -28,6 +28,13 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 """Separators as `json.dumps` writes them; no free whitespace (see the module docstring)."""
 MAX_GRAMMAR_CHARS = 100_000
 """A schema, regex or choice list longer than this (as JSON) is refused."""
+MAX_SCHEMA_DEPTH = 64
+"""A JSON schema nested deeper than this is refused (before anything recurses into it)."""
+LIMITS: dict[str, int] = {"initial_lexer_fuel": 200_000, "step_lexer_fuel": 50_000}
+"""llguidance's `LLParserLimits` (defaults 1,000,000 and 200,000): bound the lexer work of
+compiling and of each step's mask. With its defaults `a{1000}{1000}` compiled for 2 s and each
+mask took 0.3 s on the engine thread; with these, ordinary schemas and regexes mask in under
+10 ms per step on a shared CPU and such a regex is refused at compile time."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,23 @@ def grammar_text(constraint: Constraint) -> str:
         ) from None
 
 
+def depth(value: Any) -> int:
+    """Nesting depth of JSON-like lists and dicts, counted without recursion (a hostile
+    `[[[[...]]]]` must not overflow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            if level <= MAX_SCHEMA_DEPTH:
+                stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _grammar_text(llguidance: Any, constraint: Constraint) -> str:
+    if depth(constraint.spec) > MAX_SCHEMA_DEPTH:
+        raise ParamError(constraint.field, f"is nested deeper than {MAX_SCHEMA_DEPTH} levels")
     if len(json.dumps(constraint.spec, default=str)) > MAX_GRAMMAR_CHARS:
         raise ParamError(constraint.field, f"is longer than {MAX_GRAMMAR_CHARS} characters")
     matcher = llguidance.LLMatcher
@@ -112,6 +135,18 @@ class RowGrammar:
         return bool(self.matcher.is_stopped())
 
 
+class CompiledGrammar(str):
+    """Grammar text with its matcher already built and checked (`Grammars.compile`, in a worker
+    thread): the engine thread only copies the matcher, so no compiling ever runs there."""
+
+    prototype: Any
+
+    def __new__(cls, text: str, prototype: Any) -> CompiledGrammar:
+        grammar = super().__new__(cls, text)
+        grammar.prototype = prototype
+        return grammar
+
+
 class Grammars:
     """llguidance for one tokenizer; built once per served model, on first use (about a second)."""
 
@@ -133,23 +168,49 @@ class Grammars:
                 codec._grammars = grammars
             return grammars
 
-    def compile(self, constraint: Constraint) -> str:
-        """The checked grammar text of a constraint.
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        """The checked grammar of a constraint, its matcher built here (seconds for a hostile regex:
+        call it in a worker thread) within `LIMITS`, and its first mask computed.
 
         Raises:
             ParamError: (field = the constraint's field) a schema, regex or choice list llguidance refuses.
         """
         grammar = grammar_text(constraint)
         try:
-            error = self._llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+            prototype = self._llg.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits())
+            error = prototype.get_error() if prototype.is_error() else self._trial_step(prototype)
         except Exception as exc:  # whatever the client sent must not become a 500
             error = f"{type(exc).__name__}: {exc}"
-        if error and not error.startswith("WARNING"):
+        if error:
             raise ParamError(constraint.field, f"is refused by the grammar compiler: {_one_line(error)}")
-        return grammar
+        return CompiledGrammar(grammar, prototype)
+
+    def _trial_step(self, prototype: Any) -> str:
+        """Why the first step fails (within `LIMITS`), or "": the first mask is computed on the
+        prototype (its lexer states are then shared by every copy), and a copy consumes the first
+        allowed token, where a huge repetition runs out of fuel."""
+        allowed = np.flatnonzero(
+            RowGrammar(prototype, self.tokenizer.vocab_size).allowed(self.tokenizer.vocab_size)
+        )
+        if prototype.is_error():
+            return str(prototype.get_error())
+        if allowed.size == 0 or prototype.is_stopped():
+            return ""
+        trial = prototype.deep_copy()
+        if not trial.consume_token(int(allowed[0])) or trial.is_error():
+            return str(trial.get_error())
+        RowGrammar(trial, self.tokenizer.vocab_size).allowed(1)
+        return str(trial.get_error()) if trial.is_error() else ""
+
+    def _limits(self) -> Any:
+        return self._llg.LLParserLimits(**LIMITS)
 
     def matcher(self, grammar: str) -> RowGrammar:
-        matcher = self._llg.LLMatcher(self.tokenizer, grammar)
+        """A row's matcher: a copy of a `CompiledGrammar`'s, else built from the text (library use)."""
+        if isinstance(grammar, CompiledGrammar):
+            matcher = grammar.prototype.deep_copy()
+        else:
+            matcher = self._llg.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits())
         if matcher.is_error():
             raise ValueError(f"structured output: {matcher.get_error()}")
         return RowGrammar(matcher, self.tokenizer.vocab_size)

@@ -52,6 +52,25 @@ def _num(x: float) -> str:
     return "2**63" if x == SEED_LIMIT else f"{x:g}"
 
 
+OPENAI_TEMPERATURE_LIMIT = 2.0
+"""OpenAI's highest temperature: /v1/completions and /v1/chat/completions keep it (GenerationParams
+allows more), so the bot's settings, which those routes receive, keep it too."""
+
+
+def openai_bounds(name: str) -> dict[str, float]:
+    """A field's bounds on the OpenAI routes: `field_bounds`, with temperature capped at OpenAI's 2."""
+    limits = field_bounds(name)
+    if name == "temperature":
+        limits["le"] = OPENAI_TEMPERATURE_LIMIT
+    return limits
+
+
+def check_bounds(name: str, value: float, limits: dict[str, float]) -> None:
+    """ParamError naming `name` unless `value` lies within `limits` (NaN never does)."""
+    if not _within(value, limits):
+        raise ParamError(name, f"must be {_interval(limits)}, got {value}")
+
+
 def _interval(limits: dict[str, float]) -> str:
     """`in [1, 4096]`, `in (0, 1]`, `>= 0`: the rule as the error message states it."""
     low = f"[{_num(limits['ge'])}" if "ge" in limits else f"({_num(limits['gt'])}" if "gt" in limits else ""

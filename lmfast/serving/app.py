@@ -21,17 +21,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
 from lmfast.serving.batching import BatchingEngine
 from lmfast.serving.config import ServeConfig, allowed_origins
-from lmfast.serving.deps import ServerState
+from lmfast.serving.deps import ServerState, require_api_key, require_api_key_for_metrics
 from lmfast.serving.dispatch import ClientDisconnected
 from lmfast.serving.errors import validation_error_handler
 from lmfast.serving.guard import BodyDeadline, RequireJSON
@@ -107,6 +108,9 @@ def create_app(
         version=__version__,
         summary="Text generation with continuous batching; the seed's API and OpenAI's /v1/completions.",
         lifespan=lifespan,
+        docs_url=None,  # served below, behind --api_key like every route but the public ones
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.lmfast = state
     app.include_router(legacy.router)
@@ -114,13 +118,26 @@ def create_app(
     chat.install(app, config)  # /v1/chat/completions and the chat template
     app.include_router(tokenizer.router)
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="lmfast API")
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, 401: {}},
+        dependencies=[Depends(require_api_key_for_metrics)],
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text: requests, queue depth, batch sizes, tokens/s, latency histograms."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground() -> HTMLResponse:
+    async def playground() -> HTMLResponse:  # public: a static shell that asks for the key
         return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
 
     @app.exception_handler(ClientDisconnected)
@@ -168,7 +185,16 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            # the template, not the raw path: a fuzzer must not create one series per URL
-            name = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(name, str(status)).inc()
+            self.metrics.requests.labels(_route_name(scope), str(status)).inc()
+
+
+def _route_name(scope: Scope) -> str:
+    """The route template a request is counted under. One refused before routing (415, 413, 408)
+    counts under its path when that is one of the API's routes (from the cached OpenAPI schema),
+    else under "unmatched": a fuzzer must not create one series per URL."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    app = scope.get("app")
+    paths = app.openapi()["paths"] if isinstance(app, FastAPI) else {}
+    return str(scope["path"]) if scope["path"] in paths else "unmatched"

@@ -93,6 +93,8 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     # OpenAI options this server does not implement: refused rather than silently ignored
     tools: None = None
     tool_choice: Literal["none"] | None = None
+    functions: None = Field(default=None, description="OpenAI's legacy tools: refused like tools.")
+    function_call: Literal["none"] | None = None
     # response_format (and vLLM's structured_outputs): lmfast.serving.structured
 
     def refusal(self) -> tuple[str, str] | None:

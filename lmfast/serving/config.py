@@ -53,11 +53,17 @@ class ServeConfig:
     request_timeout_s: float = 120.0
     """A request still unanswered after this many seconds is dropped and answered 504."""
     api_key: str | None = None
-    """If set, every API call needs `Authorization: Bearer <api_key>` (401 otherwise)."""
+    """If set, every route needs `Authorization: Bearer <api_key>` (401 otherwise) but `/health_check/` and the
+    playground page's shell `/` (which asks for the key); /metrics too unless --metrics_public."""
+    metrics_public: bool = False
+    """With --api_key: let anyone read /metrics (a Prometheus scraper without the key); off by default."""
     chat_template: str | None = None
     """A Jinja chat template file for /v1/chat/completions (None: the model's own, from its tokenizer files)."""
     max_prompt_chars: int = 16_000
     """Longest prompt accepted, in characters (422 beyond it; the model's context is checked too)."""
+    max_prompt_tokens: int = 16_384
+    """Most prompt tokens one request may carry, all its prompts together, text, token ids and
+    messages alike (422 beyond it); each prompt must also leave room in the model's context."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """uvicorn log level."""
     max_body_bytes: int = 1_000_000
@@ -101,6 +107,8 @@ class ServeConfig:
             raise ValueError(f"--request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_prompt_chars < 1:
             raise ValueError(f"--max_prompt_chars must be >= 1, got {self.max_prompt_chars}")
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"--max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         if self.api_key == "":
             self.api_key = None
         if self.chat_template == "":

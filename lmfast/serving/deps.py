@@ -73,16 +73,21 @@ def get_generator(state: ServerState = Depends(get_state)) -> Any:
 
 
 def require_api_key(
+    request: Request,
     config: ServeConfig = Depends(get_config),
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    _: HTTPAuthorizationCredentials | None = Depends(_bearer),  # declares the scheme in /openapi.json
 ) -> None:
-    """401 unless the server has no API key or the request carries `Authorization: Bearer <key>`."""
+    """401 unless the server has no API key or the request carries exactly one header
+    `Authorization: Bearer <key>`, compared byte for byte (no other case, spacing or scheme)."""
     if config.api_key is None:
         return
-    given = credentials.credentials if credentials is not None else ""
-    if (
-        credentials is None
-        or credentials.scheme.lower() != "bearer"
-        or not secrets.compare_digest(given.encode(), config.api_key.encode())
-    ):
+    given = request.headers.getlist("authorization")
+    expected = f"Bearer {config.api_key}".encode()
+    if len(given) != 1 or not secrets.compare_digest(given[0].encode("latin-1"), expected):
         raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_api_key_for_metrics(request: Request, config: ServeConfig = Depends(get_config)) -> None:
+    """/metrics: the API key's rule, unless `--metrics_public` opens it to scrapers."""
+    if not config.metrics_public:
+        require_api_key(request, config, None)

@@ -78,8 +78,29 @@ def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, floa
 
 
 def check_prompts(prompts: Sequence[str], max_chars: int, field: str) -> None:
+    """422 naming `field` for a text over `--max_prompt_chars`: a cheap bound before any tokenizing."""
     if any(len(p) > max_chars for p in prompts):
         raise invalid(field, f"a prompt may have at most {max_chars} characters on this server")
+
+
+def check_prompt_tokens(
+    prompt_ids: Sequence[Sequence[int]], max_tokens: int, context: int, field: str
+) -> None:
+    """One bound on prompt tokens for text, token ids and messages alike: each prompt must leave
+    room for an answer in the model's `context`, and a request's prompts together may have at most
+    `max_tokens` (`--max_prompt_tokens`). 422 naming `field` otherwise."""
+    longest = max((len(ids) for ids in prompt_ids), default=0)
+    if longest >= context:
+        raise invalid(
+            field,
+            f"a prompt is {longest} tokens; the model's context is {context} (prompt and answer together)",
+        )
+    total = sum(len(ids) for ids in prompt_ids)
+    if total > max_tokens:
+        raise invalid(
+            field,
+            f"the prompts are {total} tokens together; this server takes at most {max_tokens} per request",
+        )
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -127,13 +148,25 @@ async def start(
         ClientDisconnected: the client left while waiting.
     """
     job = GenerationJob(prompts, params, asyncio.get_running_loop(), grammar)
-    metrics: ServeMetrics = state_of(request.app).metrics
+    state = state_of(request.app)
+    metrics: ServeMetrics = state.metrics
+    # token ids cost nothing to count: refuse them before any text is tokenized
+    check_prompt_tokens(
+        [p for p in prompts if isinstance(p, list)],
+        state.config.max_prompt_tokens,
+        engine.generator.max_context,
+        prompt_field,
+    )
     try:  # off the engine thread and off the event loop: long texts take a while
         await asyncio.to_thread(job.tokenize, engine.generator.codec)
     except ValueError as exc:
         raise invalid(prompt_field, f"cannot be tokenized ({type(exc).__name__})") from None
     except Exception as exc:
         raise http_error(metrics, exc) from None
+    assert job.prompt_ids is not None  # set by tokenize
+    check_prompt_tokens(
+        job.prompt_ids, state.config.max_prompt_tokens, engine.generator.max_context, prompt_field
+    )
     try:
         engine.submit(job)
     except QueueFullError as exc:

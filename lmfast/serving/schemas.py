@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, field_bounds
+from lmfast.generation.params import MAX_NEW_TOKENS_LIMIT, field_bounds, openai_bounds
 from lmfast.serving.structured import StructuredOutputFields
+from lmfast.unicode import check_text
 
 MAX_PROMPT_CHARS = 100_000
 """Hard ceiling of one prompt in the schema; `ServeConfig.max_prompt_chars` may lower it."""
@@ -28,31 +29,8 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 1024
 TOP_K_LIMIT = 1_000_000
 """HTTP only: GenerationParams takes any top_k >= 0, a body no more than this."""
-OPENAI_TEMPERATURE = {**field_bounds("temperature"), "le": 2.0}
-"""OpenAI's range for /v1/completions, inside GenerationParams' own."""
-
-
-def check_text(value: Any) -> Any:
-    """`value` if every string in it (lists and dicts searched) is UTF-8 encodable, else ValueError.
-
-    JSON can spell a lone UTF-16 surrogate (`"\\ud800"`), which Python keeps in a str and the
-    tokenizer refuses; refused here, at the boundary, it is a 422 naming the field.
-    """
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"must be valid Unicode text (a lone surrogate at character {exc.start})"
-            ) from None
-    elif isinstance(value, list | tuple):
-        for item in value:
-            check_text(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_text(key)
-            check_text(item)
-    return value
+OPENAI_TEMPERATURE = openai_bounds("temperature")
+"""OpenAI's range for /v1/completions and /v1/chat/completions, inside GenerationParams' own."""
 
 
 class RequestBody(BaseModel):

@@ -4,19 +4,22 @@ OpenAI's `response_format` (`{"type": "json_object"}`, `{"type": "json_schema", 
 {"name", "schema", "strict"}}`, `{"type": "text"}`), vLLM's `structured_outputs` (`json`,
 `regex`, `choice`, `json_object`) and vLLM's older `guided_json` / `guided_regex` /
 `guided_choice`. At most one may constrain a request. The grammar is compiled off the event loop
-and checked against the served tokenizer before the job is queued, so a bad schema is a 422
-naming its field; the engine then masks each constrained row (lmfast.generation.grammar).
+and checked against the served tokenizer before the job is queued, on two threads of its own and
+within `COMPILE_TIMEOUT_S`, so a bad, huge, deep or slow schema or regex is a 422 naming its field;
+the engine then copies the compiled matcher for each constrained row and masks it
+(lmfast.generation.grammar): no grammar is compiled on the engine thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmfast.generation.grammar import Constraint, Grammars
+from lmfast.generation.grammar import MAX_GRAMMAR_CHARS, MAX_SCHEMA_DEPTH, Constraint, Grammars
 from lmfast.generation.params import ParamError
 
 
@@ -51,7 +54,9 @@ class StructuredOutputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_: dict[str, Any] | Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = Field(
+        default=None, alias="json"
+    )
     regex: str | None = Field(default=None, min_length=1, max_length=4096)
     choice: list[str] | None = Field(default=None, min_length=1, max_length=256)
     json_object: bool | None = None
@@ -70,7 +75,7 @@ class StructuredOutputFields(BaseModel):
 
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
-    guided_json: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
     guided_regex: str | None = Field(default=None, min_length=1, max_length=4096)
     guided_choice: list[str] | None = Field(default=None, min_length=1, max_length=256)
 
@@ -124,6 +129,15 @@ def _schema(value: dict[str, Any] | str, field: str) -> Any:
         return json.loads(value)
     except ValueError as error:
         raise ParamError(field, f"is not valid JSON ({error})") from None
+    except RecursionError:  # "[[[[...": json's decoder recurses per level
+        raise ParamError(field, f"is nested deeper than {MAX_SCHEMA_DEPTH} levels") from None
+
+
+COMPILE_TIMEOUT_S = 5.0
+"""A grammar not compiled within this many seconds is refused (422): its thread runs on, bounded by
+llguidance's limits, but the request does not wait for it."""
+_compiler = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmfast-grammar")
+"""Grammar compiling has its own two threads: hostile grammars cannot take every worker thread."""
 
 
 async def compile_grammar(
@@ -136,11 +150,20 @@ async def compile_grammar(
     """
     from lmfast.serving.dispatch import invalid
 
+    constraint = None
     try:
         constraint = body.constraint()
         if constraint is None:
             return None
-        grammars = await asyncio.to_thread(Grammars.of, codec, eos_token_ids)
-        return await asyncio.to_thread(grammars.compile, constraint)
+        loop = asyncio.get_running_loop()
+        grammars = await loop.run_in_executor(_compiler, Grammars.of, codec, eos_token_ids)
+        return await asyncio.wait_for(
+            loop.run_in_executor(_compiler, grammars.compile, constraint), COMPILE_TIMEOUT_S
+        )
     except ParamError as error:
         raise invalid(error.field, str(error)) from None
+    except TimeoutError:
+        assert constraint is not None
+        raise invalid(
+            constraint.field, f"took longer than {COMPILE_TIMEOUT_S:g} s to compile: give a simpler one"
+        ) from None

@@ -47,7 +47,12 @@ class DatasetTokenizer:
             )
         backend = Tokenizer.from_file(str(path))
         config_path = directory / "tokenizer_config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        except (ValueError, OSError) as error:
+            raise TrainInputError(
+                f"--dataset_dir {dataset_dir}: {config_path}: unreadable ({error})"
+            ) from None
 
         def token_id(role: str) -> int | None:
             key = f"{role}_token_id"

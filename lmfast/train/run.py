@@ -229,8 +229,8 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the log
     dataset = _open_dataset(config.dataset_dir)
     dataset_dir = Path(config.dataset_dir)
+    _check_dataset(dataset, config.dataset_dir)  # first: it names a corrupt tokenizer.json in one line
     tokenizer = DatasetTokenizer.from_dataset(dataset_dir, dataset.description)
-    _check_dataset(dataset, config.dataset_dir)
     checkpoint_io = ChecksummedCheckpointIO()
     resumed = _resume_checkpoint(config, checkpoint_io)
     train_lengths = dataset.train.lengths()

@@ -68,3 +68,24 @@ def test_unknown_flag_and_help_go_through_argparse(capsys):
 def test_user_ids_parse():
     assert parse_user_ids("1,2 3,,") == (1, 2, 3)
     assert parse_user_ids("") == ()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "directory"])
+def test_an_unusable_db_path_is_one_line_and_exit_2(damage, tmp_path, monkeypatch, capsys):
+    """Checked when the bot opens its database, before Telegram is called (no token check is made)."""
+    from lmfast.bot.storage import Storage
+
+    path = tmp_path / "bot.sqlite3"
+    if damage == "garbage":
+        path.write_bytes(b"not a database at all, " * 100)
+    elif damage == "truncated":
+        with Storage(path) as db:
+            for i in range(100):
+                db.add_turn(1, "user", f"turn {i} " * 50)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.mkdir()
+    monkeypatch.delenv("LMFAST_BOT_TOKEN", raising=False)
+    assert main(["--token", TOKEN, "--db_path", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lmfast bot: error: --db_path: {path}"), err

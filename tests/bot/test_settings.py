@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lmfast.bot.keyboards import SetValue, TextAction, settings_keyboard, text_keyboard
 from lmfast.bot.settings import CHOICES, ChatSettings, format_value
@@ -56,3 +58,31 @@ def test_format_value_marks_greedy():
     assert format_value("temperature", 0.0) == "0 (greedy)"
     assert format_value("max_new_tokens", 64) == "64"
     assert format_value("top_p", 0.95) == "0.95"
+
+
+@given(
+    name=st.sampled_from(["temperature", "top_p"]),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, 2.0, 2.0001, 3.0, 100.0])
+    ),
+)
+def test_the_bot_accepts_exactly_what_both_routes_it_calls_accept(name, value):
+    """One source: a setting the bot stores is never refused by /v1/chat/completions or
+    /generated_texts/ (the bug: temperature 3 was stored, then every chat reply was a 422)."""
+    from pydantic import ValidationError
+
+    from lmfast.serving.chat_schemas import ChatCompletionRequest
+    from lmfast.serving.schemas import GeneratedTextsRequest
+
+    try:
+        ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **{name: value})
+        GeneratedTextsRequest(seed_text="x", **{name: value})
+        routes_accept = True
+    except ValidationError:
+        routes_accept = False
+    try:
+        ChatSettings().with_value(name, value)
+        bot_accepts = True
+    except ValueError:
+        bot_accepts = False
+    assert bot_accepts == routes_accept, (name, value)

@@ -214,3 +214,111 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path, corpus_dir, capsys
                           "--num_shards", "2", "--shard_index", "1"])  # fmt: skip
     _fails(capsys, ["merge", str(shard), str(other)], "another run", "max_sample_length")
     assert sorted(p.name for p in (out / "t").iterdir()) == [shard.name, other.name]
+
+
+@pytest.mark.timeout(120)  # the two link loops below once never finished
+def test_each_input_is_read_once_through_links_and_link_loops(tmp_path, corpus_dir, capsys, caplog):
+    root, documents = corpus_dir
+    looped = tmp_path / "looped"
+    (looped / "sub").mkdir(parents=True)
+    (looped / "a.txt").write_bytes((root / "all.txt").read_bytes())
+    (looped / "self").symlink_to(".")  # a loop: looped/self/self/... is looped
+    (looped / "sub" / "up").symlink_to("..")  # a second loop, through a subdirectory
+    (looped / "alias.txt").symlink_to("a.txt")  # the same file under another name
+    valid = ["--documents_valid_file", str(root / "all.txt")]
+    cases = {
+        "dir": [str(looped)],
+        "glob": [str(looped / "**" / "*.txt")],
+        "named": [str(looped / "self" / "sub" / "up" / "a.txt"), str(looped / "alias.txt"), str(looped)],
+    }
+    for name, train in cases.items():
+        caplog.clear()
+        dataset = PreparedDataset(_run(capsys, _args(tmp_path, train, *valid, name=name)))
+        records = [r for r in dataset.description["input_files"] if r["split"] == "train"]
+        assert [Path(r["path"]).name for r in records] == ["a.txt"], records
+        if name != "glob":  # pathlib's ** never enters a directory link: nothing to skip
+            assert any("read each file once; skipped" in r.getMessage() for r in caplog.records), name
+
+
+def test_the_same_file_as_train_and_valid_is_a_warning(tmp_path, corpus_dir, capsys, caplog):
+    root, _ = corpus_dir
+    link = tmp_path / "again.txt"
+    link.symlink_to(root / "all.txt")
+    _run(capsys, _args(tmp_path, [str(root / "all.txt")], "--documents_valid_file", str(link)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("again.txt is also a --documents_train_file" in w for w in warnings), warnings
+
+
+def test_a_cut_zstd_stream_is_refused_as_truncated(tmp_path, corpus_dir, capsys):
+    """Cut anywhere inside a frame, a .zst input is one line naming it: no partial dataset."""
+    root, _ = corpus_dir
+    docs = [f"document {i}: " + "words " * 20 for i in range(200)]
+    lines = [
+        ("".join(json.dumps({"text": d}) + "\n" for d in half)).encode() for half in (docs[:100], docs[100:])
+    ]
+    frames = [zstandard.ZstdCompressor().compress(part) for part in lines]
+    text_frame = zstandard.ZstdCompressor().compress(_delimited(docs).encode())
+    valid = ["--documents_valid_file", str(root / "all.txt")]
+    whole = tmp_path / "whole.jsonl.zst"
+    whole.write_bytes(frames[0] + frames[1])
+    cases = {
+        "second frame cut": (frames[0] + frames[1][: len(frames[1]) // 2], "jsonl.zst"),
+        "second frame header only": (frames[0] + frames[1][:6], "jsonl.zst"),
+        "one frame cut": (text_frame[:-3], "txt.zst"),
+        "one frame half": (text_frame[: len(text_frame) // 2], "txt.zst"),
+    }
+    for i, (name, (data, suffix)) in enumerate(cases.items()):
+        path = tmp_path / f"cut{i}.{suffix}"
+        path.write_bytes(data)
+        _fails(capsys, _args(tmp_path, [str(path)], *valid), str(path), "truncated")
+        assert not (tmp_path / "datasets").exists(), name
+    dataset = PreparedDataset(_run(capsys, _args(tmp_path, [str(whole)], *valid, name="whole")))
+    assert dataset.description["number_of_train_documents"] == 200  # both frames read
+
+
+def _shards(tmp_path: Path, root: Path, capsys) -> list[Path]:
+    flags = _args(tmp_path, [str(root / "inputs")], "--valid_fraction", "0.2", name="m")
+    return [_run(capsys, [*flags, "--num_shards", "2", "--shard_index", str(i)]) for i in range(2)]
+
+
+def test_merge_verifies_every_shard_before_writing(tmp_path, corpus_dir, capsys):
+    """The damage `train` would refuse after the merge is refused by the merge itself."""
+    root, _ = corpus_dir
+    shards = _shards(tmp_path, root, capsys)
+    starts_path = shards[0] / "train" / "sample_start_positions.npy"
+    corpus_path = shards[1] / "train" / "corpus.npy"
+    good_starts, good_corpus = starts_path.read_bytes(), corpus_path.read_bytes()
+
+    def far_start() -> None:
+        starts = np.load(starts_path)
+        starts[5] = 10**12
+        np.save(starts_path, starts)
+
+    def ids_overwritten() -> None:
+        corpus = np.load(corpus_path, mmap_mode="r+")
+        corpus[3:9] = 65535  # in place: same size, same header
+        corpus.flush()
+
+    def bad_tokenizer() -> None:
+        for shard in shards:
+            (shard / "tokenizer" / "tokenizer.json").write_text('{"model": 3}')
+
+    for damage, needle in (
+        (far_start, "not strictly increasing at sample 6"),
+        (ids_overwritten, "token id 65535 at position 3 is outside the vocabulary"),
+        (bad_tokenizer, "not a Hugging Face tokenizer.json"),
+    ):
+        damage()
+        before = sorted(p.name for p in shards[0].parent.iterdir())
+        _fails(capsys, ["merge", *map(str, shards)], "shards: ", needle)
+        assert sorted(p.name for p in shards[0].parent.iterdir()) == before  # nothing written
+        starts_path.write_bytes(good_starts)
+        corpus_path.write_bytes(good_corpus)
+
+
+def test_bad_lines_skip_is_refused_for_document_files(tmp_path, corpus_dir, capsys):
+    root, _ = corpus_dir
+    valid = ["--documents_valid_file", str(root / "all.txt")]
+    train = [str(root / "inputs" / "c.jsonl")]
+    _fails(capsys, _args(tmp_path, train, *valid, "--bad_lines", "skip"), "--bad_lines", "dialogs only")
+    assert not (tmp_path / "datasets").exists()

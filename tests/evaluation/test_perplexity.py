@@ -205,3 +205,45 @@ def test_onnx_export_scores_as_its_torch_source_through_the_cli(tiny_model_dir, 
         assert len(a) == len(c)
         np.testing.assert_allclose(a, c, rtol=0, atol=2e-5)
         np.testing.assert_allclose(b, c, rtol=0, atol=2e-5)
+
+
+def test_a_damaged_dataset_is_refused_before_scoring(tiny_model_dir, tmp_path, nietzsche_dir, capsys):
+    """`eval --dataset_dir` runs the `verify()` that train and merge run: an id past the vocabulary
+    or start positions out of order are one line and exit 2, never an ONNX Runtime traceback."""
+    from lmfast.data.prepare import PrepareConfig, prepare
+
+    documents = (nietzsche_dir / "valid.txt").read_text(encoding="utf-8")[:2000]
+    (tmp_path / "docs.txt").write_text(documents, encoding="utf-8")
+    dataset = prepare(
+        PrepareConfig(
+            documents_train_file=str(tmp_path / "docs.txt"),
+            documents_valid_file=str(tmp_path / "docs.txt"),
+            end_of_document="[END_OF_DOCUMENT]",
+            tokenizer_cls_name="GPT2Tokenizer",
+            max_sample_length=64,
+            min_sample_length=8,
+            datasets_root=str(tmp_path / "datasets"),
+            dataset_name="tiny",
+            tokenizer_engine="tokenizers",
+        )
+    )
+    corpus_path = dataset / "valid" / "corpus.npy"
+    corpus = np.load(corpus_path, mmap_mode="r+")
+    corpus[11] = 60000  # beyond GPT-2's 50,257 ids
+    corpus.flush()
+    del corpus
+    report = tmp_path / "report.json"
+    assert main([str(tiny_model_dir), "--dataset_dir", str(dataset), "--output", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "token id 60000 at position 11 is outside the vocabulary" in err, err
+    assert not report.exists()
+
+
+@pytest.mark.parametrize("output", ["/proc/self/report.json", "/dev/null/report.json"])
+def test_an_unwritable_output_is_refused_before_the_run(tiny_model_dir, tmp_path, output, capsys):
+    """A real write probe, not os.access (which says yes to root anywhere)."""
+    text = tmp_path / "text.txt"
+    text.write_text("Supposing that Truth is a woman--what then?", encoding="utf-8")
+    assert main([str(tiny_model_dir), "--text_file", str(text), "--output", output]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lmfast eval: error: --output: "), err

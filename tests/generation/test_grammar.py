@@ -93,3 +93,40 @@ def test_any_schema_or_regex_compiles_or_is_a_param_error(torch_generator, schem
             assert isinstance(grammars.compile(constraint), str)
         except ParamError as error:
             assert error.field == constraint.field
+
+
+_ATOMS = st.sampled_from(["a", "x", "[a-z]", "\\d", ".", "(ab|cd)", "[^\\n]"])
+
+
+def _regexes() -> st.SearchStrategy[str]:
+    """Regexes built from atoms, nested groups and quantifiers up to {1000}: the hostile class of
+    `a{1000}{1000}` and `x*x*...`."""
+    quantifier = st.one_of(
+        st.sampled_from(["*", "+", "?", ""]),
+        st.integers(0, 1000).map(lambda n: f"{{{n}}}"),
+        st.tuples(st.integers(0, 50), st.integers(50, 1000)).map(lambda r: f"{{{r[0]},{r[1]}}}"),
+    )
+    return st.recursive(
+        _ATOMS,
+        lambda inner: st.one_of(
+            st.tuples(inner, quantifier).map("".join),
+            st.lists(inner, min_size=2, max_size=4).map("".join),
+            st.tuples(inner, quantifier).map(lambda t: f"({t[0]}){t[1]}"),
+        ),
+        max_leaves=8,
+    )
+
+
+@given(regex=_regexes())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_regex_compiles_within_the_limits_or_is_a_param_error(torch_generator, regex):
+    """Compiling (a trial first step included) ends with a matcher or a ParamError naming the
+    field, never another exception; a compiled one's copy gives a first mask without error."""
+    grammars = Grammars.of(torch_generator.codec, torch_generator.info.eos_token_ids)
+    try:
+        compiled = grammars.compile(Constraint("regex", regex, "guided_regex"))
+    except ParamError as error:
+        assert error.field == "guided_regex"
+        return
+    row = grammars.matcher(compiled)
+    assert row.allowed(grammars.tokenizer.vocab_size).any() or row.done

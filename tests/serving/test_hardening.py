@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmfast.serving.testing import ServerThread
 from tests.generation.faults import POISON_STOP, poisoned_generator
@@ -158,8 +160,8 @@ class Fatal(BaseException):
 generator = Generator.load(sys.argv[1], backend="torch", num_threads=1)
 real_session = generator.session
 
-def session(max_batch_size=None):
-    inner = real_session(max_batch_size)
+def session(max_batch_size=None, **options):
+    inner = real_session(max_batch_size, **options)
     def step():
         raise Fatal("planted: the engine thread dies")
     inner.step = step
@@ -341,3 +343,239 @@ def test_active_rows_returns_to_zero_and_every_client_ended_request_is_counted(m
         assert httpx.post(running.url + "/v1/completions", json={"prompt": "x", **GREEDY}).status_code == 200
         wait_for(lambda: metric(running.url, "lmfast_active_rows") == 0)
         assert metric(running.url, reason) == 5
+
+
+# --- issue 27: bounded prompts, grammars, the API key ------------------------------------------------
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+MAX_PROMPT_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def bounded(make_server: Any, tmp_path_factory: Any) -> Iterator[ServerThread]:
+    """A server with a chat template and a small `--max_prompt_tokens`."""
+    template = tmp_path_factory.mktemp("template") / "chat.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    with make_server(
+        max_batch_size=8, chat_template=str(template), max_prompt_tokens=MAX_PROMPT_TOKENS
+    ) as running:
+        yield running
+
+
+def _ask(server: ServerThread, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=60)
+
+
+def _messages(n_words: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": " a" * n_words}]
+
+
+# each prompt form: (route, field named in the 422, body with prompts of about `n` tokens in all)
+PROMPT_FORMS = {
+    "text": ("/v1/completions", "prompt", lambda n: {"prompt": " a" * n, "max_tokens": 1}),
+    "texts": ("/v1/completions", "prompt", lambda n: {"prompt": [" a" * (n // 4)] * 4, "max_tokens": 1}),
+    "ids": ("/v1/completions", "prompt", lambda n: {"prompt": [[64] * (n // 16)] * 16, "max_tokens": 1}),
+    "one ids": ("/v1/completions", "prompt", lambda n: {"prompt": [64] * n, "max_tokens": 1}),
+    "seed": ("/generated_texts/", "seed_text", lambda n: {"seed_text": " a" * n, "generation_max_len": 1}),
+    "chat": ("/v1/chat/completions", "messages", lambda n: {"messages": _messages(n), "max_tokens": 1}),
+    "tokenize prompt": ("/tokenize", "prompt", lambda n: {"prompt": " a" * n}),
+    "tokenize messages": ("/tokenize", "messages", lambda n: {"messages": _messages(n)}),
+}
+
+
+@pytest.mark.parametrize("form", PROMPT_FORMS)
+def test_every_prompt_form_is_bounded_by_max_prompt_tokens(bounded, generator, form):
+    path, field, body = PROMPT_FORMS[form]
+    assert _ask(bounded, path, body(32)).status_code == 200
+    refused = _ask(bounded, path, body(MAX_PROMPT_TOKENS * 2))
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"][0]
+    assert detail["loc"] == ["body", field] and "at most 64" in detail["msg"], detail
+    _still_generates(bounded, generator)
+
+
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=16))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_token_id_prompts_are_refused_exactly_when_over_a_bound(bounded, generator, lengths):
+    response = _ask(bounded, "/v1/completions", {"prompt": [[64] * n for n in lengths], "max_tokens": 1})
+    context = generator.max_context
+    fits = sum(lengths) <= MAX_PROMPT_TOKENS and max(lengths) < context
+    assert response.status_code == (200 if fits else 422), response.text
+    if not fits:
+        assert response.json()["detail"][0]["loc"] == ["body", "prompt"]
+
+
+def test_tokenize_renders_and_encodes_off_the_event_loop_and_counts_within_the_context(bounded, generator):
+    state = bounded.app.state.lmfast
+    threads: list[str] = []
+    template, encode = state.chat_template, generator.codec.encode
+
+    class Spy:
+        def render(self, *args: Any, **kwargs: Any) -> str:
+            threads.append(threading.current_thread().name)
+            return template.render(*args, **kwargs)
+
+    def spy_encode(text: str) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return encode(text)
+
+    state.chat_template, generator.codec.encode = Spy(), spy_encode
+    try:
+        for body in ({"messages": _messages(8)}, {"prompt": " a" * 8}):
+            assert _ask(bounded, "/tokenize", body).status_code == 200
+        assert (
+            _ask(bounded, "/v1/chat/completions", {"messages": _messages(8), "max_tokens": 1}).status_code
+            == 200
+        )
+    finally:
+        state.chat_template = template
+        del generator.codec.encode
+    assert len(threads) == 3 and "uvicorn" not in threads, threads
+    # ~900 kB of messages (the issue's 1 MB, under the body limit): refused before any rendering
+    huge = [{"role": "user", "content": "слово " * 1_000}] * 80
+    refused = _ask(bounded, "/tokenize", {"messages": huge})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "messages"]
+    _still_generates(bounded, generator)
+
+
+def _nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+HOSTILE_GRAMMARS = [
+    ("guided_json", "[" * 100_000 + "]" * 100_000),  # a string, over the length bound
+    ("guided_json", "[" * 40_000 + "]" * 40_000),  # a string under it: json.loads recursed
+    ("guided_json", _nested_schema(200)),
+    ("guided_regex", "a{1000}{1000}"),  # stalled the engine for seconds, then a 500
+    ("guided_regex", "x*" * 1000),
+    ("guided_regex", "(" * 2000 + ")" * 2000),
+    ("guided_regex", "[z-a]"),
+    ("guided_choice", [""]),
+    ("structured_outputs", {"regex": "b{900}{900}"}),
+    ("structured_outputs", {"json": "[" * 3000}),
+    ("response_format", {"type": "json_schema", "json_schema": {"schema": _nested_schema(100)}}),
+    ("response_format", {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE_GRAMMARS, ids=lambda v: str(v)[:24])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_hostile_grammars_are_a_422_naming_the_field_never_compiled_on_the_engine_thread(
+    bounded, generator, path, field, value, monkeypatch
+):
+    from lmfast.generation.grammar import Grammars
+
+    threads: list[str] = []
+    limits = Grammars._limits
+
+    def spy(self: Any) -> Any:  # every matcher llguidance builds asks for its limits
+        threads.append(threading.current_thread().name)
+        return limits(self)
+
+    monkeypatch.setattr(Grammars, "_limits", spy)
+    prompt = {"prompt": "x"} if path == "/v1/completions" else {"messages": _messages(1)}
+    response = _ask(bounded, path, {**prompt, "max_tokens": 4, field: value})
+    assert response.status_code == 422, response.text
+    loc = response.json()["detail"][0]["loc"]
+    assert loc[0] == "body" and loc[1].startswith(field), loc
+    # a good grammar is compiled off the engine thread too; the engine only copies its matcher
+    good = _ask(bounded, path, {**prompt, "max_tokens": 4, "guided_regex": "(yes|no)"})
+    assert good.status_code == 200, good.text
+    assert threads and "lmfast-engine" not in threads, threads
+    _still_generates(bounded, generator)
+
+
+def test_legacy_functions_are_refused_like_tools(bounded):
+    for field, value in (
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("functions", [{"name": "f", "parameters": {}}]),
+        ("function_call", "auto"),
+        ("function_call", {"name": "f"}),
+    ):
+        response = _ask(bounded, "/v1/chat/completions", {"messages": _messages(1), field: value})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", field]
+
+
+def test_content_type_refusals_are_counted_under_their_route(make_server):
+    with make_server() as running:
+        for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/generated_texts/"):
+            response = httpx.post(running.url + path, content=b"{}", headers={"content-type": "text/plain"})
+            assert response.status_code == 415
+            sample = f'lmfast_http_requests_total{{route="{path}",status="415"}}'
+            assert metric(running.url, sample) == 1, sample
+
+
+PUBLIC_ROUTES = {"/health_check/", "/"}
+"""With --api_key, the only routes anyone may call (the playground's shell asks for the key)."""
+KEY = "sesame"
+WRONG_CREDENTIALS = [
+    {},
+    {"Authorization": KEY},
+    {"Authorization": f"bearer {KEY}"},
+    {"Authorization": f"BEARER {KEY}"},
+    {"Authorization": f"Bearer  {KEY}"},
+    {"Authorization": f"Bearer {KEY}x"},
+    {"Authorization": f"Bearer {KEY[:-1]}"},
+    {"Authorization": f"Bearer {KEY.upper()}"},
+    {"Authorization": f"Basic {KEY}"},
+    {"Authorization": "Bearer"},
+    {"Authorization": f"Bearer {KEY} extra"},
+    {"X-API-Key": KEY},
+    {"Cookie": f"api_key={KEY}"},
+]
+
+
+def test_api_key_guards_every_route_but_the_public_ones(make_server):
+    with make_server(api_key=KEY) as running:
+        # every route: those in the schema, and the app's own (docs, playground) outside it
+        schema = running.app.openapi()["paths"]
+        routes = {(path, method.upper()) for path, operations in schema.items() for method in operations}
+        routes |= {(r.path, sorted(r.methods)[0]) for r in running.app.routes if getattr(r, "path", None)}
+        paths = {path for path, _ in routes}
+        assert {"/metrics", "/version/", "/docs", "/openapi.json", "/tokenize", "/v1/models"} <= paths
+        for path, method in routes:
+            body = {} if method == "POST" else None
+            for headers in WRONG_CREDENTIALS:
+                response = httpx.request(method, running.url + path, json=body, headers=headers)
+                expected = 200 if path in PUBLIC_ROUTES else 401
+                assert response.status_code == expected, (path, headers, response.status_code)
+            if path not in PUBLIC_ROUTES and method == "GET":
+                allowed = httpx.get(running.url + path, headers={"Authorization": f"Bearer {KEY}"})
+                assert allowed.status_code == 200, path
+        two = httpx.get(
+            running.url + "/version/",
+            headers=[("Authorization", f"Bearer {KEY}"), ("Authorization", f"Bearer {KEY}")],
+        )
+        assert two.status_code == 401
+        assert KEY not in httpx.get(running.url + "/").text
+
+
+def test_metrics_public_opens_only_metrics_to_scrapers(make_server):
+    with make_server(api_key=KEY, metrics_public=True) as running:
+        assert httpx.get(running.url + "/metrics").status_code == 200
+        for path in ("/version/", "/openapi.json", "/docs", "/v1/models"):
+            assert httpx.get(running.url + path).status_code == 401, path
+
+
+def test_logprobs_and_echo_are_decoded_off_the_event_loop(bounded, monkeypatch):
+    """Echo with logprobs decodes every prompt token and its alternatives: a worker thread's job."""
+    from lmfast.serving.routes import chat, openai
+
+    threads: list[str] = []
+
+    def spy(function: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return function(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(openai, "legacy_logprobs", spy(openai.legacy_logprobs))
+    monkeypatch.setattr(chat, "_chat_logprobs", spy(chat._chat_logprobs))
+    echo = {"prompt": " a" * 40, "max_tokens": 0, "echo": True, "logprobs": 5}
+    assert _ask(bounded, "/v1/completions", echo).status_code == 200
+    scored = {"messages": _messages(4), "max_tokens": 3, "logprobs": True, "top_logprobs": 5}
+    assert _ask(bounded, "/v1/chat/completions", scored).status_code == 200
+    assert len(threads) == 2 and "uvicorn" not in threads, threads

@@ -13,7 +13,6 @@ import pytest
 from lmfast.generation import Generator
 from tests.serving.conftest import metric, wait_for
 
-
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -195,3 +195,22 @@ def test_two_train_processes_started_together_get_different_versions(dataset_dir
         experiment = tmp_path / "race" / path.rsplit("/", 1)[-1]
         assert torch.load(experiment / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
         assert len(list((experiment / "logs").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("tokenizer.json", '{"model": 3}', "not a Hugging Face tokenizer.json"),
+        ("tokenizer.json", "{", "not a Hugging Face tokenizer.json"),
+        ("tokenizer_config.json", "{not json", "tokenizer_config.json: unreadable"),
+    ],
+)
+def test_a_corrupt_dataset_tokenizer_is_refused_before_training(
+    dataset_dir, tmp_path, capsys, name, content, needle
+):
+    dataset = _copy_dataset(dataset_dir, tmp_path)
+    (dataset / "tokenizer" / name).write_text(content)
+    assert main(_argv(dataset, tmp_path)) == 2
+    line = _error_line(capsys)
+    assert "--dataset_dir" in line and needle in line, line
+    assert not (tmp_path / "e").exists()

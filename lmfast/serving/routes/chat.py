@@ -8,6 +8,7 @@ generation stops at any of the model's eos ids (`<|im_end|>` for ChatML models).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from lmfast.generation.chat_template import ChatTemplate, ChatTemplateError
 from lmfast.generation.model_files import resolve_model_dir
+from lmfast.generation.text import encode_ids
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine, GenerationJob
 from lmfast.serving.chat_schemas import (
@@ -34,7 +36,7 @@ from lmfast.serving.chat_schemas import (
     TopLogprob,
 )
 from lmfast.serving.config import ServeConfig
-from lmfast.serving.deps import get_engine, require_api_key, state_of
+from lmfast.serving.deps import get_engine, get_generator, require_api_key, state_of
 from lmfast.serving.routes.openai import (
     FIELD_OF as COMPLETIONS_FIELD_OF,
 )
@@ -102,7 +104,8 @@ def install(app: FastAPI, config: ServeConfig) -> None:
 
 
 def _render(request: Request, messages: list[Any], add_generation_prompt: bool = True) -> str:
-    """The conversation's prompt text; 400 when there is no template or it refuses the messages."""
+    """The conversation's prompt text; 400 when there is no template or it refuses the messages.
+    Work proportional to the messages: call it in a worker thread, never on the event loop."""
     state = state_of(request.app)
     if state.chat_template is None:
         raise HTTPException(400, state.chat_template_error)
@@ -114,27 +117,61 @@ def _render(request: Request, messages: list[Any], add_generation_prompt: bool =
         raise HTTPException(400, str(exc)) from None
 
 
-def _chat_ids(request: Request, prompt: str) -> list[int]:
-    # as apply_chat_template(tokenize=True): the template writes every special token itself
-    return state_of(request.app).generator.codec.tokenizer.encode(prompt, add_special_tokens=False).ids
+def _check_message_chars(request: Request, messages: list[Any]) -> None:
+    """422 naming `messages` when their text together is over `--max_prompt_chars`, before the
+    template renders them (the rendered prompt is checked again: the template adds text)."""
+    max_chars = state_of(request.app).config.max_prompt_chars
+    if sum(len(m.text()) for m in messages) > max_chars:
+        raise dispatch.invalid(
+            "messages", f"the messages may have at most {max_chars} characters on this server"
+        )
 
 
-@extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}})
-async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions)."""
-    codec = state_of(request.app).generator.codec
-    tokenizer = codec.tokenizer
+def _chat_prompt(request: Request, messages: list[Any], add_generation_prompt: bool = True) -> list[int]:
+    """The conversation's token ids, as apply_chat_template(tokenize=True) makes them (the
+    template writes every special token itself). Runs in a worker thread."""
+    prompt = _render(request, messages, add_generation_prompt)
+    dispatch.check_prompts([prompt], state_of(request.app).config.max_prompt_chars, "messages")
+    return encode_ids(state_of(request.app).generator.codec.tokenizer, prompt, add_special_tokens=False)
+
+
+def _tokenize(request: Request, body: TokenizeRequest, codec: Any) -> list[int]:
+    """/tokenize's ids (in a worker thread): messages as chat renders them, a prompt as
+    /v1/completions encodes it, or without special tokens when asked."""
     if body.messages is not None:
-        text = _render(request, body.messages, body.add_generation_prompt)
-        ids = tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens)).ids
-    elif body.add_special_tokens is not False:  # as /v1/completions encodes a text prompt
-        ids = codec.encode(body.prompt or "")  # (with the prefix training documents began with)
+        if body.add_special_tokens:  # rare: the template's text with the tokenizer's specials too
+            text = _render(request, body.messages, body.add_generation_prompt)
+            dispatch.check_prompts([text], state_of(request.app).config.max_prompt_chars, "messages")
+            return encode_ids(codec.tokenizer, text)
+        return _chat_prompt(request, body.messages, body.add_generation_prompt)
+    if body.add_special_tokens is not False:  # as /v1/completions encodes a text prompt
+        return codec.encode(body.prompt or "")  # (with the prefix training documents began with)
+    return encode_ids(codec.tokenizer, body.prompt or "", add_special_tokens=False)
+
+
+@extras.post("/tokenize", response_model=TokenizeResponse, responses={400: {}, 401: {}, 422: {}, 503: {}})
+async def tokenize(
+    body: TokenizeRequest, request: Request, generator: Any = Depends(get_generator)
+) -> TokenizeResponse:
+    """Token ids of a prompt (as /v1/completions encodes it) or of messages (as /v1/chat/completions).
+
+    Bounded as the generation routes are (`--max_prompt_chars`, `--max_prompt_tokens`, the model's
+    context; 422 naming the field), and tokenized in a worker thread, never on the event loop."""
+    config = state_of(request.app).config
+    field = "messages" if body.messages is not None else "prompt"
+    if body.messages is not None:
+        _check_message_chars(request, body.messages)
     else:
-        ids = tokenizer.encode(body.prompt or "", add_special_tokens=False).ids
-    strs = [tokenizer.id_to_token(t) for t in ids] if body.return_token_strs else None
-    return TokenizeResponse(
-        count=len(ids), max_model_len=state_of(request.app).generator.max_context, tokens=ids, token_strs=strs
+        dispatch.check_prompts([body.prompt or ""], config.max_prompt_chars, "prompt")
+    codec = generator.codec
+    ids = await asyncio.to_thread(_tokenize, request, body, codec)
+    dispatch.check_prompt_tokens([ids], config.max_prompt_tokens, generator.max_context, field)
+    strs = (
+        await asyncio.to_thread(lambda: [codec.tokenizer.id_to_token(t) for t in ids])
+        if body.return_token_strs
+        else None
     )
+    return TokenizeResponse(count=len(ids), max_model_len=generator.max_context, tokens=ids, token_strs=strs)
 
 
 @router.post(
@@ -159,9 +196,8 @@ async def chat_completions(
     state = state_of(request.app)
     if (refused := body.refusal()) is not None:
         raise dispatch.invalid(*refused)
-    prompt = _render(request, body.messages)
-    dispatch.check_prompts([prompt], state.config.max_prompt_chars, "messages")
-    prompt_ids = _chat_ids(request, prompt)
+    _check_message_chars(request, body.messages)
+    prompt_ids = await asyncio.to_thread(_chat_prompt, request, body.messages)
     params = dispatch.make_params(
         _FIELD_OF,
         max_new_tokens=body.max_new_tokens(),
@@ -181,11 +217,17 @@ async def chat_completions(
         events = _sse(engine, request, job, deadline, head, include_usage)
         return stream_response(engine, job, events, state.metrics)
     results = await dispatch.collect(engine, request, job, deadline, _ROUTE)
+    tokenizer = state.generator.codec.tokenizer
+    logprobs = (  # decoding every alternative grows with the answer: off the event loop
+        await asyncio.to_thread(lambda: [_chat_logprobs(tokenizer, r.logprobs) for r in results])
+        if body.logprobs
+        else [None] * len(results)
+    )
     choices = [
         ChatChoice(
             index=i,
             message=AssistantMessage(content=r.text),
-            logprobs=_chat_logprobs(state.generator.codec.tokenizer, r.logprobs) if body.logprobs else None,
+            logprobs=logprobs[i],
             finish_reason=_finish_reason(r.finish_reason),
         )
         for i, r in enumerate(results)

@@ -46,9 +46,11 @@ async def health_check(state: ServerState = Depends(get_state)) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/version/", response_model=VersionResponse)
+@router.get(
+    "/version/", response_model=VersionResponse, dependencies=[Depends(require_api_key)], responses={401: {}}
+)
 async def version(state: ServerState = Depends(get_state)) -> VersionResponse:
-    """The lmfast version and the served model's name."""
+    """The lmfast version and the served model's name (behind the API key: it names the model)."""
     return VersionResponse(version=__version__, model=state.model_name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -121,7 +122,20 @@ async def completions(
         results = [
             dispatch.SequenceResult("", "length", 0, prompt_logprobs=r.prompt_logprobs) for r in results
         ]
-    tokenizer = state.generator.codec.tokenizer
+    # decoding the echo and the logprobs' alternatives grows with the request: off the event loop
+    choices = await asyncio.to_thread(_choices, state.generator.codec.tokenizer, body, prompts, job, results)
+    usage = usage_of(job, results)
+    return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
+
+
+def _choices(
+    tokenizer: Any,
+    body: CompletionRequest,
+    prompts: list[str | list[int]],
+    job: GenerationJob,
+    results: list[dispatch.SequenceResult],
+) -> list[CompletionChoice]:
+    """The choices of a finished non-streamed job (in a worker thread)."""
     choices = []
     for i, r in enumerate(results):
         prompt = prompts[i // body.n]
@@ -142,8 +156,7 @@ async def completions(
                 finish_reason=_finish_reason(r.finish_reason),
             )
         )
-    usage = usage_of(job, results)
-    return CompletionResponse(id=completion_id, created=created, model=model, choices=choices, usage=usage)
+    return choices
 
 
 def stream_response(
