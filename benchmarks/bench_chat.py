@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,9 @@ USER_TURNS = [
     "How do I read a trail map properly?",
     "What is the best way to cross a small stream?",
 ]
+FRESH_CONNECTION = {"Connection": "close"}
+"""Each turn on a new loopback connection: llama-server closes idle kept-alive ones, and a turn sent
+on a closed one fails (the same for every contender)."""
 LONG_SENTENCE = "The mountain path winds through old pine forest past a quiet lake and up to the ridge. "
 
 
@@ -92,7 +97,7 @@ async def stream_chat(
     started = time.perf_counter()
     arrivals = [] if arrivals is None else arrivals
     text: list[str] = []
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with _named_errors(server), client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(
                 f"{server.name}: HTTP {response.status_code}: {(await response.aread())[:300]!r}"
@@ -111,6 +116,15 @@ async def stream_chat(
     return arrivals[0] - started, arrivals, "".join(text)
 
 
+@contextlib.asynccontextmanager
+async def _named_errors(server: Server) -> AsyncIterator[None]:
+    """A transport error says which contender it came from (its log is kept)."""
+    try:
+        yield
+    except httpx.TransportError as error:
+        raise RuntimeError(f"{server.name}: {error!r} (log: {server.log.name})") from error
+
+
 async def conversation(
     server: Server, turns: int, new_tokens: int, system: str | None = None
 ) -> tuple[list[float], float, list[str]]:
@@ -119,7 +133,7 @@ async def conversation(
     messages = [{"role": "system", "content": system or system_prompt()}]
     ttfts, replies = [], []
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, headers=FRESH_CONNECTION) as client:
         for turn in range(turns):
             messages.append({"role": "user", "content": USER_TURNS[turn % len(USER_TURNS)]})
             ttft, _, reply = await stream_chat(client, server, messages, new_tokens)
@@ -143,7 +157,7 @@ def llama_server_for_chat(
     """llama-server as its users run it: its defaults (prompt cache on), one slot per conversation."""
     command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}"]
     command += ["--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(conversations)]
-    command += ["--ctx-size", str(conversations * context_per_slot), "--cont-batching", "--log-disable"]
+    command += ["--ctx-size", str(conversations * context_per_slot), "--cont-batching"]
     return Server("llama_server", command, thread_env(threads), "/health", "model")
 
 
@@ -256,7 +270,7 @@ async def _gap_run(server: Server, long_prompt: str, stream_tokens: int, lead_to
     """One stream decodes; after its first `lead_tokens` tokens a long prompt joins (1 new token).
     Returns the stream's gaps while the long prompt is in and outside that window, and the long
     prompt's time to first token."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, headers=FRESH_CONNECTION) as client:
         messages = [
             {"role": "system", "content": system_prompt()},
             {"role": "user", "content": USER_TURNS[0]},
