@@ -23,9 +23,10 @@ Contenders alternate within each round. Printed per contender and C: time to fir
 then lmfast's ratio to llama-server (> 1: lmfast is faster).
 
 `--gap` measures the stall a long prompt causes instead: one stream decodes while a prompt of
-`--gap_prompt_chars` characters joins; per `--budgets` value (and the default), the stream's p50 and
-p99 gap between tokens before and while the long prompt is prefilled, and the long prompt's time
-to first token, against lmfast with a budget too large to chunk anything (a whole prefill).
+`--gap_prompt_chars` characters joins; for lmfast's defaults, each `--budgets` value alone
+(`--stall_ratio 0`) and no chunking at all, the stream's p50 and p99 gap between tokens outside and
+while the long prompt is prefilled, and the long prompt's time to first token against the
+unchunked one.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ async def stream_chat(
     messages: list[dict[str, str]],
     new_tokens: int,
     arrivals: list[float] | None = None,
+    extra_body: dict[str, Any] | None = None,
 ) -> tuple[float, list[float], str]:
     """One streamed greedy chat turn; returns (seconds to the first token, arrival time of each
     content chunk, also appended to `arrivals` as they come, the reply's text)."""
@@ -94,6 +96,7 @@ async def stream_chat(
         "stream": True,
     }
     body.update(server.extra_body)
+    body.update(extra_body or {})
     started = time.perf_counter()
     arrivals = [] if arrivals is None else arrivals
     text: list[str] = []
@@ -276,7 +279,9 @@ async def _gap_run(server: Server, long_prompt: str, stream_tokens: int, lead_to
             {"role": "user", "content": USER_TURNS[0]},
         ]
         arrivals: list[float] = []
-        stream = asyncio.create_task(stream_chat(client, server, messages, stream_tokens, arrivals))
+        stream = asyncio.create_task(
+            stream_chat(client, server, messages, stream_tokens, arrivals, {"ignore_eos": True})
+        )
         while len(arrivals) < lead_tokens and not stream.done():
             await asyncio.sleep(0.01)
         long_messages = [{"role": "user", "content": long_prompt + system_prompt()}]
@@ -295,48 +300,50 @@ def _p(values: list[float], q: float) -> float:
 
 
 def run_gap(args: argparse.Namespace) -> dict[str, Any]:
-    """The stall a max-size prompt causes a running stream, per token budget."""
+    """The stall a max-size prompt causes a running stream: lmfast's defaults (the token budget
+    within the stall bound), fixed token budgets alone, and no chunking (one whole prefill)."""
     model = args.model.resolve()
     export = lmfast_export_for(model, args.tier)
     long_prompt = (LONG_SENTENCE * (args.gap_prompt_chars // len(LONG_SENTENCE) + 1))[
         : args.gap_prompt_chars - 40
     ]
-    results: dict[str, Any] = {"tier": args.tier, "load_before": os.getloadavg(), "budgets": {}}
-    budgets = [*args.budgets, 10**6]  # the last: no chunking (the whole prompt in one step)
+    variants: dict[str, tuple[str, ...]] = {"default": ()}
+    for budget in args.budgets:
+        variants[f"budget_{budget}"] = ("--step_token_budget", str(budget), "--stall_ratio", "0")
+    variants["unchunked"] = ("--step_token_budget", str(10**6), "--stall_ratio", "0")
+    results: dict[str, Any] = {"tier": args.tier, "load_before": os.getloadavg(), "variants": {}}
     servers = {
-        b: started(
-            lmfast_server(
-                f"budget_{b}", export, 8, args.threads, "cpu", "onnx", ("--step_token_budget", str(b))
-            )
-        )
-        for b in budgets
+        name: started(lmfast_server(name, export, 8, args.threads, "cpu", "onnx", extra))
+        for name, extra in variants.items()
     }
+    names = list(variants)
     try:
-        runs: dict[int, list[dict[str, Any]]] = {b: [] for b in budgets}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for round_index in range(args.rounds):
-            for b in budgets if round_index % 2 == 0 else budgets[::-1]:
-                runs[b].append(asyncio.run(_gap_run(servers[b], long_prompt, args.gap_stream_tokens, 30)))
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                runs[name].append(
+                    asyncio.run(_gap_run(servers[name], long_prompt, args.gap_stream_tokens, 30))
+                )
     finally:
         for server in servers.values():
             server.stop()
-    unchunked_ttft = statistics.median(r["long_ttft"] for r in runs[10**6])
-    for b in budgets:
-        before = [g for r in runs[b] for g in r["before"]]
-        during = [g for r in runs[b] for g in r["during"]]
+    unchunked_ttft = statistics.median(r["long_ttft"] for r in runs["unchunked"])
+    for name in names:
+        before = [g for r in runs[name] for g in r["before"]]
+        during = [g for r in runs[name] for g in r["during"]]
         normal = _p(before, 0.5)
+        ttft = statistics.median(r["long_ttft"] for r in runs[name])
         row = {
-            "step_token_budget": b if b < 10**6 else "unchunked",
+            "variant": name,
             "gap_ms_p50_alone": round(1000 * normal, 1),
             "gap_ms_p50_while_long_prompt": round(1000 * _p(during, 0.5), 1),
             "gap_ms_p99_while_long_prompt": round(1000 * _p(during, 0.99), 1),
             "p99_gap_vs_alone": round(_p(during, 0.99) / normal, 2),
-            "long_prompt_ttft_s": round(statistics.median(r["long_ttft"] for r in runs[b]), 2),
-            "long_ttft_vs_unchunked": round(
-                statistics.median(r["long_ttft"] for r in runs[b]) / unchunked_ttft, 2
-            ),
+            "long_prompt_ttft_s": round(ttft, 2),
+            "long_ttft_vs_unchunked": round(ttft / unchunked_ttft, 2),
         }
         print(json.dumps(row), flush=True)
-        results["budgets"][str(row["step_token_budget"])] = row
+        results["variants"][name] = row
     results["load_after"] = os.getloadavg()
     return results
 

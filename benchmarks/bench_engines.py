@@ -296,9 +296,8 @@ class _FirstTokenStreamer:
 
 
 def llama_gguf(hf_dir: Path, work: Path, outtype: str, llama_cpp_src: Path | None) -> Path:
-    """f32 through llama.cpp's converter; the other types quantized from it by llama.cpp itself."""
-    import llama_cpp
-
+    """f32 through llama.cpp's converter; the other types quantized from it by llama.cpp itself
+    (llama-cpp-python is needed for those only: llama-server on f32 runs without it)."""
     f32 = work / "llama-f32.gguf"
     if not f32.is_file():
         script = llama_cpp_src / "convert_hf_to_gguf.py" if llama_cpp_src else None
@@ -315,6 +314,8 @@ def llama_gguf(hf_dir: Path, work: Path, outtype: str, llama_cpp_src: Path | Non
         return f32
     target = work / f"llama-{outtype}.gguf"
     if not target.is_file():
+        import llama_cpp
+
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = LLAMA_FTYPES[outtype]
         params.nthread = 2

@@ -103,11 +103,13 @@ class Generator:
         max_batch_size: int | None = None,
         step_token_budget: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        stall_ratio: float | None = None,
     ) -> DecodeSession:
         """A fresh decode session (continuous batching) on this model; see `DecodeSession` for
-        the token budget and the prefix cache (the server sets both, offline calls neither)."""
+        the token budget, the prefix cache and the stall bound (the server sets them, offline
+        calls none)."""
         return DecodeSession(
-            self.backend, self.codec, self.info, max_batch_size, step_token_budget, prefix_cache
+            self.backend, self.codec, self.info, max_batch_size, step_token_budget, prefix_cache, stall_ratio
         )
 
     def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:

@@ -18,8 +18,10 @@ MAX_RETURN_SEQUENCES = 16
 SEED_LIMIT = 2**63
 DEFAULT_MAX_BATCH_SIZE = 32
 """Rows decoded together when nobody says otherwise (the session, the engine, `lmfast serve`)."""
-DEFAULT_STEP_TOKEN_BUDGET = 32
-"""Prompt tokens the server prefills per engine step while other rows decode (`--step_token_budget`)."""
+DEFAULT_STEP_TOKEN_BUDGET = 256
+"""Most prompt tokens the server prefills per engine step while other rows decode (`--step_token_budget`)."""
+DEFAULT_STALL_RATIO = 3.0
+"""The server keeps a step's prefill within this many times the running rows' decode (`--stall_ratio`)."""
 DEFAULT_PREFIX_CACHE_MB = 1024
 """The server's prefix cache pool, in MB of keys and values (`--prefix_cache_mb`; 0 turns it off)."""
 MAX_LOGPROBS = 20

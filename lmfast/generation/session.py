@@ -21,6 +21,7 @@ set, and the session goes on with the others.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,10 @@ chunks no longer than this allows, whatever its length."""
 IDLE_STEP_TOKENS = 1024
 """With no row decoding nobody waits on a chunk, so a step may prefill up to this many prompt tokens
 (still chunked: a cancelled request stops, and memory stays bounded, within one chunk)."""
+MIN_STEP_TOKENS = 8
+"""The stall bound never cuts a step's prompt tokens below this (a long prompt still advances)."""
+TIMING_WEIGHT = 0.3
+"""Weight of the newest forward in the running means of decode and prefill time."""
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
 
 
@@ -158,6 +163,7 @@ class DecodeSession:
         max_batch_size: int | None = None,
         step_token_budget: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        stall_ratio: float | None = None,
     ):
         """
         Args:
@@ -165,15 +171,24 @@ class DecodeSession:
                 none decoding, `IDLE_STEP_TOKENS` if larger); None: every admitted prompt is
                 prefilled whole in the step it joins (offline generation: nobody is waiting).
             prefix_cache: where computed sequences are kept for prompts that start with them.
+            stall_ratio: with a budget, also keep a step's prefill within this many times the
+                running rows' own decode forward, from running means of both (measured, so it
+                holds on any model, machine and load; `MIN_STEP_TOKENS` at least); None: the token
+                budget alone.
         """
         if step_token_budget is not None and step_token_budget < 1:
             raise ValueError(f"step_token_budget must be >= 1, got {step_token_budget}")
+        if stall_ratio is not None and not stall_ratio > 0:
+            raise ValueError(f"stall_ratio must be > 0, got {stall_ratio}")
         self.backend = backend
         self.codec = codec
         self.info = info
         self.max_batch_size = max_batch_size or DEFAULT_MAX_BATCH_SIZE
         self.step_token_budget = step_token_budget
         self.prefix_cache = prefix_cache
+        self.stall_ratio = stall_ratio
+        self._decode_seconds: float | None = None  # running mean of a decode forward
+        self._prefill_seconds_per_token: float | None = None  # running mean over prompt forwards
         self._eos = frozenset(int(t) for t in info.eos_token_ids)
         self._batch: _Batch | None = None
         self._waiting: list[_Request] = []
@@ -290,9 +305,11 @@ class DecodeSession:
                 mask = np.concatenate(
                     [batch.attention_mask, np.ones((len(batch.rows), 1), dtype=np.int64)], axis=1
                 )
+                started = time.perf_counter()
                 logits, past = self.backend.forward(
                     batch.pending[:, None], mask, batch.next_position[:, None], batch.past
                 )
+                self._decode_seconds = _mean(self._decode_seconds, time.perf_counter() - started)
                 tokens, logprobs = batch.sampler.choose(logits)
                 done = batch.sampler.grammar_done
             except Exception as exc:  # one computation for all these rows: they end together
@@ -317,11 +334,26 @@ class DecodeSession:
         return admitted
 
     def _step_budget(self) -> float:
+        """Prompt tokens this step may compute: the token budget, within the stall bound."""
         if self.step_token_budget is None:
             return float("inf")
         if self.num_running == 0:
             return max(self.step_token_budget, IDLE_STEP_TOKENS)
-        return self.step_token_budget
+        if self.stall_ratio is None:
+            return self.step_token_budget
+        if self._decode_seconds is None or self._prefill_seconds_per_token is None:
+            return min(self.step_token_budget, MIN_STEP_TOKENS)  # not measured yet: cautious
+        bound = self.stall_ratio * self._decode_seconds / self._prefill_seconds_per_token
+        return min(self.step_token_budget, max(MIN_STEP_TOKENS, int(bound)))
+
+    def _timed_prompt_forward(self, tokens: int, *args: Any, **kwargs: Any) -> tuple[np.ndarray, Past]:
+        """A prompt forward computing `tokens` positions, its time folded into the running mean."""
+        started = time.perf_counter()
+        result = self.backend.forward(*args, **kwargs)
+        per_token = (time.perf_counter() - started) / max(1, tokens)
+        self._prefill_seconds_per_token = _mean(self._prefill_seconds_per_token, per_token)
+        self.prefill_chunks += 1
+        return result
 
     def _prefill_step(self) -> list[TokenEvent]:
         """Spend this step's token budget on the prefilling requests, first come first served.
@@ -386,13 +418,14 @@ class DecodeSession:
         input_ids = np.asarray(request.prompt_ids[start:end], dtype=np.int64)[None]
         mask = np.ones((1, end), dtype=np.int64)
         positions = np.arange(start, end, dtype=np.int64)[None]
-        self.prefill_chunks += 1
         if request.scored:  # logits at every position: only when asked
-            all_logits, past = self.backend.forward(input_ids, mask, positions, request.past, all_logits=True)
+            all_logits, past = self._timed_prompt_forward(
+                chunk, input_ids, mask, positions, request.past, all_logits=True
+            )
             self._score_chunk(request, all_logits[0], start, end)
             last = all_logits[:, -1]
         else:
-            last, past = self.backend.forward(input_ids, mask, positions, request.past)
+            last, past = self._timed_prompt_forward(chunk, input_ids, mask, positions, request.past)
         request.past, request.done = past, end
         if end == len(request.prompt_ids):
             request.logits = last
@@ -432,8 +465,7 @@ class DecodeSession:
     def _prefill(self, requests: list[_Request]) -> _NewRows:
         """Run fresh prompts whole (each once, left padded) and expand to one row per sequence."""
         input_ids, mask, positions = left_padded([r.prompt_ids for r in requests])
-        self.prefill_chunks += 1
-        logits, past = self.backend.forward(input_ids, mask, positions, None)
+        logits, past = self._timed_prompt_forward(input_ids.size, input_ids, mask, positions, None)
         return self._new_rows(requests, past, mask, logits, [None] * len(requests))
 
     def _prefilled(self, requests: list[_Request]) -> _NewRows:
@@ -598,6 +630,11 @@ class DecodeSession:
         if held != len(tokens):  # not the layout this relies on: keep nothing rather than guess
             return
         self._remember(tokens, batch.past, i, batch.attention_mask.shape[1] - held)
+
+
+def _mean(mean: float | None, value: float) -> float:
+    """A running mean weighted towards recent values (`TIMING_WEIGHT`)."""
+    return value if mean is None else (1 - TIMING_WEIGHT) * mean + TIMING_WEIGHT * value
 
 
 def _failed(rows: list[_Row], error: BaseException) -> list[TokenEvent]:

@@ -87,6 +87,7 @@ def create_app(
             on_crash=on_engine_crash,
             step_token_budget=config.step_token_budget,
             prefix_cache_mb=config.prefix_cache_mb,
+            stall_ratio=config.stall_ratio or None,
         )
         state.generator = gen
         state.default_params = gen.default_params

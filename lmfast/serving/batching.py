@@ -34,6 +34,7 @@ import numpy as np
 from lmfast.generation.params import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_PREFIX_CACHE_MB,
+    DEFAULT_STALL_RATIO,
     DEFAULT_STEP_TOKEN_BUDGET,
     GenerationParams,
 )
@@ -96,6 +97,7 @@ class _Generator(Protocol):
         max_batch_size: int | None = None,
         step_token_budget: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        stall_ratio: float | None = None,
     ) -> _Session: ...
 
 
@@ -259,6 +261,7 @@ class BatchingEngine:
         on_crash: Callable[[BaseException], None] | None = None,
         step_token_budget: int | None = DEFAULT_STEP_TOKEN_BUDGET,
         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+        stall_ratio: float | None = DEFAULT_STALL_RATIO,
     ) -> None:
         """
         Args:
@@ -267,6 +270,8 @@ class BatchingEngine:
             step_token_budget: prompt tokens prefilled per step while rows decode (None: whole
                 prompts at once, the offline behaviour).
             prefix_cache_mb: the prefix cache's pool (0: no prefix cache).
+            stall_ratio: a step's prefill within this many times the running rows' decode
+                forward (None: the token budget alone); see `DecodeSession`.
         """
         if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
@@ -275,6 +280,7 @@ class BatchingEngine:
         self.generator = generator
         self.step_token_budget = step_token_budget
         self.prefix_cache_mb = prefix_cache_mb
+        self.stall_ratio = stall_ratio
         self.prefix_cache: PrefixCache | None = None
         self.step_started: float | None = None
         """`time.monotonic()` when the running step began; None between steps."""
@@ -427,6 +433,7 @@ class BatchingEngine:
             max_batch_size=self.max_batch_size,
             step_token_budget=self.step_token_budget,
             prefix_cache=self.prefix_cache,
+            stall_ratio=self.stall_ratio,
         )
 
     def _set_rows(self, session: _Session, rows: dict[int, tuple[GenerationJob, int]]) -> None:

@@ -14,6 +14,7 @@ from lmfast.flags import ENV_PREFIX, env_values
 from lmfast.generation.params import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_PREFIX_CACHE_MB,
+    DEFAULT_STALL_RATIO,
     DEFAULT_STEP_TOKEN_BUDGET,
 )
 
@@ -42,6 +43,8 @@ class ServeConfig:
     """Most sequences decoded together; 1 turns batching off (one request at a time)."""
     step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET
     """Most prompt tokens prefilled per engine step while other sequences decode (longer prompts go in chunks); smaller keeps streams smoother, larger starts long prompts sooner."""
+    stall_ratio: float = DEFAULT_STALL_RATIO
+    """Also keep each step's prefill within this many times the running sequences' own decode time (measured as it runs), so a joining prompt slows running streams at most about 1 + this; 0: the token budget alone."""
     prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB
     """Memory for the prefix cache (MB of keys and values): a prompt that starts like a cached prompt or conversation prefills only the rest; 0 turns it off."""
     stall_timeout_s: float = 30.0
@@ -90,6 +93,8 @@ class ServeConfig:
             raise ValueError(f"--max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.step_token_budget < 1:
             raise ValueError(f"--step_token_budget must be >= 1, got {self.step_token_budget}")
+        if not self.stall_ratio >= 0:
+            raise ValueError(f"--stall_ratio must be >= 0, got {self.stall_ratio}")
         if not self.prefix_cache_mb >= 0:
             raise ValueError(f"--prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if not self.stall_timeout_s > 0:

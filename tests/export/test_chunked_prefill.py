@@ -18,7 +18,10 @@ GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
 
 @pytest.fixture(scope="module")
 def generators(varied_model_dir, onnx_dir):
-    return {"torch": Generator.load(varied_model_dir, num_threads=1), "onnx": Generator.load(onnx_dir, num_threads=1)}
+    return {
+        "torch": Generator.load(varied_model_dir, num_threads=1),
+        "onnx": Generator.load(onnx_dir, num_threads=1),
+    }
 
 
 def _run(session, adds: dict[int, list[tuple[list[int], GenerationParams]]]) -> dict[int, list[int]]:
@@ -36,7 +39,9 @@ def _run(session, adds: dict[int, list[tuple[list[int], GenerationParams]]]) -> 
     return tokens
 
 
-def _schedule(generator: Generator, prompts: list[str]) -> dict[int, list[tuple[list[int], GenerationParams]]]:
+def _schedule(
+    generator: Generator, prompts: list[str]
+) -> dict[int, list[tuple[list[int], GenerationParams]]]:
     """Rows of different lengths joining at different steps, one leaving early, n > 1, and two
     'next turns': a finished sequence (prompt + reply) continued by new ids, and a repeated prompt."""
     ids = [generator.codec.encode(p) for p in prompts]
@@ -120,3 +125,30 @@ def test_a_tiny_pool_evicts_but_never_changes_tokens(generators, prompts):
     assert _run(generator.session(prefix_cache=cache), adds) == whole
     assert 1 <= len(cache) and cache.bytes <= cache.capacity_bytes
     np.testing.assert_array_less(0, cache.lookups)
+
+
+def test_the_stall_bound_sizes_chunks_from_measured_decode_and_prefill_times(generators, prompts):
+    generator = generators["torch"]
+    session = generator.session(step_token_budget=64, stall_ratio=1.5)
+    (running,) = session.add_token_ids(generator.codec.encode(prompts[1]), GREEDY.replace(max_new_tokens=40))
+    session.step()  # prefilled alone (the idle budget): its time per token is now measured
+    assert session._step_budget() == 8  # no decode measured yet: the cautious minimum
+    session.step()  # one decode forward measured
+    session._decode_seconds, session._prefill_seconds_per_token = 0.030, 0.002  # as if measured
+    assert session._step_budget() == 22  # 1.5 x 30 ms of decode / 2 ms per prompt token
+    session._prefill_seconds_per_token = 0.1
+    assert session._step_budget() == 8  # never below the minimum: a long prompt still advances
+    session._prefill_seconds_per_token = 0.0001
+    assert session._step_budget() == 64  # never above the token budget
+    plain = generator.session(step_token_budget=64)
+    assert plain._step_budget() == max(64, 1024)  # nobody decoding: the idle budget
+    long_prompt = generator.codec.encode(prompts[2]) * 4
+    (joining,) = session.add_token_ids(long_prompt, GREEDY.replace(max_new_tokens=2))
+    steps = 0
+    while True:  # real timings from here on: the running row still advances on every step
+        events = {event.row_id for event in session.step()}
+        assert running in events
+        steps += 1
+        if joining in events:
+            break
+    assert steps >= 2  # the long prompt came in chunks

@@ -107,3 +107,5 @@ def test_scheduler_flags_are_checked(value):
     if value < 0:
         with pytest.raises(ValueError, match="--prefix_cache_mb"):
             ServeConfig(prefix_cache_mb=value)
+        with pytest.raises(ValueError, match="--stall_ratio"):
+            ServeConfig(stall_ratio=value)
