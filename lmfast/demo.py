@@ -7,7 +7,6 @@ user would type (shown before it runs), so the demo doubles as a smoke test of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -19,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from lmfast.flags import FlagError, OneLineParser
 
 DEFAULT_DOCUMENTS = Path("data/documents/nietzsche")
 # the demo's own tree, so the README walkthrough's paths (data/datasets/nietzsche/0, ...) stay free
@@ -92,7 +93,7 @@ def serve_and_ask(export_dir: Path, prompt: str, max_new_tokens: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lmfast demo", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="lmfast demo", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--documents_dir",
         type=Path,
@@ -105,10 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_WORK_DIR,
         help="where datasets/, experiments/ and exports/ are written (default: data/demo)",
     )
-    parser.add_argument("--max_steps", type=int, default=300, help="training steps of the tiny model")
-    parser.add_argument("--prompt", default="Supposing that Truth is a woman")
-    parser.add_argument("--max_new_tokens", type=int, default=48)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--max_steps", type=int, default=300, help="training steps of the tiny model (default: 300)"
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Supposing that Truth is a woman",
+        help="text the served model continues (default: 'Supposing that Truth is a woman')",
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=48, help="tokens generated for the prompt (default: 48)"
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    except FlagError as error:
+        print(f"lmfast demo: error: {error}", file=sys.stderr)
+        return 2
 
     for name in ("train.txt", "valid.txt"):
         if not (args.documents_dir / name).is_file():
