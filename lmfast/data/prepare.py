@@ -31,6 +31,7 @@ from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
+from lmfast.latest import point_latest
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def _commit(stage: staging.Staging, dataset_dir: Path) -> Path:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 continue
             raise
+        point_latest(final)
         return final
 
 

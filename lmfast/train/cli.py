@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TrainInputError) as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 2
+    from lmfast.train.interrupt import TrainingInterrupted
     from lmfast.train.module import NonFiniteLossError
     from lmfast.train.run import train
 
@@ -72,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stopped:
+        print(f"lmfast train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:  # before training started (or a second Ctrl-C): no run to resume
+        print("lmfast train: interrupted before the first checkpoint", file=sys.stderr)
+        return 130
     finally:
         if handler is not None:
             logging.getLogger("lmfast").removeHandler(handler)

@@ -90,6 +90,9 @@ class TrainConfig:
     """Validate on at most this many batches (int) or this fraction (float) of the validation split."""
     checkpoint_every_n_steps: int | None = None
     """Write `last.ckpt` every N optimizer steps (default: at each validation)."""
+    checkpoint_every_minutes: float = 10.0
+    """Also write `last.ckpt` every N minutes of training (0: off). Ctrl-C, SIGTERM and SIGUSR1 (SLURM
+    pre-emption) always write it at the end of the step in progress, then stop; `--resume` continues."""
     save_top_k: int = 3
     """Keep the k best checkpoints by validation loss (plus `last.ckpt`)."""
     log_every_n_steps: int = 10
@@ -157,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ValueError(f"--checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
+        if not 0 <= self.checkpoint_every_minutes < float("inf"):
+            raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
         if self.val_check_interval is not None and self.val_check_interval <= 0:
             raise ValueError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
