@@ -86,8 +86,9 @@ def unknown_flag(parser: argparse.ArgumentParser, args: list[str]) -> str | None
         flag = arg.split("=", 1)[0]
         if flag in known:
             continue
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else f"see {parser.prog} --help"
+        # compared without the dashes every flag shares, which would make any two look alike
+        close = difflib.get_close_matches(flag[2:], [k[2:] for k in known], n=1, cutoff=0.6)
+        hint = f"did you mean --{close[0]}?" if close else f"see {parser.prog} --help"
         return f"unknown flag {flag} ({hint})"
     return None
 
