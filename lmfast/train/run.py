@@ -26,11 +26,19 @@ from lmfast.train.strategy import make_strategy
 log = logging.getLogger("lmfast.train")
 
 
-_BANNERS = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "💡 Tip")
+_BANNERS = (
+    "litlogger",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip",
+    "was configured so validation will run",  # lmfast sets val_check_interval itself
+)
 
 
 def _drop_banners(record: logging.LogRecord) -> bool:
-    """Lightning's `GPU available: False` banner and its cloud-logger tips (nothing the user chose)."""
+    """Lightning's `GPU available: False` banner, its cloud-logger tips and its note on the
+    validation interval lmfast chose (nothing the user chose or can act on)."""
     message = record.getMessage()
     return not any(banner in message for banner in _BANNERS)
 
