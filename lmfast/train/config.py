@@ -45,7 +45,8 @@ class TrainConfig:
     """Dataset directory written by `lmfast prepare` (`<datasets_root>/<name>/<N>`)."""
     model: str = "gpt2-tiny"
     """A built-in config name (gpt2-tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl) trained from
-    scratch, or a local Hugging Face model directory to fine-tune (`--model_path` is an alias)."""
+    scratch, or a pretrained model to fine-tune: a local Hugging Face model directory or a llama.cpp .gguf
+    file (dequantized once, cached) (`--model_path` is an alias)."""
     experiments_root: str = "data/experiments"
     """Root of all experiments; the run is written to `<experiments_root>/<experiment_name>/<N>`."""
     experiment_name: str = "default"
