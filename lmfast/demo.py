@@ -34,6 +34,21 @@ def newest_version(directory: Path) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
+# measured: `lmfast demo` on 2 idle CPU cores, 241 s for 300 steps, of which training 227 s
+SECONDS_PER_STEP_2_CORES = 227.2 / 300
+SECONDS_OTHER_STAGES_2_CORES = 241 - 227.2
+
+
+def plan(max_steps: int) -> str:
+    """What the demo will do and roughly how long, before it starts (the train stage then shows its ETA)."""
+    minutes = (SECONDS_OTHER_STAGES_2_CORES + SECONDS_PER_STEP_2_CORES * max_steps) / 60
+    return (
+        f"lmfast demo: prepare the Nietzsche texts, train gpt2-tiny for {max_steps} steps, export it to ONNX, "
+        f"serve it and ask it one prompt; about {max(1, round(minutes))} min on 2 idle CPU cores (longer on busy "
+        "ones: the train stage shows its own ETA)"
+    )
+
+
 def run_stage(title: str, args: list[str]) -> None:
     """Run one `lmfast` subcommand in a child process, echoing the command a user would type."""
     print(f"\n=== {title}\n$ lmfast {' '.join(args)}", flush=True)
@@ -130,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lmfast demo: --documents_dir {args.documents_dir}: missing {name}", file=sys.stderr)
             return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    print(plan(args.max_steps), flush=True)
     started = time.perf_counter()
     datasets_root = args.work_dir / "datasets"
     run_stage(
