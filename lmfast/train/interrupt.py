@@ -86,9 +86,8 @@ class SafeStop(pl.Callback):
     ) -> None:
         if trainer.fit_loop._should_accumulate():
             return  # mid-accumulation the summed gradients are in no checkpoint
-        stop = trainer.strategy.reduce_boolean_decision(self._signum is not None, all=False)
         due = self._every_s is not None and time.monotonic() - self._last_save >= self._every_s
-        due = trainer.strategy.broadcast(due)  # rank 0's clock decides for all
+        stop, due = _any_rank(trainer, self._signum is not None, due)
         if not (stop or due):
             return
         path = Path(self._experiment_dir()) / "checkpoints" / "last.ckpt"
@@ -103,3 +102,14 @@ class SafeStop(pl.Callback):
             raise self._stopped
 
     on_train_batch_start = on_validation_start = on_train_epoch_end = _raise_if_stopped  # type: ignore[assignment]
+
+
+def _any_rank(trainer: pl.Trainer, *local: bool) -> list[bool]:
+    """Each flag set where any rank set it (one all-reduce), so every rank saves and stops together;
+    one process decides alone, with no tensor (and no GPU sync) per step."""
+    if trainer.world_size == 1:
+        return list(local)
+    import torch
+
+    flags = torch.tensor(local, dtype=torch.int32, device=trainer.strategy.root_device)
+    return [bool(v) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist()]
