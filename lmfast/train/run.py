@@ -162,6 +162,7 @@ class _Run:
     run_dir: _RunDirectory
     model_config: dict[str, Any]
     source_dir: Path | None  # the pretrained model dir (tokenizer and generation config for hf/)
+    total_steps: int = 0  # optimizer steps of the whole run (--max_steps, or what the epochs make)
 
 
 class _RunDirectory:
@@ -377,7 +378,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     source_dir = None if config.is_preset else Path(model_source)
     return _Run(
         config, dataset, tokenizer, precision, module, datamodule, trainer, checkpoint_io, best, last,
-        samples, run_dir, model_config, source_dir,
+        samples, run_dir, model_config, source_dir, total,
     )  # fmt: skip
 
 
@@ -424,10 +425,12 @@ def fit(run: _Run) -> None:
             trainer.world_size,
         )
         log.info(
-            "experiment %s: %s on %s, precision %s, %d device(s)",
+            "experiment %s: %s on %s, %d optimizer steps, precision %s, %d device(s); "
+            "the step lines give the ETA, Ctrl-C stops with a checkpoint",
             experiment_dir,
             config.model,
             config.dataset_dir,
+            run.total_steps,
             run.precision,
             trainer.world_size,
         )
