@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as stopped:
-        print(f"lmfast train: {stopped}", file=sys.stderr)
+        if stopped.is_global_zero:
+            print(f"lmfast train: {stopped}", file=sys.stderr)
         return stopped.exit_code
     except KeyboardInterrupt:  # before training started (or a second Ctrl-C): no run to resume
         print("lmfast train: interrupted before the first checkpoint", file=sys.stderr)

@@ -31,8 +31,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 class TrainingInterrupted(Exception):
     """A stop signal ended the run after `last.ckpt` was written at `step`."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path, is_global_zero: bool = True) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.is_global_zero = is_global_zero  # the one process that reports it (every rank stops)
         experiment_dir = checkpoint.parent.parent
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}; {checkpoint} holds it, "
@@ -95,7 +96,8 @@ class SafeStop(pl.Callback):
         self._last_save = time.monotonic()
         if stop and not trainer.should_stop:  # (a run at its last step just ends)
             # raised at the next hook, once Lightning has logged this step's metrics
-            self._stopped = TrainingInterrupted(self._signum or signal.SIGTERM, trainer.global_step, path)
+            signum = self._signum or signal.SIGTERM
+            self._stopped = TrainingInterrupted(signum, trainer.global_step, path, trainer.is_global_zero)
 
     def _raise_if_stopped(self, *_: Any) -> None:
         if self._stopped is not None:
