@@ -229,7 +229,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     from lmfast.train.module import LMModule
     from lmfast.train.progress import StepProgressBar, ValidateAtEnd
 
-    _quiet_lightning()
+    quiet_lightning()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the log
@@ -519,7 +519,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     return run.run_dir.path
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Lightning's accelerator banner and cloud-logger tips tell a user nothing they chose; warnings stay."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_banners)  # idempotent
     logging.getLogger("lightning.pytorch.accelerators.cuda").addFilter(_drop_banners)
