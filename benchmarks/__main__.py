@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,12 +62,38 @@ def run_stage(stage: str, quick: bool) -> tuple[dict[str, Any], float]:
     with tempfile.TemporaryDirectory(prefix="lmfast-bench-") as scratch:
         output = Path(scratch) / "result.json"
         code = _STAGE_CHILD.format(stage=stage, quick=quick)
-        child = subprocess.Popen([sys.executable, "-c", code, str(output)])
-        _, status, usage = os.wait4(child.pid, 0)
+        # its own process group: Ctrl-C reaches this runner only, which then ends the whole stage (the
+        # contenders it spawned too) instead of letting a stage take it as the end of one run and go on
+        child = None
+        try:
+            child = subprocess.Popen([sys.executable, "-c", code, str(output)], start_new_session=True)
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:  # KeyboardInterrupt (Ctrl-C), or SIGTERM through `_terminate`
+            if child is not None:
+                _kill_group(child)
+            raise
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode != 0:
             raise RuntimeError(f"benchmarks/bench_{stage}.py exited with {child.returncode}")
         return json.loads(output.read_text(encoding="utf-8")), usage.ru_maxrss / 1024
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    """End a stage and everything it started: SIGTERM, then SIGKILL after 5 s."""
+    for signum, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill` stops the suite as Ctrl-C does
 
 
 def collect_ratios(result: Any, prefix: str = "") -> dict[str, float]:
@@ -156,7 +183,9 @@ def replot(output: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--quick", action="store_true", help="short runs (minutes, not tens of minutes)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
@@ -170,6 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         return replot(args.output)
 
     args.output.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_stages(args)
+    except KeyboardInterrupt:
+        print(
+            "python -m benchmarks: interrupted; stopped the stage in progress, no report written",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run_stages(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"machine": machine_description(), "quick": args.quick, "stages": {}}
     ratios: dict[str, dict[str, float]] = {}
     failed = []

@@ -558,7 +558,7 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     quality = {}
     for engine in engines:
         tokens = engine.generate(quality_prompts, args.quality_tokens)
-        until = [divergence(a, b) for a, b in zip(reference, tokens, strict=True)]
+        until = [divergence(a, b, args.quality_tokens) for a, b in zip(reference, tokens, strict=True)]
         nll, top = engine.score(ppl_ids)
         ppl = float(np.exp(nll))
         quality[engine.name] = {

@@ -258,6 +258,9 @@ def run(quick: bool = False, threads: int = 2) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners in the table
+    from lmfast.train.run import quiet_lightning
+
+    quiet_lightning()  # nor Lightning's accelerator banner and cloud-logger advert, which bypass that level
     rounds, steps = (2, 8) if quick else (5, 20)
     with tempfile.TemporaryDirectory() as tmp:
         setup = _Setup(prepare_dataset(Path(tmp), 64), "gpt2-tiny", batch_size=16)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import operator
 import os
+import sys
 import textwrap
 import types
 import typing
@@ -41,11 +43,54 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors raise `FlagError` (one line, no usage dump) instead of exiting 2.
 
     The caller prints `<prog>: error: <message>` and returns 2, so every subcommand reports bad
-    input the same way; `--help` still exits 0 through `SystemExit`.
+    input the same way; `--help` still exits 0 through `SystemExit`. Flags are exact: no prefix
+    abbreviations (`--max_step` is not `--max_steps`), and an unknown `--flag` is reported before
+    anything else (a misspelt required flag is named as misspelt, not as missing), with the closest
+    valid flag.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         raise FlagError(message)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = unknown_flag(self, args)
+        if unknown is not None:
+            self.error(unknown)
+        return super().parse_known_args(args, namespace)
+
+
+def unknown_flag(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """The error for the first `--flag` in ARGS that PARSER does not define, naming the closest one.
+
+    Stops at `--` and at a subcommand's name (the subcommand's own parser checks the rest).
+    """
+    known = sorted(flag for flag in parser._option_string_actions if flag.startswith("--"))
+    subcommands = {
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+    for arg in args:
+        if arg == "--" or arg in subcommands:
+            return None
+        if not arg.startswith("--"):
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in known:
+            continue
+        # compared without the dashes every flag shares, which would make any two look alike
+        close = difflib.get_close_matches(flag[2:], [k[2:] for k in known], n=1, cutoff=0.6)
+        hint = f"did you mean --{close[0]}?" if close else f"see {parser.prog} --help"
+        return f"unknown flag {flag} ({hint})"
+    return None
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -39,3 +39,37 @@ def test_help_and_import_leave_torch_unimported():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_flag_and_positional_of_every_subcommand_says_what_it_takes(capsys):
+    """`<command> --help` of each subcommand: no flag without help text, none left out of a mode."""
+    import argparse
+
+    names = [n for n in SUBCOMMANDS if n != "demo"] + ["export onnx"]
+    for name in names:
+        try:  # `lmfast generate --help` exits through argparse's SystemExit
+            code = main([*name.split(), "--help"])
+        except SystemExit as done:
+            code = done.code
+        assert code in (0, None), name
+        text = capsys.readouterr().out
+        assert "usage:" in text, name
+    for argv in (["eval", "--help"], ["demo", "--help"]):  # eval: both modes; demo: its own flags
+        assert main(argv) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tasks TASKS" in text and "--dataset_dir" in text
+    assert "text the served model continues (default: 'Supposing that Truth is a woman')" in text
+    assert "training steps of the tiny model (default: 300)" in text
+
+    from lmfast.bot.cli import build_parser as bot
+    from lmfast.data.cli import build_parser as prepare
+    from lmfast.evaluation.cli import build_parser as evaluate
+    from lmfast.evaluation.tasks import build_parser as tasks
+    from lmfast.serving.cli import build_parser as serve
+    from lmfast.train.cli import build_parser as train
+
+    for parser in (bot(), prepare(), evaluate(), tasks(), serve(), train()):
+        silent = [a.dest for a in parser._actions if not a.help or a.help == argparse.SUPPRESS]
+        assert not silent, (parser.prog, silent)
+    model = next(a for a in train()._actions if a.dest == "model")
+    assert ".gguf" in model.help

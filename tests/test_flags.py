@@ -167,3 +167,36 @@ def test_field_metadata_names_its_own_variable_and_converter(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     assert "[env SOME_TOKEN]" in capsys.readouterr().out
+
+
+def test_flags_are_exact_no_prefix_abbreviation():
+    with pytest.raises(FlagError) as caught:
+        _parser().parse_args(["--max_step", "3"])  # a prefix of the alias --max_steps
+    assert str(caught.value) == "unknown flag --max_step (did you mean --max_steps?)"
+
+
+def test_an_unknown_flag_is_one_line_with_the_closest_valid_flag():
+    with pytest.raises(FlagError) as caught:
+        _parser().parse_args(["--verbos", "--rat=0.1"])
+    assert str(caught.value) == "unknown flag --verbos (did you mean --verbose?)"
+    with pytest.raises(FlagError) as caught:
+        _parser().parse_args(["--zzzzzz"])
+    assert str(caught.value) == "unknown flag --zzzzzz (see example --help)"
+
+
+def test_a_misspelt_required_flag_is_named_as_unknown_not_as_missing():
+    parser = OneLineParser(prog="required")
+    add_config_flags(parser, Required)
+    with pytest.raises(FlagError) as caught:
+        parser.parse_args(["--n", "2", "--pth", "x"])
+    assert str(caught.value) == "unknown flag --pth (did you mean --path?)"
+
+
+def test_values_after_a_double_dash_and_subcommand_flags_are_not_checked_by_the_parent():
+    parser = OneLineParser(prog="top")
+    commands = parser.add_subparsers(dest="command")
+    sub = commands.add_parser("run")
+    sub.add_argument("--steps", type=int)
+    assert parser.parse_args(["run", "--steps", "2"]).steps == 2
+    with pytest.raises(FlagError, match=r"unknown flag --step \(did you mean --steps\?\)"):
+        parser.parse_args(["run", "--step", "2"])

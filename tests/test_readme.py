@@ -201,6 +201,29 @@ def test_readme_commands_run_as_written_in_order_after_the_demo(tmp_path):
     description = json.loads((tmp_path / first / "description.json").read_text())
     assert description["vocab_size"] == 4096
 
+    # 4. the walkthrough again in the same directory, after a train stopped by Ctrl-C: the commands
+    # name `<name>/latest`, which follows each new version (the stopped run's too: it saved hf/)
+    stopped = subprocess.Popen(
+        "exec " + as_python(train, port).replace("--max_steps 6", "--max_steps 100000"),
+        shell=True, cwd=tmp_path, env=ENV, start_new_session=True, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in stopped.stderr:
+        if re.search(r"step \d+/100000", line):  # it trains (the first logged step)
+            os.killpg(stopped.pid, signal.SIGINT)
+            break
+    err = stopped.communicate(timeout=600)[1]
+    assert stopped.returncode == 130, err
+    assert "lmfast train --resume data/experiments/nietzsche/1" in err
+    assert os.readlink(tmp_path / "data/experiments/nietzsche/latest") == "1"
+    run(as_python(export, port), tmp_path)  # exports the stopped run
+    run(as_python(prepare, port), tmp_path)
+    assert os.readlink(tmp_path / "data/datasets/nietzsche/latest") == "1"
+    assert run(as_python(train, port), tmp_path).stdout.strip().endswith("data/experiments/nietzsche/2")
+    for prefix in ("lmfast export onnx", "lmfast generate", "lmfast eval"):
+        run(as_python(command_starting(commands, prefix), port), tmp_path)
+    report = json.loads((tmp_path / "data/eval-nietzsche.json").read_text())
+    assert report["source"]["path"].endswith("nietzsche/latest") and report["tokens_scored"] > 1000
+
 
 def np_load(path: Path) -> bytes:
     """A corpus as bytes (equal corpora, equal bytes), read the way training reads it."""

@@ -11,13 +11,14 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlparse
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramUnauthorizedError
@@ -34,7 +35,7 @@ from lmfast.bot.storage import Storage
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# getMe at start-up and getUpdates while polling: retried forever, at most this far apart
+# getMe at start-up and getUpdates while polling: retried at most this far apart
 TELEGRAM_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
 # updates handled at once; polling waits for a free slot beyond it, so a flood cannot pile up tasks
 MAX_CONCURRENT_UPDATES = 64
@@ -42,12 +43,19 @@ MAX_CONCURRENT_UPDATES = 64
 SHUTDOWN_GRACE_S = 30.0
 
 
-def build_bot(config: BotConfig) -> Bot:
-    """A Bot speaking HTML, pointed at api.telegram.org or `--telegram_api_server`."""
-    api = (
-        TelegramAPIServer.from_base(config.telegram_api_server) if config.telegram_api_server else PRODUCTION
-    )
-    session = AiohttpSession(api=api)
+class TelegramUnreachable(RuntimeError):
+    """A start-up call failed `--start_attempts` times in a row (no network, or not a Bot API server)."""
+
+
+def build_bot(config: BotConfig, session: BaseSession | None = None) -> Bot:
+    """A Bot speaking HTML, pointed at api.telegram.org or `--telegram_api_server` (or given `session`)."""
+    if session is None:
+        api = (
+            TelegramAPIServer.from_base(config.telegram_api_server)
+            if config.telegram_api_server
+            else PRODUCTION
+        )
+        session = AiohttpSession(api=api)
     session.middleware(RetryTelegramCalls())
     return Bot(
         config.token,
@@ -86,21 +94,64 @@ async def run(
 ) -> None:
     """Run the bot until `stop` is set (or SIGINT/SIGTERM when `handle_signals`).
 
-    Survives Telegram being unreachable (at start-up and while polling) and the lmfast API being
-    down; only a bad token or a broken config ends it early.
+    Survives Telegram being unreachable while polling and the lmfast API being down; a bad token,
+    a broken config or `config.start_attempts` failed start-up calls in a row end it early (a fake
+    token or no network: one line, not retries for ever).
 
     Args:
         config: what to run.
         stop: set it to stop gracefully (replies in progress finish first).
-        handle_signals: SIGINT and SIGTERM set `stop` (the CLI; not possible off the main thread).
+        handle_signals: SIGINT and SIGTERM set `stop` (the CLI; not possible off the main thread); a
+            second one cancels at once.
         telegram_backoff: pauses between attempts while Telegram is unreachable.
+
+    Raises:
+        TelegramUnauthorizedError: the token was rejected.
+        TelegramUnreachable: a start-up call (getMe, deleteWebhook/setWebhook) failed
+            `config.start_attempts` times.
     """
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and main_task is not None:
+                main_task.cancel()  # the second Ctrl-C: do not wait for replies in progress
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
+    backoff = _Attempts(telegram_backoff, config.start_attempts)
+    try:
+        async with open_bot(config) as (bot, dispatcher, in_flight):
+            me = await _until_answered(bot.me, stop, backoff)
+            if me is None:
+                return
+            logger.info("connected to Telegram as @%s (id %d)", me.username, me.id)
+            await _publish_commands(bot)
+            if config.webhook_url:
+                await _serve_webhook(config, bot, dispatcher, stop, backoff)
+            else:
+                await _poll(config, bot, dispatcher, stop, backoff)
+            await in_flight.wait(SHUTDOWN_GRACE_S)
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    asyncio.get_running_loop().remove_signal_handler(sig)
+        logger.info("bot stopped")
+
+
+@contextlib.asynccontextmanager
+async def open_bot(
+    config: BotConfig, session: BaseSession | None = None
+) -> AsyncIterator[tuple[Bot, Dispatcher, InFlight]]:
+    """The bot's parts (storage, lmfast API client, Bot, dispatcher with the handlers), closed on exit.
+
+    `run` feeds the dispatcher from Telegram; `lmfast bot --console` feeds it typed lines.
+    """
     db = Storage(config.db_path, max_texts=config.max_stored_texts)
     api = LmfastClient(
         config.api_url,
@@ -110,50 +161,68 @@ async def run(
         backoff_s=config.api_backoff_s,
         deadline_s=config.api_deadline_s,
     )
-    bot = build_bot(config)
+    bot = build_bot(config, session)
     in_flight = InFlight()
-    dispatcher = build_dispatcher(config, db, api, in_flight)
     try:
-        me = await _until_answered(bot.me, stop, telegram_backoff)
-        if me is None:
-            return
-        logger.info("connected to Telegram as @%s (id %d)", me.username, me.id)
-        await _publish_commands(bot)
-        if config.webhook_url:
-            await _serve_webhook(config, bot, dispatcher, stop, telegram_backoff)
-        else:
-            await _poll(config, bot, dispatcher, stop, telegram_backoff)
-        await in_flight.wait(SHUTDOWN_GRACE_S)
+        yield bot, build_dispatcher(config, db, api, in_flight), in_flight
     finally:
         await api.aclose()
         await bot.session.close()
         db.close()
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    asyncio.get_running_loop().remove_signal_handler(sig)
-        logger.info("bot stopped")
+
+
+class _Attempts:
+    """The start-up retry budget: pauses from `config`, at most `limit` failed calls in a row."""
+
+    def __init__(self, config: BackoffConfig, limit: int) -> None:
+        self.config, self.limit = config, limit
 
 
 async def _until_answered(
-    call: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff_config: BackoffConfig
+    call: Callable[[], Awaitable[T]], stop: asyncio.Event, attempts: _Attempts
 ) -> T | None:
-    """Make a Telegram call until it succeeds (a bad token raises); None when stopped first.
+    """Make a start-up Telegram call until it succeeds; None when stopped first (even mid-call).
 
     aiogram's polling calls getMe once and dies if it fails; retrying the start-up calls here keeps
-    a bot that starts while the network is down alive until it comes back.
+    a bot that starts during a network blip alive, for `attempts.limit` tries.
+
+    Raises:
+        TelegramUnauthorizedError: a revoked or mistyped token (waiting will not fix it).
+        TelegramUnreachable: `attempts.limit` failures in a row.
     """
-    backoff = Backoff(backoff_config)
-    while not stop.is_set():
+    backoff = Backoff(attempts.config)
+    started = asyncio.get_running_loop().time()
+    for attempt in range(1, attempts.limit + 1):
+        if stop.is_set():
+            return None
+        calling = asyncio.ensure_future(call())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({calling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not calling.done():  # stopped while the call hangs (no network): do not wait for its timeout
+            calling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await calling
+            return None
         try:
-            return await call()
+            return calling.result()
         except TelegramUnauthorizedError:
-            raise  # a revoked or mistyped token: waiting will not fix it
+            raise
         except Exception as error:
+            if attempt == attempts.limit:
+                waited = asyncio.get_running_loop().time() - started
+                raise TelegramUnreachable(
+                    f"no answer after {attempt} attempts in {waited:.0f} s (last: {_one_line(error)})"
+                ) from None
             logger.warning("Telegram not reachable (%s); retrying in %.1f s", error, backoff.next_delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(backoff))
     return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 async def _publish_commands(bot: Bot) -> None:
@@ -166,7 +235,7 @@ async def _publish_commands(bot: Bot) -> None:
 
 
 async def _poll(
-    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: BackoffConfig
+    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: _Attempts
 ) -> None:
     # getUpdates fails with 409 Conflict while a webhook is set (say, by an earlier webhook run)
     if await _until_answered(lambda: bot.delete_webhook(drop_pending_updates=False), stop, backoff) is None:
@@ -177,7 +246,7 @@ async def _poll(
         dispatcher.start_polling(
             bot,
             polling_timeout=config.polling_timeout,
-            backoff_config=backoff,
+            backoff_config=backoff.config,
             handle_signals=False,  # ours set `stop`, which also ends a webhook run
             close_bot_session=False,
             tasks_concurrency_limit=MAX_CONCURRENT_UPDATES,
@@ -197,7 +266,7 @@ async def _poll(
 
 
 async def _serve_webhook(
-    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: BackoffConfig
+    config: BotConfig, bot: Bot, dispatcher: Dispatcher, stop: asyncio.Event, backoff: _Attempts
 ) -> None:
     from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
     from aiohttp import web

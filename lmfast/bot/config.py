@@ -114,6 +114,13 @@ class BotConfig:
         metadata=_help("Chat mode: the answer's message is edited with new text at most this often."),
     )
     polling_timeout: int = field(default=30, metadata=_help("Long-polling wait of getUpdates, in seconds."))
+    start_attempts: int = field(
+        default=10,
+        metadata=_help(
+            "Start-up calls to Telegram tried (pauses growing from 1 s to 30 s, about 2 minutes in all) "
+            "before the bot gives up with an error; once started it polls through network errors."
+        ),
+    )
     webhook_url: str | None = field(
         default=None,
         metadata=_help("Public HTTPS URL Telegram should POST updates to; unset means long polling."),
@@ -164,6 +171,8 @@ class BotConfig:
             raise ValueError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
         if self.stream_edit_interval_s < 0:
             raise ValueError(f"--stream_edit_interval_s must be >= 0, got {self.stream_edit_interval_s}")
+        if self.start_attempts < 1:
+            raise ValueError(f"--start_attempts must be >= 1, got {self.start_attempts}")
         if self.polling_timeout < 1:
             raise ValueError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -466,7 +466,9 @@ def _first_identical(
                 raise ValueError(
                     f"tokenizer engine {name!r} cannot serve {tokenizer.name}: {_one_line(error)}"
                 ) from None
-            logger.info("engine %s cannot serve %s: %s", name, tokenizer.name, _one_line(error))
+            # an expected outcome of the probe (a faster engine that does not fit this tokenizer):
+            # one short line, for --log_level debug only; the chosen engine is logged at info
+            logger.debug("engine %s cannot serve %s (%s)", name, tokenizer.name, _one_line(error)[:100])
             continue
         if difference is None:
             return engine

@@ -31,6 +31,7 @@ from lmfast.data.boundaries import DocumentBoundaries, resolve_boundaries
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
+from lmfast.latest import point_latest
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,10 @@ class PrepareConfig:
         if self.valid_fraction and self.documents_valid_file:
             raise PrepareError("valid_fraction", "give --documents_valid_file or --valid_fraction, not both")
         if not self.valid_fraction and not self.documents_valid_file:
+            try:  # in command-line order: a train file that is not there is the first thing wrong
+                inputs.expand(self.documents_train_file, "--documents_train_file")
+            except inputs.InputError as error:
+                raise PrepareError(str(error)) from None
             raise PrepareError("documents_valid_file", "is required unless --valid_fraction holds out documents")
         if self.num_shards < 1:
             raise PrepareError("num_shards", f"must be >= 1, got {self.num_shards}")
@@ -315,6 +320,7 @@ def _commit(stage: staging.Staging, dataset_dir: Path) -> Path:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 continue
             raise
+        point_latest(final)
         return final
 
 

@@ -20,8 +20,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG,
         description=(EvalConfig.__doc__ or "").strip().splitlines()[0],
-        epilog="With --tasks TASKS it runs lm-evaluation-harness tasks instead "
-        "(`lmfast eval SOURCE --tasks TASKS --help` lists those flags).",
+        epilog="With --tasks TASKS it runs lm-evaluation-harness tasks instead; their flags follow.",
     )
     add_config_flags(parser, EvalConfig, positional=["source"])
     return parser
@@ -34,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         from lmfast.evaluation.tasks import main as tasks_main
 
         return tasks_main(argv)
+    if any(a in ("-h", "--help") for a in argv):  # both modes' flags, so --tasks is found in the help
+        from lmfast.evaluation.tasks import build_parser as tasks_parser
+
+        print(build_parser().format_help())
+        print(f"lm-evaluation-harness tasks: {PROG} SOURCE --tasks TASKS [flags]\n")
+        print(tasks_parser().format_help())
+        return 0
     try:
         config, _ = parse_config(build_parser(), EvalConfig, argv)
     except SystemExit as exit_request:  # --help

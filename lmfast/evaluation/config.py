@@ -10,7 +10,8 @@ class EvalError(ValueError):
     """Bad input to `lmfast eval`; `field` names the flag, the message says what is wrong."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"--{field}: {message}")
+        # the positional SOURCE has no --flag: name it as `lmfast eval --help` shows it
+        super().__init__(f"{'SOURCE' if field == 'source' else '--' + field}: {message}")
         self.field = field
 
 

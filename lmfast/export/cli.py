@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = vars(parser.parse_args(argv))
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
     except flags.FlagError as error:
         print(f"lmfast export: error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ class ExportConfig:
     """Export a trained causal LM to an ONNX Runtime directory (docs/architecture.md §3)."""
 
     source: Path
-    """An experiment dir (uses its hf/), a Lightning .ckpt from one, or a Hugging Face model dir."""
+    """An experiment dir (its hf/, else its LoRA adapter/; `<name>/latest` works), a Lightning .ckpt from
+    one, a Hugging Face model dir, a PEFT LoRA adapter dir (merged onto its base model) or a .gguf file."""
     output: Path
     """The export directory to write."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -66,7 +66,7 @@ def measure_parity(
         "max_abs_logit": scale,
         "tolerance": tolerance,
         "greedy_tokens_identical": identical,
-        "greedy_tokens_until_divergence": [divergence(a, b) for a, b in zip(*tokens, strict=True)],
+        "greedy_tokens_until_divergence": [divergence(a, b, steps) for a, b in zip(*tokens, strict=True)],
         "greedy_batch_invariant": alone == tokens[1][0],
         "provider": provider,
         "quality": quality,
@@ -100,8 +100,12 @@ def _quality(reference, candidate, ids: list[int]) -> dict[str, float]:
     }
 
 
-def divergence(reference: list[int], candidate: list[int]) -> int:
-    """Greedy tokens until the first divergence: the length of the common prefix."""
+def divergence(reference: list[int], candidate: list[int], steps: int) -> int:
+    """Greedy tokens until the first divergence: the length of the common prefix, or `steps` (all of
+    them) when both are the same, also when both stopped early at an end-of-sequence token, so the
+    per-prompt counts agree with `greedy_tokens_identical` (identical iff every count is `steps`)."""
+    if reference == candidate:
+        return steps
     for index, (a, b) in enumerate(zip(reference, candidate, strict=False)):
         if a != b:
             return index

@@ -10,12 +10,16 @@ stage then reads the result like any other HF dir, and repeated uses hit the cac
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 # The files that make a converted directory complete; written last is `config.json`'s sibling marker.
 _DONE_MARKER = ".lmfast-gguf-done"
+
+log = logging.getLogger("lmfast.models")
 
 
 def is_gguf(path: str | os.PathLike[str]) -> bool:
@@ -50,7 +54,17 @@ def converted_dir(gguf_path: str | os.PathLike[str], cache_dir: str | os.PathLik
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / _DONE_MARKER).is_file():
             return target
-        return convert_gguf(gguf_path, target)
+        started = time.monotonic()
+        log.info(
+            "converting %s (%.0f MB) to a Hugging Face model once, cached in %s: dequantizing takes minutes "
+            "on a CPU (about 4 for SmolLM2-135M on 2 busy cores), later runs start at once",
+            gguf_path.name,
+            stat.st_size / 1e6,
+            target,
+        )
+        converted = convert_gguf(gguf_path, target)
+        log.info("converted %s in %.0f s", gguf_path.name, time.monotonic() - started)
+        return converted
 
 
 def convert_gguf(gguf_path: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ truncated, empty, random or zeroed file is one `CheckpointError` naming the file
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,14 @@ class ChecksummedCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        super().save_checkpoint(with_checksum(checkpoint), path, storage_options)
+        """Written beside, then renamed over `path`: a kill mid-write leaves the previous file whole."""
+        path = Path(path)
+        partial = path.parent / f".incomplete-{os.getpid()}.tmp"  # no "last" in it: Lightning lists those
+        try:
+            super().save_checkpoint(with_checksum(checkpoint), partial, storage_options)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         kept = self._preloaded.pop(str(Path(path).resolve()), None)

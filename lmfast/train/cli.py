@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from lmfast.flags import add_config_flags
+from lmfast.flags import OneLineParser, add_config_flags
 from lmfast.train.config import TrainConfig
 
 # the seed's train script called it --model_path
 ALIASES = {"model": ["--model_path"]}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     """One flag per `TrainConfig` field (lmfast.flags); `--resume` alone means the latest run."""
-    parser = argparse.ArgumentParser(prog="lmfast train", description=TrainConfig.__doc__)
+    parser = OneLineParser(prog="lmfast train", description=TrainConfig.__doc__)
     add_config_flags(
         parser,
         TrainConfig,
@@ -55,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = config_from_args(argv)
-    except SystemExit as done:  # argparse: --help (0) or a malformed flag (2, usage already printed)
+    except SystemExit as done:  # --help
         return int(done.code or 0)
     except (ValueError, TrainInputError) as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 2
+    from lmfast.train.interrupt import TrainingInterrupted
     from lmfast.train.module import NonFiniteLossError
     from lmfast.train.run import train
 
@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stopped:
+        if stopped.is_global_zero:
+            print(f"lmfast train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:  # before training started (or a second Ctrl-C): no run to resume
+        print("lmfast train: interrupted before the first checkpoint", file=sys.stderr)
+        return 130
     finally:
         if handler is not None:
             logging.getLogger("lmfast").removeHandler(handler)

@@ -45,7 +45,8 @@ class TrainConfig:
     """Dataset directory written by `lmfast prepare` (`<datasets_root>/<name>/<N>`)."""
     model: str = "gpt2-tiny"
     """A built-in config name (gpt2-tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl) trained from
-    scratch, or a local Hugging Face model directory to fine-tune (`--model_path` is an alias)."""
+    scratch, or a pretrained model to fine-tune: a local Hugging Face model directory or a llama.cpp .gguf
+    file (dequantized once, cached) (`--model_path` is an alias)."""
     experiments_root: str = "data/experiments"
     """Root of all experiments; the run is written to `<experiments_root>/<experiment_name>/<N>`."""
     experiment_name: str = "default"
@@ -90,6 +91,9 @@ class TrainConfig:
     """Validate on at most this many batches (int) or this fraction (float) of the validation split."""
     checkpoint_every_n_steps: int | None = None
     """Write `last.ckpt` every N optimizer steps (default: at each validation)."""
+    checkpoint_every_minutes: float = 10.0
+    """Also write `last.ckpt` every N minutes of training (0: off). Ctrl-C, SIGTERM and SIGUSR1 (SLURM
+    pre-emption) always write it at the end of the step in progress, then stop; `--resume` continues."""
     save_top_k: int = 3
     """Keep the k best checkpoints by validation loss (plus `last.ckpt`)."""
     log_every_n_steps: int = 10
@@ -157,6 +161,8 @@ class TrainConfig:
             raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ValueError(f"--checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
+        if not 0 <= self.checkpoint_every_minutes < float("inf"):
+            raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
         if self.val_check_interval is not None and self.val_check_interval <= 0:
             raise ValueError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:

@@ -8,6 +8,8 @@ continues with the next unseen batch.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmfast.data.dataset import PreparedDataset, PreparedSplit
+from lmfast.train.interrupt import ignore_stop_signals
 from lmfast.train.sampler import ResumableBatchSampler
 
 IGNORE_INDEX = -100  # labels never counted in the loss (padding, tokens a dialog's loss mask excludes)
@@ -123,6 +126,7 @@ class LMDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             generator=self._generator(),
+            worker_init_fn=functools.partial(_init_worker, rank=self._rank_and_world()[0]),
         )
 
     def _generator(self) -> torch.Generator:
@@ -195,3 +199,14 @@ class LMDataModule(pl.LightningDataModule):
                     f"--{key} {now} differs from the checkpoint's {state_dict[key]}: the data order would change"
                 )
         self._resume_position = int(state_dict["batches_consumed"])
+
+
+def _init_worker(worker_id: int, rank: int) -> None:
+    """Workers ignore stop signals (the training process checkpoints, then ends them) and, under
+    `seed_everything(workers=True)`, are seeded as Lightning's own worker_init_fn would (it is not
+    added where one is set)."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    ignore_stop_signals()
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id, rank=rank)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfast.data.dataset import DatasetFormatError, PreparedDataset
+from lmfast.latest import point_latest, real_run_dir
 from lmfast.train.config import TrainConfig, latest_experiment_dir
 from lmfast.train.model import DatasetTokenizer, TrainInputError
 from lmfast.train.strategy import make_strategy
@@ -25,11 +26,19 @@ from lmfast.train.strategy import make_strategy
 log = logging.getLogger("lmfast.train")
 
 
-_BANNERS = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "💡 Tip")
+_BANNERS = (
+    "litlogger",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip",
+    "was configured so validation will run",  # lmfast sets val_check_interval itself
+)
 
 
 def _drop_banners(record: logging.LogRecord) -> bool:
-    """Lightning's `GPU available: False` banner and its cloud-logger tips (nothing the user chose)."""
+    """Lightning's `GPU available: False` banner, its cloud-logger tips and its note on the
+    validation interval lmfast chose (nothing the user chose or can act on)."""
     message = record.getMessage()
     return not any(banner in message for banner in _BANNERS)
 
@@ -64,7 +73,7 @@ def resume_config(
             )
         experiment_dir = found
     else:
-        experiment_dir = Path(resume)
+        experiment_dir = real_run_dir(resume)
     description_path = experiment_dir / "description.json"
     if not (experiment_dir / "checkpoints" / "last.ckpt").is_file() or not description_path.is_file():
         raise TrainInputError(
@@ -153,6 +162,7 @@ class _Run:
     run_dir: _RunDirectory
     model_config: dict[str, Any]
     source_dir: Path | None  # the pretrained model dir (tokenizer and generation config for hf/)
+    total_steps: int = 0  # optimizer steps of the whole run (--max_steps, or what the epochs make)
 
 
 class _RunDirectory:
@@ -198,12 +208,7 @@ def _check_not_finished(config: TrainConfig, checkpoint: dict[str, Any] | None, 
             f"--resume {config.resume}: the run is complete (step {step} of {limit}); to train further give "
             f"a larger total, e.g. lmfast train --resume {config.resume} --max_steps {step + max(step, 1)}"
         )
-    log.info(
-        "resuming %s at step %d of %d (a finished run is extended with --resume DIR --max_steps N)",
-        config.resume,
-        step,
-        total,
-    )
+    log.info("resumed %s at step %d of %d", config.resume, step, total)
 
 
 def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
@@ -219,11 +224,12 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     from lmfast.train.callbacks import TextSamples, ThroughputMonitor, ValidationLog, sample_prompts
     from lmfast.train.checkpoint import ChecksummedCheckpointIO
     from lmfast.train.datamodule import LMDataModule
+    from lmfast.train.interrupt import SafeStop
     from lmfast.train.model import build_model, resolve_model_source
     from lmfast.train.module import LMModule
     from lmfast.train.progress import StepProgressBar, ValidateAtEnd
 
-    _quiet_lightning()
+    quiet_lightning()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the log
@@ -269,9 +275,9 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
             raise TrainInputError(f"--lora_target_modules {config.lora_target_modules}: {error}") from None
     else:
         count = sum(p.numel() for p in model.parameters())
-        log.info(
-            "%s: all %d parameters train", "from scratch" if config.is_preset else "full fine-tuning", count
-        )
+        start = "from scratch" if config.is_preset else "full fine-tuning"
+        if resumed is None:  # a resumed run says where it resumed instead (_check_not_finished)
+            log.info("%s: all %d parameters train", start, count)
     module = LMModule(
         model,
         learning_rate=config.learning_rate,
@@ -320,6 +326,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         chat="loss_mask_file" in dataset.description,  # dialogs and chat exports: conversations
     )
     run_dir = _RunDirectory(Path(config.resume) if config.resume else None)
+    safe_stop = SafeStop(lambda: run_dir.path, config.checkpoint_every_minutes)
     all_callbacks: list[pl.Callback] = [
         run_dir.callback(),
         ValidateAtEnd(),
@@ -328,6 +335,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         ThroughputMonitor(precision, config.peak_tflops),
         ValidationLog(),
         samples,
+        safe_stop,
     ]
     interactive = sys.stderr.isatty()
     if interactive:
@@ -370,7 +378,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     source_dir = None if config.is_preset else Path(model_source)
     return _Run(
         config, dataset, tokenizer, precision, module, datamodule, trainer, checkpoint_io, best, last,
-        samples, run_dir, model_config, source_dir,
+        samples, run_dir, model_config, source_dir, total,
     )  # fmt: skip
 
 
@@ -417,10 +425,12 @@ def fit(run: _Run) -> None:
             trainer.world_size,
         )
         log.info(
-            "experiment %s: %s on %s, precision %s, %d device(s)",
+            "experiment %s: %s on %s, %d optimizer steps, precision %s, %d device(s); "
+            "the step lines give the ETA, Ctrl-C stops with a checkpoint",
             experiment_dir,
             config.model,
             config.dataset_dir,
+            run.total_steps,
             run.precision,
             trainer.world_size,
         )
@@ -442,7 +452,8 @@ def fit(run: _Run) -> None:
         trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
         last_path = Path(run.last.dirpath) / "last.ckpt"
         if run.last._last_global_step_saved != trainer.global_step:
-            trainer.save_checkpoint(last_path)  # the final state, resumable with a larger --max_steps
+            # the final state, resumable with a larger --max_steps
+            trainer.save_checkpoint(last_path, weights_only=False)
 
 
 def finish(run: _Run, started: float) -> None:
@@ -464,6 +475,7 @@ def finish(run: _Run, started: float) -> None:
             prompt_prefix_token_ids=run.dataset.description.get("prompt_prefix_token_ids"),
         )
         log.info("saved %s as a Hugging Face model in %s", Path(source).name, experiment_dir / "hf")
+        point_latest(experiment_dir)  # the newest run with a model: what `<name>/latest` paths follow
     _update_description(
         experiment_dir,
         {
@@ -507,7 +519,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     return run.run_dir.path
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Lightning's accelerator banner and cloud-logger tips tell a user nothing they chose; warnings stay."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_banners)  # idempotent
     logging.getLogger("lightning.pytorch.accelerators.cuda").addFilter(_drop_banners)

@@ -59,7 +59,9 @@ def test_bad_input_exits_2_with_one_line_naming_the_flag(argv, env, message, mon
 
 def test_unknown_flag_and_help_go_through_argparse(capsys):
     assert main(["--nope"]) == 2
-    assert "unrecognized arguments: --nope" in capsys.readouterr().err
+    assert "lmfast bot: error: unknown flag --nope (see lmfast bot --help)" in capsys.readouterr().err
+    assert main(["--tokn", "x"]) == 2
+    assert "unknown flag --tokn (did you mean --token?)" in capsys.readouterr().err
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--telegram_api_server" in out and "TELEGRAM_BOT_TOKEN" in out and "--webhook_url" in out

@@ -200,6 +200,10 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path, corpus_dir, capsys
         _fails(capsys, _args(tmp_path, train, *valid), *needles)
         assert not out.exists()
     _fails(capsys, _args(tmp_path, [str(root / "all.txt")]), "--documents_valid_file", "--valid_fraction")
+    # errors in command-line order: the missing train file before the missing valid file
+    _fails(
+        capsys, _args(tmp_path, [str(tmp_path / "missing.txt")]), "--documents_train_file", "file not found"
+    )
     both = _args(tmp_path, [str(root / "all.txt")], *valid, "--valid_fraction", "0.1")
     _fails(capsys, both, "--valid_fraction", "not both")
     _fails(capsys, [*_args(tmp_path, [str(root / "all.txt")], *valid), "--shard_index", "2", "--num_shards", "2"],

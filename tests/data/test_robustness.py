@@ -170,7 +170,7 @@ def test_kill_9_leaves_a_directory_the_next_run_removes(tmp_path):
         _prepare_command(train, root), env=env, capture_output=True, text=True, timeout=600
     )
     assert rerun.returncode == 0, rerun.stderr
-    assert sorted(p.name for p in (root / "d").iterdir()) == ["0"]
+    assert sorted(p.name for p in (root / "d").iterdir()) == ["0", "latest"]
 
 
 @pytest.mark.slow
@@ -193,7 +193,7 @@ def test_a_live_run_keeps_its_directory(tmp_path):
         stopped.send_signal(signal.SIGCONT)
     out, err = stopped.communicate(timeout=600)
     assert stopped.returncode == 0, err
-    assert sorted(p.name for p in (root / "d").iterdir()) == ["0", "1"]
+    assert sorted(p.name for p in (root / "d").iterdir()) == ["0", "1", "latest"]
 
 
 def test_a_directory_without_a_lock_is_stale(tmp_path):

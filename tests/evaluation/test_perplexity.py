@@ -145,10 +145,10 @@ def test_bad_input_is_one_line_and_exit_2_with_no_report(tiny_model_dir, tmp_pat
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
     (tmp_path / "junk.ckpt").write_bytes(b"\0" * 64)
     cases = {
-        (str(tmp_path / "junk.gguf"), "--text_file", str(text)): "--source: ",
-        (str(tmp_path / "junk.ckpt"), "--text_file", str(text)): "--source: ",
-        ("/nonexistent/model", "--text_file", str(empty)): "--source: /nonexistent/model: no such file",
-        (str(tmp_path), "--text_file", str(empty)): "--source: ",  # a directory that holds no model
+        (str(tmp_path / "junk.gguf"), "--text_file", str(text)): "SOURCE: ",
+        (str(tmp_path / "junk.ckpt"), "--text_file", str(text)): "SOURCE: ",
+        ("/nonexistent/model", "--text_file", str(empty)): "SOURCE: /nonexistent/model: no such file",
+        (str(tmp_path), "--text_file", str(empty)): "SOURCE: ",  # a directory that holds no model
         (str(tiny_model_dir), "--text_file", str(tmp_path / "missing.txt")): "--text_file: ",
         (str(tiny_model_dir), "--text_file", str(empty)): "--text_file: ",
         (str(tiny_model_dir), "--dataset_dir", str(tmp_path)): "--dataset_dir: ",

@@ -47,6 +47,19 @@ def test_malformed_flag_and_help_return_exit_codes(capsys):
     assert main(["--help"]) == 0
 
 
+def test_a_prefix_or_a_typo_is_an_unknown_flag_named_with_the_closest_one(capsys):
+    # argparse took --max_step as --max_steps; --batchsize printed 35 lines of usage
+    for argv, line in (
+        (
+            ["--dataset_dir", "d", "--max_step", "10"],
+            "lmfast train: unknown flag --max_step (did you mean --max_steps?)",
+        ),
+        (["--batchsize", "4"], "lmfast train: unknown flag --batchsize (did you mean --batch_size?)"),
+    ):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == line + "\n"
+
+
 def test_flags_parse_into_the_config():
     config = config_from_args(
         [

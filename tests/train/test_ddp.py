@@ -55,7 +55,8 @@ def test_ddp_on_two_cpu_processes(dataset_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "ddp" / "0"
     assert result.stdout.strip().splitlines()[-1] == str(experiment)
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["0"]  # both ranks used one run dir
+    # both ranks used one run dir
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["0", "latest"]
 
     description = json.loads((experiment / "description.json").read_text())
     assert description["world_size"] == 2 and description["global_step"] == 4

@@ -56,7 +56,8 @@ def test_fsdp_on_two_cpu_processes_resumes_exactly(dataset_dir, tmp_path):
     cut = _run([sys.executable, str(script), "3", *_flags(dataset_dir, tmp_path, "cut")])
     assert torch.load(f"{cut}/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
     assert _run([sys.executable, "-m", "lmfast", "train", "--resume", cut, "--num_workers", "0"]) == cut
-    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["0"]  # both ranks used one run dir
+    # both ranks used one run dir
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["0", "latest"]
 
     description = json.loads((tmp_path / "cut" / "0" / "description.json").read_text())
     assert description["world_size"] == 2 and description["global_step"] == 6
