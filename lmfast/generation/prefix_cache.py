@@ -8,7 +8,9 @@ prefix is copied into the new request's cache and only the rest is prefilled. vL
 prefix caching over block hashes), SGLang (a radix tree) and llama-server (`cache_prompt`, one
 cache per slot) do the same; here an entry is a whole sequence, matched token by token, and the
 least recently used entries are evicted first. An entry that is a prefix of a newer one is
-replaced by it, so a conversation holds one entry, its latest turn.
+replaced by it, so a conversation holds one entry, its latest turn. Entries are filed by their
+first `min_reuse_tokens` tokens, which any reusable match shares, so a lookup compares a prompt
+only with the entries that start like it, however many the pool holds.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class PrefixCache:
         self.capacity_bytes = capacity_bytes
         self.min_reuse_tokens = max(1, min_reuse_tokens)
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # oldest use first
+        self._by_start: dict[tuple[int, ...], set[int]] = {}  # first min_reuse_tokens ids -> keys
         self._next_key = 0
         self.bytes = 0
         self.lookups = 0
@@ -84,7 +87,7 @@ class PrefixCache:
             return None
         query = np.asarray(prompt, dtype=np.int64)
         best_key, best = -1, 0
-        for key, entry in self._entries.items():
+        for key, entry in self._candidates(prompt):
             shared = _common_prefix(entry.tokens, query)
             if shared > best:
                 best_key, best = key, shared
@@ -103,7 +106,7 @@ class PrefixCache:
         if len(tokens) <= self.min_reuse_tokens or nbytes > self.capacity_bytes:
             return False
         query = np.asarray(tokens, dtype=np.int64)
-        for key, entry in self._entries.items():
+        for key, entry in self._candidates(tokens):
             if len(entry.tokens) >= len(query) and _common_prefix(entry.tokens, query) == len(query):
                 self._entries.move_to_end(key)
                 return False
@@ -118,7 +121,7 @@ class PrefixCache:
         query = np.asarray(tokens, dtype=np.int64)
         covered = [
             key
-            for key, entry in self._entries.items()
+            for key, entry in self._candidates(tokens)
             if len(entry.tokens) <= len(query) and _common_prefix(entry.tokens, query) == len(entry.tokens)
         ]
         for key in covered:
@@ -126,6 +129,7 @@ class PrefixCache:
         while self._entries and self.bytes + nbytes > self.capacity_bytes:
             self._remove(next(iter(self._entries)))
         self._entries[self._next_key] = _Entry(query, past, nbytes)
+        self._by_start.setdefault(self._start(tokens), set()).add(self._next_key)
         self._next_key += 1
         self.bytes += nbytes
 
@@ -134,7 +138,21 @@ class PrefixCache:
             self._remove(key)
 
     def _remove(self, key: int) -> None:
-        self.bytes -= self._entries.pop(key).nbytes
+        entry = self._entries.pop(key)
+        self.bytes -= entry.nbytes
+        start = self._start(entry.tokens.tolist())
+        self._by_start[start].discard(key)
+        if not self._by_start[start]:
+            del self._by_start[start]
+
+    def _start(self, tokens: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(t) for t in tokens[: self.min_reuse_tokens])
+
+    def _candidates(self, tokens: Sequence[int]) -> list[tuple[int, _Entry]]:
+        """The entries that start with the same `min_reuse_tokens` ids (every other one shares
+        fewer: not reusable, and neither covering nor covered, since entries are longer)."""
+        keys = self._by_start.get(self._start(tokens), ())
+        return [(key, self._entries[key]) for key in sorted(keys)]
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
