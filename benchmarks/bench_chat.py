@@ -189,7 +189,7 @@ def lmfast_export_for(model: Path, tier: str) -> Path:
     target = model.parent / f"{model.name}_onnx_{tier}"
     if not (target / "model.onnx").is_file():
         command = [sys.executable, "-m", "lmfast", "export", "onnx", str(model), "--output", str(target)]
-        command += ["--overwrite"] + ([] if tier == "fp32" else ["--quantize", tier])
+        command += ["--overwrite"] + ([] if tier == "fp32" else ["--quantize", tier, "--accept_quality_loss"])
         subprocess.run(command, cwd=REPO, env=thread_env(2), check=True, capture_output=True)
     return target
 
