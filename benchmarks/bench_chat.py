@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_engines import llama_gguf  # noqa: E402
 from benchmarks.bench_serve import Server, lmfast_server, thread_env  # noqa: E402
 
 USER_TURNS = [
@@ -166,14 +167,9 @@ def llama_server_for_chat(
 
 def llama_gguf_for(model: Path, tier: str, llama_cpp_src: Path, llama_quantize: Path | None) -> Path:
     """The GGUF llama-server serves: f32 from llama.cpp's converter, q8_0 from its quantizer."""
-    work = model.parent / f"{model.name}_gguf"
+    work = model.parent / f"{model.name}_gguf"  # where bench_serve's llama-server finds it too
     work.mkdir(exist_ok=True)
-    f32 = work / "llama-f32.gguf"
-    if not f32.is_file():
-        env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py"), "HF_HUB_OFFLINE": "1"}
-        script = llama_cpp_src / "convert_hf_to_gguf.py"
-        command = [sys.executable, str(script), str(model), "--outtype", "f32", "--outfile", str(f32)]
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=1800)
+    f32 = llama_gguf(model, work, "f32", llama_cpp_src)
     if tier == "fp32":
         return f32
     if llama_quantize is None:

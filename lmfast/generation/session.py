@@ -117,8 +117,6 @@ class _Request:
     """The prompt's cache so far (batch 1) while it is prefilled in chunks."""
     done: int = 0
     """Prompt tokens in `past` (from the prefix cache or computed)."""
-    cached: int = 0
-    """Of those, the tokens taken from the prefix cache."""
     prompt_logprobs: list[TokenLogprob | None] | None = None
     """With `prompt_logprobs` asked: the entries of the chunks computed so far."""
     logits: np.ndarray | None = None
@@ -410,7 +408,7 @@ class DecodeSession:
             return
         prefix, length = found
         request.past = self.backend.extend_from(prefix, length, len(request.prompt_ids) - length)
-        request.done = request.cached = length
+        request.done = length
 
     def _prefill_chunk(self, request: _Request, chunk: int) -> None:
         """Compute the next `chunk` prompt tokens of one request onto its own cache (batch 1)."""

@@ -28,6 +28,7 @@ from tests.data.chat_export_files import (
     write_telegram_chat,
     write_whatsapp,
 )
+from tests.data.test_dialogs import dialog_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "data" / "documents" / "dialogs" / "chat_template.jinja"
@@ -319,20 +320,15 @@ def test_the_masked_tokens_are_exactly_the_persona_messages(draws, kind):
 
 
 def chat_config(root: Path, train: Path, fmt: str = "telegram", **overrides) -> PrepareConfig:
+    """The dialog tests' config, read from a chat export as Bob."""
     values = dict(
         documents_train_file=train,
         documents_valid_file=train,
         documents_format=fmt,
         persona="Bob",
-        tokenizer_cls_name="GPT2Tokenizer",
-        chat_template=str(TEMPLATE),
-        max_sample_length=1024,
-        min_sample_length=1,
-        datasets_root=root,
         dataset_name="me",
     )
-    values.update(overrides)
-    return PrepareConfig(**values)
+    return dialog_config(root, **{**values, **overrides})
 
 
 def test_prepare_trains_exactly_on_the_persona_turns(tmp_path):

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,15 +102,14 @@ def test_text_file_equals_the_transformers_loop_batched_and_padded(tiny_model_di
     assert json.loads((tmp_path / "report.json").read_text())["perplexity"] == report["perplexity"]
 
 
-@pytest.mark.slow  # prepare + both loops (~10 s on 2 busy cores)
-def test_dataset_split_scores_its_corpus(tiny_model_dir, tmp_path, nietzsche_dir):
-    from lmfast.data.dataset import PreparedDataset
+def _tiny_dataset(tmp_path: Path, nietzsche_dir: Path, **config: Any) -> Path:
+    """A dataset of 2,000 characters of Nietzsche (the same text as train and valid), prepared."""
     from lmfast.data.prepare import PrepareConfig, prepare
 
     documents = (nietzsche_dir / "valid.txt").read_text(encoding="utf-8")[:2000]
     (tmp_path / "train.txt").write_text(documents, encoding="utf-8")
     (tmp_path / "valid.txt").write_text(documents, encoding="utf-8")
-    dataset = prepare(
+    return prepare(
         PrepareConfig(
             documents_train_file=str(tmp_path / "train.txt"),
             documents_valid_file=str(tmp_path / "valid.txt"),
@@ -119,8 +119,16 @@ def test_dataset_split_scores_its_corpus(tiny_model_dir, tmp_path, nietzsche_dir
             min_sample_length=8,
             datasets_root=str(tmp_path / "datasets"),
             dataset_name="tiny",
+            **config,
         )
     )
+
+
+@pytest.mark.slow  # prepare + both loops (~10 s on 2 busy cores)
+def test_dataset_split_scores_its_corpus(tiny_model_dir, tmp_path, nietzsche_dir):
+    from lmfast.data.dataset import PreparedDataset
+
+    dataset = _tiny_dataset(tmp_path, nietzsche_dir)
     report = evaluate(
         EvalConfig(source=str(tiny_model_dir), dataset_dir=str(dataset), context_length=64, progress=False)
     )
@@ -210,23 +218,7 @@ def test_onnx_export_scores_as_its_torch_source_through_the_cli(tiny_model_dir, 
 def test_a_damaged_dataset_is_refused_before_scoring(tiny_model_dir, tmp_path, nietzsche_dir, capsys):
     """`eval --dataset_dir` runs the `verify()` that train and merge run: an id past the vocabulary
     or start positions out of order are one line and exit 2, never an ONNX Runtime traceback."""
-    from lmfast.data.prepare import PrepareConfig, prepare
-
-    documents = (nietzsche_dir / "valid.txt").read_text(encoding="utf-8")[:2000]
-    (tmp_path / "docs.txt").write_text(documents, encoding="utf-8")
-    dataset = prepare(
-        PrepareConfig(
-            documents_train_file=str(tmp_path / "docs.txt"),
-            documents_valid_file=str(tmp_path / "docs.txt"),
-            end_of_document="[END_OF_DOCUMENT]",
-            tokenizer_cls_name="GPT2Tokenizer",
-            max_sample_length=64,
-            min_sample_length=8,
-            datasets_root=str(tmp_path / "datasets"),
-            dataset_name="tiny",
-            tokenizer_engine="tokenizers",
-        )
-    )
+    dataset = _tiny_dataset(tmp_path, nietzsche_dir, tokenizer_engine="tokenizers")
     corpus_path = dataset / "valid" / "corpus.npy"
     corpus = np.load(corpus_path, mmap_mode="r+")
     corpus[11] = 60000  # beyond GPT-2's 50,257 ids

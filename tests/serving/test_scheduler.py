@@ -34,7 +34,10 @@ def test_a_chat_client_resending_its_history_gets_the_prefix_cache(make_server, 
         assert metric(server.url, "lmfast_prefix_cache_lookups_total") == 2
         assert metric(server.url, "lmfast_prefix_cache_hits_total") == 1
         # at least the first turn's prompt was reused, not prefilled again
-        assert metric(server.url, "lmfast_prefix_cache_reused_tokens_total") >= first["usage"]["prompt_tokens"] - 1
+        assert (
+            metric(server.url, "lmfast_prefix_cache_reused_tokens_total")
+            >= first["usage"]["prompt_tokens"] - 1
+        )
         assert metric(server.url, "lmfast_prefix_cache_bytes") > 0
 
 
@@ -46,11 +49,15 @@ def test_a_request_timing_out_mid_prefill_is_dropped_between_chunks_and_frees_ev
     monkeypatch.setattr(session_module, "IDLE_STEP_TOKENS", 1)  # one prompt token per step
     with make_server(step_token_budget=1, request_timeout_s=0.3, prefix_cache_mb=0) as server:
         long_prompt = "Truth is a woman " * 50  # 200 tokens: 200 steps of one chunk each
-        answer = httpx.post(server.url + "/v1/completions", json={"prompt": long_prompt, "max_tokens": 4}, timeout=60)
+        answer = httpx.post(
+            server.url + "/v1/completions", json={"prompt": long_prompt, "max_tokens": 4}, timeout=60
+        )
         assert answer.status_code == 504
         for gauge in ("lmfast_prefilling_rows", "lmfast_active_rows", "lmfast_queue_depth"):
             wait_for(lambda gauge=gauge: metric(server.url, gauge) == 0)
-        short = httpx.post(server.url + "/v1/completions", json={"prompt": "Truth is", "max_tokens": 2}, timeout=60)
+        short = httpx.post(
+            server.url + "/v1/completions", json={"prompt": "Truth is", "max_tokens": 2}, timeout=60
+        )
         assert short.status_code == 200  # the engine went on
 
 
