@@ -51,8 +51,10 @@ _STAGE_CHILD = (
 )
 
 
-def run_stage(stage: str, quick: bool) -> tuple[dict[str, Any], float]:
-    """Run one stage's `run(quick)` in a process of its own; return its result and peak RSS in MB.
+def run_stage(stage: str, quick: bool) -> tuple[dict[str, Any], float, float]:
+    """Run one stage's `run(quick)` in a process of its own; return its result, peak RSS in MB and
+    CPU seconds (user + system, the contenders it spawned included: a busy machine's wall time
+    says little about what the stage costs on an idle one).
 
     One process per stage keeps stages from inheriting each other's memory (models, arenas and
     allocator caches a stage leaves behind are never given back to the OS), so the run's peak is the
@@ -75,7 +77,8 @@ def run_stage(stage: str, quick: bool) -> tuple[dict[str, Any], float]:
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode != 0:
             raise RuntimeError(f"benchmarks/bench_{stage}.py exited with {child.returncode}")
-        return json.loads(output.read_text(encoding="utf-8")), usage.ru_maxrss / 1024
+        cpu_seconds = usage.ru_utime + usage.ru_stime
+        return json.loads(output.read_text(encoding="utf-8")), usage.ru_maxrss / 1024, cpu_seconds
 
 
 def _kill_group(child: subprocess.Popen) -> None:
@@ -218,7 +221,7 @@ def _run_stages(args: argparse.Namespace) -> int:
         print(f"== benchmark {stage}", flush=True)
         started = time.perf_counter()
         try:
-            result, peak_rss_mb = run_stage(stage, args.quick)
+            result, peak_rss_mb, cpu_seconds = run_stage(stage, args.quick)
         except Exception as error:  # one broken stage must not hide the others' figures
             traceback.print_exc()
             report["stages"][stage] = {"error": f"{type(error).__name__}: {error}"}
@@ -227,8 +230,16 @@ def _run_stages(args: argparse.Namespace) -> int:
         report["stages"][stage] = {
             "result": result,
             "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(cpu_seconds, 1),
+            "load_average_after": round(os.getloadavg()[0], 2),
             "peak_rss_mb": round(peak_rss_mb, 1),
         }
+        entry = report["stages"][stage]
+        print(
+            f"   {entry['seconds']:.0f} s wall, {entry['cpu_seconds']:.0f} s of CPU, "
+            f"load average {entry['load_average_after']:.1f}",
+            flush=True,
+        )
         print(f"   peak RSS of the stage (its largest process): {peak_rss_mb:,.0f} MB", flush=True)
         ratios[stage] = collect_ratios(result)
         for key, value in ratios[stage].items():

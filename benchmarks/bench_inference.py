@@ -213,14 +213,15 @@ def run(
     rounds: int | None = None,
     ablations: bool = False,
 ) -> dict:
-    """Run the benchmark; quick: the small model only, 2 rounds; ablations: also the ONNX fp32
+    """Run the benchmark; quick: the small model only, 1 timed round (after the correctness run,
+    which is also the warm-up); ablations: also the ONNX fp32
     export with `--attention fused`, and with ONNX Runtime's spinning off."""
     import onnxruntime as ort
 
     if cuda is None:
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     shapes = {k: v for k, v in SHAPES.items() if not quick or k.startswith("small")}
-    rounds = rounds or (2 if quick else 5)
+    rounds = rounds or (1 if quick else 5)
     models = [
         bench_model(name, shape, threads, [1, 8], rounds, cuda, ablations) for name, shape in shapes.items()
     ]
@@ -256,7 +257,7 @@ def _print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small model only, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="small model only, 1 round")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender")
     parser.add_argument("--cuda", action="store_true", default=None, help="also time the CUDA provider")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (median kept)")

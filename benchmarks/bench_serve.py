@@ -392,7 +392,7 @@ def run(
     quick: bool,
     model: Path | None = None,
     threads: int = 1,
-    concurrencies: tuple[int, ...] = (1, 8, 32),
+    concurrencies: tuple[int, ...] | None = None,
     new_tokens: int = 64,
     device: str = "cpu",
     with_transformers: bool = True,
@@ -400,8 +400,10 @@ def run(
     llama_server_binary: Path | None = None,
     llama_cpp_src: Path | None = None,
 ) -> dict[str, Any]:
-    """Start the servers, check correctness, time every contender at every concurrency level."""
+    """Start the servers, check correctness, time every contender at every concurrency level
+    (default 1, 8 and 32 clients; quick: 1 and 8, since 32 clients cost as much as the rest)."""
     load_before = os.getloadavg()
+    concurrencies = concurrencies or ((1, 8) if quick else (1, 8, 32))
     model = ensure_model(model or Path(tempfile.gettempdir()) / "lmfast_bench_serve_gpt2")
     skipped: dict[str, str] = {}
     # (a) and (b) serve what `lmfast serve` is for: the ONNX export of the very HF dir (c) serves;
@@ -599,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="intra-op threads of every server (1 leaves a core to the load generator)",
     )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", help="client counts (default: 1 8 32; --quick: 1 8)"
+    )
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no_transformers", action="store_true", help="skip contender (c)")
@@ -617,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         args.quick,
         model=args.model,
         threads=args.threads,
-        concurrencies=tuple(args.concurrency),
+        concurrencies=tuple(args.concurrency) if args.concurrency else None,
         new_tokens=args.new_tokens,
         device=args.device,
         with_transformers=not args.no_transformers,
