@@ -1,4 +1,4 @@
-"""`--tokenizer_cls_name module:factory` as the README shows it, and `prepare(**flags)` from Python."""
+"""`--tokenizer_cls_name module:factory` as docs/tokenizers.md shows it, and `prepare(**flags)` from Python."""
 
 from __future__ import annotations
 
