@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmfast.data.dataset import DatasetFormatError, PreparedDataset
 from lmfast.latest import point_latest, real_run_dir
+from lmfast.models.dataset import DatasetFormatError, PreparedDataset
 from lmfast.train.config import TrainConfig, latest_experiment_dir
 from lmfast.train.model import DatasetTokenizer, TrainInputError
 from lmfast.train.strategy import make_strategy

@@ -1,4 +1,8 @@
-"""Reading a prepared dataset back (docs/architecture.md §1): memory-mapped, no copy of the corpus.
+"""The dataset directory format (docs/architecture.md §1): `description.json` and the memory-mapped reader.
+
+Written by `lmfast prepare` (and `prepare merge`), read by training, eval and users: this module is
+the one reader and writer of `description.json` (`DatasetDescription`) and of the split arrays, so
+no stage imports another for the format.
 
 Opening a `PreparedDataset` checks what is cheap (description.json's shape, each `.npy` header
 and size against the description, the first and last start position), so a damaged directory is
@@ -13,18 +17,28 @@ are pickled and each process maps the arrays itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-SPLITS = ("train", "valid")
+DESCRIPTION_FILE = "description.json"
+Split = Literal["train", "valid"]
+SPLITS: tuple[Split, ...] = ("train", "valid")
 TOKEN_DTYPES = ("uint16", "int32")
+
+
+def split_key(split: str, what: str) -> str:
+    """The description key of a per-split count: `number_of_<split>_<what>` (samples, tokens, ...)."""
+    return f"number_of_{split}_{what}"
+
+
 # description.json keys every dataset has, with their types (bool is not an int here)
 REQUIRED_KEYS: dict[str, type] = {
     "vocab_size": int,
     "token_dtype": str,
-    **{f"number_of_{split}_{what}": int for split in SPLITS for what in ("samples", "tokens")},
+    **{split_key(split, what): int for split in SPLITS for what in ("samples", "tokens")},
 }
 _SCAN_ITEMS = 1 << 24  # verify() reads the corpus this many ids at a time
 LOSS_MASK_FILE = "loss_mask.npy"  # dialog datasets: uint8, 1 on the tokens trained on (lmfast.data.dialogs)
@@ -174,24 +188,77 @@ class PreparedSplit:
         return {"directory": self.directory, "_corpus": None, "_starts": None, "_loss_mask": None}
 
 
-def _read_description(path: Path) -> dict[str, Any]:
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetFormatError(f"{path}: invalid JSON ({error})") from None
-    if not isinstance(description, dict):
-        raise DatasetFormatError(f"{path}: expected a JSON object, got {type(description).__name__}")
-    for key, kind in REQUIRED_KEYS.items():
-        value = description.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise DatasetFormatError(f"{path}: {key!r} must be {kind.__name__}, got {value!r}")
-        if kind is int and value < 0:
-            raise DatasetFormatError(f"{path}: {key!r} must be >= 0, got {value}")
-    if description["vocab_size"] < 1:
-        raise DatasetFormatError(f"{path}: 'vocab_size' must be positive")
-    if description["token_dtype"] not in TOKEN_DTYPES:
-        raise DatasetFormatError(f"{path}: 'token_dtype' must be one of {TOKEN_DTYPES}")
-    return description
+class DatasetDescription(dict[str, Any]):
+    """`description.json`: a JSON object, read and written here only.
+
+    It stays a dict (every key a run records: its flags, counts, tokenizer and boundary facts, chat
+    keys) so files of every lmfast version read; the keys every stage relies on have typed
+    accessors, and `read` checks them.
+    """
+
+    @classmethod
+    def read(cls, path: str | Path) -> DatasetDescription:
+        """Read and check description.json (a file or the dataset directory holding it).
+
+        Raises:
+            DatasetFormatError: missing, not JSON, or a required key missing or of the wrong type.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / DESCRIPTION_FILE
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DatasetFormatError(f"{path}: missing (not an lmfast dataset directory)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DatasetFormatError(f"{path}: invalid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise DatasetFormatError(f"{path}: expected a JSON object, got {type(values).__name__}")
+        for key, kind in REQUIRED_KEYS.items():
+            value = values.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DatasetFormatError(f"{path}: {key!r} must be {kind.__name__}, got {value!r}")
+            if kind is int and value < 0:
+                raise DatasetFormatError(f"{path}: {key!r} must be >= 0, got {value}")
+        if values["vocab_size"] < 1:
+            raise DatasetFormatError(f"{path}: 'vocab_size' must be positive")
+        if values["token_dtype"] not in TOKEN_DTYPES:
+            raise DatasetFormatError(f"{path}: 'token_dtype' must be one of {TOKEN_DTYPES}")
+        return cls(values)
+
+    def write(self, directory: str | Path) -> Path:
+        """Write DIRECTORY/description.json (indented, one key a line, as every version wrote it)."""
+        path = Path(directory) / DESCRIPTION_FILE
+        path.write_text(json.dumps(self, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def set_counts(self, split: str, counts: Mapping[str, int]) -> None:
+        """Record a split's counts under their `number_of_<split>_<what>` keys."""
+        for what, value in counts.items():
+            self[split_key(split, what)] = value
+
+    def count(self, split: str, what: str) -> int:
+        """A split's count (samples, tokens, documents, ...); 0 where this dataset does not record it."""
+        return int(self.get(split_key(split, what)) or 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self["vocab_size"])
+
+    @property
+    def token_dtype(self) -> str:
+        return str(self["token_dtype"])
+
+    @property
+    def is_dialog(self) -> bool:
+        """Conversations (dialogs, chat exports): the splits carry `loss_mask.npy`."""
+        return "loss_mask_file" in self
+
+    @property
+    def prompt_prefix_token_ids(self) -> list[int] | None:
+        """The ids inference prepends to a prompt (None in datasets older than the key)."""
+        ids = self.get("prompt_prefix_token_ids")
+        return [int(i) for i in ids] if isinstance(ids, list) else None
 
 
 class PreparedDataset:
@@ -203,19 +270,19 @@ class PreparedDataset:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        description_path = self.directory / "description.json"
+        description_path = self.directory / DESCRIPTION_FILE
         if not description_path.is_file():
             raise DatasetFormatError(
                 f"{self.directory}: no description.json (not an lmfast dataset directory)"
             )
-        self.description: dict[str, Any] = _read_description(description_path)
+        self.description = DatasetDescription.read(description_path)
         self.train = PreparedSplit(self.directory / "train")
         self.valid = PreparedSplit(self.directory / "valid")
         for name in SPLITS:
             self.split(name).check(
-                self.description["token_dtype"],
-                self.description[f"number_of_{name}_samples"],
-                self.description[f"number_of_{name}_tokens"],
+                self.description.token_dtype,
+                self.description.count(name, "samples"),
+                self.description.count(name, "tokens"),
             )
 
     def verify(self) -> PreparedDataset:
@@ -226,7 +293,7 @@ class PreparedDataset:
         Raises:
             DatasetFormatError: the first problem found, naming the file.
         """
-        vocab_size = int(self.description["vocab_size"])
+        vocab_size = self.description.vocab_size
         self._verify_tokenizer(vocab_size)
         for name in SPLITS:
             self.split(name).verify(vocab_size)
