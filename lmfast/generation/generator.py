@@ -114,9 +114,10 @@ class Generator:
         )
 
     def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
-        """`params` (or the model's defaults) with `overrides` applied and validated."""
+        """`params` (or the model's defaults) with `overrides` applied and validated: the one
+        default rule (`GenerationParams.with_request`; an override of None leaves the default)."""
         base = params if params is not None else self.default_params
-        return base.replace(**overrides) if overrides else base
+        return base.with_request(**overrides) if overrides else base
 
     def __call__(
         self, prompts: str | list[str], params: GenerationParams | None = None, **overrides: Any

@@ -201,8 +201,10 @@ async def chat_completions(
         raise dispatch.invalid(*refused)
     _check_message_chars(request, body.messages)
     prompt_ids = await asyncio.to_thread(_chat_prompt, request, body.messages)
+    assert state.default_params is not None  # set with the engine
     params = dispatch.make_params(
         _FIELD_OF,
+        state.default_params,
         max_new_tokens=body.max_new_tokens(),
         **body.sampling_values(),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
