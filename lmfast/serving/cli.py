@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         source = resolve_source(config.model, LOADABLE)  # the one resolution of this server's model
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError:
+        print(f"lmfast serve: MODEL: {config.model} is not a directory or a .gguf file", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
         return 2
     if config.chat_template is not None:
