@@ -53,7 +53,7 @@ class _Setup:
     """Model, batches and optimizer settings shared by both contenders."""
 
     def __init__(self, dataset_dir: Path, model_name: str, batch_size: int, seed: int = 0) -> None:
-        from lmfast.data.dataset import PreparedDataset
+        from lmfast.models.dataset import PreparedDataset
         from lmfast.train.datamodule import LMDataModule
         from lmfast.train.model import DatasetTokenizer
 

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Generator": "lmfast.generation",
     "GenerationParams": "lmfast.generation.params",
-    "PreparedDataset": "lmfast.data.dataset",
+    "PreparedDataset": "lmfast.models.dataset",
 }
 
 __all__ = ["__version__", *_LAZY]

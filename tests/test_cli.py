@@ -30,7 +30,7 @@ def test_no_command_is_an_error_with_the_usage(capsys):
 def test_help_and_import_leave_torch_unimported():
     code = (
         "import sys, lmfast; from lmfast.__main__ import main; main(['--help']);"
-        "import lmfast.generation.params, lmfast.data.dataset;"
+        "import lmfast.generation.params, lmfast.models.dataset;"
         # every parser lmfast.flags builds (their --help) stays free of the model stack
         "import lmfast.bot.cli as b, lmfast.export.cli as e, lmfast.generation.cli as g;"
         "b.build_parser(); e._parser(); g._parser();"

@@ -21,6 +21,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from aiogram.utils.chat_action import ChatActionSender
 
+from lmfast.bot import replies
 from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
 from lmfast.bot.formatting import TELEGRAM_MESSAGE_LIMIT, escape, render_segments, utf16_len
 from lmfast.bot.ratelimit import RateLimiter
@@ -259,8 +260,6 @@ async def _answer(
     target: Message | None,
 ) -> tuple[str, Message] | None:
     """Stream the answer to `turns` into `target` (or a new placeholder); None after telling why not."""
-    from lmfast.bot.handlers import API_DOWN, _rejection
-
     params = settings.to_params()
     try:
         async with ChatActionSender.typing(bot=bot, chat_id=chat_id):
@@ -271,14 +270,14 @@ async def _answer(
             if target is None:
                 target = await bot.send_message(chat_id, PLACEHOLDER)
             else:
-                await _edit(target, PLACEHOLDER)
+                await replies.edit(target, PLACEHOLDER)
             text, shown, last_edit = "", "", time.monotonic()
             async for piece in api.chat_stream(messages, params):
                 text += piece
                 now = time.monotonic()
                 if now - last_edit >= edit_interval_s and text.strip() and text != shown:
                     if utf16_len(text) + 1 <= TELEGRAM_MESSAGE_LIMIT:  # beyond one message: wait for the end
-                        await _edit(target, escape(text) + PLACEHOLDER)
+                        await replies.edit(target, escape(text) + PLACEHOLDER)
                         shown, last_edit = text, now
     except TooLong as error:
         await bot.send_message(
@@ -286,17 +285,17 @@ async def _answer(
         )
     except ApiUnavailable as error:
         logger.warning("lmfast API unavailable: %s", error)
-        await _report(bot, chat_id, target, API_DOWN)
+        await _report(bot, chat_id, target, replies.API_DOWN)
     except ApiRejected as error:
         logger.warning("lmfast API rejected a chat request: %s", error)
-        await _report(bot, chat_id, target, _rejection(error))
+        await _report(bot, chat_id, target, replies.rejection(error))
     else:
         return text, target
     return None
 
 
 async def _report(bot: Bot, chat_id: int, target: Message | None, text: str) -> None:
-    if target is None or not await _edit(target, text):
+    if target is None or not await replies.edit(target, text):
         await bot.send_message(chat_id, text)
 
 
@@ -305,18 +304,7 @@ async def _finish(bot: Bot, chat_id: int, sent: Message, text: str, keyboard: In
     pages = render_segments([(text, None)]) if text.strip() else []
     if not pages:
         pages = render_segments([(EMPTY_ANSWER, "i")])
-    if not await _edit(sent, pages[0], keyboard if len(pages) == 1 else None):
+    if not await replies.edit(sent, pages[0], keyboard if len(pages) == 1 else None):
         await bot.send_message(chat_id, pages[0], reply_markup=keyboard if len(pages) == 1 else None)
     for i, page in enumerate(pages[1:], start=2):
         await bot.send_message(chat_id, page, reply_markup=keyboard if i == len(pages) else None)
-
-
-async def _edit(message: Message, html_text: str, keyboard: InlineKeyboardMarkup | None = None) -> bool:
-    try:
-        await message.edit_text(html_text, reply_markup=keyboard)
-    except TelegramBadRequest as error:
-        if "not modified" in str(error):
-            return True
-        logger.info("could not edit message %s: %s", message.message_id, error)
-        return False
-    return True

@@ -19,7 +19,7 @@ import re
 from aiogram import Bot, F
 from aiogram.types import Message, User
 
-from lmfast.bot import chat
+from lmfast.bot import chat, replies
 from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
 from lmfast.bot.config import GROUP_TRIGGERS
 from lmfast.bot.ratelimit import RateLimiter
@@ -115,9 +115,7 @@ async def on_group_text(
         remember(db, chat_id, line)
         return
     if not use_chat:  # continuation mode keeps no history: continue the addressed text, as in private
-        from lmfast.bot.handlers import answer_continuation
-
-        await answer_continuation(bot, db, api, chat_id, text)
+        await replies.answer_continuation(bot, db, api, chat_id, text)
         return
     turns = db.turns(chat_id)
     pending = turns[-1] if turns and turns[-1].role == "user" else None

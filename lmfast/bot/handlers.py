@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.types import CallbackQuery, ErrorEvent, InlineKeyboardMarkup, Message
-from aiogram.utils.chat_action import ChatActionSender
+from aiogram.types import CallbackQuery, ErrorEvent, Message
 
-from lmfast.bot import chat, groups
+from lmfast.bot import chat, groups, replies
 from lmfast.bot.client import ApiRejected, ApiUnavailable, LmfastClient
 from lmfast.bot.formatting import escape, render_reply, render_segments
 from lmfast.bot.keyboards import SetValue, TextAction, settings_keyboard, settings_text, text_keyboard
@@ -37,10 +35,6 @@ HELP = (
     "/settings: temperature (0 = always the same, most likely words), maximum new tokens, top-p\n"
     "/reset: a new conversation, default settings, and forget the texts I keep for the buttons\n"
     "/help: this message"
-)
-API_DOWN = (
-    "😔 The language model is not answering right now (it may be restarting or busy). "
-    "I tried a few times; please send your text again in a minute."
 )
 # shown in Telegram's command menu (setMyCommands)
 COMMANDS: dict[str, str] = {
@@ -146,30 +140,21 @@ async def on_prompt(
     chat_id = message.chat.id
     wait_s = limiter.acquire(chat_id)
     if wait_s:
-        await message.answer(_slow_down(wait_s))
+        await message.answer(replies.slow_down(wait_s))
         return
     try:
         use_chat = await chat.uses_chat(db, api, chat_id)
     except ApiUnavailable as error:
         logger.warning("lmfast API unavailable: %s", error)
-        await message.answer(API_DOWN)
+        await message.answer(replies.API_DOWN)
         return
     except ApiRejected as error:
-        await message.answer(_rejection(error))
+        await message.answer(replies.rejection(error))
         return
     if use_chat:
         await chat.on_chat_message(message, bot, db, api, db.get_settings(chat_id), edit_interval_s)
         return
-    await answer_continuation(bot, db, api, chat_id, message.text or "")
-
-
-async def answer_continuation(bot: Bot, db: Storage, api: LmfastClient, chat_id: int, prompt: str) -> None:
-    """Continuation mode's reply: the prompt in bold, the continuation, the Repeat/Continue buttons."""
-    continuation = await _generate(bot, chat_id, api, prompt, db.get_settings(chat_id))
-    if continuation is None:
-        return
-    text_id = db.add_text(chat_id, prompt, continuation)
-    await _send(bot, chat_id, render_reply(prompt, continuation), text_keyboard(text_id))
+    await replies.answer_continuation(bot, db, api, chat_id, message.text or "")
 
 
 async def on_text_action(
@@ -193,20 +178,20 @@ async def on_text_action(
         return
     wait_s = limiter.acquire(chat_id)
     if wait_s:
-        await query.answer(_slow_down(wait_s), show_alert=True)
+        await query.answer(replies.slow_down(wait_s), show_alert=True)
         return
     # answered at once: Telegram shows a spinner on the button until then
     await query.answer("Generating…")
     settings = db.get_settings(chat_id)
     if callback_data.action == "repeat":
-        continuation = await _generate(bot, chat_id, api, stored.prompt, settings)
+        continuation = await replies.generate(bot, chat_id, api, stored.prompt, settings)
         if continuation is None:
             return
         text_id = db.add_text(chat_id, stored.prompt, continuation)
-        await _send(bot, chat_id, render_reply(stored.prompt, continuation), text_keyboard(text_id))
+        await replies.send(bot, chat_id, render_reply(stored.prompt, continuation), text_keyboard(text_id))
         return
 
-    addition = await _generate(bot, chat_id, api, stored.prompt + stored.continuation, settings)
+    addition = await replies.generate(bot, chat_id, api, stored.prompt + stored.continuation, settings)
     if addition is None:
         return
     if not addition.strip():
@@ -215,10 +200,10 @@ async def on_text_action(
     text_id = db.add_text(chat_id, stored.prompt, stored.continuation + addition)
     keyboard = text_keyboard(text_id)
     messages = render_reply(stored.prompt, stored.continuation + addition)
-    if len(messages) == 1 and await _edit(query.message, messages[0], keyboard):
+    if len(messages) == 1 and await replies.edit(query.message, messages[0], keyboard):
         return
     # the whole text no longer fits one message (or that one cannot be edited): send the new part
-    await _send(bot, chat_id, render_segments([("…", None), (addition, None)]), keyboard)
+    await replies.send(bot, chat_id, render_segments([("…", None), (addition, None)]), keyboard)
 
 
 async def on_set_value(query: CallbackQuery, callback_data: SetValue, db: Storage) -> None:
@@ -234,7 +219,7 @@ async def on_set_value(query: CallbackQuery, callback_data: SetValue, db: Storag
     db.set_settings(chat_id, settings)
     value = getattr(settings, callback_data.name)
     await query.answer(f"{LABELS[callback_data.name]}: {format_value(callback_data.name, value)}")
-    await _edit(query.message, settings_text(settings), settings_keyboard(settings))
+    await replies.edit(query.message, settings_text(settings), settings_keyboard(settings))
 
 
 async def on_stale_button(query: CallbackQuery) -> None:
@@ -253,52 +238,3 @@ async def on_error(event: ErrorEvent, bot: Bot) -> None:
             await bot.send_message(chat.id, "Sorry, something went wrong on my side. Please try again.")
         except Exception:  # the error may be Telegram itself being unreachable
             logger.exception("could not report the error to chat %s", chat.id)
-
-
-# helpers --------------------------------------------------------------------------------------------
-async def _generate(
-    bot: Bot, chat_id: int, api: LmfastClient, prompt: str, settings: ChatSettings
-) -> str | None:
-    """The continuation, or None after telling the chat why there is none."""
-    try:
-        async with ChatActionSender.typing(bot=bot, chat_id=chat_id):
-            return await api.generate(prompt, settings.to_params())
-    except ApiUnavailable as error:
-        logger.warning("lmfast API unavailable: %s", error)
-        await bot.send_message(chat_id, API_DOWN)
-    except ApiRejected as error:
-        logger.warning("lmfast API rejected a request: %s", error)
-        await bot.send_message(chat_id, _rejection(error))
-    return None
-
-
-def _rejection(error: ApiRejected) -> str:
-    if error.status in (401, 403):
-        return "The bot cannot use its language model (the API key was refused). Please tell the bot's owner."
-    if error.status == 422:
-        return f"The model cannot take this text: {escape(error.message)}"
-    return "The language model gave an unexpected answer. Please try again later."
-
-
-def _slow_down(wait_s: float) -> str:
-    return f"Too many requests: please wait {max(round(wait_s), 1)} s and try again."
-
-
-async def _send(bot: Bot, chat_id: int, messages: list[str], keyboard: InlineKeyboardMarkup) -> None:
-    """Send the messages in order; the buttons go under the last one."""
-    for i, html_text in enumerate(messages):
-        await bot.send_message(chat_id, html_text, reply_markup=keyboard if i == len(messages) - 1 else None)
-
-
-async def _edit(message: object, html_text: str, keyboard: InlineKeyboardMarkup) -> bool:
-    """Edit a message in place; False when it cannot be edited (too old, deleted, inaccessible)."""
-    if not isinstance(message, Message):
-        return False
-    try:
-        await message.edit_text(html_text, reply_markup=keyboard)
-    except TelegramBadRequest as error:
-        if "not modified" in str(error):  # pressed the value that was already set
-            return True
-        logger.info("could not edit message %s: %s", message.message_id, error)
-        return False
-    return True

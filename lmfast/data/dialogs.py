@@ -2,10 +2,11 @@
 
 Each line of a dialogs file is one conversation in the TRL/OpenAI fine-tuning format,
 `{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]}`.
-It is rendered exactly as `tokenizer.apply_chat_template(messages, tokenize=True)` renders it
-(transformers' own sandboxed jinja renderer, which imports no torch), and the text is encoded with
-the dataset's `tokenizers` backend with special tokens recognised, `add_special_tokens=False`, so
-the ids equal transformers'.
+It is rendered exactly as `tokenizer.apply_chat_template(messages, tokenize=True)` renders it, by
+lmfast's one chat-template renderer (`lmfast.models.chat_template`, which `lmfast serve` renders
+prompts with too: a model is served the prompt text it was trained on), and the text is encoded
+with the dataset's `tokenizers` backend with special tokens recognised, `add_special_tokens=False`,
+so the ids equal transformers'.
 
 Which tokens are trained on (`loss_mask.npy`, uint8, aligned with `corpus.npy`):
 - `--train_on assistant` (default): the tokens of the assistant turns. A turn's characters are
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,34 +36,21 @@ from typing import Any
 
 import numpy as np
 
-from lmfast.data.dataset import LOSS_MASK_FILE
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer
+from lmfast.models.chat_template import TEMPLATE_FILE, ChatTemplate, ChatTemplateError, special_tokens_of
+from lmfast.models.dataset import LOSS_MASK_FILE, split_key
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("text", "dialogs")
 TRAIN_ON = ("assistant", "all")
 BAD_LINES = ("error", "skip")
-TEMPLATE_FILE = "chat_template.jinja"
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _BATCH = 512  # conversations encoded per `encode_batch` call
 
 
 class DialogsError(ValueError):
     """A dialogs file or chat template cannot be used; the message names the file (and line) and the problem."""
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A jinja chat template and where it came from (recorded in description.json)."""
-
-    text: str
-    source: str
-
-    @property
-    def has_generation_tags(self) -> bool:
-        return bool(_GENERATION_TAG.search(self.text))
 
 
 def _template_from_config(config_file: Path) -> str | None:
@@ -81,9 +68,19 @@ def _template_from_config(config_file: Path) -> str | None:
 def load_chat_template(chat_template: str, tokenizer_spec: str) -> ChatTemplate:
     """`--chat_template FILE`, else the tokenizer's own (`chat_template.jinja` or tokenizer_config.json's key).
 
+    Its `origin` is where it came from (recorded in description.json); `DialogRenderer` renders it
+    with the tokenizer's special tokens.
+
     Raises:
-        DialogsError: the file is missing or empty, or the tokenizer has no template.
+        DialogsError: the file is missing, empty or not valid Jinja, or the tokenizer has no template.
     """
+    try:
+        return _load_chat_template(chat_template, tokenizer_spec)
+    except ChatTemplateError as error:
+        raise DialogsError(f"--chat_template: {error}") from None
+
+
+def _load_chat_template(chat_template: str, tokenizer_spec: str) -> ChatTemplate:
     if chat_template:
         path = Path(chat_template).expanduser()
         if not path.is_file():
@@ -94,17 +91,17 @@ def load_chat_template(chat_template: str, tokenizer_spec: str) -> ChatTemplate:
             raise DialogsError(f"--chat_template: cannot read {path}: {error}") from None
         if not text.strip():
             raise DialogsError(f"--chat_template: file is empty: {path}")
-        return ChatTemplate(text, str(path))
+        return ChatTemplate(text, origin=str(path))
     path = Path(tokenizer_spec).expanduser()
     if path.exists():
         directory = path if path.is_dir() else path.parent
         jinja = directory / TEMPLATE_FILE
         if jinja.is_file() and jinja.read_text(encoding="utf-8").strip():
-            return ChatTemplate(jinja.read_text(encoding="utf-8"), str(jinja))
+            return ChatTemplate(jinja.read_text(encoding="utf-8"), origin=str(jinja))
         config_file = directory / "tokenizer_config.json"
         text = _template_from_config(config_file) if config_file.is_file() else None
         if text is not None:
-            return ChatTemplate(text, str(config_file))
+            return ChatTemplate(text, origin=str(config_file))
     raise DialogsError(
         f"--chat_template: tokenizer {tokenizer_spec!r} has no chat template (no {TEMPLATE_FILE} nor "
         "chat_template in tokenizer_config.json); pass --chat_template FILE"
@@ -113,7 +110,7 @@ def load_chat_template(chat_template: str, tokenizer_spec: str) -> ChatTemplate:
 
 def save_chat_template(tokenizer_dir: Path, template: ChatTemplate) -> None:
     """Write the template beside the dataset's tokenizer.json, where transformers' `from_pretrained` reads it."""
-    (tokenizer_dir / TEMPLATE_FILE).write_text(template.text, encoding="utf-8")
+    (tokenizer_dir / TEMPLATE_FILE).write_text(template.source, encoding="utf-8")
 
 
 def check_dialogs_file(path: Path, flag: str) -> None:
@@ -217,36 +214,27 @@ class DialogRenderer:
     """Renders conversations with a chat template exactly as transformers' `apply_chat_template` does."""
 
     def __init__(self, template: ChatTemplate, tokenizer: Tokenizer, train_on: str = "assistant") -> None:
-        try:
-            from transformers.utils.chat_template_utils import render_jinja_template
-        except ImportError as error:
-            raise DialogsError(
-                f"--documents_format dialogs: needs transformers and jinja2>=3.1.6 ({error}); "
-                "pip install 'lmfast[train]'"
-            ) from None
-        self._render_jinja = render_jinja_template
-        self.template = template
-        self.train_on = train_on
         # what apply_chat_template passes to the template besides the messages (its special_tokens_map)
-        special = {
+        special = special_tokens_of(tokenizer.extra_config)
+        attributes = {
             "bos_token": tokenizer.bos_token,
             "eos_token": tokenizer.eos_token,
             "pad_token": tokenizer.pad_token,
-            "unk_token": tokenizer.extra_config.get("unk_token"),
         }
-        self.special_tokens = {k: v for k, v in special.items() if isinstance(v, str)}
+        special.update({k: v for k, v in attributes.items() if isinstance(v, str)})
+        self.template = ChatTemplate(template.source, special, template.origin)
+        self.special_tokens = special
+        self.train_on = train_on
         self._warned_header = False
 
     def _render(
-        self, conversations: list[list[dict[str, Any]]], *, generation_prompt: bool, track: bool = False
-    ):
-        return self._render_jinja(
-            conversations=conversations,
-            chat_template=self.template.text,
-            add_generation_prompt=generation_prompt,
-            return_assistant_tokens_mask=track,
-            **self.special_tokens,
-        )
+        self, conversations: list[list[dict[str, Any]]], *, generation_prompt: bool
+    ) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        """Each conversation's text and `{% generation %}` spans (transformers' render_jinja_template)."""
+        rendered = [
+            self.template.render_tracked(c, add_generation_prompt=generation_prompt) for c in conversations
+        ]
+        return [text for text, _ in rendered], [spans for _, spans in rendered]
 
     def render(self, messages: list[dict[str, Any]]) -> Rendered:
         """Render one conversation and find its trained spans and turn boundaries.
@@ -255,16 +243,12 @@ class DialogRenderer:
             ValueError: the template refused the conversation, or (no generation tags) an assistant
                 turn whose position in the text cannot be found.
         """
-        import jinja2
-
         n = len(messages)
         tagged = self.template.has_generation_tags and self.train_on == "assistant"
         try:
-            (texts, indices) = self._render(
-                [messages[:i] for i in range(1, n + 1)], generation_prompt=False, track=tagged
-            )
-        except (jinja2.TemplateError, TypeError, ValueError) as error:
-            raise ValueError(f"the chat template refused this conversation ({error})") from None
+            (texts, indices) = self._render([messages[:i] for i in range(1, n + 1)], generation_prompt=False)
+        except ValueError as error:  # ChatTemplateError: the template raised or failed
+            raise ValueError(str(error)) from None
         text = texts[-1]
         ends = [len(t) if text.startswith(t) else -1 for t in texts]  # end of message i's rendering
         boundaries = [
@@ -282,7 +266,7 @@ class DialogRenderer:
                 continue
             try:
                 (prompt_texts, _) = self._render([messages[:i] for i in group], generation_prompt=True)
-            except (jinja2.TemplateError, TypeError, ValueError, IndexError):
+            except ValueError:  # ChatTemplateError
                 continue  # e.g. a template that cannot render an empty prefix: the header is trained then
             for i, prompt in zip(group, prompt_texts, strict=True):
                 prompts[i] = prompt
@@ -468,12 +452,15 @@ def _numbered(
 
 def description_keys(template: ChatTemplate, stats: dict[str, DialogSplitStats]) -> dict[str, Any]:
     """What description.json records about a dialog dataset besides the flags."""
-    keys: dict[str, Any] = {"chat_template_source": template.source, "loss_mask_file": LOSS_MASK_FILE}
+    keys: dict[str, Any] = {"chat_template_source": template.origin, "loss_mask_file": LOSS_MASK_FILE}
     for name, split in stats.items():
-        keys[f"number_of_{name}_trained_tokens"] = split.trained_tokens
-        keys[f"number_of_{name}_conversations"] = split.conversations
-        keys[f"number_of_{name}_conversations_cut"] = split.conversations_cut
-        keys[f"number_of_{name}_samples_dropped"] = split.samples_dropped
-        keys[f"number_of_{name}_tokens_truncated"] = split.tokens_truncated
-        keys[f"number_of_{name}_bad_lines"] = split.bad_lines
+        for what in (
+            "trained_tokens",
+            "conversations",
+            "conversations_cut",
+            "samples_dropped",
+            "tokens_truncated",
+            "bad_lines",
+        ):
+            keys[split_key(name, what)] = getattr(split, what)
     return keys

@@ -13,22 +13,28 @@ present once, the same tokenizer, arrays consistent with their descriptions, and
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lmfast.data import staging
-from lmfast.data.dataset import SPLITS, DatasetFormatError, PreparedDataset, PreparedSplit, _read_description
 from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.prepare import PrepareConfig, _commit
+from lmfast.models.dataset import (
+    DESCRIPTION_FILE,
+    SPLITS,
+    DatasetDescription,
+    DatasetFormatError,
+    PreparedDataset,
+    PreparedSplit,
+    split_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +56,16 @@ class MergeConfig:
     )
 
 
-def _load_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+def _load_shards(paths: list[Path]) -> list[tuple[Path, DatasetDescription]]:
     """The shards in shard order, each with its description, after every consistency check."""
     if not paths:
         raise PrepareError("shards", "give the shard directories to merge")
     shards = []
     for path in paths:
-        if not (path / "description.json").is_file():
+        if not (path / DESCRIPTION_FILE).is_file():
             raise PrepareError(f"shards: {path} is not a shard directory (no description.json)")
         try:
-            description = _read_description(path / "description.json")
+            description = DatasetDescription.read(path)
         except DatasetFormatError as error:
             raise PrepareError(f"shards: {error}") from None
         if description.get("num_shards", 1) < 2:
@@ -93,9 +99,9 @@ def _load_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
         for split in SPLITS:
             try:
                 PreparedSplit(path / split).check(
-                    description["token_dtype"],
-                    description[f"number_of_{split}_samples"],
-                    description[f"number_of_{split}_tokens"],
+                    description.token_dtype,
+                    description.count(split, "samples"),
+                    description.count(split, "tokens"),
                 )
             except DatasetFormatError as error:
                 raise PrepareError(f"shards: {error}") from None
@@ -114,7 +120,7 @@ def _tree_bytes(directory: Path) -> dict[str, bytes]:
 
 
 def _merge_split(
-    shards: list[tuple[Path, dict[str, Any]]], split: str, out_dir: Path, dtype: np.dtype
+    shards: list[tuple[Path, DatasetDescription]], split: str, out_dir: Path, dtype: np.dtype
 ) -> None:
     """Stream the shards' arrays into `out_dir`, once, shifting each shard's start positions."""
     out_dir.mkdir()
@@ -131,16 +137,15 @@ def _merge_split(
                 starts.append(np.asarray(part.starts[begin : begin + COPY_ITEMS]) + offset)
 
 
-def _merged_description(shards: list[tuple[Path, dict[str, Any]]], started: float) -> dict[str, Any]:
+def _merged_description(shards: list[tuple[Path, DatasetDescription]], started: float) -> DatasetDescription:
     """What one run over all inputs would have written (its key order too), plus `merged_from`."""
     descriptions = [d for _, d in shards]
-    merged = dict(descriptions[0])
+    merged = DatasetDescription(descriptions[0])
     merged.pop("shard_inputs_sha256", None)
     merged.update(num_shards=1, shard_index=0)
     for split in SPLITS:
         for what in _COUNTS:
-            key = f"number_of_{split}_{what}"
-            merged[key] = sum(int(d.get(key, 0)) for d in descriptions)
+            merged[split_key(split, what)] = sum(d.count(split, what) for d in descriptions)
     records = [r for d in descriptions for r in d.get("input_files", [])]
     merged["input_files"] = [r for split in SPLITS for r in records if r["split"] == split]
     engines = list(dict.fromkeys(d["tokenizer_engine_used"] for d in descriptions))
@@ -160,7 +165,7 @@ def merge(config: MergeConfig) -> Path:
     started = time.perf_counter()
     shards = _load_shards([Path(p) for p in config.shards])
     for split in SPLITS:
-        if sum(d[f"number_of_{split}_samples"] for _, d in shards) == 0:
+        if sum(d.count(split, "samples") for _, d in shards) == 0:
             raise PrepareError(f"shards: the {split} split of all shards together has no samples")
     dataset_dir = shards[0][0].parent  # as given, so the printed path reads like prepare's
     staging.remove_stale(dataset_dir)
@@ -171,9 +176,7 @@ def merge(config: MergeConfig) -> Path:
             _merge_split(shards, split, stage.directory / split, dtype)
         shutil.copytree(shards[0][0] / "tokenizer", stage.directory / "tokenizer")
         description = _merged_description(shards, started)
-        (stage.directory / "description.json").write_text(
-            json.dumps(description, indent=2) + "\n", encoding="utf-8"
-        )
+        description.write(stage.directory)
         final = _commit(stage, dataset_dir)
     except BaseException as error:
         stage.discard()

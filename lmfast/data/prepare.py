@@ -32,6 +32,7 @@ from lmfast.data.errors import PrepareError
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer, UnknownTokenizerError, load_tokenizer
 from lmfast.latest import point_latest
+from lmfast.models.dataset import DatasetDescription
 
 logger = logging.getLogger(__name__)
 
@@ -738,9 +739,7 @@ def _prepare_with(
             description.update(chats.description())
             for record in description["input_files"]:
                 record["format"] = config.documents_format
-        (temporary / "description.json").write_text(
-            json.dumps(description, indent=2) + "\n", encoding="utf-8"
-        )
+        description.write(temporary)
         if sharded:
             final = dataset_dir / shard_name(config.shard_index, config.num_shards)
             try:
@@ -882,15 +881,13 @@ def _description(
     engine_name: str,
     kernel_backend: str,
     started: float,
-) -> dict[str, Any]:
+) -> DatasetDescription:
     from lmfast import __version__
 
-    description: dict[str, Any] = config.to_dict()
+    description = DatasetDescription(config.to_dict())
     for name, split in stats.items():
-        description[f"number_of_{name}_samples"] = split.samples
-        description[f"number_of_{name}_tokens"] = split.tokens
-        description[f"number_of_{name}_documents"] = split.documents
-        description[f"number_of_{name}_forced_cuts"] = split.forced_cuts
+        counts = {"samples": split.samples, "tokens": split.tokens, "documents": split.documents}
+        description.set_counts(name, {**counts, "forced_cuts": split.forced_cuts})
     description.update(
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,

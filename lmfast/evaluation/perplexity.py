@@ -215,15 +215,14 @@ def load_model(config: EvalConfig) -> LoadedModel:
     Raises:
         EvalError: no such source, not a model, a backend that cannot read it, unreadable weights.
     """
-    from lmfast.generation.model_files import ModelInfo, resolve_model_dir
+    from lmfast.generation.model_files import ModelInfo
     from lmfast.generation.text import TextCodec
+    from lmfast.models.source import resolve_source
 
     source = Path(config.source)
     try:
-        if source.is_file() and source.suffix == ".ckpt":
-            kind = "checkpoint"
-        else:
-            directory, kind = resolve_model_dir(source)
+        resolved = resolve_source(source)
+        kind = resolved.kind
         wanted = config.backend
         if wanted != "auto" and (wanted == "onnx") != (kind == "onnx"):
             what = "an ONNX export" if kind == "onnx" else "torch weights"
@@ -231,6 +230,7 @@ def load_model(config: EvalConfig) -> LoadedModel:
         if kind == "onnx":
             from lmfast.generation.onnx_backend import OnnxBackend
 
+            directory = resolved.path
             backend = OnnxBackend.load(directory, num_threads=config.num_threads)
             info = ModelInfo.from_dir(directory)
             codec = TextCodec.load(directory)
@@ -244,7 +244,7 @@ def load_model(config: EvalConfig) -> LoadedModel:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         _quiet_transformers()
-        loaded = load_source(source)
+        loaded = load_source(resolved)
         info = ModelInfo.from_config(loaded.model.config.to_dict())
         return LoadedModel(
             TorchScorer(loaded.model),
@@ -288,7 +288,7 @@ class Stream:
 
 def dataset_stream(config: EvalConfig, codec: Any) -> Stream:
     """A prepared split's corpus (and loss mask), checked against the model's tokenizer."""
-    from lmfast.data.dataset import DatasetFormatError, PreparedDataset
+    from lmfast.models.dataset import DatasetFormatError, PreparedDataset
 
     directory = Path(config.dataset_dir or "")
     if not directory.is_dir():

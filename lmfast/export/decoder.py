@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from lmfast.export.families import check_exportable
+from lmfast.models.families import check_exportable
 
 # finite, so a fully masked query (a left-pad position) averages instead of producing NaN that
 # would leak through the cache; also representable in float16

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmfast.export.families import check_exportable
+from lmfast.models.families import check_exportable
+from lmfast.models.source import ADAPTER_CONFIG, ModelSource, SourceKind, resolve_source
+
+EXPORTABLE: tuple[SourceKind, ...] = ("hf", "checkpoint", "lora_adapter")
+"""What export (and eval with torch) loads: HF weights, a .ckpt, a LoRA adapter (`resolve_source` kinds)."""
 
 # everything the tokenizer, chat formatting and prompt encoding need: special tokens, the chat
 # template and the experiment's prompt prefix
@@ -28,9 +32,6 @@ TOKENIZER_FILES = (
 )
 
 
-ADAPTER_CONFIG = "adapter_config.json"  # what marks a PEFT adapter dir
-
-
 @dataclass
 class LoadedSource:
     model: Any  # a transformers PreTrainedModel, in eval mode
@@ -38,42 +39,22 @@ class LoadedSource:
     description: dict[str, Any]  # what was loaded, for export.json
 
 
-def load_source(source: Path) -> LoadedSource:
-    """Load the torch model and find the tokenizer of SOURCE.
+def load_source(source: Path | ModelSource) -> LoadedSource:
+    """Load the torch model and find the tokenizer of SOURCE (a path, or its `resolve_source` answer).
 
     Raises:
         FileNotFoundError: SOURCE does not exist, or a checkpoint without its experiment's hf/.
         ValueError: SOURCE is not a checkpoint or model dir, or its architecture is unsupported.
     """
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or directory")
-    if source.is_file() and source.suffix == ".ckpt":
-        return _load_checkpoint(source)
-    if source.is_file() and source.suffix == ".gguf":
-        from lmfast.generation.model_files import gguf_dir
-
-        loaded = _load_hf_dir(gguf_dir(source))
-        loaded.description.update(
-            kind="gguf", path=str(source.resolve()), converted=str(loaded.tokenizer_dir)
-        )
-        return loaded
-    if source.is_dir() and (source / "hf" / "config.json").is_file():
-        loaded = _load_hf_dir(source / "hf")
-        loaded.description.update(kind="experiment", path=str(source.resolve()))
-        return loaded
-    if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
-        return _load_adapter(source)
-    if source.is_dir() and (source / "adapter" / ADAPTER_CONFIG).is_file():  # a LoRA run without hf/
-        loaded = _load_adapter(source / "adapter")
-        loaded.description.update(kind="experiment", path=str(source.resolve()))
-        return loaded
-    if source.is_dir() and (source / "config.json").is_file():
-        return _load_hf_dir(source)
-    raise ValueError(
-        f"{source}: not a checkpoint or model (expected an experiment dir with hf/ or adapter/, a .ckpt "
-        "file, a Hugging Face model dir with config.json, a PEFT LoRA adapter dir, or a .gguf file)"
-    )
+    resolved = source if isinstance(source, ModelSource) else resolve_source(source, EXPORTABLE)
+    if resolved.kind == "checkpoint":
+        return _load_checkpoint(resolved.path)
+    loaded = _load_adapter(resolved.path) if resolved.kind == "lora_adapter" else _load_hf_dir(resolved.path)
+    if resolved.origin == "gguf":
+        loaded.description.update(converted=str(resolved.path))
+    if resolved.origin in ("gguf", "experiment"):
+        loaded.description.update(kind=resolved.origin, path=str(resolved.given.resolve()))
+    return loaded
 
 
 def _load_adapter(adapter_dir: Path) -> LoadedSource:
@@ -136,11 +117,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_checkpoint(path: Path) -> LoadedSource:
-    """A Lightning checkpoint per docs/architecture.md §2, rebuilt by training's own reader
-    (`lmfast.train.hf.model_from_checkpoint`; a LoRA checkpoint is merged onto its base); the
-    tokenizer is the experiment's hf/."""
-    from lmfast.train.checkpoint import load_checkpoint
-    from lmfast.train.hf import model_from_checkpoint
+    """A Lightning checkpoint per docs/architecture.md §2, rebuilt by the one checkpoint reader
+    (`lmfast.models.checkpoint`; a LoRA checkpoint is merged onto its base); the tokenizer is the
+    experiment's hf/."""
+    from lmfast.models.checkpoint import checkpoint_model, load_checkpoint
 
     checkpoint = load_checkpoint(path)  # CheckpointError (a ValueError) names the file
     try:
@@ -155,12 +135,7 @@ def _load_checkpoint(path: Path) -> LoadedSource:
         raise FileNotFoundError(
             f"{path}: no tokenizer at {tokenizer_dir} (the experiment's hf/ next to checkpoints/)"
         )
-    if checkpoint["hyper_parameters"].get("lora"):
-        from lmfast.train.lora import load_lora
-
-        model = load_lora(checkpoint, path).merge_and_unload()
-    else:
-        model = model_from_checkpoint(checkpoint, path)
+    model = checkpoint_model(checkpoint, path)
     description = {"kind": "checkpoint", "path": str(path.resolve()), "tokenizer": str(tokenizer_dir)}
     for key in ("epoch", "global_step"):
         if key in checkpoint:

@@ -69,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.prompt) != 1 and args.stream:
             raise ValueError("--stream takes exactly one --prompt")
         from lmfast.generation.generator import Generator
-        from lmfast.generation.model_files import resolve_model_dir
+        from lmfast.generation.model_files import LOADABLE
+        from lmfast.models.source import resolve_source
 
-        if resolve_model_dir(args.path)[1] == "hf":
+        source = resolve_source(args.path, LOADABLE)
+        if source.backend == "torch":
             _quiet_transformers()
 
         generator = Generator.load(
-            args.path,
+            source,
             backend=args.backend,
             provider=args.provider,
             num_threads=args.num_threads,

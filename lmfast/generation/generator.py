@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmfast.generation.backend import Backend
-from lmfast.generation.model_files import ModelInfo, read_json, resolve_model_dir
+from lmfast.generation.model_files import LOADABLE, ModelInfo, read_json
 from lmfast.generation.params import GenerationParams
 from lmfast.generation.prefix_cache import PrefixCache
 from lmfast.generation.session import DecodeSession
 from lmfast.generation.text import TextCodec
+from lmfast.models.source import ModelSource, resolve_source
 
 BackendName = Literal["auto", "torch", "onnx"]
 MAX_CALL_BATCH = 64
@@ -41,7 +42,7 @@ class Generator:
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | ModelSource,
         backend: BackendName = "auto",
         provider: Literal["cpu", "cuda"] = "cpu",
         num_threads: int | None = None,
@@ -51,7 +52,7 @@ class Generator:
         `.gguf` file (torch; a GGUF is converted once into a cached HF dir).
 
         Args:
-            path: the directory or .gguf file.
+            path: the directory or .gguf file (or its `resolve_source` answer, not resolved again).
             backend: "auto" picks ONNX for an export dir, torch otherwise.
             provider: "cpu" or "cuda" (the ONNX CUDA provider, or the torch model on a GPU).
             num_threads: intra-op threads (None leaves the library default).
@@ -67,11 +68,11 @@ class Generator:
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         if provider not in ("cpu", "cuda"):
             raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
-        directory, kind = resolve_model_dir(path)
-        native = "onnx" if kind == "onnx" else "torch"
+        source = path if isinstance(path, ModelSource) else resolve_source(path, LOADABLE)
+        directory, native, path = source.path, source.backend, source.given
         chosen = native if backend == "auto" else backend
         if chosen != native:
-            what = "an ONNX export" if kind == "onnx" else "a Hugging Face (torch) model"
+            what = "an ONNX export" if native == "onnx" else "a Hugging Face (torch) model"
             raise ValueError(f"{path}: holds {what}; backend={backend!r} cannot load it")
         if chosen == "onnx":
             from lmfast.generation.onnx_backend import OnnxBackend
@@ -113,9 +114,10 @@ class Generator:
         )
 
     def resolve_params(self, params: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
-        """`params` (or the model's defaults) with `overrides` applied and validated."""
+        """`params` (or the model's defaults) with `overrides` applied and validated: the one
+        default rule (`GenerationParams.with_request`; an override of None leaves the default)."""
         base = params if params is not None else self.default_params
-        return base.replace(**overrides) if overrides else base
+        return base.with_request(**overrides) if overrides else base
 
     def __call__(
         self, prompts: str | list[str], params: GenerationParams | None = None, **overrides: Any

@@ -1,8 +1,7 @@
-"""Where a model lives on disk and the facts the decode loop needs from its `config.json`.
+"""The facts the decode loop needs from a model's `config.json` (and `generation_config.json`).
 
-Four layouts load: an export dir (`model.onnx`, docs/architecture.md §3), an experiment dir (its `hf/`,
-docs/architecture.md §2), a Hugging Face `save_pretrained` dir and a `.gguf` file (converted once into a
-cached HF dir by `lmfast.models.gguf`, which needs torch and transformers). Otherwise JSON only.
+Which directory holds them is `lmfast.models.source.resolve_source`'s answer (kinds `LOADABLE`: an
+export dir, an experiment dir's `hf/`, an HF dir, a `.gguf` file's converted dir). JSON only.
 """
 
 from __future__ import annotations
@@ -11,11 +10,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lmfast.models.context import context_length
+from lmfast.models.source import SourceKind
 
-ModelKind = Literal["onnx", "hf"]
+LOADABLE: tuple[SourceKind, ...] = ("onnx", "hf")
+"""What generate, serve and eval decode with: an ONNX export or HF weights (`resolve_source` kinds)."""
 
 
 @dataclass(frozen=True)
@@ -75,43 +76,3 @@ def hf_generation_eos(directory: Path) -> tuple[int, ...]:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def resolve_model_dir(path: str | Path) -> tuple[Path, ModelKind]:
-    """Find the model files under `path` and say which backend family can read them.
-
-    Returns:
-        (directory holding config.json and the tokenizer, "onnx" or "hf").
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: `path` is neither an export, an experiment nor a Hugging Face model dir.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_file() and path.suffix == ".gguf":
-        return gguf_dir(path), "hf"
-    if path.is_dir() and (path / "model.onnx").is_file():
-        return path, "onnx"
-    if path.is_dir() and (path / "hf" / "config.json").is_file():
-        return path / "hf", "hf"
-    if path.is_dir() and (path / "config.json").is_file():
-        return path, "hf"
-    raise ValueError(
-        f"{path}: not a model directory (expected an export dir with model.onnx, an experiment dir "
-        "with hf/, a Hugging Face model dir with config.json, or a .gguf file)"
-    )
-
-
-def gguf_dir(path: Path) -> Path:
-    """The cached HF dir of a `.gguf` file (converted on first use).
-
-    Raises:
-        ValueError: not a GGUF file, or one transformers cannot read.
-    """
-    from lmfast.models.gguf import converted_dir, is_gguf
-
-    if not is_gguf(path):
-        raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
-    return converted_dir(path)

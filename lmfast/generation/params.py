@@ -1,6 +1,10 @@
 """Sampling parameters: one dataclass for the generator, `generation_config.json`, the HTTP schemas
 and the bot's per-chat settings, so a default or a bound is written down exactly once.
 
+One default rule for every entry point (`GenerationParams.with_request`, as vLLM's): a value the
+request gives wins; else the model's `generation_config.json` (the generator's `default_params`);
+else lmfast's default, the field's default below.
+
 Imports nothing heavy: the server and the bot use it without torch.
 """
 
@@ -151,6 +155,11 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def with_request(self, **given: Any) -> GenerationParams:
+        """The sampling-default rule: every value GIVEN that is not None, else this one (the model's
+        `generation_config.json`, whose missing fields took lmfast's defaults). Validated again."""
+        return self.replace(**{name: value for name, value in given.items() if value is not None})
 
     def replace(self, **changes: Any) -> GenerationParams:
         """A copy with some fields changed (validated again; unknown names rejected by name)."""

@@ -30,6 +30,8 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfast import __version__
+from lmfast.generation.model_files import LOADABLE
+from lmfast.models.source import ModelSource, resolve_source
 from lmfast.serving.batching import BatchingEngine
 from lmfast.serving.config import ServeConfig, allowed_origins
 from lmfast.serving.deps import ServerState, require_api_key, require_api_key_for_metrics
@@ -43,12 +45,13 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def load_generator(config: ServeConfig) -> Any:
-    """`Generator.load` with the config's model, backend, provider and threads (imports torch/onnx)."""
+def load_generator(config: ServeConfig, source: ModelSource | None = None) -> Any:
+    """`Generator.load` with the config's model (SOURCE, when already resolved), backend, provider and
+    threads (imports torch/onnx)."""
     from lmfast.generation import Generator
 
     return Generator.load(
-        config.model,
+        source or config.model,
         backend=config.backend,
         provider=config.provider,
         num_threads=config.num_threads,
@@ -60,6 +63,7 @@ def create_app(
     config: ServeConfig,
     generator: Any | None = None,
     on_engine_crash: Callable[[BaseException], None] | None = None,
+    source: ModelSource | None = None,
 ) -> FastAPI:
     """Build the app; the model is loaded when the app starts (lifespan), not here.
 
@@ -69,15 +73,22 @@ def create_app(
             `config.model` (tests and benchmarks share one across apps).
         on_engine_crash: called if the engine thread dies (`lmfast serve` stops the process with
             a non-zero exit so a supervisor restarts it); without it the app keeps answering 503.
+        source: `config.model` already resolved (`lmfast serve` resolves it once, to check it);
+            otherwise it is resolved here, once, for both the chat template and the generator.
     """
     if generator is None and not config.model:
         raise ValueError("ServeConfig.model is empty: give a model directory (or a loaded generator)")
+    if source is None and config.model:
+        try:
+            source = resolve_source(config.model, LOADABLE)
+        except (FileNotFoundError, ValueError):  # loading the generator reports it, at start
+            source = None
     metrics = ServeMetrics()
     state = ServerState(config=config, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gen = generator if generator is not None else await asyncio.to_thread(load_generator, config)
+        gen = generator if generator is not None else await asyncio.to_thread(load_generator, config, source)
         engine = BatchingEngine(
             gen,
             max_batch_size=config.max_batch_size,
@@ -116,7 +127,7 @@ def create_app(
     app.state.lmfast = state
     app.include_router(legacy.router)
     app.include_router(openai.router)
-    chat.install(app, config)  # /v1/chat/completions and the chat template
+    chat.install(app, config, source.path if source else None)  # /v1/chat/completions and the chat template
     app.include_router(tokenizer.router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])

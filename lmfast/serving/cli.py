@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from lmfast.flags import FlagError, OneLineParser, add_config_flags
+from lmfast.models.source import ModelSource
 from lmfast.serving.config import ENV_PREFIX, ServeConfig
 
 
@@ -46,26 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     if not config.model:
         print(f"lmfast serve: MODEL: give a model directory (argument or {ENV_PREFIX}MODEL)", file=sys.stderr)
         return 2
-    if not Path(config.model).is_dir() and not (
-        Path(config.model).is_file() and config.model.endswith(".gguf")
-    ):
+    from lmfast.generation.model_files import LOADABLE
+    from lmfast.models.source import resolve_source
+
+    try:
+        source = resolve_source(config.model, LOADABLE)  # the one resolution of this server's model
+    except FileNotFoundError:
         print(f"lmfast serve: MODEL: {config.model} is not a directory or a .gguf file", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
         return 2
     if config.chat_template is not None:
         from lmfast.serving.routes.chat import load_chat_template
 
         try:
-            load_chat_template(config)
+            load_chat_template(config, source.path)
         except ValueError as exc:
             print(f"lmfast serve: --chat_template: {exc}", file=sys.stderr)
             return 2
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return serve(config)
+    return serve(config, source=source)
 
 
-def serve(config: ServeConfig, generator: Any | None = None) -> int:
+def serve(config: ServeConfig, generator: Any | None = None, source: ModelSource | None = None) -> int:
     """Load `config.model` and run uvicorn until SIGINT/SIGTERM (then finish running requests).
 
     Returns:
@@ -79,7 +85,7 @@ def serve(config: ServeConfig, generator: Any | None = None) -> int:
 
     if generator is None:
         try:
-            generator = load_generator(config)
+            generator = load_generator(config, source)
         except (FileNotFoundError, ValueError) as exc:
             print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
             return 2
@@ -91,7 +97,7 @@ def serve(config: ServeConfig, generator: Any | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(config, generator=generator, on_engine_crash=stop_on_crash)
+    app = create_app(config, generator=generator, on_engine_crash=stop_on_crash, source=source)
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,

@@ -37,7 +37,7 @@ class ServerState:
     started: int = 0
     """Unix time the model became ready (OpenAI's `created` of /v1/models)."""
     chat_template: Any = None
-    """The `lmfast.generation.chat_template.ChatTemplate` of /v1/chat/completions, or None."""
+    """The `lmfast.models.chat_template.ChatTemplate` of /v1/chat/completions, or None."""
     chat_template_error: str = ""
     """Why chat completions are unavailable when `chat_template` is None (the 400's message)."""
 

@@ -54,14 +54,17 @@ def invalid(field: str, message: str) -> RequestValidationError:
     )
 
 
-def make_params(field_of: dict[str, str], **values: Any) -> GenerationParams:
-    """`GenerationParams(**values)`, its `ParamError` turned into a 422 naming the HTTP field.
+def make_params(field_of: dict[str, str], defaults: GenerationParams, **values: Any) -> GenerationParams:
+    """A request's parameters by the one default rule (`GenerationParams.with_request`): each value it
+    gives (not None), else the served model's DEFAULTS (its generation_config.json, else lmfast's); a
+    `ParamError` turned into a 422 naming the HTTP field.
 
     Args:
         field_of: GenerationParams field -> HTTP body field, to name the right one in the 422.
+        defaults: the server's `default_params`.
     """
     try:
-        return GenerationParams(**values)
+        return defaults.with_request(**values)
     except ParamError as exc:
         raise invalid(field_of.get(exc.field, exc.field), str(exc)) from None
 

@@ -82,18 +82,34 @@ class StreamOptions(RequestBody):
 class SamplingFields(RequestBody):
     """The sampling and streaming fields that /v1/completions and /v1/chat/completions share."""
 
-    temperature: float = Field(default=1.0, **OPENAI_TEMPERATURE)
-    top_p: float = Field(default=1.0, **field_bounds("top_p"))
+    # sampling fields left out (None) take the served model's defaults: GenerationParams.with_request
+    temperature: float | None = Field(
+        default=None,
+        **OPENAI_TEMPERATURE,
+        description="Default: the model's generation_config.json, else 0.7.",
+    )
+    top_p: float | None = Field(
+        default=None,
+        **field_bounds("top_p"),
+        description="Default: the model's generation_config.json, else 1.",
+    )
     n: int = Field(default=1, **field_bounds("num_return_sequences"))
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None, **field_bounds("seed"))
     stream: bool = False
     stream_options: StreamOptions | None = None
     # extensions beyond OpenAI's fields, as vLLM and TGI offer them
-    top_k: int = Field(
-        default=0, **field_bounds("top_k"), le=TOP_K_LIMIT, description="0 disables (OpenAI has no top_k)."
+    top_k: int | None = Field(
+        default=None,
+        **field_bounds("top_k"),
+        le=TOP_K_LIMIT,
+        description="0 disables (OpenAI has no top_k). Default: the model's generation_config.json, else 50.",
     )
-    repetition_penalty: float = Field(default=1.0, **field_bounds("repetition_penalty"))
+    repetition_penalty: float | None = Field(
+        default=None,
+        **field_bounds("repetition_penalty"),
+        description="Default: the model's generation_config.json, else 1.",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -109,7 +125,8 @@ class SamplingFields(RequestBody):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def sampling_values(self) -> dict[str, Any]:
-        """These fields as `GenerationParams` keyword arguments (all but `max_new_tokens`)."""
+        """These fields as `GenerationParams` keyword arguments (all but `max_new_tokens`; None where
+        left out, for the model's default)."""
         return {
             "temperature": self.temperature,
             "top_k": self.top_k,

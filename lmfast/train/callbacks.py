@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from lmfast.data.dataset import PreparedSplit
+from lmfast.models.dataset import PreparedSplit
 from lmfast.train.model import flops_per_token
 from lmfast.train.progress import StepClock, format_eta, total_steps
 

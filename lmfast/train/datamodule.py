@@ -1,6 +1,6 @@
 """`LMDataModule`: batches of a prepared dataset, padded per batch, sharded per rank, resumable.
 
-Samples are read only through `lmfast.data.dataset.PreparedSplit`, which pickles as a path: each
+Samples are read only through `lmfast.models.dataset.PreparedSplit`, which pickles as a path: each
 DataLoader worker maps the corpus itself, nothing is copied. The data position (batches
 consumed) is saved in every checkpoint through the datamodule's `state_dict`, so `--resume`
 continues with the next unseen batch.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmfast.data.dataset import PreparedDataset, PreparedSplit
+from lmfast.models.dataset import PreparedDataset, PreparedSplit
 from lmfast.train.interrupt import ignore_stop_signals
 from lmfast.train.sampler import ResumableBatchSampler
 

@@ -1,47 +1,18 @@
 """`hf/`: a Lightning checkpoint turned into a plain Hugging Face model directory (docs/architecture.md §2).
 
-The one `.ckpt` -> HF rebuild: training writes `hf/` with it and the export stage may call it for a
-`.ckpt` source, so both read checkpoints the same way.
+Training writes `hf/` with it; the model inside a `.ckpt` is rebuilt by `lmfast.models.checkpoint`,
+the reader the export stage uses too, so both read checkpoints the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from lmfast.train.checkpoint import load_checkpoint
+from lmfast.models.checkpoint import checkpoint_lora, load_checkpoint, load_lora, model_from_checkpoint
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], checkpoint_path: str | Path = "checkpoint") -> Any:
-    """The HF model a checkpoint holds: `model_config` + the `model.*` weights (the checkpoint contract).
-
-    Raises:
-        ValueError: the weights do not fit the config.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model_config = dict(checkpoint["hyper_parameters"]["model_config"])
-    config = AutoConfig.for_model(model_config.pop("model_type"), **model_config)
-    model = AutoModelForCausalLM.from_config(config)
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # tensor shapes that do not match the config
-        reason = " ".join(str(error).split())[:300]
-        raise ValueError(f"{checkpoint_path}: state_dict does not fit the model: {reason}") from error
-    # tied weights (lm_head <- wte) may be listed as missing; anything else is a broken checkpoint
-    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", {}) and "lm_head" not in k]
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint_path}: state_dict does not fit the model (missing {missing}, unexpected {unexpected})"
-        )
-    model.tie_weights()
-    return model
 
 
 def _has_tokenizer(directory: Path | None) -> bool:
@@ -74,7 +45,7 @@ def checkpoint_to_hf(
         `output_dir`, loadable by `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
 
     Raises:
-        lmfast.train.checkpoint.CheckpointError: an unreadable or corrupted checkpoint.
+        lmfast.models.checkpoint.CheckpointError: an unreadable or corrupted checkpoint.
         ValueError: weights that do not fit the config.
     """
     from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
@@ -83,10 +54,8 @@ def checkpoint_to_hf(
     output_dir = Path(output_dir)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the training log
     checkpoint = load_checkpoint(checkpoint_path)
-    lora = checkpoint["hyper_parameters"].get("lora")
+    lora = checkpoint_lora(checkpoint, checkpoint_path)
     if lora:
-        from lmfast.train.lora import load_lora
-
         peft_model = load_lora(checkpoint, checkpoint_path)
         peft_model.save_pretrained(Path(adapter_dir) if adapter_dir else output_dir.parent / "adapter")
         model = peft_model.merge_and_unload()

@@ -156,24 +156,30 @@ def _check_same_tokenizer(model_dir: Path, tokenizer: DatasetTokenizer) -> None:
 
 
 def resolve_model_source(model: str) -> str:
-    """A preset name or HF dir as given; a `.gguf` file -> its dequantized HF dir (converted once, cached).
+    """A preset name as given; a path -> the HF dir `resolve_source` finds there (a `.gguf` file's
+    dequantized dir, converted once and cached; an experiment's `hf/`); anything else as given, for
+    `check_model_dir` to name what is missing.
 
     Raises:
         TrainInputError: a file that is not GGUF, or a GGUF transformers cannot read.
     """
     path = Path(model)
-    if model in MODEL_PRESETS or not path.is_file():
+    if model in MODEL_PRESETS or not path.exists():
         return model
-    from lmfast.models.gguf import converted_dir, is_gguf
+    from lmfast.models.gguf import is_gguf
+    from lmfast.models.source import resolve_source
 
-    if not is_gguf(path):
+    if path.is_file() and not is_gguf(path):
         raise TrainInputError(
             f"--model {model}: a file that is not GGUF (expected a .gguf, a model dir or a preset)"
         )
     try:
-        return str(converted_dir(path))
+        source = resolve_source(path, ("hf",))
     except ValueError as error:
+        if path.is_dir():  # not a model dir: check_model_dir says so in training's words
+            return model
         raise TrainInputError(f"--model {error}") from None
+    return str(source.path)
 
 
 def build_model(model: str, tokenizer: DatasetTokenizer, context: int, dropout: float | None) -> Any:

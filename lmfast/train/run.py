@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmfast.data.dataset import DatasetFormatError, PreparedDataset
 from lmfast.latest import point_latest, real_run_dir
+from lmfast.models.dataset import DatasetFormatError, PreparedDataset
 from lmfast.train.config import TrainConfig, latest_experiment_dir
 from lmfast.train.model import DatasetTokenizer, TrainInputError
 from lmfast.train.strategy import make_strategy
@@ -189,7 +189,7 @@ def _resume_checkpoint(config: TrainConfig, checkpoint_io: Any) -> dict[str, Any
     """Verify `last.ckpt` of the run to resume (one line on any fault) and keep it for Lightning."""
     if not config.resume:
         return None
-    from lmfast.train.checkpoint import CheckpointError
+    from lmfast.models.checkpoint import CheckpointError
 
     path = Path(config.resume) / "checkpoints" / "last.ckpt"
     try:
@@ -253,7 +253,7 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
         raise TrainInputError(
             f"--model {config.model}: vocabulary of {model.config.vocab_size} is smaller than the dataset's {tokenizer.vocab_size}"
         )
-    from lmfast.export.families import export_refusal  # refused now, not after hours of training
+    from lmfast.models.families import export_refusal  # refused now, not after hours of training
 
     if (reason := export_refusal(model.config.to_dict())) is not None:
         raise TrainInputError(f"--model {config.model}: lmfast export onnx could not export it: {reason}")
@@ -262,7 +262,8 @@ def build(config: TrainConfig, callbacks: list[Any] | None = None) -> _Run:
     model_config = model.config.to_dict()
     lora = None
     if config.lora_r:
-        from lmfast.train.lora import apply_lora, lora_settings
+        from lmfast.models.checkpoint import lora_settings
+        from lmfast.train.lora import apply_lora
 
         lora = lora_settings(
             config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, model_source

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from lmfast.bot.cli import main
-from lmfast.bot.handlers import API_DOWN
+from lmfast.bot.replies import API_DOWN
 from tests.bot.conftest import TOKEN
 from tests.bot.peers import FakeLmfastApi, FakeTelegram, buttons, closed_port_url, running_bot
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from lmfast.bot.formatting import EMPTY_NOTE
-from lmfast.bot.handlers import API_DOWN
 from lmfast.bot.middlewares import BROKEN_TEXT
+from lmfast.bot.replies import API_DOWN
 from lmfast.bot.storage import MAX_TURNS_PER_CHAT, Storage
 from lmfast.serving.app import create_app
 from lmfast.serving.config import ServeConfig

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lmfast.data import PrepareConfig, PreparedDataset
-from lmfast.data.dataset import DatasetFormatError
+from lmfast.models.dataset import DatasetFormatError
 from lmfast.data.prepare import prepare
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.data.dialogs import cut_at_turns, token_mask
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
 

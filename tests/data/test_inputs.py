@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from lmfast.data.cli import main
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 
 REPO = Path(__file__).resolve().parents[2]
 DELIMITER = "[END_OF_DOCUMENT]"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmfast.data import engines
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare, write_split
 from tests.data.conftest import KERNEL_BACKENDS, needs_native
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
 from lmfast.data.tokenizers import GPT2_DIR, UnknownTokenizerError, load_tokenizer
 

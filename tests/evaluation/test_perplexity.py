@@ -126,7 +126,7 @@ def _tiny_dataset(tmp_path: Path, nietzsche_dir: Path, **config: Any) -> Path:
 
 @pytest.mark.slow  # prepare + both loops (~10 s on 2 busy cores)
 def test_dataset_split_scores_its_corpus(tiny_model_dir, tmp_path, nietzsche_dir):
-    from lmfast.data.dataset import PreparedDataset
+    from lmfast.models.dataset import PreparedDataset
 
     dataset = _tiny_dataset(tmp_path, nietzsche_dir)
     report = evaluate(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lmfast.export import ExportConfig
-from lmfast.export.families import EXPORTABLE_FAMILIES, export_refusal
 from lmfast.generation import GenerationParams, Generator
+from lmfast.models.families import EXPORTABLE_FAMILIES, export_refusal
 
 GPT2_ASSETS = Path(__file__).parents[2] / "lmfast" / "assets" / "gpt2"
 WINDOW = 6  # sliding window smaller than the prompts below, so the window really cuts

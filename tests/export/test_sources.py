@@ -50,7 +50,7 @@ def test_real_smollm2_gguf_exports_with_greedy_equal_to_hf(smollm2_gguf, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmfast.export.cli import main
-    from lmfast.generation.model_files import resolve_model_dir
+    from lmfast.models.source import resolve_source
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output = tmp_path / "smollm2"
@@ -60,7 +60,7 @@ def test_real_smollm2_gguf_exports_with_greedy_equal_to_hf(smollm2_gguf, tmp_pat
     assert "<|im_start|>" in (output / "chat_template.jinja").read_text()
     assert json.loads((output / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
 
-    hf_dir, _ = resolve_model_dir(smollm2_gguf)
+    hf_dir = resolve_source(smollm2_gguf).path
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     tokenizer.padding_side = "left"
     prompts = ["The capital of France is", "Gravity is", "Once upon a time, in a small village,"]

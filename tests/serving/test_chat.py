@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast.generation.chat_template import ChatTemplate, ChatTemplateError
+from lmfast.models.chat_template import ChatTemplate, ChatTemplateError
 from lmfast.serving.app import create_app
 from lmfast.serving.cli import main as serve_main
 from lmfast.serving.config import ServeConfig

@@ -6,7 +6,7 @@ import pickle
 
 import torch
 
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.train.datamodule import IGNORE_INDEX, Collator, LMDataModule, SplitSamples
 
 

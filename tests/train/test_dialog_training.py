@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.train.datamodule import IGNORE_INDEX, Collator, SplitSamples
 from lmfast.train.module import LMModule
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmfast.train.checkpoint import CheckpointError, ChecksummedCheckpointIO, load_checkpoint
+from lmfast.models.checkpoint import CheckpointError, load_checkpoint
+from lmfast.train.checkpoint import ChecksummedCheckpointIO
 from lmfast.train.cli import main
 from lmfast.train.config import claim_experiment_dir
 

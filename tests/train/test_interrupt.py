@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmfast.train.checkpoint import load_checkpoint
+from lmfast.models.checkpoint import load_checkpoint
 from lmfast.train.config import TrainConfig
 from lmfast.train.run import train
 

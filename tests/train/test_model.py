@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 from lmfast.train.model import DatasetTokenizer, TrainInputError, build_model, flops_per_token
 
 

@@ -14,14 +14,16 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from lmfast.generation.chat_template import ChatTemplate, ChatTemplateError
-from lmfast.generation.model_files import resolve_model_dir
+from lmfast.generation.model_files import LOADABLE
 from lmfast.generation.text import encode_ids
+from lmfast.models.chat_template import ChatTemplate, ChatTemplateError
+from lmfast.models.source import resolve_source
 from lmfast.serving import dispatch
 from lmfast.serving.batching import BatchingEngine, GenerationJob
 from lmfast.serving.chat_schemas import (
@@ -64,16 +66,17 @@ NO_TEMPLATE = (
 )
 
 
-def load_chat_template(config: ServeConfig) -> ChatTemplate | None:
+def load_chat_template(config: ServeConfig, model_dir: Path | None = None) -> ChatTemplate | None:
     """`--chat_template`'s file, else the template in the served model's tokenizer files, else None.
+
+    MODEL_DIR is the served model's files when the caller has resolved `config.model` already.
 
     Raises:
         ChatTemplateError: the --chat_template file (or the model's template) cannot be used.
     """
-    model_dir = None
-    if config.model:
+    if model_dir is None and config.model:
         try:
-            model_dir, _ = resolve_model_dir(config.model)
+            model_dir = resolve_source(config.model, LOADABLE).path
         except (FileNotFoundError, ValueError):
             model_dir = None
     if config.chat_template is not None:
@@ -81,7 +84,7 @@ def load_chat_template(config: ServeConfig) -> ChatTemplate | None:
     return ChatTemplate.from_model_dir(model_dir) if model_dir is not None else None
 
 
-def install(app: FastAPI, config: ServeConfig) -> None:
+def install(app: FastAPI, config: ServeConfig, model_dir: Path | None = None) -> None:
     """Register the route and load the chat template once.
 
     Raises:
@@ -89,7 +92,7 @@ def install(app: FastAPI, config: ServeConfig) -> None:
     """
     error = NO_TEMPLATE
     try:
-        template = load_chat_template(config)
+        template = load_chat_template(config, model_dir)
     except ChatTemplateError as exc:
         if config.chat_template is not None:
             raise
@@ -198,8 +201,10 @@ async def chat_completions(
         raise dispatch.invalid(*refused)
     _check_message_chars(request, body.messages)
     prompt_ids = await asyncio.to_thread(_chat_prompt, request, body.messages)
+    assert state.default_params is not None  # set with the engine
     params = dispatch.make_params(
         _FIELD_OF,
+        state.default_params,
         max_new_tokens=body.max_new_tokens(),
         **body.sampling_values(),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,

@@ -78,10 +78,9 @@ async def generated_texts(
         "num_return_sequences": body.num_return_sequences,
     }
     assert state.default_params is not None  # set with the engine
-    values = state.default_params.to_dict()
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["banned_words"] = list(body.ignored_words)
-    params = dispatch.make_params(_FIELD_OF, **values)
+    params = dispatch.make_params(
+        _FIELD_OF, state.default_params, **overrides, banned_words=list(body.ignored_words)
+    )
     job, deadline = await dispatch.start(
         engine, request, [body.seed_text], params, config.request_timeout_s, "seed_text"
     )

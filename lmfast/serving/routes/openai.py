@@ -95,8 +95,10 @@ async def completions(
             raise dispatch.invalid(name, f"token ids must be in [0, {vocab_size})")
     logit_bias = dispatch.logit_bias(body.logit_bias, vocab_size)
     score_only = body.max_tokens == 0  # echo alone: the prompt's logprobs, nothing generated
+    assert state.default_params is not None  # set with the engine
     params = dispatch.make_params(
         FIELD_OF,
+        state.default_params,
         max_new_tokens=max(1, body.max_tokens),
         **body.sampling_values(),
         ignore_eos=body.ignore_eos,

@@ -1,5 +1,9 @@
 """A model's chat template, rendered as transformers' `apply_chat_template` renders it, without torch.
 
+The one renderer of lmfast: `lmfast prepare --documents_format dialogs` renders training
+conversations with it (and its `{% generation %}` spans, transformers' assistant mask) and
+`lmfast serve` renders chat prompts with it, so a model is served the prompt text it was trained on.
+
 The template is Jinja run in jinja2's `ImmutableSandboxedEnvironment` (templates come from model
 repositories: untrusted code) with the options, filters and globals transformers gives it
 (`trim_blocks`, `lstrip_blocks`, `loopcontrols`, `tojson`, `raise_exception`, `strftime_now`,
@@ -14,7 +18,10 @@ Where a model dir keeps it: `chat_template.jinja` (transformers >= 4.47 saves it
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +45,9 @@ SPECIAL_TOKEN_NAMES = (
     "cls_token",
     "mask_token",
 )
+
+
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 class ChatTemplateError(ValueError):
@@ -91,6 +101,11 @@ class ChatTemplate:
         special = read_special_tokens(Path(model_dir)) if model_dir is not None else {}
         return cls(source, special, str(path))
 
+    @property
+    def has_generation_tags(self) -> bool:
+        """Whether the template marks the trained assistant text with `{% generation %}` blocks."""
+        return bool(GENERATION_TAG.search(self.source))
+
     def render(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **variables: Any
     ) -> str:
@@ -100,33 +115,71 @@ class ChatTemplate:
         Raises:
             ChatTemplateError: the template raised (e.g. "roles must alternate") or failed.
         """
-        chat = [{key: value for key, value in dict(m).items() if value is not None} for m in messages]
+        return self.render_tracked(messages, add_generation_prompt, **variables)[0]
+
+    def render_tracked(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **variables: Any
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """`render`, and the [start, end) character spans its `{% generation %}` blocks rendered (what
+        transformers' `return_assistant_tokens_mask` marks; none without such blocks).
+
+        Raises:
+            ChatTemplateError: the template raised (e.g. "roles must alternate") or failed.
+        """
+        chat = [
+            _with_reasoning_aliases({k: v for k, v in dict(m).items() if v is not None}) for m in messages
+        ]
         context = {**self.special_tokens, **variables}
+        blocks: list[str] = []
+        spans: list[tuple[int, int]] = []
         try:
-            return self._template.render(
-                messages=chat,
-                tools=None,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **context,
-            )
+            with _tracking(blocks, spans):
+                for block in self._template.generate(
+                    messages=chat,
+                    tools=None,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **context,
+                ):
+                    blocks.append(block)
+            return "".join(blocks), spans
         except jinja2.TemplateError as error:
             raise ChatTemplateError(f"the chat template refused these messages: {error}") from None
         except (TypeError, KeyError, AttributeError, IndexError, ValueError) as error:
             raise ChatTemplateError(f"the chat template failed on these messages: {error}") from None
 
 
+# names a message's reasoning goes by; transformers fills the first two from any of them
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning_aliases(message: dict[str, Any]) -> dict[str, Any]:
+    """A message's reasoning under every name templates read (`reasoning_content`, and `thinking` for
+    gpt-oss), as transformers' `apply_chat_template` passes it."""
+    reasoning = next((message[key] for key in _REASONING_FIELDS if message.get(key) is not None), None)
+    return (
+        message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    )
+
+
 def read_special_tokens(directory: Path) -> dict[str, str]:
     """bos_token, eos_token, ... as strings, from special_tokens_map.json then tokenizer_config.json."""
     tokens: dict[str, str] = {}
     for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
-        values = _read_json(directory / name)
-        for key in SPECIAL_TOKEN_NAMES:
-            value = values.get(key)
-            if isinstance(value, dict):  # an AddedToken written out: {"content": ..., "lstrip": ...}
-                value = value.get("content")
-            if isinstance(value, str):
-                tokens[key] = value
+        tokens.update(special_tokens_of(_read_json(directory / name)))
+    return tokens
+
+
+def special_tokens_of(config: Mapping[str, Any]) -> dict[str, str]:
+    """The named special tokens a tokenizer config (or special-tokens map) holds, as strings: the
+    variables transformers renders every template with (its `special_tokens_map`)."""
+    tokens: dict[str, str] = {}
+    for key in SPECIAL_TOKEN_NAMES:
+        value = config.get(key)
+        if isinstance(value, dict):  # an AddedToken written out: {"content": ..., "lstrip": ...}
+            value = value.get("content")
+        if isinstance(value, str):
+            tokens[key] = value
     return tokens
 
 
@@ -151,9 +204,24 @@ def _pick_template(value: Any) -> str | None:
     return None
 
 
+# (blocks rendered so far, spans found) of the render in progress on this thread/task, if tracked
+_TRACKED: ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = ContextVar(
+    "chat_template_spans", default=None
+)
+
+
+@contextmanager
+def _tracking(blocks: list[str], spans: list[tuple[int, int]]) -> Iterator[None]:
+    token = _TRACKED.set((blocks, spans))
+    try:
+        yield
+    finally:
+        _TRACKED.reset(token)
+
+
 class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; rendering
-    only needs its body (transformers' AssistantTracker renders the same text)."""
+    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks: its body is
+    rendered as is, and its span in the text recorded (as transformers' AssistantTracker does)."""
 
     tags = {"generation"}
 
@@ -163,7 +231,13 @@ class _GenerationTag(jinja2.ext.Extension):
         return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
     def _body(self, caller: Any) -> str:
-        return caller()
+        text = caller()
+        tracked = _TRACKED.get()
+        if tracked is not None:
+            blocks, spans = tracked
+            start = sum(map(len, blocks))
+            spans.append((start, start + len(text)))
+        return text
 
 
 def _raise_exception(message: str) -> None:
