@@ -1,4 +1,4 @@
-"""`python -m lmfast.prepare ...` is exactly `lmfast prepare ...` (the seed's entry point)."""
+"""`python -m lmfast.prepare ...` is exactly `lmfast prepare ...` (the original entry point, kept)."""
 
 import sys
 

@@ -5,7 +5,7 @@ the same deterministic order, so it is decided once, here. Order is the sorted p
 (code point order, not the shell's locale); a file named twice, through a link or a link loop, is
 read once (`expand`). The format follows the name:
 `.jsonl`/`.ndjson` are JSON lines (one document a record), `.parquet` is Parquet (one document a
-row), anything else is the seed's delimited text; `.gz` and `.zst` after it are read as streams.
+row), anything else is delimited plain text; `.gz` and `.zst` after it are read as streams.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ checked against) plus its special tokens. `--tokenizer_cls_name` accepts:
   `merges.txt`) or a path to a `tokenizer.json` file;
 - `package.module:factory`, a zero-argument callable returning a `Tokenizer` (see below).
 
-How to add a new tokenizer (the seed's "How to implement new tokenizer", without subclassing)::
+How to add a new tokenizer (docs/tokenizers.md; no subclassing)::
 
     from tokenizers import Tokenizer as HFTokenizer
     from lmfast.data.tokenizers import Tokenizer, register_tokenizer

@@ -100,10 +100,10 @@ def _within(value: float, limits: dict[str, float]) -> bool:
 
 @dataclass
 class GenerationParams:
-    """How to continue a prompt. Defaults are the seed project's; bounds live in each field's metadata."""
+    """How to continue a prompt. Defaults are lmfast's (docs/serving.md's one rule); bounds live in each field's metadata."""
 
     max_new_tokens: int = field(default=64, metadata=bounds(ge=1, le=MAX_NEW_TOKENS_LIMIT))
-    """Tokens to generate after the prompt (the seed's `generation_max_len`)."""
+    """Tokens to generate after the prompt (the legacy route's `generation_max_len`)."""
     temperature: float = field(default=0.7, metadata=bounds(ge=0.0, le=100.0))
     """Softmax temperature; 0 means greedy decoding (argmax, no division by zero)."""
     top_k: int = field(default=50, metadata=bounds(ge=0))
@@ -117,7 +117,7 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     """Generation of a sequence ends when its text contains any of these; the stop text is cut off."""
     banned_words: list[str] = field(default_factory=list)
-    """Words never generated (every sub-token of each word is banned; the seed's `ignored_words`)."""
+    """Words never generated (every sub-token of each word is banned; the legacy route's `ignored_words`)."""
     seed: int | None = field(default=None, metadata=bounds(ge=0, lt=SEED_LIMIT))
     """Seed for reproducible sampling; None draws a fresh one."""
     ignore_eos: bool = False

@@ -86,7 +86,7 @@ class TextCodec:
 
     def banned_ids(self, words: list[str]) -> np.ndarray:
         """Every sub-token of each word, as written and after a space (GPT-2 BPE spells a word
-        differently at the start of a text and after a space), like the seed's `ignored_words`."""
+        differently at the start of a text and after a space), like the legacy route's `ignored_words`."""
         variants = sorted({v for word in words for v in (word, word.strip(), " " + word.strip())})
         encodings = self.tokenizer.encode_batch(variants, add_special_tokens=False) if variants else []
         return np.array(sorted({t for encoding in encodings for t in encoding.ids}), dtype=np.int64)

@@ -1,4 +1,4 @@
-"""`lmfast serve`: a FastAPI app with continuous batching, the seed's API and OpenAI's /v1/completions.
+"""`lmfast serve`: a FastAPI app with continuous batching, the legacy /generated_texts/ API and OpenAI's /v1/completions.
 
     from lmfast.serving import ServeConfig, create_app
     app = create_app(ServeConfig(model="data/exports/nietzsche"))   # the model loads at startup

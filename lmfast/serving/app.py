@@ -2,7 +2,7 @@
 
 The model is loaded in the lifespan (FastAPI "Lifespan Events"), never at import, and lives in the
 typed `ServerState` (deps.py) with its batching engine; shutdown stops admitting requests and
-finishes the running ones. Routes: the seed's API (routes/legacy.py), OpenAI's (routes/openai.py, routes/chat.py),
+finishes the running ones. Routes: the legacy API (routes/legacy.py), OpenAI's (routes/openai.py, routes/chat.py),
 vLLM's tokenizer endpoints (routes/tokenizer.py), `/metrics` and the playground page at `/`.
 
 In front of the routes, outermost first: request counting, CORS (only with
@@ -118,7 +118,7 @@ def create_app(
     app = FastAPI(
         title="lmfast",
         version=__version__,
-        summary="Text generation with continuous batching; the seed's API and OpenAI's /v1/completions.",
+        summary="Text generation with continuous batching; the legacy /generated_texts/ API and OpenAI's /v1 routes.",
         lifespan=lifespan,
         docs_url=None,  # served below, behind --api_key like every route but the public ones
         redoc_url=None,

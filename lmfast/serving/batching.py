@@ -72,7 +72,7 @@ class _Codec(Protocol):
 
 
 class _Session(Protocol):
-    """What the engine uses of `lmfast.generation`'s DecodeSession (contract 3)."""
+    """What the engine uses of `lmfast.generation`'s DecodeSession (docs/architecture.md)."""
 
     def admissible(self, sizes: Sequence[int]) -> int: ...
     def add_token_ids(

@@ -46,7 +46,7 @@ class RequestBody(BaseModel):
 
 
 class GeneratedTextsRequest(RequestBody):
-    """The seed's `POST /generated_texts/` body; fields left out take the model's defaults."""
+    """The legacy `POST /generated_texts/` body; fields left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -8,7 +8,7 @@ import sys
 from lmfast.flags import OneLineParser, add_config_flags
 from lmfast.train.config import TrainConfig
 
-# the seed's train script called it --model_path
+# older train scripts called it --model_path
 ALIASES = {"model": ["--model_path"]}
 
 

@@ -64,7 +64,7 @@ class TrainConfig:
     num_warmup_steps: int = 100
     """Linear learning-rate warmup, in optimizer steps."""
     num_cycles: int = 0
-    """Cosine cycles with hard restarts after warmup; 0 keeps the rate constant after warmup (the seed's default)."""
+    """Cosine cycles with hard restarts after warmup; 0 keeps the rate constant after warmup (the default)."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: use --max_epochs)."""
     max_epochs: int | None = None
@@ -99,7 +99,7 @@ class TrainConfig:
     log_every_n_steps: int = 10
     """Log training scalars every N steps."""
     seed: int = 228
-    """Seed for weights, data order and dropout (the seed project's default)."""
+    """Seed for weights, data order and dropout."""
     unlikelihood_alpha: float = 0.0
     """Weight of the unlikelihood-candidates loss (Welleck et al. 2019) against repeating context tokens; 0 disables."""
     dropout: float | None = None

@@ -45,7 +45,7 @@ def unlikelihood_candidates_loss(
 
     At each position t the candidates are the distinct tokens already in the context (`context[:, :t+1]`)
     other than the true next token; the loss is the mean of -log(1 - p(candidate)) over every
-    (position, candidate) pair. Unlike the seed's version, which compared against the current input
+    (position, candidate) pair. Unlike a naive version, which compared against the current input
     token, the candidates exclude the *target* (what the model should predict), and a token repeated
     in the context counts once.
 

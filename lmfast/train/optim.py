@@ -54,7 +54,7 @@ def warmup_cosine_lambda(
 ) -> Callable[[int], float]:
     """Learning-rate multiplier per optimizer step: linear warmup, then cosine with hard restarts.
 
-    `num_cycles` = 0 keeps the rate constant after warmup (the seed's default); n >= 1 runs n cosine
+    `num_cycles` = 0 keeps the rate constant after warmup (the default); n >= 1 runs n cosine
     decays to 0, each restarting at the peak (as `transformers`' cosine_with_hard_restarts schedule).
     """
 

@@ -23,7 +23,7 @@ ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
 
 
 def samples_of_documents(documents: list[list[int]], max_len: int, min_len: int) -> list[list[int]]:
-    """The test oracle, the seed's semantics in one line per step: whole documents' ids -> kept samples."""
+    """The test oracle, prepare's semantics in one line per step: whole documents' ids -> kept samples."""
     samples = []
     for tokens in documents:
         for i in range(0, len(tokens), max_len):

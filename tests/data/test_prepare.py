@@ -1,4 +1,4 @@
-"""prepare(): the seed example end to end, the docs/architecture.md §1 semantics, both dtypes, every engine."""
+"""prepare(): the Nietzsche example end to end, the docs/architecture.md §1 semantics, both dtypes, every engine."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""HTTP routes: the seed's API (`legacy`), the OpenAI-compatible one (`openai`) and vLLM's tokenizer endpoints (`tokenizer`)."""
+"""HTTP routes: the legacy /generated_texts/ API (`legacy`), the OpenAI-compatible one (`openai`) and vLLM's tokenizer endpoints (`tokenizer`)."""

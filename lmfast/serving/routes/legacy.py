@@ -1,4 +1,4 @@
-"""The seed project's API, kept so its clients (and the bot) work unchanged (docs/architecture.md §5)."""
+"""The legacy /generated_texts/ API, kept so its clients (and the bot) work unchanged (docs/architecture.md §5)."""
 
 from __future__ import annotations
 
