@@ -66,6 +66,15 @@ class OneLineParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line of at most `limit` characters: what a command prints before exit 2,
+    an HTTP 4xx carries, or a log line quotes (library errors often span lines or dump JSON)."""
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def unknown_flag(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
     """The error for the first `--flag` in ARGS that PARSER does not define, naming the closest one.
 

@@ -31,6 +31,7 @@ from lmfast.bot.handlers import COMMANDS, build_router
 from lmfast.bot.middlewares import AllowList, InFlight, RetryTelegramCalls, ValidText
 from lmfast.bot.ratelimit import RateLimiter
 from lmfast.bot.storage import Storage
+from lmfast.flags import one_line
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -212,17 +213,12 @@ async def _until_answered(
             if attempt == attempts.limit:
                 waited = asyncio.get_running_loop().time() - started
                 raise TelegramUnreachable(
-                    f"no answer after {attempt} attempts in {waited:.0f} s (last: {_one_line(error)})"
+                    f"no answer after {attempt} attempts in {waited:.0f} s (last: {one_line(error, 200)})"
                 ) from None
             logger.warning("Telegram not reachable (%s); retrying in %.1f s", error, backoff.next_delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(backoff))
     return None
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 async def _publish_commands(bot: Bot) -> None:

@@ -410,7 +410,7 @@ def first_difference(
     return None
 
 
-def _one_line(error: BaseException) -> str:
+def _first_line(error: BaseException) -> str:
     """The first line of an engine's error (Rust panics append a multi-line location)."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
@@ -464,11 +464,11 @@ def _first_identical(
         except BaseException as error:  # pyo3's PanicException derives from BaseException
             if requested != "auto":
                 raise ValueError(
-                    f"tokenizer engine {name!r} cannot serve {tokenizer.name}: {_one_line(error)}"
+                    f"tokenizer engine {name!r} cannot serve {tokenizer.name}: {_first_line(error)}"
                 ) from None
             # an expected outcome of the probe (a faster engine that does not fit this tokenizer):
             # one short line, for --log_level debug only; the chosen engine is logged at info
-            logger.debug("engine %s cannot serve %s (%s)", name, tokenizer.name, _one_line(error)[:100])
+            logger.debug("engine %s cannot serve %s (%s)", name, tokenizer.name, _first_line(error)[:100])
             continue
         if difference is None:
             return engine

@@ -41,6 +41,8 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from lmfast.flags import one_line
+
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 GPT2_DIR = ASSETS_DIR / "gpt2"
 GPT2_SPECIAL = "<|endoftext|>"
@@ -330,7 +332,7 @@ def _from_import_path(spec: str) -> Tokenizer:
         raise UnknownTokenizerError(f"cannot import tokenizer factory {spec!r} ({error})") from None
     except Exception as error:  # the module itself raised while being imported
         raise UnknownTokenizerError(
-            f"importing {module_name!r} failed: {type(error).__name__}: {_one_line(error)}"
+            f"importing {module_name!r} failed: {type(error).__name__}: {one_line(error)}"
         ) from None
     if not callable(factory):
         raise UnknownTokenizerError(f"{spec!r} is a {type(factory).__name__}, not a callable factory")
@@ -338,17 +340,13 @@ def _from_import_path(spec: str) -> Tokenizer:
         tokenizer = factory()
     except Exception as error:  # a user's factory: report it in one line, not a traceback
         raise UnknownTokenizerError(
-            f"factory {spec!r} failed: {type(error).__name__}: {_one_line(error)}"
+            f"factory {spec!r} failed: {type(error).__name__}: {one_line(error)}"
         ) from None
     if not isinstance(tokenizer, Tokenizer):
         raise UnknownTokenizerError(
             f"{spec!r} returned {type(tokenizer).__name__}, expected lmfast Tokenizer"
         )
     return tokenizer
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or "(no message)"
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lmfast.evaluation.config import EvalConfig, EvalError
+from lmfast.flags import one_line
 
 HEAD_CHUNK = 2048
 """Positions whose logits exist at once in the torch scorer: memory stays at HEAD_CHUNK x vocab
@@ -256,7 +257,7 @@ def load_model(config: EvalConfig) -> LoadedModel:
     except EvalError:
         raise
     except (ValueError, FileNotFoundError, OSError) as error:
-        raise EvalError("source", _one_line(error)) from None
+        raise EvalError("source", one_line(error, 400)) from None
 
 
 def _start_token(info: Any) -> int | None:
@@ -270,11 +271,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @dataclass

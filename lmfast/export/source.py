@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmfast.flags import one_line
 from lmfast.models.families import check_exportable
 from lmfast.models.source import ADAPTER_CONFIG, ModelSource, SourceKind, resolve_source
 
@@ -69,7 +70,7 @@ def _load_adapter(adapter_dir: Path) -> LoadedSource:
         adapter = json.loads(config_path.read_text(encoding="utf-8"))
         base = adapter.get("base_model_name_or_path")
     except (ValueError, UnicodeDecodeError, AttributeError) as error:
-        raise ValueError(f"{config_path}: not a PEFT adapter config ({_one_line(error)})") from error
+        raise ValueError(f"{config_path}: not a PEFT adapter config ({one_line(error)})") from error
     base_dir = Path(base) if isinstance(base, str) and base else None
     if base_dir is None or not (base_dir / "config.json").is_file():
         raise ValueError(
@@ -82,7 +83,7 @@ def _load_adapter(adapter_dir: Path) -> LoadedSource:
     try:
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).merge_and_unload()
     except Exception as error:  # peft, safetensors and torch each raise their own types
-        raise ValueError(f"{adapter_dir}: the adapter does not fit {base_dir}: {_one_line(error)}") from error
+        raise ValueError(f"{adapter_dir}: the adapter does not fit {base_dir}: {one_line(error)}") from error
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else loaded.tokenizer_dir
     description = {"kind": "lora_adapter", "path": str(adapter_dir.resolve()), "base_model": str(base_dir)}
     return LoadedSource(model.eval(), tokenizer_dir, description)
@@ -106,14 +107,9 @@ def _load_hf_dir(directory: Path) -> LoadedSource:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     except Exception as error:  # safetensors, torch and transformers each raise their own types
         raise ValueError(
-            f"{directory}: cannot read the model weights (truncated or corrupt?): {_one_line(error)}"
+            f"{directory}: cannot read the model weights (truncated or corrupt?): {one_line(error)}"
         ) from error
     return LoadedSource(model, directory, {"kind": "hf", "path": str(directory.resolve())})
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _load_checkpoint(path: Path) -> LoadedSource:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lmfast.flags import one_line
 from lmfast.generation.params import ParamError
 
 ConstraintKind = Literal["json_object", "json_schema", "regex", "choice"]
@@ -61,7 +62,7 @@ def grammar_text(constraint: Constraint) -> str:
         raise
     except Exception as exc:  # llguidance's own errors on odd input: the client's fault, one line
         raise ParamError(
-            constraint.field, f"is refused by the grammar compiler: {_one_line(str(exc))}"
+            constraint.field, f"is refused by the grammar compiler: {one_line(str(exc))}"
         ) from None
 
 
@@ -182,7 +183,7 @@ class Grammars:
         except Exception as exc:  # whatever the client sent must not become a 500
             error = f"{type(exc).__name__}: {exc}"
         if error:
-            raise ParamError(constraint.field, f"is refused by the grammar compiler: {_one_line(error)}")
+            raise ParamError(constraint.field, f"is refused by the grammar compiler: {one_line(error)}")
         return CompiledGrammar(grammar, prototype)
 
     def _trial_step(self, prototype: Any) -> str:
@@ -214,8 +215,3 @@ class Grammars:
         if matcher.is_error():
             raise ValueError(f"structured output: {matcher.get_error()}")
         return RowGrammar(matcher, self.tokenizer.vocab_size)
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
