@@ -1,0 +1,97 @@
+// lmfast's custom-op library for ONNX Runtime (domain "lmfast"), loaded with
+// SessionOptions.register_custom_ops_library. Nothing links libonnxruntime: the API comes from the
+// OrtApiBase* that RegisterCustomOps receives (built against the 1.21 headers; the C API is
+// append-only, so newer runtimes serve it).
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+#include "onnxruntime_lite_custom_op.h"
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bf16_matmul.h"
+#include "cpu_features.h"
+
+namespace {
+
+constexpr const char* kDomain = "lmfast";
+
+struct ParallelCall {
+  const std::function<void(size_t)>* task;
+};
+
+void call_task(void* data, size_t i) { (*static_cast<ParallelCall*>(data)->task)(i); }
+
+// Runs the tasks on the session's intra-op pool.
+lmfast::ParallelRunner pool_runner(OrtKernelContext* context) {
+  return [context](size_t count, const std::function<void(size_t)>& task) {
+    if (count <= 1) {
+      lmfast::run_serial(count, task);
+      return;
+    }
+    ParallelCall call{&task};
+    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, call_task, count, 0, &call));
+  };
+}
+
+int64_t leading_rows(const std::vector<int64_t>& shape) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  return rows;
+}
+
+// Bf16MatMul(A: float[..., K], B: bfloat16[N, K]) -> float[..., N]   (B is the transposed weight)
+Ort::Status Bf16MatMul(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                       const Ort::Custom::Tensor<Ort::BFloat16_t>& b, Ort::Custom::Tensor<float>& y) {
+  const std::vector<int64_t>& a_shape = a.Shape();
+  const std::vector<int64_t>& b_shape = b.Shape();
+  if (a_shape.empty() || b_shape.size() != 2 || b_shape[1] != a_shape.back())
+    return Ort::Status("lmfast.Bf16MatMul: expected A[..., K] and B[N, K]", ORT_INVALID_ARGUMENT);
+  const int64_t k = b_shape[1], n = b_shape[0], m = leading_rows(a_shape);
+  std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+  y_shape.push_back(n);
+  float* out = y.Allocate(y_shape);
+  lmfast::bf16_matmul(a.Data(), reinterpret_cast<const uint16_t*>(b.Data()), out, m, k, n,
+                      pool_runner(context));
+  return Ort::Status{nullptr};
+}
+
+std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& op_store() {
+  static std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
+  return ops;
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                   const OrtApiBase* api_base) {
+  Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  OrtStatus* status = nullptr;
+  try {
+    static std::unique_ptr<Ort::CustomOpDomain> domain;
+    if (!domain) {
+      domain = std::make_unique<Ort::CustomOpDomain>(kDomain);
+      auto& ops = op_store();
+      ops.emplace_back(Ort::Custom::CreateLiteCustomOp("Bf16MatMul", "CPUExecutionProvider", Bf16MatMul));
+      for (auto& op : ops) domain->Add(op.get());
+    }
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  } catch (const std::exception& e) {
+    status = Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+  return status;
+}
+
+// Which kernel path this process takes ("avx2" or "scalar"): lmfast logs it, tests check it.
+__attribute__((visibility("default"))) const char* lmfast_ortops_isa() {
+  return lmfast::selected_isa() == lmfast::Isa::kAvx2 ? "avx2" : "scalar";
+}
+
+}  // extern "C"
