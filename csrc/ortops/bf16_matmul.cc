@@ -67,18 +67,25 @@ template <int R, int C, typename W>
 __attribute__((target("avx2,fma"))) inline void tile(const float* x, const W* w, float* y, int64_t k,
                                                      int64_t n) {
   __m256 acc[R][C];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   const int64_t k8 = k & ~int64_t{7};
   for (int64_t j = 0; j < k8; j += 8) {
     __m256 xv[C];
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * k + j);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 wv = load8(w + r * k + j);
+#pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
       float sum = hsum(acc[r][c]);
       for (int64_t j = k8; j < k; ++j) sum += x[c * k + j] * weight_at(w + r * k, j);
@@ -86,11 +93,13 @@ __attribute__((target("avx2,fma"))) inline void tile(const float* x, const W* w,
     }
 }
 
-// One weight row, one activation row, two accumulators (batch 1's tail rows).
+// Every weight row of a block times C activation rows, 4 (or 8) weight rows at a time.
 template <int C, typename W>
 __attribute__((target("avx2,fma"))) void rows_by(const float* x, const W* w, float* y, int64_t k, int64_t n,
                                                  int64_t rows) {
   int64_t r = 0;
+  if (C == 1)  // one activation row: 8 weight rows give 8 independent FMA chains
+    for (; r + 8 <= rows; r += 8) tile<8, 1>(x, w + r * k, y + r, k, n);
   for (; r + 4 <= rows; r += 4) tile<4, C>(x, w + r * k, y + r, k, n);
   for (; r < rows; ++r) tile<1, C>(x, w + r * k, y + r, k, n);
 }
