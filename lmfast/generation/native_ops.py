@@ -178,10 +178,12 @@ def swap_bf16_matmuls(model: Any) -> int:
     return swapped
 
 
-def session_source(model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None) -> Any:
-    """What to hand `ort.InferenceSession` for `model_path`: the path itself (nothing to swap, the
-    CUDA provider, ops turned off or not built), or the rewritten graph's bytes, with the library
-    registered on `options`.
+def session_source(
+    model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None
+) -> tuple[str | bytes, int]:
+    """What to hand `ort.InferenceSession` for `model_path`, and how many ops were swapped: the
+    path itself and 0 (nothing to swap, the CUDA provider, ops turned off or not built), or the
+    rewritten graph's bytes, with the library registered on `options`.
 
     Raises:
         NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and the library or the onnx package is missing.
@@ -189,29 +191,29 @@ def session_source(model_path: Path, options: Any, provider: str = "cpu", enable
     if enabled is None:
         enabled = enabled_by_env()
     if provider != "cpu" or not enabled:
-        return str(model_path)
+        return str(model_path), 0
     library = library_path()
     if library is None:
-        return str(model_path)
+        return str(model_path), 0
     try:
         import onnx
     except ImportError as error:
         if _required():
             raise NativeOpsMissing("LMFAST_REQUIRE_NATIVE=1: lmfast's ONNX Runtime ops need onnx") from error
         _log_no_onnx()
-        return str(model_path)
+        return str(model_path), 0
     model = onnx.load(str(model_path))
     swapped = swap_bf16_matmuls(model)
     if not swapped:
-        return str(model_path)
+        return str(model_path), 0
     if model.ByteSize() >= _PROTOBUF_LIMIT:
         logger.warning(
             "%s: the rewritten graph exceeds protobuf's 2 GiB; running ONNX Runtime's ops", model_path
         )
-        return str(model_path)
+        return str(model_path), 0
     options.register_custom_ops_library(str(library))
     logger.info("%s: %d ops swapped for lmfast's (%s kernels)", model_path, swapped, isa())
-    return model.SerializeToString()
+    return model.SerializeToString(), swapped
 
 
 @functools.cache

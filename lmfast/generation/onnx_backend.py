@@ -77,6 +77,8 @@ class OnnxBackend(NumpyCacheOps):
 
     def __init__(self, session: ort.InferenceSession, provider: str = "cpu") -> None:
         self.session = session
+        self.swapped_ops = 0
+        """How many of the graph's ops lmfast's own replaced (lmfast.generation.native_ops)."""
         self.provider = provider
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = sorted(
@@ -130,10 +132,12 @@ class OnnxBackend(NumpyCacheOps):
                 )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         options = session_options(num_threads, spin_us)
-        source = session_source(Path(directory) / "model.onnx", options, provider, native_ops)
+        source, swapped = session_source(Path(directory) / "model.onnx", options, provider, native_ops)
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
         logger.info("loaded %s on %s", directory, session.get_providers()[0])
-        return cls(session, provider)
+        backend = cls(session, provider)
+        backend.swapped_ops = swapped
+        return backend
 
     def forward(
         self,

@@ -31,8 +31,9 @@ def test_bf16_export_greedy_equal_with_and_without_lmfast_ops(
     batch = [prompts[0], prompts[1], prompts[3]]
     with caplog.at_level("INFO", logger="lmfast.generation.native_ops"):
         ours = Generator.load(bf16_dir)
-    assert "ops swapped for lmfast's" in caplog.text
+    assert "ops swapped for lmfast's" in caplog.text and ours.backend.swapped_ops > 0
     monkeypatch.setenv("LMFAST_NATIVE_OPS", "0")
     stock = Generator.load(bf16_dir)
+    assert stock.backend.swapped_ops == 0
     assert ours(batch, params) == stock(batch, params)
     assert [ours([p], params)[0] for p in batch] == ours(batch, params)  # batch-invariant too
