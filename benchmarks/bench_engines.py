@@ -167,7 +167,8 @@ def export_engine(output: Path, engine: str, tier: str, threads: int, native_ops
     from lmfast.generation.onnx_backend import OnnxBackend
     from lmfast.generation.text import TextCodec
 
-    backend = OnnxBackend.load(output, num_threads=threads, native_ops=native_ops)
+    # native: the swaps LMFAST_NATIVE_OPS names (unset: lmfast's defaults); stock: none
+    backend = OnnxBackend.load(output, num_threads=threads, native_ops=None if native_ops else False)
     codec = TextCodec.load(output)
     info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
 

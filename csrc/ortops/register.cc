@@ -8,11 +8,13 @@
 #include "onnxruntime_lite_custom_op.h"
 
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "bf16_matmul.h"
+#include "qmatmul.h"
 #include "cpu_features.h"
 
 namespace {
@@ -22,6 +24,9 @@ constexpr const char* kDomain = "lmfast";
 struct ParallelCall {
   const std::function<void(size_t)>* task;
 };
+
+// At most this many batches of tasks per call: fewer hand-offs between the pool's threads.
+constexpr size_t kMaxBatches = 8;
 
 void call_task(void* data, size_t i) { (*static_cast<ParallelCall*>(data)->task)(i); }
 
@@ -33,7 +38,7 @@ lmfast::ParallelRunner pool_runner(OrtKernelContext* context) {
       return;
     }
     ParallelCall call{&task};
-    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, call_task, count, 0, &call));
+    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, call_task, count, kMaxBatches, &call));
   };
 }
 
@@ -59,6 +64,48 @@ Ort::Status Bf16MatMul(OrtKernelContext* context, const Ort::Custom::Tensor<floa
   return Ort::Status{nullptr};
 }
 
+// QuantizedMatMul(A: float[..., K], B: uint8[N, blocks, block * bits / 8], scales: float[N * blocks],
+//                 zero_points: optional uint8) -> float[..., N]; attributes K, N, bits (4 or 8),
+// block_size: MatMulNBits' inputs and attributes, as the file holds them.
+struct QuantizedMatMul {
+  int64_t k, n, bits, block;
+
+  QuantizedMatMul(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    k = attributes.GetAttribute<int64_t>("K");
+    n = attributes.GetAttribute<int64_t>("N");
+    bits = attributes.GetAttribute<int64_t>("bits");
+    block = attributes.GetAttribute<int64_t>("block_size");
+    if ((bits != 4 && bits != 8) || block < 2 || (block * bits) % 8 != 0 || k < 1 || n < 1)
+      ORT_CXX_API_THROW("lmfast.QuantizedMatMul: bits must be 4 or 8 and K, N, block_size positive",
+                        ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<uint8_t>& b, const Ort::Custom::Tensor<float>& scales,
+                      std::optional<const Ort::Custom::Tensor<uint8_t>*> zero_points,
+                      Ort::Custom::Tensor<float>& y) {
+    const std::vector<int64_t>& a_shape = a.Shape();
+    lmfast::BlockQuantized w{b.Data(), scales.Data(), nullptr, n, k, block, bits};
+    const int64_t b_bytes = n * w.blocks() * w.blob_bytes();
+    if (a_shape.empty() || a_shape.back() != k || b.NumberOfElement() != b_bytes ||
+        scales.NumberOfElement() != n * w.blocks())
+      return Ort::Status("lmfast.QuantizedMatMul: A, B or scales do not match K, N, bits, block_size",
+                         ORT_INVALID_ARGUMENT);
+    if (zero_points.has_value() && *zero_points != nullptr) {
+      if ((*zero_points)->NumberOfElement() != n * w.zero_point_row_bytes())
+        return Ort::Status("lmfast.QuantizedMatMul: zero_points do not match N and the blocks",
+                           ORT_INVALID_ARGUMENT);
+      w.zero_points = (*zero_points)->Data();
+    }
+    std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+    y_shape.push_back(n);
+    float* out = y.Allocate(y_shape);
+    lmfast::quantized_matmul(a.Data(), w, out, leading_rows(a_shape), pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
+
 std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& op_store() {
   static std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
   return ops;
@@ -80,6 +127,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       domain = std::make_unique<Ort::CustomOpDomain>(kDomain);
       auto& ops = op_store();
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp("Bf16MatMul", "CPUExecutionProvider", Bf16MatMul));
+      ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
       for (auto& op : ops) domain->Add(op.get());
     }
     Ort::UnownedSessionOptions(options).Add(*domain);

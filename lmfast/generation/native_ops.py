@@ -7,10 +7,16 @@ provider runs slowly for lmfast's ops (domain "lmfast"), and registers the libra
 - `Cast(bfloat16 weight) -> MatMul / Gemm(transB=1)` (what `--precision bf16` writes) becomes
   `lmfast.Bf16MatMul(A, W[N, K] in bf16)`, which reads 2 bytes per weight where ONNX Runtime
   folds the Cast into an fp32 copy and reads 4.
+- `com.microsoft.MatMulNBits` (what `--quantize int8/int4` writes; 4 or 8 bits, any block size,
+  with or without zero points) becomes `lmfast.QuantizedMatMul` over the same initializers, which
+  quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
+  exact integer products (vpmaddwd on AVX2). Off unless LMFAST_NATIVE_OPS names "nbits":
+  see docs/kernels.md for the figures that decide the default.
 
 Without the library (no headers or compiler at install time), lmfast runs ONNX Runtime's own ops
-and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS=0 turns the
-swap off (the stock-op side of a comparison); LMFAST_ORTOPS_ISA=scalar forces the portable path.
+and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS picks the swaps:
+0 none (the stock-op side of a comparison), a comma-separated list of "bf16" and "nbits", unset
+`DEFAULT_SWAPS`. LMFAST_ORTOPS_ISA=scalar forces the portable kernels.
 """
 
 from __future__ import annotations
@@ -40,9 +46,27 @@ def _required() -> bool:
     return os.environ.get("LMFAST_REQUIRE_NATIVE") == "1"
 
 
-def enabled_by_env() -> bool:
-    """LMFAST_NATIVE_OPS=0 turns lmfast's ops off; anything else (or unset) leaves them on."""
-    return os.environ.get("LMFAST_NATIVE_OPS", "1") != "0"
+SWAPS = ("bf16", "nbits")
+DEFAULT_SWAPS = ("bf16",)
+"""The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
+
+
+def swaps_from_env() -> tuple[str, ...]:
+    """The swaps LMFAST_NATIVE_OPS asks for: "0" none, "1" or unset `DEFAULT_SWAPS`, else a list.
+
+    Raises:
+        ValueError: a name that is not one of `SWAPS`.
+    """
+    value = os.environ.get("LMFAST_NATIVE_OPS", "1").strip()
+    if value in ("1", ""):
+        return DEFAULT_SWAPS
+    if value == "0":
+        return ()
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(SWAPS))
+    if unknown:
+        raise ValueError(f"LMFAST_NATIVE_OPS: unknown {unknown}; expected 0, 1 or a list of {list(SWAPS)}")
+    return names
 
 
 @functools.cache
@@ -73,6 +97,55 @@ def isa() -> str | None:
     function = ctypes.CDLL(str(path)).lmfast_ortops_isa
     function.restype = ctypes.c_char_p
     return function().decode()
+
+
+def quantize_activations(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of A[..., K] as integers in [-127, 127] per `block` elements, and each block's scale
+    (max |x| / 127; x = q * scale), as lmfast.QuantizedMatMul rounds them (fp32, nearest even)."""
+    k = a.shape[-1]
+    blocks = -(-k // block)
+    padded = np.zeros((*a.shape[:-1], blocks * block), dtype=np.float32)
+    padded[..., :k] = a
+    padded = padded.reshape(*a.shape[:-1], blocks, block)
+    amax = np.abs(padded).max(axis=-1)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(padded * inverse[..., None]).astype(np.int64)
+    return q, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def quantized_matmul_reference(
+    a: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    k: int,
+    bits: int,
+    block: int,
+) -> np.ndarray:
+    """What lmfast.QuantizedMatMul computes, in NumPy: A's rows quantized per block
+    (`quantize_activations`), the exact integer dot of each block with the weights' integers from
+    MatMulNBits' layout (4 bits: element 2i in the low nibble of byte i; zero points packed the
+    same way, default 2^(bits - 1)), then sum over blocks of scale_w * scale_x * (dot - zero point
+    * sum xq), in float64."""
+    n, blocks = packed.shape[0], -(-k // block)
+    raw = packed.reshape(n, blocks, -1)
+    if bits == 4:
+        raw = np.stack([raw & 0x0F, raw >> 4], axis=-1)
+    q = raw.reshape(n, blocks, block).astype(np.int64)
+    valid = (np.arange(blocks * block) < k).reshape(blocks, block)
+    q = q * valid  # a block cut short by K: its padding never counts
+    if zero_points is None:
+        zero = np.full((n, blocks), 1 << (bits - 1), dtype=np.int64)
+    else:
+        zero = zero_points.reshape(n, -1)
+        if bits == 4:
+            zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(n, -1)
+        zero = zero[:, :blocks].astype(np.int64)
+    xq, x_scales = quantize_activations(a, block)  # [..., blocks, block], [..., blocks]
+    dots = np.einsum("...bi,nbi->...nb", xq, q) - zero * xq.sum(axis=-1)[..., None, :]
+    w_scales = scales.reshape(n, blocks).astype(np.float64)
+    return (dots * w_scales * x_scales[..., None, :].astype(np.float64)).sum(axis=-1).astype(np.float32)
 
 
 def bf16_matmul_reference(a: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:
@@ -178,6 +251,47 @@ def swap_bf16_matmuls(model: Any) -> int:
     return swapped
 
 
+def swap_nbits_matmuls(model: Any) -> int:
+    """Rewrite `model` (an onnx ModelProto, in place): each MatMulNBits of 4 or 8 bits over fp32
+    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.QuantizedMatMul over
+    the same inputs and K, N, bits, block_size. Returns the count."""
+    import onnx
+
+    graph = model.graph
+    initializers = _initializers(graph)
+    swapped = 0
+    for node in graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        if not 3 <= len(inputs) <= 4 or _attribute(node, "bits", 4) not in (4, 8):
+            continue
+        scales = initializers.get(inputs[2])
+        if scales is None or scales.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if len(inputs) == 4:
+            zero_points = initializers.get(inputs[3])
+            if zero_points is None or zero_points.data_type != onnx.TensorProto.UINT8:
+                continue
+        attributes = {
+            "K": _attribute(node, "K", 0),
+            "N": _attribute(node, "N", 0),
+            "bits": _attribute(node, "bits", 4),
+            "block_size": _attribute(node, "block_size", 0),
+        }
+        del node.input[:]
+        node.input.extend(inputs)
+        del node.attribute[:]
+        node.attribute.extend(onnx.helper.make_attribute(name, value) for name, value in attributes.items())
+        node.op_type, node.domain = "QuantizedMatMul", DOMAIN
+        swapped += 1
+    if swapped and not any(opset.domain == DOMAIN for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    return swapped
+
+
 def session_source(
     model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None
 ) -> tuple[str | bytes, int]:
@@ -188,9 +302,8 @@ def session_source(
     Raises:
         NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and the library or the onnx package is missing.
     """
-    if enabled is None:
-        enabled = enabled_by_env()
-    if provider != "cpu" or not enabled:
+    swaps = swaps_from_env() if enabled is None else (DEFAULT_SWAPS if enabled else ())
+    if provider != "cpu" or not swaps:
         return str(model_path), 0
     library = library_path()
     if library is None:
@@ -203,7 +316,9 @@ def session_source(
         _log_no_onnx()
         return str(model_path), 0
     model = onnx.load(str(model_path))
-    swapped = swap_bf16_matmuls(model)
+    swapped = (swap_bf16_matmuls(model) if "bf16" in swaps else 0) + (
+        swap_nbits_matmuls(model) if "nbits" in swaps else 0
+    )
     if not swapped:
         return str(model_path), 0
     if model.ByteSize() >= _PROTOBUF_LIMIT:

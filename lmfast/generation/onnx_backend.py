@@ -119,7 +119,8 @@ class OnnxBackend(NumpyCacheOps):
         native_ops: bool | None = None,
     ) -> OnnxBackend:
         """Open `directory/model.onnx` on the CPU or CUDA execution provider; on the CPU, with
-        lmfast's own ops swapped in (lmfast.generation.native_ops; None: unless LMFAST_NATIVE_OPS=0).
+        lmfast's own ops swapped in (lmfast.generation.native_ops; None: those LMFAST_NATIVE_OPS names,
+        True: the default swaps, False: none).
 
         Raises:
             ValueError: provider "cuda" without onnxruntime-gpu / a visible GPU.

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from lmfast.generation import native_ops
-from lmfast.generation.native_ops import DOMAIN, bf16_matmul_reference, swap_bf16_matmuls
+from lmfast.generation.native_ops import (
+    DOMAIN,
+    bf16_matmul_reference,
+    quantized_matmul_reference,
+    swap_bf16_matmuls,
+)
 
 REQUIRED = os.environ.get("LMFAST_REQUIRE_NATIVE") == "1"
 LIBRARY = native_ops.library_path()
@@ -231,3 +236,132 @@ def test_missing_library_falls_back_or_fails_as_required(monkeypatch, tmp_path, 
         assert "running ONNX Runtime's own ops" in caplog.text
     finally:
         native_ops.library_path.cache_clear()
+
+
+def _nbits_model(
+    rows: int, k: int, n: int, bits: int, block: int, packed, scales, zero_points, op: str
+) -> onnx.ModelProto:
+    """One MatMulNBits (op "stock", accuracy_level 0) or lmfast.QuantizedMatMul over the same inputs."""
+    initializers = [
+        helper.make_tensor("B", TensorProto.UINT8, list(packed.shape), packed.tobytes(), raw=True),
+        helper.make_tensor("scales", TensorProto.FLOAT, list(scales.shape), scales.tobytes(), raw=True),
+    ]
+    inputs = ["A", "B", "scales"]
+    if zero_points is not None:
+        initializers.append(
+            helper.make_tensor(
+                "zp", TensorProto.UINT8, list(zero_points.shape), zero_points.tobytes(), raw=True
+            )
+        )
+        inputs.append("zp")
+    attributes = {"K": k, "N": n, "bits": bits, "block_size": block}
+    if op == "stock":
+        node = helper.make_node(
+            "MatMulNBits", inputs, ["Y"], domain="com.microsoft", accuracy_level=0, **attributes
+        )
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    else:
+        node = helper.make_node("QuantizedMatMul", inputs, ["Y"], domain=DOMAIN, **attributes)
+        opsets = OPSETS
+    graph = helper.make_graph(
+        [node],
+        "nbits",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [rows, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def _random_nbits(rng, k: int, n: int, bits: int, block: int, with_zero_points: bool, zero_blocks: bool):
+    blocks = -(-k // block)
+    packed = rng.integers(0, 256, size=(n, blocks, block * bits // 8), dtype=np.uint8)
+    scales = (rng.random((n * blocks,), dtype=np.float32) * 0.1).astype(np.float32)
+    if zero_blocks:  # whole blocks that dequantize to zero
+        scales[::3] = 0.0
+    zero_points = None
+    if with_zero_points:
+        zero_points = rng.integers(0, 256, size=(n * ((blocks * bits + 7) // 8),), dtype=np.uint8)
+    return packed, scales, zero_points
+
+
+@needs_library
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=shapes,
+    bits=st.sampled_from([4, 8]),
+    block=st.sampled_from([16, 32, 64, 128]),
+    with_zero_points=st.booleans(),
+    zero_blocks=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_quantized_matmul_matches_reference_and_matmulnbits(
+    kernel_path, shape, bits, block, with_zero_points, zero_blocks, seed
+):
+    rows, k, n = shape
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    packed, scales, zero_points = _random_nbits(rng, k, n, bits, block, with_zero_points, zero_blocks)
+    args = (rows, k, n, bits, block, packed, scales, zero_points)
+    ours = _session(_nbits_model(*args, op="lmfast"), True).run(None, {"A": a})[0]
+    expected = quantized_matmul_reference(a, packed, scales, zero_points, k, bits, block)
+    weight = _dequantized(packed, scales, zero_points, k, bits, block)
+    # the integer dots are exact: what is left is fp32 rounding of the per-block terms
+    magnitude = np.abs(a).astype(np.float64) @ np.abs(weight).T
+    assert ours.shape == (rows, n)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=float(1e-5 * magnitude.max(initial=0) + 1e-6))
+    # against MatMulNBits at fp32 (accuracy_level 0): the activations' rounding, at most half a step
+    # (max |x| of the block / 254) per element
+    stock = _session(_nbits_model(*args, op="stock"), False).run(None, {"A": a})[0]
+    step = np.abs(a).max(initial=0) / 254
+    bound = step * np.abs(weight).sum(axis=1)[None, :] + 1e-5 * magnitude + 1e-6
+    assert (np.abs(ours - stock) <= bound).all()
+
+
+def _dequantized(packed, scales, zero_points, k: int, bits: int, block: int) -> np.ndarray:
+    """W[N, K] in float64 as MatMulNBits defines it: (q - zero point) * scale."""
+    rows = []
+    for row in range(packed.shape[0]):
+        blocks = -(-k // block)
+        raw = packed[row].reshape(blocks, -1)
+        if bits == 4:
+            raw = np.stack([raw & 0x0F, raw >> 4], axis=-1)
+        q = raw.reshape(-1)[:k].astype(np.float64)
+        if zero_points is None:
+            zero = np.full(blocks, 1 << (bits - 1), dtype=np.float64)
+        else:
+            per_row = zero_points.reshape(packed.shape[0], -1)[row]
+            if bits == 4:
+                per_row = np.stack([per_row & 0x0F, per_row >> 4], axis=-1).reshape(-1)
+            zero = per_row[:blocks].astype(np.float64)
+        scale = scales.reshape(packed.shape[0], blocks)[row].astype(np.float64)
+        which = np.arange(k) // block
+        rows.append((q - zero[which]) * scale[which])
+    return np.array(rows).reshape(packed.shape[0], k)
+
+
+@needs_library
+def test_swap_rewrites_matmulnbits_and_keeps_unusual_ones():
+    rng = np.random.default_rng(3)
+    packed, scales, zero_points = _random_nbits(rng, 40, 12, 4, 32, True, False)
+    model = _nbits_model(2, 40, 12, 4, 32, packed, scales, zero_points, op="stock")
+    a = rng.standard_normal((2, 40)).astype(np.float32)
+    assert native_ops.swap_nbits_matmuls(model) == 1
+    assert [(node.domain, node.op_type) for node in model.graph.node] == [(DOMAIN, "QuantizedMatMul")]
+    expected = quantized_matmul_reference(a, packed, scales, zero_points, 40, 4, 32)
+    np.testing.assert_allclose(_session(model, True).run(None, {"A": a})[0], expected, rtol=1e-5, atol=1e-5)
+    with_bias = _nbits_model(2, 40, 12, 4, 32, packed, scales, zero_points, op="stock")
+    with_bias.graph.node[0].input.extend(["", "bias"])  # g_idx absent, bias present: left alone
+    assert native_ops.swap_nbits_matmuls(with_bias) == 0
+
+
+def test_native_ops_env_names_the_swaps(monkeypatch):
+    monkeypatch.delenv("LMFAST_NATIVE_OPS", raising=False)
+    assert native_ops.swaps_from_env() == native_ops.DEFAULT_SWAPS
+    monkeypatch.setenv("LMFAST_NATIVE_OPS", "0")
+    assert native_ops.swaps_from_env() == ()
+    monkeypatch.setenv("LMFAST_NATIVE_OPS", "bf16, nbits")
+    assert native_ops.swaps_from_env() == ("bf16", "nbits")
+    monkeypatch.setenv("LMFAST_NATIVE_OPS", "int3")
+    with pytest.raises(ValueError, match="LMFAST_NATIVE_OPS: unknown \\['int3'\\]"):
+        native_ops.swaps_from_env()
