@@ -451,13 +451,6 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def divergence(reference: list[int], candidate: list[int]) -> int:
-    for index, (a, b) in enumerate(zip(reference, candidate, strict=False)):
-        if a != b:
-            return index
-    return min(len(reference), len(candidate))
-
-
 def text_ids(tokenizer, count: int, offset: int) -> list[int]:
     """`count` token ids of Gutenberg prose starting `offset` characters in (past the header)."""
     text = GUTENBERG.read_text(encoding="utf-8", errors="replace")[offset : offset + 12 * count]
@@ -511,6 +504,8 @@ def time_cell(engines: list[Engine], prompts: list[list[int]], n: int, rounds: i
 
 def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
+
+    from lmfast.export.parity import divergence  # the export's own count: all steps when identical
 
     work = args.work / label
     work.mkdir(parents=True, exist_ok=True)
