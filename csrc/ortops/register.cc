@@ -48,21 +48,33 @@ int64_t leading_rows(const std::vector<int64_t>& shape) {
   return rows;
 }
 
-// Bf16MatMul(A: float[..., K], B: bfloat16[N, K]) -> float[..., N]   (B is the transposed weight)
-Ort::Status Bf16MatMul(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
-                       const Ort::Custom::Tensor<Ort::BFloat16_t>& b, Ort::Custom::Tensor<float>& y) {
-  const std::vector<int64_t>& a_shape = a.Shape();
-  const std::vector<int64_t>& b_shape = b.Shape();
-  if (a_shape.empty() || b_shape.size() != 2 || b_shape[1] != a_shape.back())
-    return Ort::Status("lmfast.Bf16MatMul: expected A[..., K] and B[N, K]", ORT_INVALID_ARGUMENT);
-  const int64_t k = b_shape[1], n = b_shape[0], m = leading_rows(a_shape);
-  std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
-  y_shape.push_back(n);
-  float* out = y.Allocate(y_shape);
-  lmfast::bf16_matmul(a.Data(), reinterpret_cast<const uint16_t*>(b.Data()), out, m, k, n,
-                      pool_runner(context));
-  return Ort::Status{nullptr};
-}
+// Bf16MatMul(A: float[..., K], B: bfloat16 tiles) -> float[..., N]; attributes K, N. B is W[N, K]
+// in the tiled layout of bf16_matmul.h: [ceil(N / 8), ceil(K / 8), 8, 8].
+struct Bf16MatMul {
+  int64_t k, n;
+
+  Bf16MatMul(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    k = attributes.GetAttribute<int64_t>("K");
+    n = attributes.GetAttribute<int64_t>("N");
+    if (k < 1 || n < 1) ORT_CXX_API_THROW("lmfast.Bf16MatMul: K and N must be positive", ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<Ort::BFloat16_t>& b, Ort::Custom::Tensor<float>& y) {
+    const std::vector<int64_t>& a_shape = a.Shape();
+    const int64_t tiled = lmfast::tiles_of(n) * lmfast::tiles_of(k) * lmfast::kTile * lmfast::kTile;
+    if (a_shape.empty() || a_shape.back() != k || b.NumberOfElement() != tiled)
+      return Ort::Status("lmfast.Bf16MatMul: expected A[..., K] and B of ceil(N/8) x ceil(K/8) 8 x 8 tiles",
+                         ORT_INVALID_ARGUMENT);
+    std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+    y_shape.push_back(n);
+    float* out = y.Allocate(y_shape);
+    lmfast::bf16_matmul(a.Data(), reinterpret_cast<const uint16_t*>(b.Data()), out, leading_rows(a_shape), k, n,
+                        pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
 
 // QuantizedMatMul(A: float[..., K], B: uint8[N, blocks, block * bits / 8], scales: float[N * blocks],
 //                 zero_points: optional uint8) -> float[..., N]; attributes K, N, bits (4 or 8),
@@ -126,7 +138,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
     if (!domain) {
       domain = std::make_unique<Ort::CustomOpDomain>(kDomain);
       auto& ops = op_store();
-      ops.emplace_back(Ort::Custom::CreateLiteCustomOp("Bf16MatMul", "CPUExecutionProvider", Bf16MatMul));
+      ops.emplace_back(Ort::Custom::CreateLiteCustomOp<Bf16MatMul>("Bf16MatMul", "CPUExecutionProvider"));
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
       for (auto& op : ops) domain->Add(op.get());
     }

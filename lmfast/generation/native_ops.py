@@ -5,8 +5,9 @@ provider, `session_source` rewrites the graph in memory, swapping patterns that 
 provider runs slowly for lmfast's ops (domain "lmfast"), and registers the library on the session:
 
 - `Cast(bfloat16 weight) -> MatMul / Gemm(transB=1)` (what `--precision bf16` writes) becomes
-  `lmfast.Bf16MatMul(A, W[N, K] in bf16)`, which reads 2 bytes per weight where ONNX Runtime
-  folds the Cast into an fp32 copy and reads 4.
+  `lmfast.Bf16MatMul(A, tiles)`, which reads 2 bytes per weight where ONNX Runtime folds the Cast
+  into an fp32 copy and reads 4; the weight is laid out in 8 x 8 tiles (`bf16_tiles`) so that a
+  batch-1 step reads it as one sequential stream.
 - `com.microsoft.MatMulNBits` (what `--quantize int8/int4` writes; 4 or 8 bits, any block size,
   with or without zero points) becomes `lmfast.QuantizedMatMul` over the same initializers, which
   quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
@@ -155,6 +156,19 @@ def bf16_matmul_reference(a: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) @ weight.astype(np.float64).T).astype(np.float32)
 
 
+TILE = 8
+
+
+def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
+    """W[N, K] (bf16 bits) in lmfast.Bf16MatMul's layout: [ceil(N/8), ceil(K/8), 8, 8], each 8 x 8
+    tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
+    n, k = weight_bits.shape
+    groups, chunks = -(-n // TILE), -(-k // TILE)
+    padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
+    padded[:n, :k] = weight_bits
+    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
+
+
 def _initializers(graph: Any) -> dict[str, Any]:
     return {tensor.name: tensor for tensor in graph.initializer}
 
@@ -199,8 +213,8 @@ def _plain_linear(node: Any, position: int) -> str | None:
 
 def swap_bf16_matmuls(model: Any) -> int:
     """Rewrite `model` (an onnx ModelProto, in place): each MatMul / Gemm(transB=1) whose weight is a
-    Cast of a 2-D bfloat16 initializer becomes lmfast.Bf16MatMul over that weight in [N, K]
-    (transposed once here for MatMul). Casts left without users are dropped. Returns the count."""
+    Cast of a 2-D bfloat16 initializer becomes lmfast.Bf16MatMul over that weight in `bf16_tiles`'
+    layout (written here, once per weight). Casts left without users are dropped. Returns the count."""
     import onnx
 
     graph = model.graph
@@ -221,17 +235,21 @@ def swap_bf16_matmuls(model: Any) -> int:
             layout = None if node is None else _plain_linear(node, position)
             if layout is None:
                 continue
-            name = source.name if layout == "nk" else f"{source.name}_lmfast_nk"
-            if layout == "kn" and name not in added:
-                k, n = source.dims
-                bits = np.frombuffer(source.raw_data, dtype=np.uint16).reshape(k, n)
+            bits = np.frombuffer(source.raw_data, dtype=np.uint16).reshape(tuple(source.dims))
+            if layout == "kn":
+                bits = bits.T
+            n, k = bits.shape
+            name = f"{source.name}_lmfast_{layout}_tiles"
+            if name not in added:
+                tiles = bf16_tiles(bits)
                 added[name] = onnx.helper.make_tensor(
-                    name, onnx.TensorProto.BFLOAT16, [n, k], np.ascontiguousarray(bits.T).tobytes(), raw=True
+                    name, onnx.TensorProto.BFLOAT16, list(tiles.shape), tiles.tobytes(), raw=True
                 )
             operands = [node.input[0], name]
             del node.input[:]
             node.input.extend(operands)
             del node.attribute[:]
+            node.attribute.extend([onnx.helper.make_attribute("K", k), onnx.helper.make_attribute("N", n)])
             node.op_type, node.domain = "Bf16MatMul", DOMAIN
             swapped += 1
         if all(node is not None and node.domain == DOMAIN for node, _ in users):

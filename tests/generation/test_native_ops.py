@@ -45,9 +45,10 @@ def _session(model: onnx.ModelProto, with_library: bool) -> ort.InferenceSession
 
 def _bf16_op_model(rows: int, weight_bits: np.ndarray) -> onnx.ModelProto:
     n, k = weight_bits.shape
-    weight = helper.make_tensor("W", TensorProto.BFLOAT16, [n, k], weight_bits.tobytes(), raw=True)
+    tiles = native_ops.bf16_tiles(weight_bits)
+    weight = helper.make_tensor("W", TensorProto.BFLOAT16, list(tiles.shape), tiles.tobytes(), raw=True)
     graph = helper.make_graph(
-        [helper.make_node("Bf16MatMul", ["A", "W"], ["Y"], domain=DOMAIN)],
+        [helper.make_node("Bf16MatMul", ["A", "W"], ["Y"], domain=DOMAIN, K=k, N=n)],
         "bf16_matmul",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [rows, k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
@@ -142,7 +143,7 @@ def test_bf16_matmul_rejects_mismatched_shapes():
     model = _bf16_op_model(2, bits)
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 7]))
     session = _session(model, True)
-    with pytest.raises(Exception, match="lmfast.Bf16MatMul: expected A"):
+    with pytest.raises(Exception, match="lmfast.Bf16MatMul: expected A"):  # K is 8
         session.run(None, {"A": np.ones((2, 7), np.float32)})
 
 
@@ -191,10 +192,18 @@ def test_swap_rewrites_bf16_linears_and_keeps_the_embedding_cast():
     assert ops.count((DOMAIN, "Bf16MatMul")) == 2 and ("", "MatMul") not in ops and ("", "Gemm") not in ops
     assert ops.count(("", "Cast")) == 1  # the Gather still reads the lm_head through its Cast
     names = {tensor.name for tensor in rewritten.graph.initializer}
-    assert names == {"head_bf16", "hidden_bf16_lmfast_nk"}
+    assert names == {"head_bf16", "head_bf16_lmfast_nk_tiles", "hidden_bf16_lmfast_kn_tiles"}
     ours = _session(rewritten, True).run(None, feeds)[0]
     np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-3)
     assert swap_bf16_matmuls(model) == 2 and swap_bf16_matmuls(model) == 0  # nothing left to swap
+
+
+def test_bf16_tiles_layout():
+    bits = np.arange(10 * 11, dtype=np.uint16).reshape(10, 11)
+    tiles = native_ops.bf16_tiles(bits)
+    assert tiles.shape == (2, 2, 8, 8)
+    assert tiles[1, 1, 1, 2] == bits[9, 10] and tiles[0, 1, 3, 0] == bits[3, 8]
+    assert tiles[1, 0, 2:].sum() == 0 and tiles[0, 1, :, 3:].sum() == 0  # the padding
 
 
 def test_swap_leaves_fp32_and_unusual_linears_alone():
