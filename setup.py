@@ -5,7 +5,9 @@ Python/NumPy references take over); CI sets LMFAST_REQUIRE_NATIVE=1 so a broken
 build cannot hide behind the fallback.
 """
 
+import glob
 import os
+import subprocess
 
 import numpy
 from setuptools import Extension, setup
@@ -42,6 +44,40 @@ else:
             ),
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    )
+
+
+def ort_headers() -> str | None:
+    """ONNX Runtime's C/C++ API headers for csrc/ortops (scripts/ort_headers.sh finds or fetches
+    them, cached); None where none can be had, and lmfast then runs ONNX Runtime's own ops."""
+    try:
+        found = subprocess.run(
+            ["bash", "scripts/ort_headers.sh"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as error:
+        message = getattr(error, "stderr", "") or str(error)
+        if REQUIRE_NATIVE:
+            raise SystemExit(f"setup.py: LMFAST_REQUIRE_NATIVE=1 but {message.strip()}") from error
+        print(f"setup.py: building without lmfast's ONNX Runtime ops: {message.strip()}")
+        return None
+    return found
+
+
+ORT_INCLUDE = ort_headers()
+if ORT_INCLUDE:
+    # a plain shared library (no Python module inside) that SessionOptions.register_custom_ops_library
+    # loads: lmfast.generation.native_ops finds it next to itself
+    extensions.append(
+        Extension(
+            "lmfast.generation._ortops",
+            sorted(glob.glob("csrc/ortops/*.cc")),
+            depends=sorted(glob.glob("csrc/ortops/*.h")),
+            include_dirs=[ORT_INCLUDE, "csrc/ortops"],
+            extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-pthread"],
+            extra_link_args=["-pthread"],
+            language="c++",
+            optional=not REQUIRE_NATIVE,
+        )
     )
 
 setup(ext_modules=extensions)

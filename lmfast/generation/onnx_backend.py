@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lmfast.generation.backend import NumpyCacheOps
+from lmfast.generation.native_ops import session_source
 from lmfast.generation.slot_cache import SlotCache, left_aligned, right_aligned
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class OnnxBackend(NumpyCacheOps):
 
     def __init__(self, session: ort.InferenceSession, provider: str = "cpu") -> None:
         self.session = session
+        self.swapped_ops = 0
+        """How many of the graph's ops lmfast's own replaced (lmfast.generation.native_ops)."""
         self.provider = provider
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = sorted(
@@ -113,8 +116,11 @@ class OnnxBackend(NumpyCacheOps):
         provider: str = "cpu",
         num_threads: int | None = None,
         spin_us: int | None = None,
+        native_ops: bool | None = None,
     ) -> OnnxBackend:
-        """Open `directory/model.onnx` on the CPU or CUDA execution provider.
+        """Open `directory/model.onnx` on the CPU or CUDA execution provider; on the CPU, with
+        lmfast's own ops swapped in (lmfast.generation.native_ops; None: those LMFAST_NATIVE_OPS names,
+        True: the default swaps, False: none).
 
         Raises:
             ValueError: provider "cuda" without onnxruntime-gpu / a visible GPU.
@@ -126,13 +132,13 @@ class OnnxBackend(NumpyCacheOps):
                     "provider 'cuda' needs onnxruntime-gpu and a CUDA GPU (pip install lmfast[gpu])"
                 )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        session = ort.InferenceSession(
-            str(Path(directory) / "model.onnx"),
-            sess_options=session_options(num_threads, spin_us),
-            providers=providers,
-        )
+        options = session_options(num_threads, spin_us)
+        source, swapped = session_source(Path(directory) / "model.onnx", options, provider, native_ops)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
         logger.info("loaded %s on %s", directory, session.get_providers()[0])
-        return cls(session, provider)
+        backend = cls(session, provider)
+        backend.swapped_ops = swapped
+        return backend
 
     def forward(
         self,

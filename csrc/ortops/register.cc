@@ -1,0 +1,157 @@
+// lmfast's custom-op library for ONNX Runtime (domain "lmfast"), loaded with
+// SessionOptions.register_custom_ops_library. Nothing links libonnxruntime: the API comes from the
+// OrtApiBase* that RegisterCustomOps receives (built against the 1.21 headers; the C API is
+// append-only, so newer runtimes serve it).
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+#include "onnxruntime_lite_custom_op.h"
+
+#include <memory>
+#include <optional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bf16_matmul.h"
+#include "qmatmul.h"
+#include "cpu_features.h"
+
+namespace {
+
+constexpr const char* kDomain = "lmfast";
+
+struct ParallelCall {
+  const std::function<void(size_t)>* task;
+};
+
+// At most this many batches of tasks per call: fewer hand-offs between the pool's threads.
+constexpr size_t kMaxBatches = 8;
+
+void call_task(void* data, size_t i) { (*static_cast<ParallelCall*>(data)->task)(i); }
+
+// Runs the tasks on the session's intra-op pool.
+lmfast::ParallelRunner pool_runner(OrtKernelContext* context) {
+  return [context](size_t count, const std::function<void(size_t)>& task) {
+    if (count <= 1) {
+      lmfast::run_serial(count, task);
+      return;
+    }
+    ParallelCall call{&task};
+    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, call_task, count, kMaxBatches, &call));
+  };
+}
+
+int64_t leading_rows(const std::vector<int64_t>& shape) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  return rows;
+}
+
+// Bf16MatMul(A: float[..., K], B: bfloat16 tiles) -> float[..., N]; attributes K, N. B is W[N, K]
+// in the tiled layout of bf16_matmul.h: [ceil(N / 8), ceil(K / 8), 8, 8].
+struct Bf16MatMul {
+  int64_t k, n;
+
+  Bf16MatMul(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    k = attributes.GetAttribute<int64_t>("K");
+    n = attributes.GetAttribute<int64_t>("N");
+    if (k < 1 || n < 1) ORT_CXX_API_THROW("lmfast.Bf16MatMul: K and N must be positive", ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<Ort::BFloat16_t>& b, Ort::Custom::Tensor<float>& y) {
+    const std::vector<int64_t>& a_shape = a.Shape();
+    const int64_t tiled = lmfast::tiles_of(n) * lmfast::tiles_of(k) * lmfast::kTile * lmfast::kTile;
+    if (a_shape.empty() || a_shape.back() != k || b.NumberOfElement() != tiled)
+      return Ort::Status("lmfast.Bf16MatMul: expected A[..., K] and B of ceil(N/8) x ceil(K/8) 8 x 8 tiles",
+                         ORT_INVALID_ARGUMENT);
+    std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+    y_shape.push_back(n);
+    float* out = y.Allocate(y_shape);
+    lmfast::bf16_matmul(a.Data(), reinterpret_cast<const uint16_t*>(b.Data()), out, leading_rows(a_shape), k, n,
+                        pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
+
+// QuantizedMatMul(A: float[..., K], B: uint8[N, blocks, block * bits / 8], scales: float[N * blocks],
+//                 zero_points: optional uint8) -> float[..., N]; attributes K, N, bits (4 or 8),
+// block_size: MatMulNBits' inputs and attributes, as the file holds them.
+struct QuantizedMatMul {
+  int64_t k, n, bits, block;
+
+  QuantizedMatMul(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    k = attributes.GetAttribute<int64_t>("K");
+    n = attributes.GetAttribute<int64_t>("N");
+    bits = attributes.GetAttribute<int64_t>("bits");
+    block = attributes.GetAttribute<int64_t>("block_size");
+    if ((bits != 4 && bits != 8) || block < 2 || (block * bits) % 8 != 0 || k < 1 || n < 1)
+      ORT_CXX_API_THROW("lmfast.QuantizedMatMul: bits must be 4 or 8 and K, N, block_size positive",
+                        ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<uint8_t>& b, const Ort::Custom::Tensor<float>& scales,
+                      std::optional<const Ort::Custom::Tensor<uint8_t>*> zero_points,
+                      Ort::Custom::Tensor<float>& y) {
+    const std::vector<int64_t>& a_shape = a.Shape();
+    lmfast::BlockQuantized w{b.Data(), scales.Data(), nullptr, n, k, block, bits};
+    const int64_t b_bytes = n * w.blocks() * w.blob_bytes();
+    if (a_shape.empty() || a_shape.back() != k || b.NumberOfElement() != b_bytes ||
+        scales.NumberOfElement() != n * w.blocks())
+      return Ort::Status("lmfast.QuantizedMatMul: A, B or scales do not match K, N, bits, block_size",
+                         ORT_INVALID_ARGUMENT);
+    if (zero_points.has_value() && *zero_points != nullptr) {
+      if ((*zero_points)->NumberOfElement() != n * w.zero_point_row_bytes())
+        return Ort::Status("lmfast.QuantizedMatMul: zero_points do not match N and the blocks",
+                           ORT_INVALID_ARGUMENT);
+      w.zero_points = (*zero_points)->Data();
+    }
+    std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+    y_shape.push_back(n);
+    float* out = y.Allocate(y_shape);
+    lmfast::quantized_matmul(a.Data(), w, out, leading_rows(a_shape), pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
+
+std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& op_store() {
+  static std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
+  return ops;
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                   const OrtApiBase* api_base) {
+  Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  OrtStatus* status = nullptr;
+  try {
+    static std::unique_ptr<Ort::CustomOpDomain> domain;
+    if (!domain) {
+      domain = std::make_unique<Ort::CustomOpDomain>(kDomain);
+      auto& ops = op_store();
+      ops.emplace_back(Ort::Custom::CreateLiteCustomOp<Bf16MatMul>("Bf16MatMul", "CPUExecutionProvider"));
+      ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
+      for (auto& op : ops) domain->Add(op.get());
+    }
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  } catch (const std::exception& e) {
+    status = Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+  return status;
+}
+
+// Which kernel path this process takes ("avx2" or "scalar"): lmfast logs it, tests check it.
+__attribute__((visibility("default"))) const char* lmfast_ortops_isa() {
+  return lmfast::selected_isa() == lmfast::Isa::kAvx2 ? "avx2" : "scalar";
+}
+
+}  // extern "C"

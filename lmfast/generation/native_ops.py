@@ -1,0 +1,356 @@
+"""lmfast's own kernels inside ONNX Runtime: the custom-op library built from csrc/ortops.
+
+Exports stay standard ONNX graphs that any ONNX Runtime runs. When lmfast opens one on the CPU
+provider, `session_source` rewrites the graph in memory, swapping patterns that ONNX Runtime's CPU
+provider runs slowly for lmfast's ops (domain "lmfast"), and registers the library on the session:
+
+- `Cast(bfloat16 weight) -> MatMul / Gemm(transB=1)` (what `--precision bf16` writes) becomes
+  `lmfast.Bf16MatMul(A, tiles)`, which reads 2 bytes per weight where ONNX Runtime folds the Cast
+  into an fp32 copy and reads 4; the weight is laid out in 8 x 8 tiles (`bf16_tiles`) so that a
+  batch-1 step reads it as one sequential stream.
+- `com.microsoft.MatMulNBits` (what `--quantize int8/int4` writes; 4 or 8 bits, any block size,
+  with or without zero points) becomes `lmfast.QuantizedMatMul` over the same initializers, which
+  quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
+  exact integer products (vpmaddwd on AVX2). Off unless LMFAST_NATIVE_OPS names "nbits":
+  see docs/kernels.md for the figures that decide the default.
+
+Without the library (no headers or compiler at install time), lmfast runs ONNX Runtime's own ops
+and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS picks the swaps:
+0 none (the stock-op side of a comparison), a comma-separated list of "bf16" and "nbits", unset
+`DEFAULT_SWAPS`. LMFAST_ORTOPS_ISA=scalar forces the portable kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DOMAIN = "lmfast"
+_LIBRARY_GLOB = "_ortops*.so"
+_PROTOBUF_LIMIT = 2**31 - 1
+"""A rewritten graph goes to ONNX Runtime as one serialized protobuf, which cannot exceed this."""
+
+
+class NativeOpsMissing(RuntimeError):
+    """LMFAST_REQUIRE_NATIVE=1 but the custom-op library (or onnx, to rewrite graphs) is missing."""
+
+
+def _required() -> bool:
+    return os.environ.get("LMFAST_REQUIRE_NATIVE") == "1"
+
+
+SWAPS = ("bf16", "nbits")
+DEFAULT_SWAPS = ("bf16",)
+"""The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
+
+
+def swaps_from_env() -> tuple[str, ...]:
+    """The swaps LMFAST_NATIVE_OPS asks for: "0" none, "1" or unset `DEFAULT_SWAPS`, else a list.
+
+    Raises:
+        ValueError: a name that is not one of `SWAPS`.
+    """
+    value = os.environ.get("LMFAST_NATIVE_OPS", "1").strip()
+    if value in ("1", ""):
+        return DEFAULT_SWAPS
+    if value == "0":
+        return ()
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(SWAPS))
+    if unknown:
+        raise ValueError(f"LMFAST_NATIVE_OPS: unknown {unknown}; expected 0, 1 or a list of {list(SWAPS)}")
+    return names
+
+
+@functools.cache
+def library_path() -> Path | None:
+    """The built library, or None (logged once) where the build was skipped or failed.
+
+    Raises:
+        NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and no library was built.
+    """
+    found = sorted(Path(__file__).parent.glob(_LIBRARY_GLOB))
+    if found:
+        return found[0]
+    message = (
+        "lmfast's ONNX Runtime ops are not built (csrc/ortops: python setup.py build_ext --inplace, "
+        "headers from scripts/ort_headers.sh); running ONNX Runtime's own ops"
+    )
+    if _required():
+        raise NativeOpsMissing(f"LMFAST_REQUIRE_NATIVE=1: {message}")
+    logger.warning(message)
+    return None
+
+
+def isa() -> str | None:
+    """The kernel path calls take now: "avx2" or "scalar" (None without the library)."""
+    path = library_path()
+    if path is None:
+        return None
+    function = ctypes.CDLL(str(path)).lmfast_ortops_isa
+    function.restype = ctypes.c_char_p
+    return function().decode()
+
+
+def quantize_activations(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of A[..., K] as integers in [-127, 127] per `block` elements, and each block's scale
+    (max |x| / 127; x = q * scale), as lmfast.QuantizedMatMul rounds them (fp32, nearest even)."""
+    k = a.shape[-1]
+    blocks = -(-k // block)
+    padded = np.zeros((*a.shape[:-1], blocks * block), dtype=np.float32)
+    padded[..., :k] = a
+    padded = padded.reshape(*a.shape[:-1], blocks, block)
+    amax = np.abs(padded).max(axis=-1)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(padded * inverse[..., None]).astype(np.int64)
+    return q, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def quantized_matmul_reference(
+    a: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    k: int,
+    bits: int,
+    block: int,
+) -> np.ndarray:
+    """What lmfast.QuantizedMatMul computes, in NumPy: A's rows quantized per block
+    (`quantize_activations`), the exact integer dot of each block with the weights' integers from
+    MatMulNBits' layout (4 bits: element 2i in the low nibble of byte i; zero points packed the
+    same way, default 2^(bits - 1)), then sum over blocks of scale_w * scale_x * (dot - zero point
+    * sum xq), in float64."""
+    n, blocks = packed.shape[0], -(-k // block)
+    raw = packed.reshape(n, blocks, -1)
+    if bits == 4:
+        raw = np.stack([raw & 0x0F, raw >> 4], axis=-1)
+    q = raw.reshape(n, blocks, block).astype(np.int64)
+    valid = (np.arange(blocks * block) < k).reshape(blocks, block)
+    q = q * valid  # a block cut short by K: its padding never counts
+    if zero_points is None:
+        zero = np.full((n, blocks), 1 << (bits - 1), dtype=np.int64)
+    else:
+        zero = zero_points.reshape(n, -1)
+        if bits == 4:
+            zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(n, -1)
+        zero = zero[:, :blocks].astype(np.int64)
+    xq, x_scales = quantize_activations(a, block)  # [..., blocks, block], [..., blocks]
+    dots = np.einsum("...bi,nbi->...nb", xq, q) - zero * xq.sum(axis=-1)[..., None, :]
+    w_scales = scales.reshape(n, blocks).astype(np.float64)
+    return (dots * w_scales * x_scales[..., None, :].astype(np.float64)).sum(axis=-1).astype(np.float32)
+
+
+def bf16_matmul_reference(a: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:
+    """What lmfast.Bf16MatMul computes, in NumPy: A[..., K] times W[N, K]^T, W given as the upper
+    16 bits of fp32 values (bfloat16), summed in float64 and rounded to fp32."""
+    weight = (weight_bits.astype(np.uint32) << 16).view(np.float32)
+    return (a.astype(np.float64) @ weight.astype(np.float64).T).astype(np.float32)
+
+
+TILE = 8
+
+
+def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
+    """W[N, K] (bf16 bits) in lmfast.Bf16MatMul's layout: [ceil(N/8), ceil(K/8), 8, 8], each 8 x 8
+    tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
+    n, k = weight_bits.shape
+    groups, chunks = -(-n // TILE), -(-k // TILE)
+    padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
+    padded[:n, :k] = weight_bits
+    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
+
+
+def _initializers(graph: Any) -> dict[str, Any]:
+    return {tensor.name: tensor for tensor in graph.initializer}
+
+
+def _consumers(graph: Any) -> dict[str, list[tuple[Any, int]]]:
+    users: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, position))
+    for output in graph.output:
+        users.setdefault(output.name, []).append((None, 0))
+    return users
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _plain_linear(node: Any, position: int) -> str | None:
+    """How `node` uses its input `position` as a weight: "kn" (MatMul's B[K, N]), "nk" (Gemm's
+    transposed B without bias or scaling), or None (some other use)."""
+    if position != 1:
+        return None
+    if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+        return "kn"
+    if (
+        node.op_type == "Gemm"
+        and node.domain in ("", "ai.onnx")
+        and len(node.input) == 2
+        and _attribute(node, "transB", 0) == 1
+        and _attribute(node, "transA", 0) == 0
+        and _attribute(node, "alpha", 1.0) == 1.0
+    ):
+        return "nk"
+    return None
+
+
+def swap_bf16_matmuls(model: Any) -> int:
+    """Rewrite `model` (an onnx ModelProto, in place): each MatMul / Gemm(transB=1) whose weight is a
+    Cast of a 2-D bfloat16 initializer becomes lmfast.Bf16MatMul over that weight in `bf16_tiles`'
+    layout (written here, once per weight). Casts left without users are dropped. Returns the count."""
+    import onnx
+
+    graph = model.graph
+    initializers = _initializers(graph)
+    consumers = _consumers(graph)
+    added: dict[str, Any] = {}
+    swapped, dropped = 0, set()
+    for cast in list(graph.node):
+        if cast.op_type != "Cast" or _attribute(cast, "to", 0) != onnx.TensorProto.FLOAT:
+            continue
+        source = initializers.get(cast.input[0])
+        if source is None or source.data_type != onnx.TensorProto.BFLOAT16 or len(source.dims) != 2:
+            continue
+        if not source.raw_data:
+            continue
+        users = consumers.get(cast.output[0], [])
+        for node, position in users:
+            layout = None if node is None else _plain_linear(node, position)
+            if layout is None:
+                continue
+            bits = np.frombuffer(source.raw_data, dtype=np.uint16).reshape(tuple(source.dims))
+            if layout == "kn":
+                bits = bits.T
+            n, k = bits.shape
+            name = f"{source.name}_lmfast_{layout}_tiles"
+            if name not in added:
+                tiles = bf16_tiles(bits)
+                added[name] = onnx.helper.make_tensor(
+                    name, onnx.TensorProto.BFLOAT16, list(tiles.shape), tiles.tobytes(), raw=True
+                )
+            operands = [node.input[0], name]
+            del node.input[:]
+            node.input.extend(operands)
+            del node.attribute[:]
+            node.attribute.extend([onnx.helper.make_attribute("K", k), onnx.helper.make_attribute("N", n)])
+            node.op_type, node.domain = "Bf16MatMul", DOMAIN
+            swapped += 1
+        if all(node is not None and node.domain == DOMAIN for node, _ in users):
+            dropped.add(id(cast))
+    if not swapped:
+        return 0
+    kept = [node for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(added.values())
+    still_used = {name for node in graph.node for name in node.input}
+    unused = [tensor for tensor in graph.initializer if tensor.name not in still_used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    if not any(opset.domain == DOMAIN for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    return swapped
+
+
+def swap_nbits_matmuls(model: Any) -> int:
+    """Rewrite `model` (an onnx ModelProto, in place): each MatMulNBits of 4 or 8 bits over fp32
+    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.QuantizedMatMul over
+    the same inputs and K, N, bits, block_size. Returns the count."""
+    import onnx
+
+    graph = model.graph
+    initializers = _initializers(graph)
+    swapped = 0
+    for node in graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        if not 3 <= len(inputs) <= 4 or _attribute(node, "bits", 4) not in (4, 8):
+            continue
+        scales = initializers.get(inputs[2])
+        if scales is None or scales.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if len(inputs) == 4:
+            zero_points = initializers.get(inputs[3])
+            if zero_points is None or zero_points.data_type != onnx.TensorProto.UINT8:
+                continue
+        attributes = {
+            "K": _attribute(node, "K", 0),
+            "N": _attribute(node, "N", 0),
+            "bits": _attribute(node, "bits", 4),
+            "block_size": _attribute(node, "block_size", 0),
+        }
+        del node.input[:]
+        node.input.extend(inputs)
+        del node.attribute[:]
+        node.attribute.extend(onnx.helper.make_attribute(name, value) for name, value in attributes.items())
+        node.op_type, node.domain = "QuantizedMatMul", DOMAIN
+        swapped += 1
+    if swapped and not any(opset.domain == DOMAIN for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    return swapped
+
+
+def session_source(
+    model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None
+) -> tuple[str | bytes, int]:
+    """What to hand `ort.InferenceSession` for `model_path`, and how many ops were swapped: the
+    path itself and 0 (nothing to swap, the CUDA provider, ops turned off or not built), or the
+    rewritten graph's bytes, with the library registered on `options`.
+
+    Raises:
+        NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and the library or the onnx package is missing.
+    """
+    swaps = swaps_from_env() if enabled is None else (DEFAULT_SWAPS if enabled else ())
+    if provider != "cpu" or not swaps:
+        return str(model_path), 0
+    library = library_path()
+    if library is None:
+        return str(model_path), 0
+    try:
+        import onnx
+    except ImportError as error:
+        if _required():
+            raise NativeOpsMissing("LMFAST_REQUIRE_NATIVE=1: lmfast's ONNX Runtime ops need onnx") from error
+        _log_no_onnx()
+        return str(model_path), 0
+    model = onnx.load(str(model_path))
+    swapped = (swap_bf16_matmuls(model) if "bf16" in swaps else 0) + (
+        swap_nbits_matmuls(model) if "nbits" in swaps else 0
+    )
+    if not swapped:
+        return str(model_path), 0
+    if model.ByteSize() >= _PROTOBUF_LIMIT:
+        logger.warning(
+            "%s: the rewritten graph exceeds protobuf's 2 GiB; running ONNX Runtime's ops", model_path
+        )
+        return str(model_path), 0
+    options.register_custom_ops_library(str(library))
+    logger.info("%s: %d ops swapped for lmfast's (%s kernels)", model_path, swapped, isa())
+    return model.SerializeToString(), swapped
+
+
+@functools.cache
+def _log_no_onnx() -> None:
+    logger.warning(
+        "lmfast's ONNX Runtime ops need the onnx package to rewrite graphs; running ONNX Runtime's"
+    )
