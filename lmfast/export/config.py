@@ -41,7 +41,8 @@ class ExportConfig:
     --rounding), the head at --lm_head_bits. auto: mixed for int4 (the best measured), plain for int8."""
     calibration_dataset: Path | None = None
     """--quantize: a dataset written by `lmfast prepare` (the model's tokenizer) whose train samples
-    weigh each input channel's rounding error by its mean squared activation (--recipe mixed)."""
+    calibrate --recipe mixed: each input channel's rounding error weighs by its mean squared
+    activation, and the 4-bit blocks are rounded GPTQ's way (errors compensated on later rows)."""
     calibration_samples: int = 256
     """Train samples of --calibration_dataset the activations are measured on."""
     seed: int = 0
