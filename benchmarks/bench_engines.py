@@ -7,7 +7,7 @@ loads weights converted from that one HF dir:
 - lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights, fp32 compute), int8 and int4
   (MatMulNBits, block 32; int4 is the mixed recipe, int4-plain the one-format one);
 - llama.cpp (llama-cpp-python): GGUF f32 written by llama.cpp's own `convert_hf_to_gguf.py`
-  (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 by `llama_model_quantize`;
+  (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 (and Q4_K_M: `--tiers int4-k`) by `llama_model_quantize`;
   batches go through the low-level batch API (one sequence per row);
 - CTranslate2: `TransformersConverter` at float32 / bfloat16 / int8;
 - HF eager `generate` (fp32).

@@ -109,8 +109,14 @@ def calibrate(
     # forward ends so that its id cannot be reused by another layer's input
     shared: dict[int, tuple[Any, str]] = {}
 
+    head = model.get_output_embeddings()
+
     def hook(name: str):
-        def record(_module, inputs) -> None:
+        def record(module, inputs) -> None:
+            if module is head:  # the last layer: record its input, skip the vocabulary product
+                stop = _StopForward()
+            else:
+                stop = None
             if id(inputs[0]) in shared:
                 aliases[name] = shared[id(inputs[0])][1]
                 return
@@ -118,6 +124,8 @@ def calibrate(
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
             sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]
+            if stop is not None:
+                raise stop
 
         return record
 
@@ -135,7 +143,10 @@ def calibrate(
                 digest.update(ids.tobytes())
                 tokens += len(ids)
                 shared.clear()
-                model(torch.from_numpy(ids)[None])
+                try:
+                    model(torch.from_numpy(ids)[None])
+                except _StopForward:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
@@ -152,6 +163,10 @@ def calibrate(
         "sha256": digest.hexdigest(),
     }
     return calibration
+
+
+class _StopForward(Exception):
+    """Raised by the output head's hook: its input is all calibration needs of it."""
 
 
 def use_more_bits(layer: int, layers: int) -> bool:
