@@ -320,7 +320,7 @@ def print_table(args, rows: dict[str, dict], reference_ppl: float, tokens: int) 
         speed = f"{row['decode_ms_per_step']:.1f}" if "decode_ms_per_step" in row else "-"
         print(
             f"| {variant} | {row['bits_per_weight']:.3f} | {row['file_bytes'] / 1e6:.1f} | {row['perplexity']:.3f} "
-            f"| {row['perplexity_delta']:+.3f} | {row['kl_per_token']:.4f} | {row['top1_agreement']:.2%} | {speed} |",
+            f"| {row['perplexity_delta']:+.3f} | {row['kl_per_token']:.3g} | {row['top1_agreement']:.2%} | {speed} |",
             flush=True,
         )
 
