@@ -364,6 +364,7 @@ class BlockFormat:
     bits: int
     symmetric: bool
     rounding: str  # least_squares, nearest or searched (asymmetric)
+    block_size: int | None = None  # None: the export's --block_size
 
     def bits_per_weight(self, block_size: int) -> float:
         """Stored bits per weight: the levels, a float32 scale per block, a zero point per block."""
@@ -391,7 +392,7 @@ def matmul_nbits_planned(
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     nodes, added = [], []
-    done: dict[str, list[tuple[list[str], int, int, int]]] = {}  # weight -> (inputs, bits, N, stop)
+    done: dict[str, list[tuple[list[str], int, int, int, int]]] = {}  # weight -> (inputs, bits, N, K, block)
     totals = {"bits": 0, "weights": 0}
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
@@ -406,10 +407,11 @@ def matmul_nbits_planned(
                 continue
             parts = []
             for index, (start, stop, fmt, importance, gram) in enumerate(groups):
+                size = fmt.block_size or block_size
                 packed, scales, zero_points = quantize_blocks(
                     array[:, start:stop],
                     fmt.bits,
-                    block_size,
+                    size,
                     fmt.symmetric,
                     fmt.rounding == "least_squares",
                     importance,
@@ -426,13 +428,13 @@ def matmul_nbits_planned(
                 added.extend(tensors)
                 totals["bits"] += sum(t.nbytes for t in (packed, scales, zero_points) if t is not None) * 8
                 totals["weights"] += array.shape[0] * (stop - start)
-                parts.append(([t.name for t in tensors], fmt.bits, stop - start, array.shape[0]))
+                parts.append(([t.name for t in tensors], fmt.bits, stop - start, array.shape[0], size))
             done[weight.name] = parts
         parts = done[weight.name]
         outputs = (
             list(node.output) if len(parts) == 1 else [f"{node.output[0]}_part{i}" for i in range(len(parts))]
         )
-        for index, (inputs, bits, n, k) in enumerate(parts):
+        for index, (inputs, bits, n, k, size) in enumerate(parts):
             nodes.append(
                 helper.make_node(
                     "MatMulNBits",
@@ -443,7 +445,7 @@ def matmul_nbits_planned(
                     K=k,
                     N=n,
                     bits=bits,
-                    block_size=block_size,
+                    block_size=size,
                     accuracy_level=accuracy_level,
                 )
             )

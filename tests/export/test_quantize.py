@@ -145,10 +145,10 @@ def test_searched_blocks_are_what_onnx_runtime_computes_with(seed, k, n, block_s
         expected = x @ dequantized
         tolerance = 1e-4 if level == 0 else 0.02 * (np.abs(x).max() * np.abs(dequantized).sum(0).max() + 1e-6)
         np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-4, atol=tolerance)
-    span = weight.max(axis=0) - np.minimum(weight.min(axis=0), 0)
-    assert (
-        np.abs(dequantized - weight) <= np.maximum(span, np.abs(weight).max(0)) / (2**bits - 1) + 1e-6
-    ).all()
+    # the search may clip an outlier (a narrower range rounds the rest finer), never leave the range
+    low, high = np.minimum(weight.min(axis=0), 0), np.maximum(weight.max(axis=0), 0)
+    step = (high - low) / (2**bits - 1) + 1e-6
+    assert ((dequantized >= low - step) & (dequantized <= high + step)).all()
     assert (dequantized[: min(k, 40), 0] == 0).all()
 
 
