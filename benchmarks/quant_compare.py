@@ -41,7 +41,9 @@ def compare(args: argparse.Namespace) -> int:
     windows = held_out_windows(args.dataset, args.tokens, args.window)
     reference = [reference_log_probs(model, w) for w in windows]
     targets = np.concatenate([w[1:] for w in windows])
-    reference_nll = -np.concatenate([lp[np.arange(len(w) - 1), w[1:]] for lp, w in zip(reference, windows, strict=True)])
+    reference_nll = -np.concatenate(
+        [lp[np.arange(len(w) - 1), w[1:]] for lp, w in zip(reference, windows, strict=True)]
+    )
     reference_ppl = float(np.exp(reference_nll.mean()))
     print(
         f"{args.model_dir.name}: {len(targets)} held-out tokens of {args.dataset} (valid), windows of "
