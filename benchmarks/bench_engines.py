@@ -5,10 +5,11 @@ GGUF, converted to an HF dir by lmfast.models.gguf) and a random-weight GPT-2 sh
 loads weights converted from that one HF dir:
 
 - lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights read by lmfast's Bf16MatMul, fp32
-  compute), int8 and int4 (MatMulNBits, block 32); `--lmfast_ops native,stock` times each tier
-  with lmfast's own ONNX Runtime ops (engine "lmfast") and with ONNX Runtime's only ("lmfast-stock");
+  compute), int8 and int4 (MatMulNBits, block 32; int4 is the mixed recipe, int4-plain the
+  one-format one); `--lmfast_ops native,stock` times each tier with lmfast's own ONNX Runtime ops
+  (engine "lmfast") and with ONNX Runtime's only ("lmfast-stock");
 - llama.cpp (llama-cpp-python): GGUF f32 written by llama.cpp's own `convert_hf_to_gguf.py`
-  (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 by `llama_model_quantize`;
+  (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 (and Q4_K_M: `--tiers int4-k`) by `llama_model_quantize`;
   batches go through the low-level batch API (one sequence per row);
 - CTranslate2: `TransformersConverter` at float32 / bfloat16 / int8;
 - HF eager `generate` (fp32).
@@ -54,7 +55,8 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "fp32": {},
     "bf16": {"precision": "bf16"},
     "int8": {"quantize": "int8"},
-    "int4": {"quantize": "int4"},
+    "int4": {"quantize": "int4"},  # --recipe auto: mixed (docs/quantization.md)
+    "int4-plain": {"quantize": "int4", "recipe": "plain"},  # the one-format int4 before the mixed recipe
     # variants of the quantized tiers, for their quality and speed (llama.cpp/CT2 have no such tier)
     "int8-level0": {"quantize": "int8", "accuracy_level": 0},
     "int4-level0": {"quantize": "int4", "accuracy_level": 0},
@@ -64,8 +66,8 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "int8-nearest": {"quantize": "int8", "rounding": "nearest"},
     "int4-nearest": {"quantize": "int4", "rounding": "nearest"},
 }
-LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
-LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2}  # llama.h's LLAMA_FTYPE_MOSTLY_*
+LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0", "int4-k": "q4_k_m"}
+LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.h's LLAMA_FTYPE_MOSTLY_*
 CT2_TIERS = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 
 
@@ -228,13 +230,19 @@ def derive_tier(fp32: Path, output: Path, config) -> None:
 
     from lmfast.export.onnx import _quantization, _save, apply_tier
 
+    source_model, measured = None, {}
+    if config.quantize != "none" and config.resolved_recipe() == "mixed":  # names the matrices
+        from transformers import AutoModelForCausalLM
+
+        source_model = AutoModelForCausalLM.from_pretrained(config.source).eval()
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fp32, staging, ignore=shutil.ignore_patterns("model.onnx*"))
-    _save(apply_tier(onnx.load(str(fp32 / "model.onnx")), config), staging / "model.onnx")
+    graph = apply_tier(onnx.load(str(fp32 / "model.onnx")), config, source_model, measured)
+    _save(graph, staging / "model.onnx")
     description = json.loads((fp32 / "export.json").read_text(encoding="utf-8"))
     description.update(
-        precision=config.precision, quantize=config.quantize, quantization=_quantization(config)
+        precision=config.precision, quantize=config.quantize, quantization=_quantization(config, measured)
     )
     description["parity"] = None  # measured by this benchmark against HF fp32 instead
     (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
@@ -515,7 +523,7 @@ def bench_model(label: str, hf_dir: Path, args: argparse.Namespace) -> dict:
     max_context = max(max(args.contexts) + args.new_tokens, quality_context, args.ppl_tokens) + 8
     max_rows = max(max(args.batches), args.quality_prompts)
     engines: list[Engine] = [hf_engine(hf_dir, args.threads)]
-    for tier in args.tiers:
+    for tier in [t for t in args.tiers if t in LMFAST_TIERS]:  # int4-k is llama.cpp's Q4_K_M only
         for ops in args.lmfast_ops:
             engines.append(lmfast_engine(hf_dir, work, tier, args.threads, native_ops=ops == "native"))
     try:

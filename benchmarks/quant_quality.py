@@ -10,11 +10,26 @@ over thousands of positions does not. The tied embedding / lm_head is at 8 bits 
 the exporter's default --lm_head_bits 8.
 
     python benchmarks/quant_quality.py --tokens 4096
+
+With `--model_dir HF_DIR --dataset DATASET_DIR` (a model and a dataset `lmfast prepare` wrote
+with its tokenizer) it compares the deployed files instead: lmfast's int4 recipes as `lmfast
+export onnx` writes them (plain: --recipe plain; mixed; mixed calibrated on the dataset's train
+split) against llama.cpp's Q4_0 and Q4_K_M (llama-quantize, with and without an importance matrix
+from llama-imatrix over the same calibration samples as text), each scored over `--tokens` held-out
+tokens of the dataset's valid split in windows of `--window`: perplexity and its delta, mean
+KL(fp32 || q) per token against the torch fp32 model, top-1 agreement, bits per weight of the
+matrices a decode step multiplies by (the head included; lmfast's fp32 embedding copy for the
+Gather is in the file size only), the file size, and batch-1 decode ms/step of lmfast vs llama.cpp
+alternating in one run (`--decode_tokens`, 0 skips).
+
+    python benchmarks/quant_quality.py --model_dir HF_DIR --dataset DATASET_DIR --tokens 4096 \
+        --llama_cpp_src /path/to/llama.cpp --work data/bench/quant
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +42,16 @@ if str(REPO) not in sys.path:
 
 from benchmarks.bench_engines import smollm2_dir, text_ids  # noqa: E402
 from lmfast.export.quantize import dequantize_blocks, quantize_blocks  # noqa: E402
+
+COMPARED = (
+    "lmfast-plain",
+    "lmfast-mixed",
+    "lmfast-mixed-calibrated",
+    "llama-q4_0",
+    "llama-q4_0-imatrix",
+    "llama-q4_k_m",
+    "llama-q4_k_m-imatrix",
+)
 
 
 def log_probs(model, ids, window: int):
@@ -52,7 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block_size", type=int, default=32)
     parser.add_argument("--bits", default="8,4")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model_dir", type=Path, default=None, help="compare deployed files (see above)")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="prepared dataset: train calibrates, valid scores"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(COMPARED), help=f"comma-separated of {', '.join(COMPARED)}"
+    )
+    parser.add_argument("--calibration_samples", type=int, default=256)
+    parser.add_argument("--decode_tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--llama_cpp_src", type=Path, default=os.environ.get("LLAMA_CPP_SRC"))
+    parser.add_argument("--work", type=Path, default=REPO / "data" / "bench" / "quant")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.model_dir is not None:
+        from benchmarks.quant_compare import compare
+
+        return compare(args)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -34,6 +34,19 @@ class ExportConfig:
     around the max/-2^(bits-1) scale) whose least-squares scale leaves the smallest squared error;
     nearest is round-to-nearest on that one scale (llama.cpp's q4_0/q8_0 and ONNX Runtime's own
     quantizer). Same bytes and speed. --asymmetric blocks always take min/max."""
+    recipe: Literal["auto", "mixed", "plain"] = "auto"
+    """--quantize: mixed (the Q4_K_M idea, docs/quantization.md): 4-bit asymmetric blocks whose
+    scale and zero point are searched per block, the attention values and FFN down projections of
+    half the layers and the head at 8 bits; plain: one format for every matrix (--asymmetric,
+    --rounding), the head at --lm_head_bits. auto: mixed for int4 (the best measured), plain for int8."""
+    calibration_dataset: Path | None = None
+    """--quantize: a dataset written by `lmfast prepare` (the model's tokenizer) whose train samples
+    calibrate --recipe mixed: each input channel's rounding error weighs by its mean squared
+    activation, and the 4-bit blocks are rounded GPTQ's way (errors compensated on later rows)."""
+    calibration_samples: int = 256
+    """Train samples of --calibration_dataset the activations are measured on."""
+    seed: int = 0
+    """Which --calibration_samples are drawn: the same seed, the same bytes."""
     lm_head_bits: int = 8
     """--quantize: bits of the vocabulary projection (lm_head), 4 or 8. 8 by default, as
     llama.cpp's q4_0 keeps the output matrix at q8_0 (SmolLM2-135M's tied embedding); there an
@@ -82,6 +95,21 @@ class ExportConfig:
             )
         if self.rounding not in ("least_squares", "nearest"):
             raise ValueError(f"--rounding must be least_squares or nearest, got {self.rounding!r}")
+        if self.recipe not in ("auto", "mixed", "plain"):
+            raise ValueError(f"--recipe must be auto, mixed or plain, got {self.recipe!r}")
+        if self.calibration_dataset is not None:
+            self.calibration_dataset = Path(self.calibration_dataset)
+            if self.quantize == "none":
+                raise ValueError("--calibration_dataset applies to --quantize int8/int4")
+            if self.resolved_recipe() != "mixed":
+                raise ValueError("--calibration_dataset needs --recipe mixed (or auto with --quantize int4)")
+            if not (self.calibration_dataset / "description.json").is_file():
+                raise ValueError(
+                    f"--calibration_dataset {self.calibration_dataset}: no description.json "
+                    "(not a dataset written by `lmfast prepare`)"
+                )
+        if self.calibration_samples < 1:
+            raise ValueError(f"--calibration_samples must be >= 1, got {self.calibration_samples}")
         if self.lm_head_bits not in (4, 8):
             raise ValueError(f"--lm_head_bits must be 4 or 8, got {self.lm_head_bits}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
@@ -102,3 +130,9 @@ class ExportConfig:
             raise ValueError(f"--opset must be >= 17, got {self.opset}")
         if self.parity_steps < 1:
             raise ValueError(f"--parity_steps must be >= 1, got {self.parity_steps}")
+
+    def resolved_recipe(self) -> str:
+        """The recipe --recipe auto stands for: mixed at int4 (docs/quantization.md), plain at int8."""
+        if self.recipe != "auto":
+            return self.recipe
+        return "mixed" if self.quantize == "int4" else "plain"

@@ -65,7 +65,7 @@ def export_onnx(config: ExportConfig) -> Path:
         _torch_export(
             decoder, raw, config.opset, "fp32" if config.precision == "fp16" else config.kv_cache_precision
         )
-        fusions, attention = _finalize(raw, staging / "model.onnx", config, decoder)
+        fusions, attention, quantized = _finalize(raw, staging / "model.onnx", config, decoder, loaded.model)
         shutil.rmtree(raw.parent)
         _write_side_files(staging, loaded)
         parity = _parity(loaded, staging, config)
@@ -77,7 +77,8 @@ def export_onnx(config: ExportConfig) -> Path:
             "opset": config.opset,
             "precision": config.precision,
             "quantize": config.quantize,
-            "quantization": _quantization(config),
+            "quantization": _quantization(config, quantized),
+            "file_bytes": sum(p.stat().st_size for p in staging.glob("model.onnx*")),
             "optimize": config.optimize,
             "attention": attention,
             "decoder": type(decoder.inner if inplace else decoder).__name__,
@@ -174,13 +175,16 @@ def _torch_export(decoder, path: Path, opset: int, kv_cache_precision: str = "fp
         )
 
 
-def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tuple[dict[str, int], str]:
+def _finalize(
+    raw: Path, target: Path, config: ExportConfig, decoder: Any, source_model: Any = None
+) -> tuple[dict[str, int], str, dict[str, Any]]:
     """Apply --optimize, --precision fp16/bf16 and --quantize int8/int4 and save model.onnx.
 
     Returns:
-        The fused operator counts from --optimize (empty without it), and what export.json
+        The fused operator counts from --optimize (empty without it), what export.json
         reports as "attention": fused where the saved graph runs ONNX Runtime's
-        MultiHeadAttention (asked for, and the architecture allows it), else plain.
+        MultiHeadAttention (asked for, and the architecture allows it), else plain, and what
+        `apply_tier` measured of the quantization (bits per weight, recipe, calibration).
     """
     import onnx
 
@@ -193,18 +197,27 @@ def _finalize(raw: Path, target: Path, config: ExportConfig, decoder: Any) -> tu
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    quantized: dict[str, Any] = {}
     if config.precision == "bf16" or config.quantize != "none":
-        model = apply_tier(model, config)
+        model = apply_tier(model, config, source_model, quantized)
     _save(model, target)
     fused = any(node.op_type == "MultiHeadAttention" for node in model.graph.node)
-    return fusions, "fused" if fused else "plain"
+    return fusions, "fused" if fused else "plain", quantized
 
 
-def apply_tier(model: Any, config: ExportConfig) -> Any:
+def apply_tier(
+    model: Any, config: ExportConfig, source_model: Any = None, measured: dict[str, Any] | None = None
+) -> Any:
     """--precision bf16 or --quantize int8/int4 on an fp32 graph (an onnx ModelProto): the one
-    home of the lossy tiers, also used by benchmarks/bench_engines.py on an existing fp32 export."""
+    home of the lossy tiers, also used by benchmarks/bench_engines.py on an existing fp32 export.
+
+    --recipe mixed needs `source_model` (the torch model the graph was exported from) to name the
+    matrices and, with --calibration_dataset, to measure their inputs; what it chose and the bits
+    per weight go into `measured` (export.json's "quantization")."""
     if config.precision == "bf16":
         return bf16_weights(model)
+    if config.quantize != "none" and config.resolved_recipe() == "mixed":
+        return _mixed_tier(model, config, source_model, {} if measured is None else measured)
     if config.quantize != "none":
         # weight-only: the dynamic int8 of onnxruntime's quantize_dynamic scales activations per
         # tensor, i.e. over the whole batch, so a row's greedy tokens changed with its neighbours
@@ -226,6 +239,40 @@ def apply_tier(model: Any, config: ExportConfig) -> Any:
                 least_squares=config.rounding == "least_squares",
                 exclude=exclude,
             )
+    return model
+
+
+def _mixed_tier(model: Any, config: ExportConfig, source_model: Any, measured: dict[str, Any]) -> Any:
+    """--recipe mixed: `recipes.MixedPlan` over every MatMul, calibrated when asked to."""
+    from lmfast.export.calibration import calibrate, inspect_model
+    from lmfast.export.quantize import matmul_nbits_planned
+    from lmfast.export.recipes import MixedPlan
+
+    if source_model is None:
+        raise ValueError("--recipe mixed needs the torch model the graph was exported from")
+    if config.calibration_dataset is not None:
+        started = time.perf_counter()
+        calibration = calibrate(
+            source_model, config.calibration_dataset, config.calibration_samples, config.seed
+        )
+        logger.info(
+            "calibrated on %d samples (%d tokens) of %s in %.0f s",
+            calibration.record["samples"],
+            calibration.record["tokens"],
+            config.calibration_dataset,
+            time.perf_counter() - started,
+        )
+    else:
+        calibration = inspect_model(source_model)
+    model = _gemm_to_matmul(model)
+    plan = MixedPlan(calibration, _lm_head_node(model), config.lm_head_bits)
+    model, totals = matmul_nbits_planned(model, plan, config.block_size, config.accuracy_level)
+    measured.update(
+        plan.record(),
+        bits_per_weight=round(totals["bits"] / max(1, totals["weights"]), 4),
+        quantized_weights=totals["weights"],
+        calibration=calibration.record,
+    )
     return model
 
 
@@ -307,10 +354,26 @@ def bf16_weights(model: Any) -> Any:
     return model
 
 
-def _quantization(config: ExportConfig) -> dict[str, Any] | None:
+def _quantization(config: ExportConfig, measured: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """export.json's record of how the weights were stored (None: as the source's fp32)."""
+    if config.quantize != "none" and config.resolved_recipe() == "mixed":
+        return {
+            "operator": "MatMulNBits",
+            "recipe": "mixed",
+            "bits": 4,
+            "lm_head_bits": config.lm_head_bits,
+            "block_size": config.block_size,
+            "formats": {
+                "default": "4-bit asymmetric, scale and zero point searched per block",
+                "8-bit": "attention values and FFN down projections of llama.cpp's use_more_bits layers",
+                "head": f"{config.lm_head_bits}-bit",
+            },
+            "accuracy_level": config.accuracy_level,
+            **(measured or {}),
+        }
     if config.quantize != "none":
         return {
+            "recipe": "plain",
             "operator": "MatMulNBits",
             "bits": 8 if config.quantize == "int8" else 4,
             "lm_head_bits": config.lm_head_bits,

@@ -7,10 +7,20 @@ block's levels can come to its weights: `least_squares` tries 17 scales around i
 block, the rounding whose least-squares scale leaves the smallest squared error (llama.cpp's
 `make_qx_quants` idea, without an importance matrix). The layout, size, kernel and speed are the
 same; only the chosen levels and scales differ.
+
+`searched` is the k-quant-class asymmetric format (llama.cpp's `make_qkx2/3_quants` idea in
+MatMulNBits' layout): per block, 21 candidate ranges are rounded, a (weighted) least-squares
+scale and min are fitted to each rounding, the min is snapped to the integer zero point the
+kernel stores and the scale refitted; the candidate with the smallest weighted squared error wins.
+The weights of that error are an importance per input channel (the mean squared activation that
+multiplies it, from calibration data: `lmfast.export.calibration`) times llama.cpp's
+sqrt(sigma^2 + w^2) emphasis on large weights; without calibration the importance is 1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,14 +28,31 @@ import numpy as np
 SEARCH_STEPS = np.linspace(-1.0, 1.0, 17, dtype=np.float32)
 """Offsets to the level count the symmetric scale divides by: 2^(bits-1) + step (0 is RTN)."""
 
+SEARCH_RANGE_STEPS = np.linspace(-1.0, 1.0, 21, dtype=np.float32)
+"""`searched`: offsets to the level count the block's range divides by (llama.cpp's rmin..rmin+nstep*rdelta)."""
+
+ROUNDINGS = ("least_squares", "nearest", "searched")
+
 COLUMNS_PER_CHUNK = 4096
 """Output columns quantized at a time: bounds the float32 temporaries of a vocabulary matrix."""
 
 
 def quantize_blocks(
-    weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True, least_squares: bool = True
+    weight: np.ndarray,
+    bits: int,
+    block_size: int,
+    symmetric: bool = True,
+    least_squares: bool = True,
+    importance: np.ndarray | None = None,
+    searched: bool = False,
+    gram: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """MatMulNBits' B, scales and zero points for a MatMul weight (K, N), blocks along K.
+
+    `searched` (asymmetric only) picks each block's scale and zero point by the weighted search
+    described above, with `importance` (K,) the weight of each input channel's error. With `gram`
+    (K, K), the inputs' mean x x^T from calibration, the blocks are rounded GPTQ's way
+    (`gptq_levels`): each input row's rounding error is compensated on the rows not yet rounded.
 
     Returns:
         packed (N, blocks, block_size * bits / 8) uint8, low nibble first at 4 bits;
@@ -34,18 +61,37 @@ def quantize_blocks(
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if searched and symmetric:
+        raise ValueError("the searched rounding is asymmetric: pass symmetric=False")
     k, n = weight.shape
+    if importance is not None and importance.shape != (k,):
+        raise ValueError(f"importance must have one value per input channel ({k}), got {importance.shape}")
+    if gram is not None:
+        if not searched:
+            raise ValueError("GPTQ rounding (gram) is implemented for the searched format")
+        if gram.shape != (k, k):
+            raise ValueError(f"gram must be ({k}, {k}), got {gram.shape}")
     blocks = -(-k // block_size)
     padded = np.zeros((blocks * block_size, n), np.float32)
     padded[:k] = weight
+    channel = np.ones(blocks * block_size, np.float32)  # padding rows weigh nothing: they are 0
+    channel[:k] = 1.0 if importance is None else np.maximum(importance, 0.0)
+    channel = channel.reshape(blocks, block_size)
     levels = np.empty((n, blocks, block_size), np.uint8)
     scales = np.empty((n, blocks), np.float32)
     zero_points = None if symmetric else np.empty((n, blocks), np.uint8)
     for start in range(0, n, COLUMNS_PER_CHUNK):
         stop = min(start + COLUMNS_PER_CHUNK, n)
+        if gram is not None:
+            levels[start:stop], scales[start:stop], zero_points[start:stop] = gptq_levels(
+                padded[:, start:stop], _padded_gram(gram, blocks * block_size), bits, block_size, channel
+            )
+            continue
         x = np.ascontiguousarray(padded[:, start:stop].T).reshape(stop - start, blocks, block_size)
         if symmetric:
             levels[start:stop], scales[start:stop] = _symmetric(x, bits, least_squares)
+        elif searched:
+            levels[start:stop], scales[start:stop], zero_points[start:stop] = _searched(x, bits, channel)
         else:
             levels[start:stop], scales[start:stop], zero_points[start:stop] = _asymmetric(x, bits)
     packed = _pack(levels, bits)
@@ -111,6 +157,116 @@ def _asymmetric(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.nd
     zero = np.clip(np.rint(-low / safe), 0, top)
     levels = np.clip(np.rint(x / safe[..., None]) + zero[..., None], 0, top)
     return levels.astype(np.uint8), scale, zero.astype(np.uint8)
+
+
+def _searched(x: np.ndarray, bits: int, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levels, scales and zero points of blocks x (..., blocks, block_size) minimizing the
+    error weighted by `channel` (blocks, block_size) importance times sqrt(sigma^2 + x^2)."""
+    top = 2**bits - 1
+    sigma2 = 2.0 * (x * x).mean(-1, keepdims=True)
+    weights = (channel * np.sqrt(sigma2 + x * x)).astype(np.float32)
+    low = np.minimum(x.min(-1), 0.0)
+    high = np.maximum(x.max(-1), 0.0)
+    span = np.where(high > low, high - low, 1.0).astype(np.float32)
+    # the min/max rounding (ONNX Runtime's rule) is the first candidate: never worse than it
+    best_levels, best_scale, best_zero = _asymmetric(x, bits)
+    best_levels = best_levels.astype(np.float32)
+    best_zero = best_zero.astype(np.float32)
+    best_error = _weighted_error(x, weights, best_levels - best_zero[..., None], best_scale)
+    sum_w = weights.sum(-1)
+    sum_wx = (weights * x).sum(-1)
+    for step in SEARCH_RANGE_STEPS:
+        inverse = (top + step) / span
+        levels = np.clip(np.rint((x - low[..., None]) * inverse[..., None]), 0, top)
+        sum_wl = (weights * levels).sum(-1)
+        sum_wll = (weights * levels * levels).sum(-1)
+        sum_wlx = (weights * levels * x).sum(-1)
+        det = sum_w * sum_wll - sum_wl * sum_wl
+        ok = det > 1e-30 * np.maximum(sum_w * sum_wll, 1e-30)
+        det = np.where(ok, det, 1.0)
+        scale = np.where(ok, (sum_w * sum_wlx - sum_wl * sum_wx) / det, 0.0)
+        minimum = np.where(ok, (sum_wll * sum_wx - sum_wl * sum_wlx) / det, 0.0)
+        ok &= scale > 0
+        scale = np.where(ok, scale, 1.0)
+        zero = np.clip(np.rint(-minimum / scale), 0, top)
+        for _ in range(2):  # re-round on the snapped zero point, refit the scale
+            levels = np.clip(np.rint(x / scale[..., None] + zero[..., None]), 0, top)
+            centered = levels - zero[..., None]
+            norm = (weights * centered * centered).sum(-1)
+            refit = (weights * centered * x).sum(-1) / np.maximum(norm, 1e-30)
+            scale = np.where((norm > 0) & (refit > 0), refit, scale)
+        error = _weighted_error(x, weights, levels - zero[..., None], scale)
+        better = ok & (error < best_error)
+        best_levels = np.where(better[..., None], levels, best_levels)
+        best_scale = np.where(better, scale, best_scale).astype(np.float32)
+        best_zero = np.where(better, zero, best_zero)
+        best_error = np.where(better, error, best_error)
+    return best_levels.astype(np.uint8), best_scale.astype(np.float32), best_zero.astype(np.uint8)
+
+
+GPTQ_DAMPING = 0.01
+"""Added to the Gram matrix's diagonal, times its mean: GPTQ's dampening of a near-singular H."""
+
+
+def gptq_levels(
+    weight: np.ndarray, gram: np.ndarray, bits: int, block_size: int, channel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ (Frantar et al. 2022) in blocks along K: input rows are rounded in order; at the first
+    row of a block its scale and zero point are searched (`_searched`) on the rows as updated so
+    far; each row's error, scaled by the inverse Hessian's Cholesky factor, is subtracted from the
+    rows after it, which minimizes ||X (W - Q)||^2 over the calibration inputs X (gram = X^T X / n).
+
+    Returns levels (N, blocks, block_size) uint8, scales and zero points (N, blocks).
+    """
+    k, n = weight.shape
+    blocks = k // block_size
+    work = weight.astype(np.float64).copy()
+    hessian = gram.astype(np.float64).copy()
+    dead = np.diag(hessian) <= 0
+    hessian[dead, dead] = 1.0
+    work[dead] = 0.0
+    hessian[np.diag_indices(k)] += GPTQ_DAMPING * np.mean(np.diag(hessian))
+    inverse = np.linalg.inv(hessian)
+    factor = np.linalg.cholesky(inverse).T  # upper: row i holds the update of rows after i
+    levels = np.empty((n, blocks, block_size), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    zeros = np.empty((n, blocks), np.uint8)
+    top = 2**bits - 1
+    for block in range(blocks):
+        rows = slice(block * block_size, (block + 1) * block_size)
+        x = np.ascontiguousarray(work[rows].T, dtype=np.float32)[:, None, :]  # (N, 1, block_size)
+        _, scale, zero = _searched(x, bits, channel[block][None])
+        scales[:, block], zeros[:, block] = scale[:, 0], zero[:, 0]
+        safe = np.where(scale[:, 0] > 0, scale[:, 0], 1.0).astype(np.float64)
+        errors = np.empty((block_size, n))
+        for offset in range(block_size):
+            row = block * block_size + offset
+            level = np.clip(np.rint(work[row] / safe + zeros[:, block]), 0, top)
+            levels[:, block, offset] = level
+            error = (work[row] - (level - zeros[:, block]) * scale[:, 0]) / factor[row, row]
+            errors[offset] = error
+            stop = (block + 1) * block_size
+            work[row + 1 : stop] -= np.outer(factor[row, row + 1 : stop], error)
+        # the block's errors reach every later row at once (GPTQ's lazy batch update)
+        work[(block + 1) * block_size :] -= factor[rows, (block + 1) * block_size :].T @ errors
+    return levels, scales, zeros
+
+
+def _padded_gram(gram: np.ndarray, size: int) -> np.ndarray:
+    """The Gram matrix of inputs padded with zero channels (the padded rows' weights are 0)."""
+    k = gram.shape[0]
+    if k == size:
+        return gram
+    padded = np.zeros((size, size), gram.dtype)
+    padded[:k, :k] = gram
+    return padded
+
+
+def _weighted_error(
+    x: np.ndarray, weights: np.ndarray, centered: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    residual = x - centered * scale[..., None]
+    return (weights * residual * residual).sum(-1)
 
 
 def _pack(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -199,3 +355,108 @@ def drop_unused_initializers(graph: Any) -> None:
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """How one group of a matrix's columns is stored by MatMulNBits."""
+
+    bits: int
+    symmetric: bool
+    rounding: str  # least_squares, nearest or searched (asymmetric)
+    block_size: int | None = None  # None: the export's --block_size
+
+    def bits_per_weight(self, block_size: int) -> float:
+        """Stored bits per weight: the levels, a float32 scale per block, a zero point per block."""
+        return self.bits + (32 + (0 if self.symmetric else self.bits)) / block_size
+
+
+ColumnPlan = list[tuple[int, int, BlockFormat, "np.ndarray | None", "np.ndarray | None"]]
+"""Column ranges [start, stop) of one (K, N) weight, each with its format, its inputs' importance
+(K,) and Gram matrix (K, K) (GPTQ rounding), either None when uncalibrated."""
+
+
+def matmul_nbits_planned(
+    model: Any, plan: Callable[[str, np.ndarray], ColumnPlan | None], block_size: int, accuracy_level: int
+) -> tuple[Any, dict[str, int]]:
+    """Replace every MatMul whose B is a 2-D fp32 initializer by MatMulNBits as `plan(node name,
+    weight)` says (None: keep the MatMul). A plan of several column ranges becomes one MatMulNBits
+    each and a Concat on the last axis, so one stacked q/k/v matrix can keep v at 8 bits.
+
+    Returns:
+        The model and the stored bits and weights it quantized ({"bits": ..., "weights": ...}).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes, added = [], []
+    done: dict[str, list[tuple[list[str], int, int, int, int]]] = {}  # weight -> (inputs, bits, N, K, block)
+    totals = {"bits": 0, "weights": 0}
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or len(weight.dims) != 2:
+            nodes.append(node)
+            continue
+        if weight.name not in done:
+            array = numpy_helper.to_array(weight)
+            groups = plan(node.name, array)
+            if groups is None:
+                nodes.append(node)
+                continue
+            parts = []
+            for index, (start, stop, fmt, importance, gram) in enumerate(groups):
+                size = fmt.block_size or block_size
+                packed, scales, zero_points = quantize_blocks(
+                    array[:, start:stop],
+                    fmt.bits,
+                    size,
+                    fmt.symmetric,
+                    fmt.rounding == "least_squares",
+                    importance,
+                    fmt.rounding == "searched",
+                    gram,
+                )
+                stem = f"{weight.name}_Q{fmt.bits}" + (f"_part{index}" if len(groups) > 1 else "")
+                tensors = [
+                    numpy_helper.from_array(packed, stem),
+                    numpy_helper.from_array(scales, f"{stem}_scales"),
+                ]
+                if zero_points is not None:
+                    tensors.append(numpy_helper.from_array(zero_points, f"{stem}_zero_points"))
+                added.extend(tensors)
+                totals["bits"] += sum(t.nbytes for t in (packed, scales, zero_points) if t is not None) * 8
+                totals["weights"] += array.shape[0] * (stop - start)
+                parts.append(([t.name for t in tensors], fmt.bits, stop - start, array.shape[0], size))
+            done[weight.name] = parts
+        parts = done[weight.name]
+        outputs = (
+            list(node.output) if len(parts) == 1 else [f"{node.output[0]}_part{i}" for i in range(len(parts))]
+        )
+        for index, (inputs, bits, n, k, size) in enumerate(parts):
+            nodes.append(
+                helper.make_node(
+                    "MatMulNBits",
+                    [node.input[0], *inputs],
+                    [outputs[index]],
+                    name=f"{node.name}_Q{bits}" + (f"_part{index}" if len(parts) > 1 else ""),
+                    domain="com.microsoft",
+                    K=k,
+                    N=n,
+                    bits=bits,
+                    block_size=size,
+                    accuracy_level=accuracy_level,
+                )
+            )
+        if len(parts) > 1:
+            nodes.append(
+                helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}_concat", axis=-1)
+            )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    drop_unused_initializers(graph)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, totals

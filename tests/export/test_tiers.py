@@ -28,6 +28,7 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
     int4 = tmp_path / "int4"
     argv = ["onnx", str(varied_model_dir), "--output", str(int4), "--quantize", "int4", "--block_size", "32"]
     argv += ["--kv_cache_precision", "fp16"]
+    argv += ["--recipe", "plain"]  # the one-format tier; the mixed recipe: test_calibration.py
     assert main([*argv, "--asymmetric", "--parity_steps", "8", "--accept_quality_loss"]) == 0
     assert capsys.readouterr().out.startswith(str(int4))
     bf16 = export_onnx(
@@ -41,6 +42,7 @@ def test_int4_and_bf16_tiers_record_quality_and_are_batch_invariant(
     )
     described = {d.name: json.loads((d / "export.json").read_text()) for d in (int4, bf16)}
     assert described["int4"]["quantization"] == {
+        "recipe": "plain",
         "operator": "MatMulNBits",
         "bits": 4,
         "block_size": 32,
