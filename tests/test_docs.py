@@ -119,6 +119,13 @@ NOT_RUNNABLE: dict[tuple[str, str], str] = {
     + " (tests/benchmarks/ test the suite's report and its Ctrl-C)",
     ("docs/benchmarks.md", "python benchmarks/"): BENCHMARK,
     ("docs/benchmarks.md", "pip install -e"): "installs packages (llama-cpp-python is built from source)",
+    ("docs/quantization.md", "lmfast export onnx data/experiments/mine/latest"): "a user's own experiment "
+    "and dataset (minutes of NumPy per SmolLM2-size export); tests/export/test_calibration.py makes a "
+    "calibrated int4 export of a tiny model with the same flags",
+    (
+        "docs/quantization.md",
+        "LLAMA_CPP_SRC=/path/to/llama.cpp python benchmarks/quant_quality.py",
+    ): BENCHMARK,
 }
 
 # the project's former names for things, which a reader of today's repository cannot look up
