@@ -181,13 +181,16 @@ class TorchBackend:
         held_slots = np.ones(span, dtype=np.int64)  # a free slot computes a token into its column 0
         held_slots[slots] = held
         attend = int(held_slots.max())
+        held_on_device = torch.as_tensor(held_slots, device=self.device)
         if steps == 1:  # each row's new column right after its own
-            columns: int | torch.Tensor = torch.as_tensor(held_slots - 1, device=self.device)
+            columns: int | torch.Tensor = held_on_device - 1
         else:  # one row, a chunk after its held columns
             columns = int(held_slots[0]) - steps
-        mask = (np.arange(attend)[None, :] < held_slots[:, None]).astype(np.int64)
+        # built on the device: a (span, attend) host mask copied every step would grow with the context
+        mask = (torch.arange(attend, device=self.device)[None, :] < held_on_device[:, None]).long()
+        rows = torch.arange(span, device=self.device)
         layers = [
-            _SlotLayer(cache.buffers[i], cache.buffers[i + 1], span, attend - steps, columns)
+            _SlotLayer(cache.buffers[i], cache.buffers[i + 1], rows, attend - steps, columns)
             for i in range(0, len(cache.buffers), 2)
         ]
         step_cache = DynamicCache()
@@ -267,10 +270,16 @@ class _SlotLayer(DynamicLayer):
     columns into the buffers in place and returns the columns the step attends over."""
 
     def __init__(
-        self, keys: torch.Tensor, values: torch.Tensor, span: int, seen: int, columns: int | torch.Tensor
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        rows: torch.Tensor,
+        seen: int,
+        columns: int | torch.Tensor,
     ) -> None:
         super().__init__()
-        self.key_buffer, self.value_buffer, self.span, self.columns = keys, values, span, columns
+        self.key_buffer, self.value_buffer, self.rows, self.columns = keys, values, rows, columns
+        self.span = span = len(rows)
         self.keys, self.values = keys[:span, :, :seen], values[:span, :, :seen]
         self.device = keys.device
         self.is_initialized = True
@@ -284,8 +293,7 @@ class _SlotLayer(DynamicLayer):
             if isinstance(self.columns, int):
                 buffer[: self.span, :, self.columns : self.columns + steps] = new
             else:  # one new column per row, each at its own place
-                rows = torch.arange(self.span, device=buffer.device)
-                buffer[rows, :, self.columns] = new[:, :, 0]
+                buffer[self.rows, :, self.columns] = new[:, :, 0]
         self.keys, self.values = (
             self.key_buffer[: self.span, :, :end],
             self.value_buffer[: self.span, :, :end],
