@@ -264,18 +264,31 @@ def _train_phase(sizes: Sizes, out: Path, precision: str) -> dict[str, Any]:
 
     figures: dict[str, Any] = {"device": torch.cuda.get_device_name() if sizes.device == "cuda" else "cpu"}
     figures["lmfast_eager"] = _train_cli(sizes, out, f"{precision}_eager", "--precision", precision)
+    _keep(figures)
     figures["plain_eager"] = _plain(sizes, precision, compile=False)
     figures["plain_eager"]["mfu"] = _mfu(sizes, figures["plain_eager"]["tokens_per_s"], precision)
     figures["lmfast_vs_plain_eager"] = round(
         figures["lmfast_eager"]["tokens_per_s"] / figures["plain_eager"]["tokens_per_s"], 3
     )
+    _keep(figures)
     if sizes.compile:
         figures["lmfast_compiled"] = _train_cli(
             sizes, out, f"{precision}_compiled", "--precision", precision, "--compile"
         )
+        _keep(figures)
         figures["plain_compiled"] = _plain(sizes, precision, compile=True)
         figures["plain_compiled"]["mfu"] = _mfu(sizes, figures["plain_compiled"]["tokens_per_s"], precision)
     return figures
+
+
+PARTIAL: Path | None = None
+"""Where a phase keeps what it has measured so far (its result file): a phase stopped at its time
+limit still reports the figures it had."""
+
+
+def _keep(figures: dict[str, Any]) -> None:
+    if PARTIAL is not None:
+        PARTIAL.write_text(json.dumps({"status": "partial", **figures}, indent=2, default=str))
 
 
 def phase_train_bf16(sizes: Sizes, out: Path) -> dict[str, Any]:
@@ -345,6 +358,7 @@ def phase_decode(sizes: Sizes) -> dict[str, Any]:
             "hf_generate_tokens_per_s": round(reference, 1),
             "ratio": round(lmfast / reference, 2),
         }
+        _keep(figures)
     return figures
 
 
@@ -407,6 +421,7 @@ def phase_serve(sizes: Sizes, out: Path) -> dict[str, Any]:
         for clients in sizes.clients:
             _completions(port, 1, sizes.serve_tokens)  # warm
             figures[f"clients_{clients}"] = _completions(port, clients, sizes.serve_tokens)
+            _keep(figures)
         return figures
     finally:
         server.terminate()
@@ -507,6 +522,7 @@ def run_all(sizes: Sizes, out: Path, budget_s: float, only: list[str] | None) ->
             report["phases"][name] = {"status": "skipped", "reason": f"{left:.0f} s of the budget left"}
             continue
         result_path = out / f"{name}.json"
+        result_path.unlink(missing_ok=True)  # never an earlier run's
         command = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -529,7 +545,8 @@ def run_all(sizes: Sizes, out: Path, budget_s: float, only: list[str] | None) ->
             else:
                 entry = {"status": "failed", "error": f"exit {done.returncode}: {done.stderr[-1500:]}"}
         except subprocess.TimeoutExpired:
-            entry = {"status": "timeout", "error": f"stopped after {limit:.0f} s"}
+            entry = json.loads(result_path.read_text()) if result_path.is_file() else {}  # what it kept
+            entry.update(status="timeout", error=f"stopped after {limit:.0f} s")
         entry["seconds"] = round(time.perf_counter() - phase_started, 1)
         report["phases"][name] = entry
         print(f"[gpu_check] {name}: {entry.get('status')} in {entry['seconds']} s", flush=True)
@@ -591,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(prepare(sizes, args.wheels)))
         return 0
     if args.phase:
+        global PARTIAL
+        PARTIAL = args.result
         try:
             entry = {"status": "ok", **run_phase(args.phase, sizes, args.out)}
         except Exception as error:  # recorded in the report; the next phase still runs
