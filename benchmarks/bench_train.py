@@ -117,37 +117,52 @@ def run_lightning(
     return timer.losses, times, timer.tokens[1:]
 
 
-def run_plain(setup: _Setup, steps: int) -> tuple[list[float], list[float], list[int]]:
-    """The same step written as a plain PyTorch loop (nanoGPT style)."""
+def run_plain(
+    setup: _Setup, steps: int, precision: str = "32-true", compile: bool = False
+) -> tuple[list[float], list[float], list[int]]:
+    """The same step written as a plain PyTorch loop (nanoGPT style), on the device the Trainer's
+    `accelerator="auto"` picks (a GPU where there is one), under the same autocast precision."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     from lmfast.train.datamodule import IGNORE_INDEX
     from lmfast.train.optim import make_adamw, warmup_cosine_lambda
 
-    model = setup.model()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = setup.model().to(device)
     model.train()
+    if compile:
+        model.compile()
     optimizer = make_adamw(model, 1e-3, 0.1, (0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(10, steps, 1))
+    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=half is torch.float16)
     loader = setup.datamodule().train_dataloader()
     losses, ends, tokens = [], [], []
     for _, batch in zip(range(steps), loader, strict=False):
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
+        tokens.append(int(batch["attention_mask"].sum()))  # on the host, before the copy
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
+        with autocast:
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
         targets = torch.full_like(batch["labels"], IGNORE_INDEX)
         targets[:, :-1] = batch["labels"][:, 1:]
         loss = F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=IGNORE_INDEX
         )
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         losses.append(loss.item())
         ends.append(time.perf_counter())
-        tokens.append(int(batch["attention_mask"].sum()))
     times = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     return losses, times, tokens[1:]
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_engines import export_engine, llama_engine, llama_gguf, time_cell
-from lmfast.data.dataset import PreparedDataset
+from lmfast.models.dataset import PreparedDataset
 
 LMFAST_VARIANTS: dict[str, dict[str, Any]] = {  # variant -> ExportConfig overrides
     "lmfast-plain": {"quantize": "int4", "recipe": "plain"},

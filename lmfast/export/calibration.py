@@ -88,7 +88,7 @@ def calibrate(
     samples drawn with `seed` from the prepared dataset in `dataset_dir` (one forward each)."""
     import torch
 
-    from lmfast.data.dataset import PreparedDataset
+    from lmfast.models.dataset import PreparedDataset
 
     dataset = PreparedDataset(dataset_dir)
     split = dataset.split("train")

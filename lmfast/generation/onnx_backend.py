@@ -94,9 +94,11 @@ class OnnxBackend(NumpyCacheOps):
         self.has_logits_index = "logits_index" in inputs
         self.inplace = "seqlens_k" in inputs  # --kv_cache inplace: lmfast.generation.slot_cache
         if self.inplace and provider == "cuda":
-            raise ValueError(
-                "this export's in-place cache runs on the CPU provider only so far; for CUDA export "
-                "again with --kv_cache concat"
+            # accepted, with its cost: the buffers stay in host memory, bound as they are on the
+            # CPU, so ONNX Runtime copies the cache to the GPU and the present back every step
+            logger.warning(
+                "this export's in-place cache stays in host memory on CUDA: every step copies it to "
+                "the GPU and back; for a cache that stays on the GPU export with --kv_cache concat"
             )
         self._inplace_binding = session.io_binding() if self.inplace else None
         # the buffers the in-place binding holds now, and how many of their slots

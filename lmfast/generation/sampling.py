@@ -216,6 +216,7 @@ class SamplerRows:
     _any_penalty: bool = field(init=False, repr=False)
     _any_banned: bool = field(init=False, repr=False)
     _sampling_rows: np.ndarray = field(init=False, repr=False)
+    _device_ready: bool = field(init=False, repr=False)
     grammar_done: np.ndarray = field(init=False, repr=False)
     """(B,) bool after `next_tokens`: rows whose grammar has just been completed."""
 
@@ -233,6 +234,15 @@ class SamplerRows:
         self._any_penalty = bool(np.any(self.repetition_penalty != 1.0))
         self._any_banned = bool(self.has_banned.any())
         self._sampling_rows = np.flatnonzero(self.temperature > 0)
+        # nothing needs the logits on the host: a backend that keeps them on its device picks there
+        self._device_ready = not (
+            self._any_penalty
+            or self._any_banned
+            or self.bias is not None
+            or self.grammars is not None
+            or self.min_ban is not None
+            or bool((self.logprobs >= 0).any())
+        )
 
     @classmethod
     def build(
@@ -339,8 +349,26 @@ class SamplerRows:
             (tokens (B,) int64, per row its `TokenLogprob` or None, or None when no row asked):
             log-probabilities of the distribution sampled from, after penalty, bias, bans and
             temperature (a greedy row's temperature counts as 1), before top-k/top-p.
+
+        Logits a backend left on its device (`next_tokens` method, e.g. the torch backend's
+        `DeviceLogits`) are picked from there when no row needs a host-side feature: only the ids
+        come back, and each sampling row still draws its one uniform from its own RNG.
         """
-        logits = logits.astype(np.float32, copy=False)
+        on_device = getattr(logits, "next_tokens", None)
+        if on_device is not None and self._device_ready:
+            sampling = self._sampling_rows
+            uniforms = np.array([self.rngs[i].random() for i in sampling.tolist()])
+            tokens = on_device(
+                self.seen.shape[1],
+                sampling,
+                self.temperature[sampling],
+                self.top_k[sampling],
+                self.top_p[sampling],
+                uniforms,
+            )
+            self.generated += 1
+            return tokens, None
+        logits = np.asarray(logits).astype(np.float32, copy=False)
         logits = logits[:, : self.seen.shape[1]]  # a padded vocabulary's extra ids are never drawn
         if self._any_penalty:
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)

@@ -9,11 +9,17 @@ its slot and copies nothing; a row that joins is copied into a free slot (its ow
 else's). The buffers are copied whole only when they run out of slots or a row outgrows the
 capacity, both of which grow geometrically, so the cost per token is bounded; and when so few rows
 are left that most of the slots a step runs over are free (`compacted`), the last rows move down.
+
+The buffers may also be torch tensors (the torch backend's in-place cache, on the CPU or a GPU):
+every operation here is slicing and indexing both libraries share, and new buffers are made like
+the old ones (`_allocated`), in the same library, dtype and device (zeroed, for torch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +33,8 @@ COMPACT_SLACK = 4
 
 @dataclass
 class SlotCache:
-    buffers: list[np.ndarray]
-    """2 * n_layer arrays (S, n_kv_head, capacity, head_dim): key, value per layer. Never resized:
+    buffers: list[Any]
+    """2 * n_layer arrays (NumPy, or torch tensors) (S, n_kv_head, capacity, head_dim): key, value per layer. Never resized:
     more slots or capacity make a new list (rows joining or leaving keep it), so a backend may keep
     them bound between steps while it is the same list object."""
     lengths: np.ndarray
@@ -55,11 +61,21 @@ class SlotCache:
 
     @classmethod
     def empty(
-        cls, batch: int, layers: int, num_kv_heads: int, head_dim: int, tokens: int, dtype: np.dtype
+        cls,
+        batch: int,
+        layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        tokens: int,
+        dtype: np.dtype | None = None,
+        allocate: Callable[[tuple[int, ...]], Any] | None = None,
     ) -> SlotCache:
-        """Buffers for `batch` empty rows with room for at least `tokens` each."""
+        """Buffers for `batch` empty rows with room for at least `tokens` each: NumPy arrays of
+        `dtype`, or what `allocate(shape)` makes (e.g. torch tensors on a device)."""
         shape = (batch, num_kv_heads, _rounded(tokens), head_dim)
-        return cls([np.empty(shape, dtype=dtype) for _ in range(2 * layers)], np.zeros(batch, np.int64))
+        if allocate is None:
+            allocate = lambda shape: np.empty(shape, dtype=dtype)  # noqa: E731
+        return cls([allocate(shape) for _ in range(2 * layers)], np.zeros(batch, np.int64))
 
     def fit(self, tokens: int) -> SlotCache:
         """This cache if every row has room for `tokens`, else a larger copy (same slots)."""
@@ -70,7 +86,7 @@ class SlotCache:
         span = self.span
         buffers = []
         for old in self.buffers:
-            new = np.empty((old.shape[0], old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
+            new = _allocated(old, (old.shape[0], old.shape[1], capacity, old.shape[3]))
             new[:span, :, :held] = old[:span, :, :held]
             buffers.append(new)
         return SlotCache(buffers, self.lengths, self.slots)
@@ -81,7 +97,7 @@ class SlotCache:
         rows = np.asarray(rows, dtype=np.int64)
         if len(np.unique(rows)) != len(rows):
             slots = self.slots[rows]
-            return SlotCache([np.ascontiguousarray(b[slots]) for b in self.buffers], self.lengths[rows])
+            return SlotCache([b[slots] for b in self.buffers], self.lengths[rows])  # fancy indexing copies
         return SlotCache(self.buffers, self.lengths[rows], self.slots[rows]).compacted()
 
     def merge(self, other: SlotCache) -> SlotCache:
@@ -105,7 +121,7 @@ class SlotCache:
         first = int(self.lengths.max(initial=0))
         buffers = []
         for a, b in zip(self.buffers, other.buffers, strict=True):
-            merged = np.empty((slot_count, a.shape[1], capacity, a.shape[3]), dtype=a.dtype)
+            merged = _allocated(a, (slot_count, a.shape[1], capacity, a.shape[3]))
             merged[:rows, :, :first] = a[self.slots, :, :first]
             merged[rows:total, :, :second] = b[other.slots, :, :second]
             buffers.append(merged)
@@ -126,6 +142,14 @@ class SlotCache:
                 buffer[target, :, :held] = buffer[slots[row], :, :held]
             slots[row] = target
         return SlotCache(self.buffers, self.lengths, slots)
+
+
+def _allocated(like: Any, shape: tuple[int, ...]) -> Any:
+    """A new buffer of `shape` like `like`: NumPy, uninitialized (ONNX Runtime reads only the held
+    columns), or a torch tensor of the same dtype and device, zeroed: torch's attention multiplies
+    masked columns by a weight of 0, and 0 * NaN from uninitialized memory would be NaN."""
+    new_zeros = getattr(like, "new_zeros", None)
+    return new_zeros(shape) if new_zeros is not None else np.empty(shape, dtype=like.dtype)
 
 
 def _rounded(tokens: int) -> int:

@@ -6,6 +6,7 @@ TensorBoard gets the scalars, `logs/train.log` a plain-text line per log step an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from lmfast.models.dataset import PreparedSplit
+from lmfast.train.clipping import fsdp_root
 from lmfast.train.model import flops_per_token
 from lmfast.train.progress import StepClock, format_eta, total_steps
 
@@ -57,8 +59,10 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
 class ThroughputMonitor(pl.Callback):
     """Logs learning rate, tokens/s (real tokens, padding excluded) and MFU every `log_every_n_steps`.
 
-    MFU = useful model FLOPs (6N + 12LHQT per real token) / elapsed / peak; padding is not counted
-    as useful work, so the figure is conservative.
+    MFU = useful model FLOPs (6N + 12LHQT per real token, `flops_per_token`) / elapsed / peak;
+    padding is not counted as useful work, so the figure is conservative. N is the whole model's
+    count as the module took it before any strategy sharded it (not a rank's FSDP shard), and
+    under LoRA only the trainable parameters get weight gradients.
 
     Also `train/trained_tokens`: the tokens the loss has covered so far, over all ranks and resumes
     (padding never; in a dialog dataset only the tokens its loss mask keeps, the assistant turns).
@@ -71,6 +75,7 @@ class ThroughputMonitor(pl.Callback):
         self._flops = 0.0
         self._start = 0.0
         self._num_params = 0
+        self._trainable_params: int | None = None
         self._peak: float | None = None
         self._lr: float | None = None  # the rate the logged step used (read before the scheduler moves it)
         self._trained = 0  # this rank's trained tokens since the last log step
@@ -84,7 +89,11 @@ class ThroughputMonitor(pl.Callback):
         self.trained_tokens = int(state_dict.get("trained_tokens", 0))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._num_params = sum(p.numel() for p in pl_module.model.parameters())
+        # LMModule counts before FSDP shards the model: pl_module.model.parameters() would then be a shard
+        self._num_params = getattr(pl_module, "num_parameters", None) or sum(
+            p.numel() for p in pl_module.model.parameters()
+        )
+        self._trainable_params = getattr(pl_module, "num_trainable_parameters", None)
         self._peak = (
             self.peak_tflops * 1e12
             if self.peak_tflops
@@ -114,7 +123,9 @@ class ThroughputMonitor(pl.Callback):
         self._tokens += tokens
         self._trained += int(batch.get("num_trained_tokens", 0))
         config = pl_module.model.config
-        self._flops += tokens * flops_per_token(config, self._num_params, batch["input_ids"].shape[1])
+        self._flops += tokens * flops_per_token(
+            config, self._num_params, batch["input_ids"].shape[1], self._trainable_params
+        )
         step = trainer.global_step
         if trainer.fit_loop._should_accumulate() or step % trainer.log_every_n_steps != 0:
             return
@@ -194,6 +205,10 @@ class TextSamples(pl.Callback):
 
     Sampling uses lmfast's decode loop with `GenerationParams`' defaults and a seed derived from the
     step, so it neither disturbs nor depends on the training RNG: exact resume stays exact.
+
+    Under FSDP every rank gathers the full parameters (a collective) and rank 0 generates with
+    them; under DeepSpeed or model parallelism, whose parameters no single rank can run, there are
+    no samples (said once in the log).
     """
 
     def __init__(
@@ -214,10 +229,23 @@ class TextSamples(pl.Callback):
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.real_vocab_size = real_vocab_size
+        self._said_skipped = False
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not self.prompts:
+        if not self.prompts:
             return
+        if type(trainer.strategy).__name__ in ("DeepSpeedStrategy", "ModelParallelStrategy"):
+            if trainer.is_global_zero and not self._said_skipped:
+                log.info(
+                    "no text samples under %s: no rank holds the whole model", type(trainer.strategy).__name__
+                )
+            self._said_skipped = True
+            return
+        with _whole_model(trainer):  # every rank enters: under FSDP it gathers the shards
+            if trainer.is_global_zero:
+                self._generate(trainer, pl_module)
+
+    def _generate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from lmfast.generation.model_files import ModelInfo
         from lmfast.generation.params import GenerationParams
         from lmfast.generation.session import DecodeSession
@@ -259,3 +287,13 @@ class TextSamples(pl.Callback):
         if experiment is not None and hasattr(experiment, "add_text"):
             text = "\n\n".join(f"**{r['prompt']}**{r['generated']}" for r in records)
             experiment.add_text("generated", text, global_step=trainer.global_step)
+
+
+def _whole_model(trainer: pl.Trainer) -> contextlib.AbstractContextManager[Any]:
+    """Under FSDP, the full parameters in place of each rank's shard (read only); else nothing."""
+    root = fsdp_root(trainer.strategy.model)
+    if root is None:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(root, writeback=False)

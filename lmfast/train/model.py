@@ -204,14 +204,17 @@ def build_model(model: str, tokenizer: DatasetTokenizer, context: int, dropout: 
     return loaded.train()
 
 
-def flops_per_token(config: Any, num_params: int, seq_len: int) -> float:
+def flops_per_token(config: Any, num_params: int, seq_len: int, trainable_params: int | None = None) -> float:
     """Training FLOPs per token: 6 N + 12 L H Q T (PaLM appendix B, as nanoGPT's estimate_mfu).
 
     N counts every parameter except position embeddings (lookups, not matmuls); the tied LM head
-    counts once, as the matmul it is.
+    counts once, as the matmul it is. With `trainable_params` (LoRA: most weights frozen) the
+    weight-gradient third of 6 N counts only those: 4 N + 2 N_trainable, as frozen weights still
+    run forward and pass gradients back to the activations but get none themselves.
     """
     n_layer = getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", 0)
     hidden = getattr(config, "n_embd", None) or getattr(config, "hidden_size", 0)
     positions = context_length(config) or 0
     n = num_params - (positions * hidden if hasattr(config, "n_positions") else 0)
-    return 6.0 * n + 12.0 * n_layer * hidden * seq_len
+    trained = n if trainable_params is None else min(trainable_params, n)
+    return 4.0 * n + 2.0 * trained + 12.0 * n_layer * hidden * seq_len

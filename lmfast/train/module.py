@@ -7,6 +7,7 @@ model from a `.ckpt` without lmfast's training code.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -14,13 +15,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lmfast.train.clipping import clip_gradients, fsdp_root
 from lmfast.train.datamodule import IGNORE_INDEX
 from lmfast.train.losses import lm_loss_sum, shift_for_next_token, unlikelihood_candidates_loss
+from lmfast.train.nonfinite import NonFiniteLossError, NonFiniteWatch
 from lmfast.train.optim import make_adamw, warmup_cosine_lambda
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stops, the last good checkpoint is kept."""
+__all__ = ["LMModule", "NonFiniteLossError"]
+log = logging.getLogger("lmfast.train")
 
 
 class LMModule(pl.LightningModule):
@@ -53,6 +55,11 @@ class LMModule(pl.LightningModule):
             self.strict_loading = False  # checkpoints hold the adapters only; the base comes from its dir
         self.save_hyperparameters(hyper_parameters)
         self.lora = bool(lora)
+        # counted before any strategy shards or wraps the model (MFU: what trains, over all ranks)
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.num_trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self._watch: NonFiniteWatch | None = None
+        self._unchecked_steps = 0
         self._rng_to_restore: dict[str, Any] | None = None
         self._valid_sums: list[torch.Tensor] = []
 
@@ -82,14 +89,7 @@ class LMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
         loss = losses["total"]
-        # one host sync per step: a NaN must stop the run before it reaches a checkpoint; decided by all
-        # ranks together, so no rank is left waiting in a collective when another one stops
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if not finite:
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()} on rank {self.global_rank}) at step {self.global_step}; stopped, the last good "
-                "checkpoint is kept (lower --learning_rate, raise --num_warmup_steps or use bf16 instead of fp16)"
-            )
+        self._observe_loss(loss)
         log = {
             "train/loss": loss,
             "train/lm_loss": losses["lm"],
@@ -100,6 +100,47 @@ class LMModule(pl.LightningModule):
         self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False)
         self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
+
+    def _observe_loss(self, loss: torch.Tensor) -> None:
+        """Count a non-finite loss on the device; read the counts every `log_every_n_steps` batches
+        (and before any checkpoint), not at every step: a host sync per step idles a GPU."""
+        if self._watch is None:
+            # a loss scaler (16-mixed) skips an overflowed step itself: the run goes on
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            self._watch = NonFiniteWatch(tolerate=scaler is not None)
+        self._watch.observe(loss)
+        self._unchecked_steps += 1
+        if self._unchecked_steps >= max(1, self.trainer.log_every_n_steps):
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop the run if the losses since the last check say so, decided by all ranks together
+        (no rank is left waiting in a collective when another one stops).
+
+        Raises:
+            NonFiniteLossError: a NaN/inf loss (without a loss scaler), or too many overflowed
+                steps in a row (with one).
+        """
+        self._unchecked_steps = 0
+        if self._watch is None:
+            return
+        since, consecutive = self._watch.pending()
+        stop = self._watch.verdict(since, consecutive)
+        if self._watch.tolerate and since:
+            scale = self.trainer.precision_plugin.scaler.get_scale()
+            log.info(
+                "skipped %d overflowed step(s) by step %d; loss scale %g", since, self.global_step, scale
+            )
+        if self.trainer.strategy.reduce_boolean_decision(stop, all=False):
+            what = (
+                f"{consecutive} overflowed steps in a row (fp16 loss scale {self.trainer.precision_plugin.scaler.get_scale():g})"
+                if self._watch.tolerate
+                else f"non-finite training loss ({since} step(s) on rank {self.global_rank})"
+            )
+            raise NonFiniteLossError(
+                f"{what} by step {self.global_step}; stopped, the last good checkpoint is kept (lower "
+                "--learning_rate, raise --num_warmup_steps or use bf16 instead of fp16)"
+            )
 
     def on_validation_epoch_start(self) -> None:
         self._valid_sums = []
@@ -134,26 +175,19 @@ class LMModule(pl.LightningModule):
         """Clip by global norm, also with the fused AdamW under mixed precision.
 
         Lightning's AMP plugin refuses to clip when the optimizer unscales gradients inside its own
-        step (fused AdamW). Here the gradients are unscaled first where a loss scaler exists (16-mixed;
-        torch's GradScaler then skips its own unscale), so the norm is taken on the true gradients.
-        Sharded strategies keep Lightning's own clipping.
+        step (fused AdamW), and its FSDP plugin refuses to clip at all. Here the gradients are unscaled
+        first where a loss scaler exists (16-mixed; torch's GradScaler then skips its own unscale), and
+        under FSDP the root module takes the norm over every rank's shard (`lmfast.train.clipping`).
+        DeepSpeed and model-parallel strategies keep Lightning's own clipping.
         """
         if not gradient_clip_val:
             return
-        sharded = type(self.trainer.strategy).__name__ in (
-            "FSDPStrategy",
-            "DeepSpeedStrategy",
-            "ModelParallelStrategy",
-        )
-        if sharded or gradient_clip_algorithm not in (None, "norm"):
+        other = type(self.trainer.strategy).__name__ in ("DeepSpeedStrategy", "ModelParallelStrategy")
+        if other or gradient_clip_algorithm not in (None, "norm"):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(
-            [p for group in optimizer.param_groups for p in group["params"]], gradient_clip_val
-        )
+        clip_gradients(optimizer, gradient_clip_val, scaler, fsdp_root(self.trainer.strategy.model))
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = make_adamw(self.model, self.learning_rate, self.weight_decay, self.betas)
@@ -165,6 +199,8 @@ class LMModule(pl.LightningModule):
 
     # exact resume: RNG states travel with the checkpoint (Lightning saves loops, optimizer and scheduler)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._unchecked_steps:  # never a checkpoint of weights a NaN step has reached
+            self.check_finite()
         if self.lora:  # only what trains: the frozen base is the pretrained dir, unchanged
             trainable = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

@@ -120,10 +120,10 @@ def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, ni
     the exporter's own `apply_tier`; mean KL(fp32 || int4) per token over held-out (valid) text."""
     import torch
 
-    from lmfast.data.dataset import PreparedDataset
     from lmfast.export import export_onnx
     from lmfast.export.onnx import _save, apply_tier
     from lmfast.generation.onnx_backend import OnnxBackend
+    from lmfast.models.dataset import PreparedDataset
 
     fp32 = export_onnx(ExportConfig(source=outlier_model_dir, output=tmp_path / "fp32", parity_steps=2))
     model = _model(outlier_model_dir)

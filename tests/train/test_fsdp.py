@@ -35,7 +35,8 @@ def _flags(dataset_dir, root, name: str) -> list[str]:
         "--dataset_dir", str(dataset_dir), "--model", "gpt2-tiny", "--accelerator", "cpu", "--devices", "2",
         "--strategy", "fsdp", "--batch_size", "4", "--learning_rate", "2e-3", "--num_warmup_steps", "2",
         "--max_steps", "6", "--log_every_n_steps", "1", "--val_check_interval", "4", "--limit_val_batches", "2",
-        "--num_workers", "0", "--num_generated_samples", "0", "--experiments_root", str(root),
+        "--num_workers", "0", "--num_generated_samples", "2", "--generation_max_new_tokens", "4",
+        "--experiments_root", str(root),
         "--experiment_name", name,
     ]  # fmt: skip
 
@@ -71,3 +72,13 @@ def test_fsdp_on_two_cpu_processes_resumes_exactly(dataset_dir, tmp_path):
     assert len(expected) == 6 and sorted(got) == sorted(expected)
     assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(expected)]
     assert (tmp_path / "cut" / "0" / "hf" / "model.safetensors").is_file()
+    # text samples from the gathered shards: the same at each shared validation (seeded by step)
+    samples = [
+        json.loads(line) for line in (tmp_path / "full" / "0" / "generated.txt").read_text().splitlines()
+    ]
+    resumed = [
+        json.loads(line) for line in (tmp_path / "cut" / "0" / "generated.txt").read_text().splitlines()
+    ]
+    assert {s["step"] for s in samples} == {0, 4, 6} and all(s["prompt"] for s in samples)
+    texts = [(s["prompt"], s["generated"]) for s in samples if s["step"] == 4]
+    assert [(s["prompt"], s["generated"]) for s in resumed if s["step"] == 4] == texts

@@ -51,3 +51,20 @@ def test_flops_per_token_matches_the_gpt2_124m_figure(dataset_dir):
     n = 124_475_904 - 1024 * 768 + (50304 - 50257) * 768  # HF GPT-2 params, padded vocab, minus wpe
     expected = 6 * n + 12 * 12 * 768 * 1024
     assert flops_per_token(config, n + 1024 * 768, 1024) == pytest.approx(expected)
+
+
+def test_flops_per_token_counts_weight_gradients_of_trainable_parameters_only(dataset_dir):
+    """LoRA: frozen weights run forward and pass gradients back (4 N) but get none (2 N_trainable)."""
+    from lmfast.train.model import preset_config
+
+    config = preset_config("gpt2", _tokenizer(dataset_dir), 1024, None)
+    total = 124_000_000 + 1024 * 768  # position embeddings are lookups, not counted
+    attention = 12 * 12 * 768 * 1024
+    assert flops_per_token(config, total, 1024, 1_000_000) == pytest.approx(
+        4 * 124_000_000 + 2 * 1_000_000 + attention
+    )
+    full = flops_per_token(config, total, 1024)
+    assert flops_per_token(config, total, 1024, total) == pytest.approx(full)  # all trainable: 6 N
+    assert full / flops_per_token(config, total, 1024, 0) == pytest.approx(
+        (6 * 124e6 + attention) / (4 * 124e6 + attention)
+    )
