@@ -168,8 +168,10 @@ def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
     tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
     n, k = weight_bits.shape
     groups, chunks = -(-n // TILE), -(-k // TILE)
-    padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
-    padded[:n, :k] = weight_bits
+    padded = weight_bits
+    if (groups * TILE, chunks * TILE) != (n, k):  # copied only where padding is needed
+        padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
+        padded[:n, :k] = weight_bits
     return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
 
 
