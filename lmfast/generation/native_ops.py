@@ -388,12 +388,13 @@ def _write_entry(model: Any | None, swapped: int, entry: Path) -> Path:
             )
         files = {path.name: path.stat().st_size for path in staging.iterdir()}
         (staging / _MANIFEST).write_text(json.dumps({"swapped": swapped, "files": files}))
-        evict(entry)  # an incomplete entry under the same name
-        try:
-            staging.rename(entry)
-        except OSError:  # another process finished the same entry first: use theirs
-            if _cached_count(entry) is None:
-                raise
+        if _cached_count(entry) is None:  # else another process finished it first: use theirs
+            evict(entry)  # an incomplete entry under the same name
+            try:
+                staging.rename(entry)
+            except OSError:  # another process renamed its copy in between: use theirs
+                if _cached_count(entry) is None:
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     prefix = entry.name.split("-")[0] + "-"
