@@ -248,9 +248,11 @@ def swap_bf16_matmuls(model: Any) -> int:
             name = f"{source.name}_lmfast_{layout}_tiles"
             if name not in added:
                 tiles = bf16_tiles(bits)
-                added[name] = onnx.helper.make_tensor(
-                    name, onnx.TensorProto.BFLOAT16, list(tiles.shape), tiles.tobytes(), raw=True
-                )
+                tensor = graph.initializer.add()  # built in place: extending copies every tensor
+                tensor.name, tensor.data_type = name, onnx.TensorProto.BFLOAT16
+                tensor.dims.extend(tiles.shape)
+                tensor.raw_data = tiles.tobytes()
+                added[name] = tensor
             operands = [node.input[0], name]
             del node.input[:]
             node.input.extend(operands)
@@ -265,7 +267,6 @@ def swap_bf16_matmuls(model: Any) -> int:
     kept = [node for node in graph.node if id(node) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(added.values())
     still_used = {name for node in graph.node for name in node.input}
     unused = [tensor for tensor in graph.initializer if tensor.name not in still_used]
     for tensor in unused:
