@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +168,10 @@ def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
     tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
     n, k = weight_bits.shape
     groups, chunks = -(-n // TILE), -(-k // TILE)
-    padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
-    padded[:n, :k] = weight_bits
+    padded = weight_bits
+    if (groups * TILE, chunks * TILE) != (n, k):  # copied only where padding is needed
+        padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
+        padded[:n, :k] = weight_bits
     return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
 
 
@@ -242,9 +248,11 @@ def swap_bf16_matmuls(model: Any) -> int:
             name = f"{source.name}_lmfast_{layout}_tiles"
             if name not in added:
                 tiles = bf16_tiles(bits)
-                added[name] = onnx.helper.make_tensor(
-                    name, onnx.TensorProto.BFLOAT16, list(tiles.shape), tiles.tobytes(), raw=True
-                )
+                tensor = graph.initializer.add()  # built in place: extending copies every tensor
+                tensor.name, tensor.data_type = name, onnx.TensorProto.BFLOAT16
+                tensor.dims.extend(tiles.shape)
+                tensor.raw_data = tiles.tobytes()
+                added[name] = tensor
             operands = [node.input[0], name]
             del node.input[:]
             node.input.extend(operands)
@@ -259,7 +267,6 @@ def swap_bf16_matmuls(model: Any) -> int:
     kept = [node for node in graph.node if id(node) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(added.values())
     still_used = {name for node in graph.node for name in node.input}
     unused = [tensor for tensor in graph.initializer if tensor.name not in still_used]
     for tensor in unused:
@@ -310,12 +317,112 @@ def swap_nbits_matmuls(model: Any) -> int:
     return swapped
 
 
+CACHE_FORMAT = 1
+"""Bumped whenever the rewrite writes something different for the same export (a new layout)."""
+_MANIFEST = "complete.json"
+_EXTERNAL_DATA = "model.onnx.data"
+
+
+def cache_root() -> Path:
+    """Where rewritten graphs are kept (`$LMFAST_CACHE/native_ops` or `~/.cache/lmfast/native_ops`)."""
+    root = os.environ.get("LMFAST_CACHE") or Path.home() / ".cache" / "lmfast"
+    return Path(root) / "native_ops"
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_entry(model_path: Path, swaps: tuple[str, ...], library: Path) -> Path:
+    """The cache directory for `model_path` rewritten with `swaps`: named by the export's path, then
+    by everything that changes the result (the files' size and mtime, including external data, the
+    swaps, lmfast's version, `CACHE_FORMAT` and the library), so an edited export gets a new entry."""
+    from lmfast import __version__
+
+    model_path = Path(model_path).resolve()
+    data = model_path.with_name(f"{model_path.name}.data")
+    identity = [_file_identity(model_path)] + ([_file_identity(data)] if data.is_file() else [])
+    identity += [",".join(sorted(swaps)), __version__, str(CACHE_FORMAT), _file_identity(library)]
+    where = hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
+    what = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    return cache_root() / f"{where}-{what}"
+
+
+def _cached_count(entry: Path) -> int | None:
+    """How many ops `entry` swapped (0: the export has nothing to swap), or None where the entry is
+    missing, partly written or truncated (its manifest absent, unreadable, or a listed file's size
+    differs from the recorded one)."""
+    try:
+        manifest = json.loads((entry / _MANIFEST).read_text())
+        files, swapped = manifest["files"], int(manifest["swapped"])
+        if all((entry / name).stat().st_size == size for name, size in files.items()):
+            return swapped
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def evict(entry: Path) -> None:
+    """Remove a cache entry (one ONNX Runtime rejected), so that the next load rebuilds it."""
+    shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_entry(model: Any | None, swapped: int, entry: Path) -> Path:
+    """Save the rewritten `model` (None: nothing to swap, only that is recorded) as
+    `entry/model.onnx` with its weights in `model.onnx.data`, which ONNX Runtime maps from disk
+    rather than copying and which has no 2 GiB limit. Written into a temporary directory and renamed
+    into place, then older entries for the same export are removed. Returns the model file's path."""
+    import onnx
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=entry.parent))
+    try:
+        if model is not None:
+            onnx.save(
+                model,
+                str(staging / "model.onnx"),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=_EXTERNAL_DATA,
+                size_threshold=1024,
+            )
+        files = {path.name: path.stat().st_size for path in staging.iterdir()}
+        (staging / _MANIFEST).write_text(json.dumps({"swapped": swapped, "files": files}))
+        if _cached_count(entry) is None:  # else another process finished it first: use theirs
+            evict(entry)  # an incomplete entry under the same name
+            try:
+                staging.rename(entry)
+            except OSError:  # another process renamed its copy in between: use theirs
+                if _cached_count(entry) is None:
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    prefix = entry.name.split("-")[0] + "-"
+    for older in entry.parent.glob(f"{prefix}*"):
+        if older != entry:
+            evict(older)
+    return entry / "model.onnx"
+
+
 def session_source(
     model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None
 ) -> tuple[str | bytes, int]:
+    """`rewritten_source`, with the library registered on `options` when ops were swapped."""
+    source, swapped = rewritten_source(model_path, provider, enabled)
+    if swapped:
+        options.register_custom_ops_library(str(library_path()))
+    return source, swapped
+
+
+def rewritten_source(
+    model_path: Path, provider: str = "cpu", enabled: bool | None = None
+) -> tuple[str | bytes, int]:
     """What to hand `ort.InferenceSession` for `model_path`, and how many ops were swapped: the
     path itself and 0 (nothing to swap, the CUDA provider, ops turned off or not built), or the
-    rewritten graph's bytes, with the library registered on `options`.
+    rewritten graph (which needs the library registered on the session's options). The rewritten graph is kept in
+    `cache_entry` (rewritten once, then opened from disk like any export); where the cache cannot
+    be written, it is handed over as one serialized protobuf (limited to 2 GiB).
 
     Raises:
         NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and the library or the onnx package is missing.
@@ -326,6 +433,15 @@ def session_source(
     library = library_path()
     if library is None:
         return str(model_path), 0
+    entry = cache_entry(model_path, swaps, library)
+    cached = _cached_count(entry)
+    if cached is not None:
+        if not cached:
+            return str(model_path), 0
+        logger.info(
+            "%s: %d ops swapped for lmfast's (%s kernels; cached in %s)", model_path, cached, isa(), entry
+        )
+        return str(entry / "model.onnx"), cached
     try:
         import onnx
     except ImportError as error:
@@ -337,16 +453,41 @@ def session_source(
     swapped = (swap_bf16_matmuls(model) if "bf16" in swaps else 0) + (
         swap_nbits_matmuls(model) if "nbits" in swaps else 0
     )
+    try:
+        cached_path = _write_entry(model if swapped else None, swapped, entry)
+    except OSError as error:
+        logger.warning("%s: cannot cache the rewritten graph (%s); handing it over in memory", entry, error)
+        cached_path = None
     if not swapped:
         return str(model_path), 0
+    logger.info("%s: %d ops swapped for lmfast's (%s kernels)", model_path, swapped, isa())
+    if cached_path is not None:
+        return str(cached_path), swapped
     if model.ByteSize() >= _PROTOBUF_LIMIT:
         logger.warning(
             "%s: the rewritten graph exceeds protobuf's 2 GiB; running ONNX Runtime's ops", model_path
         )
         return str(model_path), 0
-    options.register_custom_ops_library(str(library))
-    logger.info("%s: %d ops swapped for lmfast's (%s kernels)", model_path, swapped, isa())
     return model.SerializeToString(), swapped
+
+
+def inference_session(
+    model_path: Path, options: Any, providers: list[str], provider: str = "cpu", enabled: bool | None = None
+) -> tuple[Any, int]:
+    """An `ort.InferenceSession` for `model_path` (through `session_source`) and the swapped count;
+    a cache entry ONNX Runtime cannot open (corrupted on disk) is removed and rebuilt once."""
+    import onnxruntime as ort
+
+    source, swapped = session_source(model_path, options, provider, enabled)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers), swapped
+    except Exception as error:  # ONNX Runtime raises its own exception types for unreadable files
+        if not isinstance(source, str) or Path(source).parent.parent != cache_root():
+            raise
+        logger.warning("%s: cached graph unreadable (%s); rebuilding it", source, error)
+        evict(Path(source).parent)
+    source, swapped = rewritten_source(model_path, provider, enabled)  # the library is registered
+    return ort.InferenceSession(source, sess_options=options, providers=providers), swapped
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lmfast.generation.backend import NumpyCacheOps
-from lmfast.generation.native_ops import session_source
+from lmfast.generation.native_ops import inference_session
 from lmfast.generation.slot_cache import SlotCache, left_aligned, right_aligned
 
 logger = logging.getLogger(__name__)
@@ -135,8 +135,9 @@ class OnnxBackend(NumpyCacheOps):
                 )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         options = session_options(num_threads, spin_us)
-        source, swapped = session_source(Path(directory) / "model.onnx", options, provider, native_ops)
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        session, swapped = inference_session(
+            Path(directory) / "model.onnx", options, providers, provider, native_ops
+        )
         logger.info("loaded %s on %s", directory, session.get_providers()[0])
         backend = cls(session, provider)
         backend.swapped_ops = swapped

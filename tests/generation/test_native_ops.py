@@ -374,3 +374,34 @@ def test_native_ops_env_names_the_swaps(monkeypatch):
     monkeypatch.setenv("LMFAST_NATIVE_OPS", "int3")
     with pytest.raises(ValueError, match="LMFAST_NATIVE_OPS: unknown \\['int3'\\]"):
         native_ops.swaps_from_env()
+
+
+@needs_library
+def test_second_load_opens_the_cache_entry_without_rewriting(monkeypatch, tmp_path):
+    """The first load writes the rewritten graph to the cache; the next opens it without reading
+    the export through onnx, and both sessions give the same logits as the in-memory rewrite."""
+    monkeypatch.setenv("LMFAST_CACHE", str(tmp_path / "cache"))
+    model, a = _tied_model(40, 24, 12, 7)
+    model_path = tmp_path / "model.onnx"
+    onnx.save(model, model_path)
+    feeds = {"A": a, "ids": np.array([0, 5, 11], dtype=np.int64)}
+    in_memory = onnx.load(str(model_path))
+    assert swap_bf16_matmuls(in_memory) == 2
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(LIBRARY))
+    expected = ort.InferenceSession(in_memory.SerializeToString(), options).run(None, feeds)[0]
+
+    first, swapped = native_ops.inference_session(model_path, ort.SessionOptions(), ["CPUExecutionProvider"])
+    entry = native_ops.cache_entry(model_path, native_ops.DEFAULT_SWAPS, LIBRARY)
+    assert swapped == 2 and (entry / "model.onnx").is_file()
+    monkeypatch.setattr(onnx, "load", _no_rewrite_expected)
+    second, swapped_again = native_ops.inference_session(
+        model_path, ort.SessionOptions(), ["CPUExecutionProvider"]
+    )
+    assert swapped_again == 2
+    for session in (first, second):
+        np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+
+
+def _no_rewrite_expected(*args, **kwargs):
+    raise AssertionError("the cached entry should have been opened without onnx.load")
