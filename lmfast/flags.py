@@ -35,7 +35,28 @@ _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off")
 
 
-class FlagError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user: the one base of every stage's bad-input error.
+
+    `.field` names the flag, file or request field; `.rule` says what is wrong with it; `str()` is
+    the one line a command prints after `<prog>: error: ` (`run`) and an HTTP 4xx carries. A stage
+    shapes that line in `line()` (e.g. "--field: rule"). `UserError(message)` carries a message
+    that already names what it is about: `.field` is then empty and `.rule` is the message.
+    """
+
+    def __init__(self, field: str, rule: str | None = None) -> None:
+        if rule is None:
+            field, rule = "", field
+        self.field = field
+        self.rule = rule
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """The one-line message: "field: rule", or the rule alone when no field is named."""
+        return f"{self.field}: {self.rule}" if self.field else self.rule
+
+
+class FlagError(UserError):
     """A flag or environment value that does not parse; the message names it."""
 
 
