@@ -27,9 +27,10 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "LMFAST_"
+Parsed = TypeVar("Parsed")
 _NONE_WORDS = ("none", "null")
 _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off")
@@ -362,3 +363,36 @@ def parse_config(
     values = env_values(cls, env_prefix, environ)
     values.update({name: value for name, value in given.items() if name in names})
     return cls(**values), namespace
+
+
+def run(
+    prog: str,
+    parse: Callable[[], Parsed],
+    command: Callable[[Parsed], int],
+    *,
+    error_word: bool = True,
+) -> int:
+    """Run one CLI command: `parse()` the flags, then `command(parsed)`; return the exit code.
+
+    The one wrapper every `main()` shares: `--help` (argparse's `SystemExit`) returns its code (0),
+    and bad input (a `UserError`) from either step prints `<prog>: error: <message>` as one line on stderr and
+    returns 2. Anything else is the command's own business (it returns 1, 130... or raises).
+    `error_word=False` prints `<prog>: <message>`: `lmfast train`'s lines, which scripts and tests
+    already match, were written without the word.
+    """
+    try:
+        parsed = parse()
+    except SystemExit as request:  # --help, after argparse printed it
+        return int(request.code or 0)
+    except UserError as error:
+        return report(prog, error, error_word=error_word)
+    try:
+        return command(parsed)
+    except UserError as error:
+        return report(prog, error, error_word=error_word)
+
+
+def report(prog: str, error: BaseException, *, error_word: bool = True) -> int:
+    """Print `<prog>: error: <message>` on stderr; 2, the exit code of bad input."""
+    print(f"{prog}: {'error: ' if error_word else ''}{error}", file=sys.stderr)
+    return 2

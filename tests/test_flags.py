@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from lmfast.flags import (
     env_values,
     field_docs,
     parse_config,
+    run,
 )
 
 
@@ -263,3 +265,35 @@ def test_every_stage_bad_input_error_is_a_user_error_with_its_message_unchanged(
     for error, line in structured:
         assert isinstance(error, UserError) and str(error) == line
         assert error.rule in line and error.field.lower() in line.lower()
+
+
+def test_run_owns_help_and_the_one_line_exit_2_for_bad_input_in_either_step(capsys):
+    parser = OneLineParser(prog="lmfast toy")
+    add_config_flags(parser, Example)
+
+    def parse(argv: list[str]) -> Callable[[], Example]:
+        return lambda: parse_config(parser, Example, argv)[0]
+
+    assert run("lmfast toy", parse(["--help"]), lambda config: 1) == 0
+    assert "usage: lmfast toy" in capsys.readouterr().out
+
+    assert run("lmfast toy", parse(["--steps", "x"]), lambda config: 0) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("lmfast toy: error: argument --steps")
+    assert captured.err.count("\n") == 1
+
+    def reject(config: Example) -> int:
+        raise UserError("--steps", f"{config.steps} is too many")
+
+    assert run("lmfast toy", parse(["--steps", "9"]), reject) == 2
+    assert capsys.readouterr().err == "lmfast toy: error: --steps: 9 is too many\n"
+    assert run("lmfast toy", parse(["--steps", "9"]), reject, error_word=False) == 2
+    assert capsys.readouterr().err == "lmfast toy: --steps: 9 is too many\n"
+
+    assert run("lmfast toy", parse(["--steps", "9"]), lambda config: config.steps) == 9  # the command's code
+
+    def crash(config: Example) -> int:
+        raise RuntimeError("not bad input: a bug, shown with its traceback")
+
+    with pytest.raises(RuntimeError):
+        run("lmfast toy", parse([]), crash)
