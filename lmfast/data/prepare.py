@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class PrepareConfig:
     tokenizer_engine: str = field(
         default="auto", metadata=_help("auto (fastest proven identical), gigatoken, tiktoken or tokenizers.")
     )
-    encoding_errors: str = field(
+    encoding_errors: Literal["strict", "replace", "ignore"] = field(
         default="strict",
         metadata=_help("Invalid UTF-8: strict (error saying where), replace (U+FFFD) or ignore."),
     )
@@ -103,7 +103,9 @@ class PrepareConfig:
     window_mb: float = field(
         default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
     )
-    kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
+    kernel_backend: chunking.Backend = field(
+        default="auto", metadata=_help("Native kernels: auto, cython or python.")
+    )
     document_bos_token: str = field(
         default="auto",
         metadata=_help("Token before each document: auto (the tokenizer's convention), none, or a token."),
@@ -403,7 +405,7 @@ class SplitWriter:
         starts_buffer = np.empty(len(out) // max_len + n_pieces + 2, dtype=np.int64)
         out_pos, cur_start, self._in_doc, n_starts = chunking.write_samples(
             ids, id_offsets, first, last, self._bos, self._eos, max_len, min_len,
-            out, len(carry), 0, self._in_doc, starts_buffer, backend=self._config.kernel_backend,  # type: ignore[arg-type]
+            out, len(carry), 0, self._in_doc, starts_buffer, backend=self._config.kernel_backend,
         )  # fmt: skip
         # everything before the open sample is final; the open sample is carried over
         self.starts.append(starts_buffer[:n_starts] + self.corpus.length)
@@ -436,17 +438,17 @@ def iter_input_pieces(
     if file.format == "jsonl":
         return records.iter_jsonl(
             file.path, file.compression, config.text_field, flag=flag, window_bytes=window,
-            encoding_errors=config.encoding_errors, backend=backend,  # type: ignore[arg-type]
+            encoding_errors=config.encoding_errors, backend=backend,
         )  # fmt: skip
     if file.format == "parquet":
         return records.iter_parquet(
             file.path, config.text_column, flag=flag, encoding_errors=config.encoding_errors,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
         )  # fmt: skip
     return documents.iter_pieces(
         file.path, config.end_of_document, flag=flag, window_bytes=window,
         encoding_errors=config.encoding_errors, splittable=splittable,
-        backend=backend, compression=file.compression,  # type: ignore[arg-type]
+        backend=backend, compression=file.compression,
     )  # fmt: skip
 
 
@@ -612,7 +614,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     _check_writable_root(config.datasets_root)
     boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
     try:
-        kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
+        kernel_backend = chunking.resolve_backend(config.kernel_backend)
     except ImportError as error:
         raise PrepareError(f"--kernel_backend: {error}") from None
     splittable = engines.is_byte_level_bpe(tokenizer)
