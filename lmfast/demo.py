@@ -7,6 +7,7 @@ user would type (shown before it runs), so the demo doubles as a smoke test of t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -19,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lmfast.flags import FlagError, OneLineParser
+from lmfast.flags import OneLineParser, run
 
 DEFAULT_DOCUMENTS = Path("data/documents/nietzsche")
 # the demo's own tree, so the README walkthrough's paths (data/datasets/nietzsche/0, ...) stay free
@@ -132,14 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max_new_tokens", type=int, default=48, help="tokens generated for the prompt (default: 48)"
     )
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:  # --help
-        return int(done.code or 0)
-    except FlagError as error:
-        print(f"lmfast demo: error: {error}", file=sys.stderr)
-        return 2
+    return run("lmfast demo", lambda: parser.parse_args(argv), _demo)
 
+
+def _demo(args: argparse.Namespace) -> int:
+    """Prepare, train, export, serve and ask the served model, each as the command a user types."""
     for name in ("train.txt", "valid.txt"):
         if not (args.documents_dir / name).is_file():
             print(f"lmfast demo: --documents_dir {args.documents_dir}: missing {name}", file=sys.stderr)

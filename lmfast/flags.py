@@ -27,15 +27,37 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "LMFAST_"
+Parsed = TypeVar("Parsed")
 _NONE_WORDS = ("none", "null")
 _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off")
 
 
-class FlagError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user: the one base of every stage's bad-input error.
+
+    `.field` names the flag, file or request field; `.rule` says what is wrong with it; `str()` is
+    the one line a command prints after `<prog>: error: ` (`run`) and an HTTP 4xx carries. A stage
+    shapes that line in `line()` (e.g. "--field: rule"). `UserError(message)` carries a message
+    that already names what it is about: `.field` is then empty and `.rule` is the message.
+    """
+
+    def __init__(self, field: str, rule: str | None = None) -> None:
+        if rule is None:
+            field, rule = "", field
+        self.field = field
+        self.rule = rule
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """The one-line message: "field: rule", or the rule alone when no field is named."""
+        return f"{self.field}: {self.rule}" if self.field else self.rule
+
+
+class FlagError(UserError):
     """A flag or environment value that does not parse; the message names it."""
 
 
@@ -341,3 +363,36 @@ def parse_config(
     values = env_values(cls, env_prefix, environ)
     values.update({name: value for name, value in given.items() if name in names})
     return cls(**values), namespace
+
+
+def run(
+    prog: str,
+    parse: Callable[[], Parsed],
+    command: Callable[[Parsed], int],
+    *,
+    error_word: bool = True,
+) -> int:
+    """Run one CLI command: `parse()` the flags, then `command(parsed)`; return the exit code.
+
+    The one wrapper every `main()` shares: `--help` (argparse's `SystemExit`) returns its code (0),
+    and bad input (a `UserError`) from either step prints `<prog>: error: <message>` as one line on stderr and
+    returns 2. Anything else is the command's own business (it returns 1, 130... or raises).
+    `error_word=False` prints `<prog>: <message>`: `lmfast train`'s lines, which scripts and tests
+    already match, were written without the word.
+    """
+    try:
+        parsed = parse()
+    except SystemExit as request:  # --help, after argparse printed it
+        return int(request.code or 0)
+    except UserError as error:
+        return report(prog, error, error_word=error_word)
+    try:
+        return command(parsed)
+    except UserError as error:
+        return report(prog, error, error_word=error_word)
+
+
+def report(prog: str, error: BaseException, *, error_word: bool = True) -> int:
+    """Print `<prog>: error: <message>` on stderr; 2, the exit code of bad input."""
+    print(f"{prog}: {'error: ' if error_word else ''}{error}", file=sys.stderr)
+    return 2

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from lmfast.flags import FlagError, OneLineParser, add_config_flags, env_values, field_docs, parse_config
+from lmfast.flags import (
+    FlagError,
+    OneLineParser,
+    UserError,
+    add_config_flags,
+    env_values,
+    field_docs,
+    parse_config,
+    run,
+)
 
 
 @dataclass
@@ -200,3 +210,90 @@ def test_values_after_a_double_dash_and_subcommand_flags_are_not_checked_by_the_
     assert parser.parse_args(["run", "--steps", "2"]).steps == 2
     with pytest.raises(FlagError, match=r"unknown flag --step \(did you mean --steps\?\)"):
         parser.parse_args(["run", "--step", "2"])
+
+
+def test_user_error_carries_field_and_rule_and_prints_one_line():
+    error = UserError("--port", "must be between 1 and 65535")
+    assert isinstance(error, ValueError)
+    assert (error.field, error.rule, str(error)) == (
+        "--port",
+        "must be between 1 and 65535",
+        "--port: must be between 1 and 65535",
+    )
+    message_only = UserError("data.txt: not UTF-8")
+    assert (message_only.field, message_only.rule, str(message_only)) == (
+        "",
+        "data.txt: not UTF-8",
+        "data.txt: not UTF-8",
+    )
+
+
+def test_every_stage_bad_input_error_is_a_user_error_with_its_message_unchanged():
+    from lmfast.bot.storage import StorageError
+    from lmfast.data.chat_exports import ChatExportError
+    from lmfast.data.dialogs import DialogsError
+    from lmfast.data.documents import DocumentsError
+    from lmfast.data.errors import PrepareError
+    from lmfast.data.inputs import InputError
+    from lmfast.data.tokenizers import UnknownTokenizerError
+    from lmfast.evaluation.config import EvalError
+    from lmfast.generation.params import ParamError
+    from lmfast.models.chat_template import ChatTemplateError
+    from lmfast.models.checkpoint import CheckpointError
+    from lmfast.models.dataset import DatasetFormatError
+    from lmfast.train.model import TrainInputError
+
+    single = (StorageError, ChatExportError, DialogsError, DocumentsError, InputError, UnknownTokenizerError)
+    single += (
+        ChatTemplateError,
+        CheckpointError,
+        DatasetFormatError,
+        TrainInputError,
+        FlagError,
+        PrepareError,
+    )
+    for cls in single:
+        error = cls("x.json: line 3 is not JSON")
+        assert isinstance(error, UserError) and str(error) == "x.json: line 3 is not JSON", cls
+    structured = [
+        (ParamError("temperature", "must be >= 0"), "temperature must be >= 0"),
+        (EvalError("stride", "must be > 0"), "--stride: must be > 0"),
+        (EvalError("source", "not found"), "SOURCE: not found"),
+        (PrepareError("val_ratio", "must be in [0, 1)"), "--val_ratio: must be in [0, 1)"),
+        (PrepareError("input", "--input x: not found"), "--input x: not found"),
+    ]
+    for error, line in structured:
+        assert isinstance(error, UserError) and str(error) == line
+        assert error.rule in line and error.field.lower() in line.lower()
+
+
+def test_run_owns_help_and_the_one_line_exit_2_for_bad_input_in_either_step(capsys):
+    parser = OneLineParser(prog="lmfast toy")
+    add_config_flags(parser, Example)
+
+    def parse(argv: list[str]) -> Callable[[], Example]:
+        return lambda: parse_config(parser, Example, argv)[0]
+
+    assert run("lmfast toy", parse(["--help"]), lambda config: 1) == 0
+    assert "usage: lmfast toy" in capsys.readouterr().out
+
+    assert run("lmfast toy", parse(["--steps", "x"]), lambda config: 0) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("lmfast toy: error: argument --steps")
+    assert captured.err.count("\n") == 1
+
+    def reject(config: Example) -> int:
+        raise UserError("--steps", f"{config.steps} is too many")
+
+    assert run("lmfast toy", parse(["--steps", "9"]), reject) == 2
+    assert capsys.readouterr().err == "lmfast toy: error: --steps: 9 is too many\n"
+    assert run("lmfast toy", parse(["--steps", "9"]), reject, error_word=False) == 2
+    assert capsys.readouterr().err == "lmfast toy: --steps: 9 is too many\n"
+
+    assert run("lmfast toy", parse(["--steps", "9"]), lambda config: config.steps) == 9  # the command's code
+
+    def crash(config: Example) -> int:
+        raise RuntimeError("not bad input: a bug, shown with its traceback")
+
+    with pytest.raises(RuntimeError):
+        run("lmfast toy", parse([]), crash)

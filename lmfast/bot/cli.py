@@ -40,7 +40,7 @@ def parse_config(argv: list[str], environ: Mapping[str, str] | None = None) -> B
     With `--console` the token is optional (the console's own stands in).
 
     Raises:
-        ValueError: a missing token or a bad value (the message names the flag); `FlagError` for
+        UserError: a missing token or a bad value (the message names the flag); `FlagError` for
             argparse's own errors (unknown flag, not a number).
         SystemExit: --help.
     """
@@ -57,13 +57,10 @@ def parse_config(argv: list[str], environ: Mapping[str, str] | None = None) -> B
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the bot until interrupted; 2 on bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config = parse_config(argv)
-    except ValueError as error:
-        print(f"lmfast bot: error: {error}", file=sys.stderr)
-        return 2
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
+    return flags.run("lmfast bot", lambda: parse_config(argv), lambda config: _run_bot(config, argv))
+
+
+def _run_bot(config: BotConfig, argv: list[str]) -> int:
     console = "--console" in argv
     # the console is a chat: its log shows warnings unless a --log_level is asked for
     quiet = console and not any(arg.startswith("--log_level") for arg in argv)
@@ -77,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     from aiogram.exceptions import TelegramUnauthorizedError
 
     from lmfast.bot.app import TelegramUnreachable, run
-    from lmfast.bot.storage import StorageError
 
     logging.getLogger(__name__).info("starting with %s", config.to_dict())
     try:
@@ -87,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_console(config))
         else:
             asyncio.run(run(config))
-    except StorageError as error:
-        print(f"lmfast bot: error: {error}", file=sys.stderr)
-        return 2
     except TelegramUnauthorizedError:
         print("lmfast bot: error: --token: rejected by Telegram (revoked or mistyped?)", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from lmfast.flags import UserError
+
 # environment variables read when the matching flag is not given
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 TELEGRAM_API_SERVER_ENV = "TELEGRAM_API_SERVER"
@@ -136,47 +138,47 @@ class BotConfig:
 
     def __post_init__(self) -> None:
         if not self.token:
-            raise ValueError(f"--token: missing; pass --token or set {TOKEN_ENV}")
+            raise UserError(f"--token: missing; pass --token or set {TOKEN_ENV}")
         if not _TOKEN_RE.match(self.token):
-            raise ValueError("--token: not a Telegram bot token (expected '<digits>:<letters>')")
+            raise UserError("--token: not a Telegram bot token (expected '<digits>:<letters>')")
         for name in ("api_url", "telegram_api_server", "webhook_url"):
             value = getattr(self, name)
             if value is not None and urlparse(value).scheme not in ("http", "https"):
-                raise ValueError(f"--{name}: expected an http(s) URL, got {value!r}")
+                raise UserError(f"--{name}: expected an http(s) URL, got {value!r}")
         if self.api_key == "":
             self.api_key = None
         if self.telegram_api_server == "":
             self.telegram_api_server = None
         self.allowed_users = tuple(int(u) for u in self.allowed_users)
         if self.max_stored_texts < 1:
-            raise ValueError(f"--max_stored_texts must be >= 1, got {self.max_stored_texts}")
+            raise UserError(f"--max_stored_texts must be >= 1, got {self.max_stored_texts}")
         if self.rate_limit < 1:
-            raise ValueError(f"--rate_limit must be >= 1, got {self.rate_limit}")
+            raise UserError(f"--rate_limit must be >= 1, got {self.rate_limit}")
         self.allowed_groups = tuple(int(g) for g in self.allowed_groups)
         if self.group_trigger not in GROUP_TRIGGERS:
-            raise ValueError(
+            raise UserError(
                 f"--group_trigger must be one of {', '.join(GROUP_TRIGGERS)}, got {self.group_trigger!r}"
             )
         if self.group_rate_limit < 1:
-            raise ValueError(f"--group_rate_limit must be >= 1, got {self.group_rate_limit}")
+            raise UserError(f"--group_rate_limit must be >= 1, got {self.group_rate_limit}")
         if self.rate_window_s <= 0:
-            raise ValueError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
+            raise UserError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
         if self.api_timeout_s <= 0:
-            raise ValueError(f"--api_timeout_s must be > 0, got {self.api_timeout_s}")
+            raise UserError(f"--api_timeout_s must be > 0, got {self.api_timeout_s}")
         if self.api_deadline_s <= 0:
-            raise ValueError(f"--api_deadline_s must be > 0, got {self.api_deadline_s}")
+            raise UserError(f"--api_deadline_s must be > 0, got {self.api_deadline_s}")
         if self.api_retries < 0:
-            raise ValueError(f"--api_retries must be >= 0, got {self.api_retries}")
+            raise UserError(f"--api_retries must be >= 0, got {self.api_retries}")
         if self.api_backoff_s < 0:
-            raise ValueError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
+            raise UserError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
         if self.stream_edit_interval_s < 0:
-            raise ValueError(f"--stream_edit_interval_s must be >= 0, got {self.stream_edit_interval_s}")
+            raise UserError(f"--stream_edit_interval_s must be >= 0, got {self.stream_edit_interval_s}")
         if self.start_attempts < 1:
-            raise ValueError(f"--start_attempts must be >= 1, got {self.start_attempts}")
+            raise UserError(f"--start_attempts must be >= 1, got {self.start_attempts}")
         if self.polling_timeout < 1:
-            raise ValueError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
+            raise UserError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ValueError(
+            raise UserError(
                 f"--log_level must be debug, info, warning, error or critical, got {self.log_level!r}"
             )
         self._listen()  # rejects a malformed --webhook_listen now, not at start-up
@@ -192,7 +194,7 @@ class BotConfig:
     def _listen(self) -> tuple[str, int]:
         host, sep, port = self.webhook_listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--webhook_listen: expected host:port, got {self.webhook_listen!r}")
+            raise UserError(f"--webhook_listen: expected host:port, got {self.webhook_listen!r}")
         return host, int(port)
 
     def to_dict(self) -> dict[str, Any]:

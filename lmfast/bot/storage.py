@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmfast.bot.settings import ChatSettings
+from lmfast.flags import UserError
 
 # a prompt or continuation is cut to this many characters before it is stored: a Telegram message
 # is at most 4,096 characters, and the server bounds what it generates, so this only guards the file
@@ -78,7 +79,7 @@ class StoredText:
     continuation: str
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """The `--db_path` file cannot be used (garbage, truncated, a directory...): one line, exit 2."""
 
 

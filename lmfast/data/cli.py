@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from argparse import Namespace
 
-from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
-from lmfast.flags import FlagError, OneLineParser, add_config_flags, parse_config
+from lmfast.data.prepare import PrepareConfig, prepare
+from lmfast.flags import FlagError, OneLineParser, add_config_flags, parse_config, run
 
 PROG = "lmfast prepare"
 
@@ -35,23 +36,23 @@ def merge_main(argv: list[str]) -> int:
     parser = OneLineParser(prog=prog, description=(MergeConfig.__doc__ or "").strip())
     add_config_flags(parser, MergeConfig, positional=("shards",))
     parser.add_argument("--quiet", action="store_true", help="Log warnings only.")
-    try:
-        config, namespace = parse_config(parser, MergeConfig, argv)
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except (FlagError, TypeError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.WARNING if namespace.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        directory = merge(config)
-    except PrepareError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    print(directory)
-    return 0
+
+    def parse() -> tuple[MergeConfig, Namespace]:
+        try:
+            return parse_config(parser, MergeConfig, argv)
+        except TypeError as error:  # MergeConfig's own check of its arguments
+            raise FlagError(str(error)) from None
+
+    def join(parsed: tuple[MergeConfig, Namespace]) -> int:
+        config, namespace = parsed
+        logging.basicConfig(
+            level=logging.WARNING if namespace.quiet else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        print(merge(config))
+        return 0
+
+    return run(prog, parse, join)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
     parser = build_parser()
-    try:
-        args = vars(parser.parse_args(argv))
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except FlagError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run(PROG, lambda: vars(parser.parse_args(argv)), _prepare)
+
+
+def _prepare(args: dict) -> int:
+    """Prepare from the parsed flags (a `PrepareError` reaches `run`: one line, exit 2)."""
     quiet = args.pop("quiet")
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -74,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     values = {k: v for k, v in args.items() if v is not None}
     try:
         directory = prepare(PrepareConfig(**values))
-    except PrepareError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return 130

@@ -6,9 +6,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lmfast.data import chat_exports, dialogs, documents, engines, inputs
+from lmfast.data import chat_exports, chunking, dialogs, documents, engines, inputs
 from lmfast.data.errors import PrepareError
 
 
@@ -67,7 +67,7 @@ class PrepareConfig:
     tokenizer_engine: str = field(
         default="auto", metadata=_help("auto (fastest proven identical), gigatoken, tiktoken or tokenizers.")
     )
-    encoding_errors: str = field(
+    encoding_errors: Literal["strict", "replace", "ignore"] = field(
         default="strict",
         metadata=_help("Invalid UTF-8: strict (error saying where), replace (U+FFFD) or ignore."),
     )
@@ -75,7 +75,9 @@ class PrepareConfig:
     window_mb: float = field(
         default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
     )
-    kernel_backend: str = field(default="auto", metadata=_help("Native kernels: auto, cython or python."))
+    kernel_backend: chunking.Backend = field(
+        default="auto", metadata=_help("Native kernels: auto, cython or python.")
+    )
     document_bos_token: str = field(
         default="auto",
         metadata=_help("Token before each document: auto (the tokenizer's convention), none, or a token."),

@@ -40,6 +40,7 @@ from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer
 from lmfast.models.chat_template import TEMPLATE_FILE, ChatTemplate, ChatTemplateError, special_tokens_of
 from lmfast.models.dataset import LOSS_MASK_FILE, split_key
+from lmfast.flags import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ BAD_LINES = ("error", "skip")
 _BATCH = 512  # conversations encoded per `encode_batch` call
 
 
-class DialogsError(ValueError):
+class DialogsError(UserError):
     """A dialogs file or chat template cannot be used; the message names the file (and line) and the problem."""
 
 

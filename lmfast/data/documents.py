@@ -28,6 +28,7 @@ import numpy as np
 
 from lmfast.data import chunking, inputs
 from lmfast.data.chunking import Backend
+from lmfast.flags import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def max_window_bytes(window_bytes: int) -> int:
     return max(2 * window_bytes, MIN_GROWN_WINDOW_BYTES)
 
 
-class DocumentsError(ValueError):
+class DocumentsError(UserError):
     """The documents file cannot be used; the message names the file and the problem."""
 
 

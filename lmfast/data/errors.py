@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from lmfast.flags import UserError
 
-class PrepareError(ValueError):
+
+class PrepareError(UserError):
     """Bad input for `prepare`: one line naming the flag or file and the problem.
 
     `PrepareError(field, rule)` is the structured form raised by option checks (`str()` is
@@ -11,10 +13,7 @@ class PrepareError(ValueError):
     `PrepareError(message)` carries a message about a file that already names it.
     """
 
-    def __init__(self, field_or_message: str, rule: str | None = None) -> None:
-        self.field = field_or_message if rule is not None else None
-        self.rule = rule if rule is not None else field_or_message
-        if rule is None or rule.startswith(f"--{field_or_message} "):  # the rule names its flag
-            super().__init__(self.rule)
-        else:
-            super().__init__(f"--{field_or_message}: {rule}")
+    def line(self) -> str:
+        if not self.field or self.rule.startswith(f"--{self.field} "):  # the message names its flag
+            return self.rule
+        return f"--{self.field}: {self.rule}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from lmfast.flags import UserError
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -30,7 +31,7 @@ _GLOB_CHARS = set("*?[")
 logger = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """An input path that cannot be used; the message names the flag and the path."""
 
 

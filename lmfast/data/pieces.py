@@ -20,17 +20,17 @@ def iter_input_pieces(
     if file.format == "jsonl":
         return records.iter_jsonl(
             file.path, file.compression, config.text_field, flag=flag, window_bytes=window,
-            encoding_errors=config.encoding_errors, backend=backend,  # type: ignore[arg-type]
+            encoding_errors=config.encoding_errors, backend=backend,
         )  # fmt: skip
     if file.format == "parquet":
         return records.iter_parquet(
             file.path, config.text_column, flag=flag, encoding_errors=config.encoding_errors,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
         )  # fmt: skip
     return documents.iter_pieces(
         file.path, config.end_of_document, flag=flag, window_bytes=window,
         encoding_errors=config.encoding_errors, splittable=splittable,
-        backend=backend, compression=file.compression,  # type: ignore[arg-type]
+        backend=backend, compression=file.compression,
     )  # fmt: skip
 
 

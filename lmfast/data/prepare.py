@@ -79,7 +79,7 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
     _check_writable_root(config.datasets_root)
     boundaries = resolve_boundaries(tokenizer, config.document_bos_token, config.document_eos_token)
     try:
-        kernel_backend = chunking.resolve_backend(config.kernel_backend)  # type: ignore[arg-type]
+        kernel_backend = chunking.resolve_backend(config.kernel_backend)
     except ImportError as error:
         raise PrepareError(f"--kernel_backend: {error}") from None
     splittable = engines.is_byte_level_bpe(tokenizer)

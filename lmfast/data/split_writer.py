@@ -49,7 +49,7 @@ class SplitWriter:
         starts_buffer = np.empty(len(out) // max_len + n_pieces + 2, dtype=np.int64)
         out_pos, cur_start, self._in_doc, n_starts = chunking.write_samples(
             ids, id_offsets, first, last, self._bos, self._eos, max_len, min_len,
-            out, len(carry), 0, self._in_doc, starts_buffer, backend=self._config.kernel_backend,  # type: ignore[arg-type]
+            out, len(carry), 0, self._in_doc, starts_buffer, backend=self._config.kernel_backend,
         )  # fmt: skip
         # everything before the open sample is final; the open sample is carried over
         self.starts.append(starts_buffer[:n_starts] + self.corpus.length)

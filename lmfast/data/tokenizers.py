@@ -41,7 +41,7 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from lmfast.flags import one_line
+from lmfast.flags import UserError, one_line
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 GPT2_DIR = ASSETS_DIR / "gpt2"
@@ -50,7 +50,7 @@ GPT2_SPECIAL = "<|endoftext|>"
 _FILES_TO_SAVE = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-class UnknownTokenizerError(ValueError):
+class UnknownTokenizerError(UserError):
     """`--tokenizer_cls_name` names neither a registered tokenizer nor a usable path."""
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from lmfast.evaluation.config import EvalConfig, EvalError
-from lmfast.flags import FlagError, OneLineParser, add_config_flags, parse_config
+from lmfast.evaluation.config import EvalConfig
+from lmfast.flags import OneLineParser, add_config_flags, parse_config, run
 
 PROG = "lmfast eval"
 
@@ -40,13 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lm-evaluation-harness tasks: {PROG} SOURCE --tasks TASKS [flags]\n")
         print(tasks_parser().format_help())
         return 0
-    try:
-        config, _ = parse_config(build_parser(), EvalConfig, argv)
-    except SystemExit as exit_request:  # --help
-        return int(exit_request.code or 0)
-    except FlagError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run(PROG, lambda: parse_config(build_parser(), EvalConfig, argv)[0], _evaluate)
+
+
+def _evaluate(config: EvalConfig) -> int:
+    """Score, print the table (an `EvalError` reaches `run`: one line, exit 2)."""
     from lmfast.evaluation.perplexity import evaluate, table
 
     try:
@@ -58,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(done)
 
             report = evaluate(config, progress=advance)
-    except EvalError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no report written", file=sys.stderr)
         return 130

@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmfast.flags import UserError
 
-class EvalError(ValueError):
+
+class EvalError(UserError):
     """Bad input to `lmfast eval`; `field` names the flag, the message says what is wrong."""
 
     def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+
+    def line(self) -> str:
         # the positional SOURCE has no --flag: name it as `lmfast eval --help` shows it
-        super().__init__(f"{'SOURCE' if field == 'source' else '--' + field}: {message}")
-        self.field = field
+        return f"{'SOURCE' if self.field == 'source' else '--' + self.field}: {self.rule}"
 
 
 @dataclass

@@ -28,13 +28,12 @@ def _parser() -> flags.OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the export dir and its parity figures; 2 on bad input."""
     parser = _parser()
-    try:
-        args = vars(parser.parse_args(argv))
-    except SystemExit as done:  # --help
-        return int(done.code or 0)
-    except flags.FlagError as error:
-        print(f"lmfast export: error: {error}", file=sys.stderr)
-        return 2
+    return flags.run(
+        "lmfast export", lambda: vars(parser.parse_args(argv)), lambda args: _export(parser, args)
+    )
+
+
+def _export(parser: flags.OneLineParser, args: dict) -> int:
     if args.pop("format") != "onnx":
         parser.print_usage(sys.stderr)
         print("lmfast export: choose a format: onnx", file=sys.stderr)

@@ -7,6 +7,7 @@ Flags are built by lmfast.flags from `GenerateConfig` and, for sampling, from `G
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -58,11 +59,13 @@ def _parser() -> flags.OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate and print the continuations; exit 2 with one line on stderr for bad input."""
-    try:
-        args, given = flags.parse_config(_parser(), GenerateConfig, argv)
-    except flags.FlagError as error:
-        print(f"lmfast generate: error: {error}", file=sys.stderr)
-        return 2
+    return flags.run(
+        "lmfast generate", lambda: flags.parse_config(_parser(), GenerateConfig, argv), _generate
+    )
+
+
+def _generate(parsed: tuple[GenerateConfig, argparse.Namespace]) -> int:
+    args, given = parsed
     overrides = {f.name: vars(given)[f.name] for f in dataclasses.fields(GenerationParams) if f.name in given}
     try:
         GenerationParams().replace(**overrides)  # bad flags fail before a model is loaded

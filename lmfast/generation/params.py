@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmfast.flags import UserError
+
 # hard limits shared by every entry point (HTTP bodies, CLI flags, bot settings)
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_RETURN_SEQUENCES = 16
@@ -34,14 +36,15 @@ LOGIT_BIAS_LIMIT = 100.0
 """A logit bias is in [-100, 100], as OpenAI's."""
 
 
-class ParamError(ValueError):
+class ParamError(UserError):
     """A value breaks a rule. Carries the field and the rule, so every boundary (an HTTP 422, a
     CLI's one-line error) names the field without parsing the message."""
 
     def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field} {rule}")
-        self.field = field
-        self.rule = rule
+        super().__init__(field, rule)
+
+    def line(self) -> str:
+        return f"{self.field} {self.rule}"  # "temperature must be >= 0": the rule reads on from the field
 
 
 def bounds(**limits: float) -> dict[str, Any]:

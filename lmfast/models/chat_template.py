@@ -32,6 +32,8 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from lmfast.flags import UserError
+
 TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -50,7 +52,7 @@ SPECIAL_TOKEN_NAMES = (
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(UserError):
     """The template is missing or broken, or it refused the messages (its `raise_exception`)."""
 
 

@@ -19,10 +19,12 @@ from typing import Any, TypedDict, cast
 
 import torch
 
+from lmfast.flags import UserError
+
 CHECKSUM_KEY = "lmfast_checksum"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """The file is not a readable lmfast checkpoint, or its content no longer matches its checksum."""
 
 

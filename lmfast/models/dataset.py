@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lmfast.flags import UserError
+
 DESCRIPTION_FILE = "description.json"
 Split = Literal["train", "valid"]
 SPLITS: tuple[Split, ...] = ("train", "valid")
@@ -44,7 +46,7 @@ _SCAN_ITEMS = 1 << 24  # verify() reads the corpus this many ids at a time
 LOSS_MASK_FILE = "loss_mask.npy"  # dialog datasets: uint8, 1 on the tokens trained on (lmfast.data.dialogs)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """The directory is not a usable dataset written by `lmfast prepare`; says which file and why."""
 
 

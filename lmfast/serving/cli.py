@@ -8,11 +8,12 @@ Every flag is a `ServeConfig` field and may also come from `LMFAST_<FIELD>` (fla
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Any
 
-from lmfast.flags import FlagError, OneLineParser, add_config_flags
+from lmfast.flags import OneLineParser, add_config_flags, run
 from lmfast.models.source import ModelSource
 from lmfast.serving.config import ENV_PREFIX, ServeConfig
 
@@ -30,14 +31,12 @@ def build_parser() -> OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the model, serve until interrupted."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except FlagError as exc:
-        print(f"lmfast serve: error: {exc}", file=sys.stderr)
-        return 2
+    return run("lmfast serve", lambda: build_parser().parse_args(argv), _serve_parsed)
+
+
+def _serve_parsed(args: argparse.Namespace) -> int:
+    """Check the model and its chat template before loading anything (these lines name MODEL or
+    the flag without the word `error:`, as scripts and tests match them), then serve."""
     try:
         config = ServeConfig.from_env(**vars(args))
     except ValueError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from lmfast.flags import OneLineParser, add_config_flags
+from lmfast.flags import OneLineParser, add_config_flags, run
 from lmfast.train.config import TrainConfig
 
 # older train scripts called it --model_path
@@ -50,15 +50,11 @@ def _log_to_stderr() -> logging.Handler:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lmfast train`; returns the exit code."""
-    from lmfast.train.model import TrainInputError
+    return run("lmfast train", lambda: config_from_args(argv), _train, error_word=False)
 
-    try:
-        config = config_from_args(argv)
-    except SystemExit as done:  # --help
-        return int(done.code or 0)
-    except (ValueError, TrainInputError) as error:
-        print(f"lmfast train: {error}", file=sys.stderr)
-        return 2
+
+def _train(config: TrainConfig) -> int:
+    """Train; a `TrainInputError` (bad dataset, model, sizes) reaches `run`: one line, exit 2."""
     from lmfast.train.interrupt import TrainingInterrupted
     from lmfast.train.module import NonFiniteLossError
     from lmfast.train.run import train
@@ -67,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     handler = None if sys.stderr.isatty() else _log_to_stderr()
     try:
         experiment_dir = train(config)
-    except TrainInputError as error:
-        print(f"lmfast train: {error}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as error:
         print(f"lmfast train: {error}", file=sys.stderr)
         return 1

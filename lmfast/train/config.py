@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmfast.flags import UserError
+
 # Built-in GPT-2 shapes (`--model NAME`); vocab_size comes from the dataset, padded to a multiple of 64
 # (50257 -> 50304, as nanoGPT: faster matmuls, the extra rows are never targets).
 MODEL_PRESETS: dict[str, dict[str, int]] = {
@@ -134,13 +136,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise UserError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         positive = ("batch_size", "accumulate_grad_batches", "num_nodes", "log_every_n_steps")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+            raise UserError(f"--learning_rate must be > 0, got {self.learning_rate}")
         for name in (
             "num_warmup_steps",
             "num_cycles",
@@ -150,37 +152,37 @@ class TrainConfig:
             "num_generated_samples",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"--max_steps must be -1 or >= 1, got {self.max_steps}")
+            raise UserError(f"--max_steps must be -1 or >= 1, got {self.max_steps}")
         if self.max_epochs is not None and self.max_epochs < 1:
-            raise ValueError(f"--max_epochs must be >= 1, got {self.max_epochs}")
+            raise UserError(f"--max_epochs must be >= 1, got {self.max_epochs}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.pad_to_multiple_of < 1:
-            raise ValueError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
+            raise UserError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
-            raise ValueError(f"--checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
+            raise UserError(f"--checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
         if not 0 <= self.checkpoint_every_minutes < float("inf"):
-            raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
+            raise UserError(f"--checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
         if self.val_check_interval is not None and self.val_check_interval <= 0:
-            raise ValueError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
+            raise UserError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
-            raise ValueError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+            raise UserError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
         if self.lora_r < 0:
-            raise ValueError(f"--lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+            raise UserError(f"--lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
         if self.lora_r and self.is_preset:
-            raise ValueError(
+            raise UserError(
                 f"--lora_r needs a pretrained --model (a model dir or .gguf), not the preset {self.model}"
             )
         if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
+            raise UserError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise UserError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lora_r and not self.lora_target_modules.strip(" ,"):
-            raise ValueError("--lora_target_modules: expected all-linear or module names, got nothing")
+            raise UserError("--lora_target_modules: expected all-linear or module names, got nothing")
         if not self.resume and not self.dataset_dir:
-            raise ValueError("--dataset_dir is required (a directory written by `lmfast prepare`)")
+            raise UserError("--dataset_dir is required (a directory written by `lmfast prepare`)")
 
     @property
     def is_preset(self) -> bool:
@@ -206,7 +208,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+            raise UserError(f"unknown training config keys: {', '.join(unknown)}")
         return cls(**data)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmfast.flags import UserError
 from lmfast.models.context import context_length
 from lmfast.train.config import MODEL_PRESETS
 
@@ -21,7 +22,7 @@ VOCAB_MULTIPLE = 64
 DEFAULT_CONTEXT = 1024
 
 
-class TrainInputError(ValueError):
+class TrainInputError(UserError):
     """Bad input to `lmfast train` (dataset, model, sizes): reported as one line, exit code 2."""
 
 

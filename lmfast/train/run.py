@@ -79,7 +79,10 @@ def resume_config(
         raise TrainInputError(
             f"--resume {experiment_dir}: not an lmfast experiment with checkpoints/last.ckpt"
         )
-    saved = json.loads(description_path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(description_path.read_text(encoding="utf-8"))
+    except ValueError as error:  # bad input like any other: one line naming the file, exit 2
+        raise TrainInputError(f"--resume {description_path}: not JSON ({error})") from None
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in names}
     values.update(overrides)

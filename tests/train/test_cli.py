@@ -135,3 +135,12 @@ def test_batch_larger_than_the_dataset(dataset_dir, tmp_path, capsys):
 def test_bad_flags(argv, message, capsys):
     assert main(argv) == 2
     assert message in _error_line(capsys)
+
+
+def test_resume_from_a_corrupt_description_is_one_line_naming_the_file(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "description.json").write_text("{oops", encoding="utf-8")
+    assert main(["--resume", str(tmp_path)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"lmfast train: --resume {tmp_path / 'description.json'}: not JSON (")
