@@ -34,9 +34,13 @@ class PrepareConfig:
     valid_fraction: float = field(
         default=0.0,
         kw_only=True,
-        metadata=_help("Without a valid file: hold out this fraction of the train documents (deterministic)."),
+        metadata=_help(
+            "Without a valid file: hold out this fraction of the train documents (deterministic)."
+        ),
     )
-    text_field: str = field(default="text", kw_only=True, metadata=_help("JSONL inputs: the field holding the text."))
+    text_field: str = field(
+        default="text", kw_only=True, metadata=_help("JSONL inputs: the field holding the text.")
+    )
     text_column: str = field(
         default="text", kw_only=True, metadata=_help("Parquet inputs: the string column holding the text.")
     )
@@ -118,14 +122,18 @@ class PrepareConfig:
     )
     chat_media: str = field(
         default="drop",
-        metadata=_help("telegram/whatsapp: stickers and media without text are dropped, or mark ([photo], ...)."),
+        metadata=_help(
+            "telegram/whatsapp: stickers and media without text are dropped, or mark ([photo], ...)."
+        ),
     )
     whatsapp_date_order: str = field(
         default="auto", metadata=_help("whatsapp: date order, auto (detected), DMY, MDY or YMD.")
     )
     redact: bool = field(
         default=False,
-        metadata=_help("telegram/whatsapp: replace e-mail addresses, links and phone numbers with placeholders."),
+        metadata=_help(
+            "telegram/whatsapp: replace e-mail addresses, links and phone numbers with placeholders."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -148,17 +156,23 @@ class PrepareConfig:
                 inputs.expand(self.documents_train_file, "--documents_train_file")
             except inputs.InputError as error:
                 raise PrepareError(str(error)) from None
-            raise PrepareError("documents_valid_file", "is required unless --valid_fraction holds out documents")
+            raise PrepareError(
+                "documents_valid_file", "is required unless --valid_fraction holds out documents"
+            )
         if self.num_shards < 1:
             raise PrepareError("num_shards", f"must be >= 1, got {self.num_shards}")
         if not 0 <= self.shard_index < self.num_shards:
-            raise PrepareError("shard_index", f"must be in [0, {self.num_shards - 1}], got {self.shard_index}")
+            raise PrepareError(
+                "shard_index", f"must be in [0, {self.num_shards - 1}], got {self.shard_index}"
+            )
         for name in ("text_field", "text_column"):
             if not getattr(self, name):
                 raise PrepareError(name, "must not be empty")
         formats = (*dialogs.FORMATS, *chat_exports.FORMATS)
         if self.documents_format not in formats:
-            raise PrepareError("documents_format", f"expected one of {formats}, got {self.documents_format!r}")
+            raise PrepareError(
+                "documents_format", f"expected one of {formats}, got {self.documents_format!r}"
+            )
         if self.train_on not in dialogs.TRAIN_ON:
             raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
         if self.bad_lines not in dialogs.BAD_LINES:
@@ -170,7 +184,9 @@ class PrepareConfig:
             )
         delimiter = self.end_of_document.strip()
         if self.documents_format == "text" and not delimiter and self._may_be_text():
-            raise PrepareError("end_of_document", "must not be empty or whitespace (required with --documents_format text)")
+            raise PrepareError(
+                "end_of_document", "must not be empty or whitespace (required with --documents_format text)"
+            )
         if any(c.isspace() for c in delimiter):
             raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
         for name in ("max_sample_length", "min_sample_length"):
@@ -209,7 +225,9 @@ class PrepareConfig:
         if self.is_dialog:
             for name in ("documents_train_file", "documents_valid_file"):
                 if len(getattr(self, name)) > 1:
-                    raise PrepareError(name, f"--documents_format {self.documents_format} takes one file per split")
+                    raise PrepareError(
+                        name, f"--documents_format {self.documents_format} takes one file per split"
+                    )
             chat = self.documents_format in chat_exports.FORMATS
             if (self.valid_fraction and not chat) or self.num_shards > 1:
                 flag = "num_shards" if self.num_shards > 1 else "valid_fraction"
@@ -218,10 +236,13 @@ class PrepareConfig:
             raise PrepareError("chat_media", f"expected one of {chat_exports.MEDIA}, got {self.chat_media!r}")
         if self.whatsapp_date_order not in chat_exports.DATE_ORDERS:
             raise PrepareError(
-                "whatsapp_date_order", f"expected one of {chat_exports.DATE_ORDERS}, got {self.whatsapp_date_order!r}"
+                "whatsapp_date_order",
+                f"expected one of {chat_exports.DATE_ORDERS}, got {self.whatsapp_date_order!r}",
             )
         if not 0 <= self.chat_gap_minutes < float("inf"):
-            raise PrepareError("chat_gap_minutes", f"must be >= 0 (0 = never split), got {self.chat_gap_minutes}")
+            raise PrepareError(
+                "chat_gap_minutes", f"must be >= 0 (0 = never split), got {self.chat_gap_minutes}"
+            )
         if len(self.persona) > 256:
             raise PrepareError("persona", "must be at most 256 characters")
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from lmfast.data.npy_writer import NpyAppender
 from lmfast.data.tokenizers import Tokenizer
+from lmfast.flags import UserError
 from lmfast.models.chat_template import TEMPLATE_FILE, ChatTemplate, ChatTemplateError, special_tokens_of
 from lmfast.models.dataset import LOSS_MASK_FILE, split_key
-from lmfast.flags import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,9 @@ def _join(parts: list[_Tagged]) -> _Tagged:
         return parts[0]
     flats = [p.batch.flat for p in parts]
     starts = np.cumsum([0] + [len(f) for f in flats[:-1]])
-    offsets = np.concatenate([[0]] + [p.batch.offsets[1:] + start for p, start in zip(parts, starts, strict=True)])
+    offsets = np.concatenate(
+        [[0]] + [p.batch.offsets[1:] + start for p, start in zip(parts, starts, strict=True)]
+    )
     forced = np.concatenate([p.forced for p in parts])
     batch = documents.PieceBatch(
         flat=np.concatenate(flats),

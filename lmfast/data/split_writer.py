@@ -136,12 +136,16 @@ def write_split(
     """
     fmt, compression = inputs.classify(path)
     file = inputs.InputFile(path, fmt, compression, path.stat().st_size)
-    stats = write_documents([(0, file)], flag, {"train": out_dir}, engine, tokenizer, config, dtype, splittable)
+    stats = write_documents(
+        [(0, file)], flag, {"train": out_dir}, engine, tokenizer, config, dtype, splittable
+    )
     _require_samples(stats["train"], flag, [file], config)
     return stats["train"]
 
 
-def _require_samples(stats: SplitStats, flag: str, files: list[inputs.InputFile], config: PrepareConfig) -> None:
+def _require_samples(
+    stats: SplitStats, flag: str, files: list[inputs.InputFile], config: PrepareConfig
+) -> None:
     if stats.samples == 0:
         named = str(files[0].path) if len(files) == 1 else f"{len(files)} files"
         raise PrepareError(

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from lmfast.data import chat_exports
 from lmfast.data.chat_exports import ChatExportError, ChatOptions, read_splits, redact
-from lmfast.models.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
+from lmfast.models.dataset import PreparedDataset
 from tests.data.chat_export_files import (
     WHATSAPP_LOCALES,
     WHATSAPP_ORDERS,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lmfast.data import PrepareConfig, PreparedDataset
-from lmfast.models.dataset import DatasetFormatError
 from lmfast.data.prepare import prepare
+from lmfast.models.dataset import DatasetFormatError
 
 
 @pytest.fixture(scope="module")

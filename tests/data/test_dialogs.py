@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast.models.dataset import PreparedDataset
 from lmfast.data.dialogs import cut_at_turns, token_mask
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
+from lmfast.models.dataset import PreparedDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DIALOGS = REPO_ROOT / "data" / "documents" / "dialogs"

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmfast.data import engines
-from lmfast.models.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare, write_split
+from lmfast.models.dataset import PreparedDataset
 from tests.data.conftest import KERNEL_BACKENDS, needs_native
 
 REPO = Path(__file__).resolve().parents[2]

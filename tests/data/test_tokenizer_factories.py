@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lmfast.models.dataset import PreparedDataset
 from lmfast.data.prepare import PrepareConfig, PrepareError, prepare
 from lmfast.data.tokenizers import GPT2_DIR, UnknownTokenizerError, load_tokenizer
+from lmfast.models.dataset import PreparedDataset
 
 DELIMITER = "[END_OF_DOCUMENT]"
 DOCUMENTS = f"first document\n{DELIMITER}\nsecond document, a little longer than the first\n{DELIMITER}\n"
