@@ -7,6 +7,8 @@
 #undef ORT_API_MANUAL_INIT
 #include "onnxruntime_lite_custom_op.h"
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <mutex>
@@ -15,6 +17,7 @@
 
 #include "bf16_matmul.h"
 #include "qmatmul.h"
+#include "gqa.h"
 #include "cpu_features.h"
 
 namespace {
@@ -118,6 +121,75 @@ struct QuantizedMatMul {
   }
 };
 
+// GroupQueryAttention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length)
+//   -> (output, present_key, present_value): com.microsoft.GroupQueryAttention's contract for fp32,
+// unpacked q/k/v, no rotary/softcap/local window (the rewrite swaps only such nodes); attributes
+// num_heads, kv_num_heads, scale (0: 1/sqrt(head_size)). Bound to the same buffers, present is past,
+// updated in place.
+struct GroupQueryAttention {
+  int64_t heads, kv_heads;
+  float scale;
+
+  GroupQueryAttention(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    heads = attributes.GetAttribute<int64_t>("num_heads");
+    kv_heads = attributes.GetAttribute<int64_t>("kv_num_heads");
+    scale = 0.0f;  // absent: 1/sqrt(head_size), as com.microsoft.GroupQueryAttention
+    try {
+      scale = attributes.GetAttribute<float>("scale");
+    } catch (const Ort::Exception&) {
+    }
+    if (heads < 1 || kv_heads < 1 || heads % kv_heads != 0)
+      ORT_CXX_API_THROW("lmfast.GroupQueryAttention: num_heads must be a positive multiple of kv_num_heads",
+                        ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& q,
+                      const Ort::Custom::Tensor<float>& k, const Ort::Custom::Tensor<float>& v,
+                      const Ort::Custom::Tensor<float>& past_k, const Ort::Custom::Tensor<float>& past_v,
+                      const Ort::Custom::Tensor<int32_t>& seqlens_k, const Ort::Custom::Tensor<int32_t>& total,
+                      Ort::Custom::Tensor<float>& y, Ort::Custom::Tensor<float>& present_k,
+                      Ort::Custom::Tensor<float>& present_v) {
+    const std::vector<int64_t>&q_shape = q.Shape(), &k_shape = k.Shape(), &p_shape = past_k.Shape();
+    if (q_shape.size() != 3 || q_shape[2] % heads != 0 || q_shape[2] == 0)
+      return Ort::Status("lmfast.GroupQueryAttention: query must be [batch, seq, num_heads * head_size]",
+                         ORT_INVALID_ARGUMENT);
+    const int64_t batch = q_shape[0], seq = q_shape[1], d = q_shape[2] / heads;
+    const std::vector<int64_t> kv_shape{batch, seq, kv_heads * d};
+    if (k_shape != kv_shape || v.Shape() != kv_shape)
+      return Ort::Status("lmfast.GroupQueryAttention: key and value must be [batch, seq, kv_num_heads * head_size]",
+                         ORT_INVALID_ARGUMENT);
+    if (p_shape.size() != 4 || p_shape[0] != batch || p_shape[1] != kv_heads || p_shape[3] != d ||
+        past_v.Shape() != p_shape)
+      return Ort::Status("lmfast.GroupQueryAttention: past_key and past_value must be [batch, kv_num_heads, L, head_size]",
+                         ORT_INVALID_ARGUMENT);
+    if (seqlens_k.NumberOfElement() != batch || total.NumberOfElement() != 1)
+      return Ort::Status("lmfast.GroupQueryAttention: seqlens_k must be [batch] and total_sequence_length one value",
+                         ORT_INVALID_ARGUMENT);
+    const int64_t total_length = *total.Data();
+    const bool first_prompt = seq == total_length;
+    if (!first_prompt && seq > 1 && batch != 1)  // as ONNX Runtime's kernel: a later prompt chunk is one row
+      return Ort::Status("lmfast.GroupQueryAttention: sequence_length > 1 after the first prompt needs batch 1",
+                         ORT_INVALID_ARGUMENT);
+    const int64_t present_len = std::max(total_length, p_shape[2]);
+    lmfast::GqaArgs args{q.Data(), k.Data(), v.Data(), past_k.Data(), past_v.Data(), nullptr, nullptr, nullptr,
+                         seqlens_k.Data(), batch, seq, heads, kv_heads, d, p_shape[2], present_len,
+                         scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(d)) : scale, first_prompt};
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t past = lmfast::gqa_past(args, b), held = args.seqlens_k[b] + 1;
+      if (past < 0 || past > p_shape[2] || past + seq > present_len || held > present_len || held < 1)
+        return Ort::Status("lmfast.GroupQueryAttention: seqlens_k out of range for the step and the buffer",
+                           ORT_INVALID_ARGUMENT);
+    }
+    args.y = y.Allocate(q_shape);
+    const std::vector<int64_t> present_shape{batch, kv_heads, present_len, d};
+    args.present_k = present_k.Allocate(present_shape);
+    args.present_v = present_v.Allocate(present_shape);
+    lmfast::gqa_attention(args, pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
+
 std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& op_store() {
   static std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
   return ops;
@@ -140,6 +212,8 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       auto& ops = op_store();
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp<Bf16MatMul>("Bf16MatMul", "CPUExecutionProvider"));
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
+      ops.emplace_back(
+          Ort::Custom::CreateLiteCustomOp<GroupQueryAttention>("GroupQueryAttention", "CPUExecutionProvider"));
       for (auto& op : ops) domain->Add(op.get());
     }
     Ort::UnownedSessionOptions(options).Add(*domain);

@@ -51,7 +51,7 @@ def _required() -> bool:
     return os.environ.get("LMFAST_REQUIRE_NATIVE") == "1"
 
 
-SWAPS = ("bf16", "nbits")
+SWAPS = ("bf16", "nbits", "gqa")
 DEFAULT_SWAPS = ("bf16",)
 """The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
 
@@ -453,6 +453,10 @@ def rewritten_source(
     swapped = (swap_bf16_matmuls(model) if "bf16" in swaps else 0) + (
         swap_nbits_matmuls(model) if "nbits" in swaps else 0
     )
+    if "gqa" in swaps:
+        from lmfast.generation.native_gqa import swap_group_query_attention
+
+        swapped += swap_group_query_attention(model)
     try:
         cached_path = _write_entry(model if swapped else None, swapped, entry)
     except OSError as error:

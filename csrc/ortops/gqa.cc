@@ -1,0 +1,272 @@
+// Grouped-query attention kernels (gqa.h): a portable scalar path and an AVX2+FMA path, picked by
+// selected_isa(). Both take the keys as the outer loop, so each key/value row of a task's head is
+// read from memory once and then serves every query of the task (the head's g query heads times
+// the task's query positions) from L1:
+//   1. scores[i][t] = scale * q_i . k_t for t < L_i (L_i = the query's causal length), 4 keys at a
+//      time on AVX2;
+//   2. softmax of each query's first L_i scores, in place (fp32; AVX2 uses a polynomial exp);
+//   3. y_i = sum_t p_it v_t, over blocks of 64 values, 4 independent accumulators per query.
+#include "gqa.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "avx2_tiles.h"
+#include "cpu_features.h"
+
+namespace lmfast {
+namespace {
+
+// Query positions per task for prompt steps (a decode step is one position).
+constexpr int64_t kQueryBlock = 16;
+// Value rows per pass-3 block: 64 rows of a 64-wide head are 16 KiB, resident in L1 while every
+// query of the task reads them.
+constexpr int64_t kValueBlock = 64;
+
+struct Task {
+  const GqaArgs& a;
+  int64_t b, h, s_begin, s_end;
+
+  int64_t groups() const { return a.heads / a.kv_heads; }
+  int64_t past() const { return gqa_past(a, b); }
+  int64_t queries() const { return (s_end - s_begin) * groups(); }
+  // Query i of the task: position s_begin + i / g, query head h * g + i % g.
+  int64_t position(int64_t i) const { return s_begin + i / groups(); }
+  int64_t causal(int64_t i) const { return past() + position(i) + 1; }
+  int64_t offset(int64_t i) const {
+    return ((b * a.seq + position(i)) * a.heads + h * groups() + i % groups()) * a.head_size;
+  }
+  const float* query(int64_t i) const { return a.q + offset(i); }
+  float* out(int64_t i) const { return a.y + offset(i); }
+  const float* keys() const { return a.present_k + (b * a.kv_heads + h) * a.present_len * a.head_size; }
+  const float* values() const { return a.present_v + (b * a.kv_heads + h) * a.present_len * a.head_size; }
+};
+
+// The step's keys and values into the present buffers at the row's columns [past, past + seq); a
+// separate present buffer first gets the past's columns [0, past) and zeros after the new ones.
+void write_step(const GqaArgs& a, int64_t b, int64_t h) {
+  const int64_t d = a.head_size, past = gqa_past(a, b);
+  const size_t row_bytes = sizeof(float) * static_cast<size_t>(d);
+  const float* sources[2] = {a.k, a.v};
+  const float* pasts[2] = {a.past_k, a.past_v};
+  float* presents[2] = {a.present_k, a.present_v};
+  for (int which = 0; which < 2; ++which) {
+    float* present = presents[which] + (b * a.kv_heads + h) * a.present_len * d;
+    if (presents[which] != pasts[which]) {
+      if (past > 0) std::memcpy(present, pasts[which] + (b * a.kv_heads + h) * a.past_len * d, row_bytes * past);
+      std::fill(present + (past + a.seq) * d, present + a.present_len * d, 0.0f);
+    }
+    for (int64_t s = 0; s < a.seq; ++s)
+      std::memcpy(present + (past + s) * d, sources[which] + ((b * a.seq + s) * a.kv_heads + h) * d, row_bytes);
+  }
+}
+
+// ---- scalar ----
+void softmax_scalar(float* row, int64_t n) {
+  const float top = *std::max_element(row, row + n);
+  float sum = 0.0f;
+  for (int64_t t = 0; t < n; ++t) sum += row[t] = std::exp(row[t] - top);
+  const float inverse = 1.0f / sum;
+  for (int64_t t = 0; t < n; ++t) row[t] *= inverse;
+}
+
+void attend_scalar(const Task& task, std::vector<float>& scores) {
+  const GqaArgs& a = task.a;
+  const int64_t d = a.head_size, nq = task.queries(), nk = task.causal(nq - 1);
+  const float *keys = task.keys(), *values = task.values();
+  scores.resize(static_cast<size_t>(nq * nk));
+  for (int64_t t = 0; t < nk; ++t) {
+    const float* key = keys + t * d;
+    for (int64_t i = 0; i < nq; ++i) {
+      if (t >= task.causal(i)) continue;
+      const float* q = task.query(i);
+      float dot = 0.0f;
+      for (int64_t x = 0; x < d; ++x) dot += q[x] * key[x];
+      scores[i * nk + t] = dot * a.scale;
+    }
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    softmax_scalar(scores.data() + i * nk, task.causal(i));
+    std::fill(task.out(i), task.out(i) + d, 0.0f);
+  }
+  for (int64_t t = 0; t < nk; ++t) {
+    const float* value = values + t * d;
+    for (int64_t i = 0; i < nq; ++i) {
+      if (t >= task.causal(i)) continue;
+      float* y = task.out(i);
+      const float p = scores[i * nk + t];
+      for (int64_t x = 0; x < d; ++x) y[x] += p * value[x];
+    }
+  }
+}
+
+// ---- AVX2 + FMA ----
+// e^x for x <= 0 (softmax arguments), Cephes' polynomial: about 2 ulp.
+__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+  const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(power));
+}
+
+__attribute__((target("avx2,fma"))) inline float exp1(float x) {
+  return _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)));
+}
+
+__attribute__((target("avx2,fma"))) void softmax_avx2(float* row, int64_t n) {
+  int64_t t = 0;
+  __m256 top8 = _mm256_set1_ps(-INFINITY);
+  for (; t + 8 <= n; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(row + t));
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  float top = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  for (; t < n; ++t) top = std::max(top, row[t]);
+  const __m256 top_v = _mm256_set1_ps(top);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (t = 0; t + 8 <= n; t += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + t), top_v));
+    _mm256_storeu_ps(row + t, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = avx2::hsum(sum8);
+  for (; t < n; ++t) sum += row[t] = exp1(row[t] - top);
+  const float inverse = 1.0f / sum;
+  const __m256 inverse_v = _mm256_set1_ps(inverse);
+  for (t = 0; t + 8 <= n; t += 8) _mm256_storeu_ps(row + t, _mm256_mul_ps(_mm256_loadu_ps(row + t), inverse_v));
+  for (; t < n; ++t) row[t] *= inverse;
+}
+
+// q . key_0..3 (rows `d` apart) into out[0..3].
+__attribute__((target("avx2,fma"))) inline void dot4(const float* q, const float* key, int64_t d, float scale,
+                                                     float* out) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  int64_t x = 0;
+  for (; x + 8 <= d; x += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + x);
+    acc0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + x), acc0);
+    acc1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + d + x), acc1);
+    acc2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + 2 * d + x), acc2);
+    acc3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + 3 * d + x), acc3);
+  }
+  // the four horizontal sums at once: [s0 s1 s2 s3]
+  const __m256 h01 = _mm256_hadd_ps(acc0, acc1), h23 = _mm256_hadd_ps(acc2, acc3);
+  const __m256 h = _mm256_hadd_ps(h01, h23);
+  __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (; x < d; ++x)
+    for (int r = 0; r < 4; ++r) tail[r] += q[x] * key[r * d + x];
+  sums = _mm_add_ps(sums, _mm_loadu_ps(tail));
+  _mm_storeu_ps(out, _mm_mul_ps(sums, _mm_set1_ps(scale)));
+}
+
+__attribute__((target("avx2,fma"))) inline float dot1(const float* q, const float* key, int64_t d) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t x = 0;
+  for (; x + 8 <= d; x += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + x), _mm256_loadu_ps(key + x), acc);
+  float sum = avx2::hsum(acc);
+  for (; x < d; ++x) sum += q[x] * key[x];
+  return sum;
+}
+
+// y[0, d) += sum over t in [0, n) of p[t] * value[t * d, ...).
+__attribute__((target("avx2,fma"))) inline void accumulate(float* y, const float* p, const float* value, int64_t n,
+                                                           int64_t d) {
+  int64_t x = 0;
+  for (; x + 32 <= d; x += 32) {
+    __m256 acc0 = _mm256_loadu_ps(y + x), acc1 = _mm256_loadu_ps(y + x + 8);
+    __m256 acc2 = _mm256_loadu_ps(y + x + 16), acc3 = _mm256_loadu_ps(y + x + 24);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m256 pv = _mm256_broadcast_ss(p + t);
+      const float* row = value + t * d + x;
+      acc0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row), acc0);
+      acc1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 8), acc1);
+      acc2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 16), acc2);
+      acc3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 24), acc3);
+    }
+    _mm256_storeu_ps(y + x, acc0);
+    _mm256_storeu_ps(y + x + 8, acc1);
+    _mm256_storeu_ps(y + x + 16, acc2);
+    _mm256_storeu_ps(y + x + 24, acc3);
+  }
+  for (; x + 8 <= d; x += 8) {
+    __m256 acc = _mm256_loadu_ps(y + x);
+    for (int64_t t = 0; t < n; ++t)
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), _mm256_loadu_ps(value + t * d + x), acc);
+    _mm256_storeu_ps(y + x, acc);
+  }
+  for (; x < d; ++x) {
+    float acc = y[x];
+    for (int64_t t = 0; t < n; ++t) acc += p[t] * value[t * d + x];
+    y[x] = acc;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void attend_avx2(const Task& task, std::vector<float>& scores) {
+  const GqaArgs& a = task.a;
+  const int64_t d = a.head_size, nq = task.queries(), nk = task.causal(nq - 1);
+  const float *keys = task.keys(), *values = task.values();
+  scores.resize(static_cast<size_t>(nq * nk));
+  float* s = scores.data();
+  int64_t t = 0;
+  for (; t + 4 <= nk; t += 4)
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t length = task.causal(i);
+      if (t >= length) continue;
+      if (t + 4 <= length) {
+        dot4(task.query(i), keys + t * d, d, a.scale, s + i * nk + t);
+      } else {
+        for (int64_t r = t; r < length; ++r) s[i * nk + r] = dot1(task.query(i), keys + r * d, d) * a.scale;
+      }
+    }
+  for (; t < nk; ++t)
+    for (int64_t i = 0; i < nq; ++i)
+      if (t < task.causal(i)) s[i * nk + t] = dot1(task.query(i), keys + t * d, d) * a.scale;
+  for (int64_t i = 0; i < nq; ++i) {
+    softmax_avx2(s + i * nk, task.causal(i));
+    std::fill(task.out(i), task.out(i) + d, 0.0f);
+  }
+  for (t = 0; t < nk; t += kValueBlock)
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t end = std::min(t + kValueBlock, task.causal(i));
+      if (end > t) accumulate(task.out(i), s + i * nk + t, values + t * d, end - t, d);
+    }
+}
+
+}  // namespace
+
+void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
+  if (a.batch == 0 || a.seq == 0) return;
+  const bool avx2 = selected_isa() == Isa::kAvx2;
+  const int64_t heads = a.batch * a.kv_heads;
+  const int64_t blocks = (a.seq + kQueryBlock - 1) / kQueryBlock;
+  if (blocks > 1)  // every block reads the keys of the blocks before it: all writes first
+    run(static_cast<size_t>(heads), [&](size_t i) {
+      write_step(a, static_cast<int64_t>(i) / a.kv_heads, static_cast<int64_t>(i) % a.kv_heads);
+    });
+  run(static_cast<size_t>(heads * blocks), [&](size_t index) {
+    const int64_t head = static_cast<int64_t>(index) / blocks, block = static_cast<int64_t>(index) % blocks;
+    const int64_t b = head / a.kv_heads, h = head % a.kv_heads;
+    if (blocks == 1) write_step(a, b, h);
+    const Task task{a, b, h, block * kQueryBlock, std::min(a.seq, (block + 1) * kQueryBlock)};
+    thread_local std::vector<float> scores;
+    if (avx2)
+      attend_avx2(task, scores);
+    else
+      attend_scalar(task, scores);
+  });
+}
+
+}  // namespace lmfast
