@@ -252,10 +252,10 @@ void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
   const bool avx2 = selected_isa() == Isa::kAvx2;
   const int64_t heads = a.batch * a.kv_heads;
   const int64_t blocks = (a.seq + kQueryBlock - 1) / kQueryBlock;
-  if (blocks > 1)  // every block reads the keys of the blocks before it: all writes first
-    run(static_cast<size_t>(heads), [&](size_t i) {
-      write_step(a, static_cast<int64_t>(i) / a.kv_heads, static_cast<int64_t>(i) % a.kv_heads);
-    });
+  if (blocks > 1)  // every block reads the keys of the blocks before it: all writes first (a copy of
+                   // the step's keys/values, small next to a prompt's attention: no second hand-off
+                   // to the pool, whose threads a loaded machine may have descheduled)
+    for (int64_t i = 0; i < heads; ++i) write_step(a, i / a.kv_heads, i % a.kv_heads);
   run(static_cast<size_t>(heads * blocks), [&](size_t index) {
     const int64_t head = static_cast<int64_t>(index) / blocks, block = static_cast<int64_t>(index) % blocks;
     const int64_t b = head / a.kv_heads, h = head % a.kv_heads;
