@@ -13,10 +13,13 @@ provider runs slowly for lmfast's ops (domain "lmfast"), and registers the libra
   quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
   exact integer products (vpmaddwd on AVX2). Off unless LMFAST_NATIVE_OPS names "nbits":
   see docs/kernels.md for the figures that decide the default.
+- `com.microsoft.GroupQueryAttention` over the in-place cache (what `--kv_cache inplace` writes)
+  becomes `lmfast.GroupQueryAttention` ("gqa", `native_gqa`), which reads each key/value head once
+  for all the query heads it serves.
 
 Without the library (no headers or compiler at install time), lmfast runs ONNX Runtime's own ops
 and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS picks the swaps:
-0 none (the stock-op side of a comparison), a comma-separated list of "bf16" and "nbits", unset
+0 none (the stock-op side of a comparison), a comma-separated list of "bf16", "nbits" and "gqa", unset
 `DEFAULT_SWAPS`. LMFAST_ORTOPS_ISA=scalar forces the portable kernels.
 """
 
