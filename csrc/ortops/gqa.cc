@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "avx2_tiles.h"
@@ -27,9 +28,18 @@ constexpr int64_t kQueryBlock = 16;
 // query of the task reads them.
 constexpr int64_t kValueBlock = 64;
 
+// A decode step with fewer (row, kv-head) tasks than this splits each head's keys into chunks
+// (flash-decoding): a batch-1 step of 3 kv heads on 2 threads would otherwise leave one thread
+// with two heads' keys. Chunks hold at least kMinChunk keys.
+constexpr int64_t kMinTasks = 8;
+constexpr int64_t kMinChunk = 64;
+
 struct Task {
   const GqaArgs& a;
   int64_t b, h, s_begin, s_end;
+  int64_t key_begin = 0, key_end = INT64_MAX;  // the chunk of keys this task reads
+  // Chunked: per query [max score, sum of exp, unnormalized output (head_size)], not y.
+  float* partial = nullptr;
 
   int64_t groups() const { return a.heads / a.kv_heads; }
   int64_t past() const { return gqa_past(a, b); }
@@ -37,6 +47,15 @@ struct Task {
   // Query i of the task: position s_begin + i / g, query head h * g + i % g.
   int64_t position(int64_t i) const { return s_begin + i / groups(); }
   int64_t causal(int64_t i) const { return past() + position(i) + 1; }
+  // The end of query i's keys within the chunk.
+  int64_t limit(int64_t i) const { return std::min(causal(i), key_end); }
+  float* target(int64_t i) const { return partial ? partial + i * (a.head_size + 2) + 2 : out(i); }
+  // Softmax statistics of query i's chunk (partial only).
+  void record(int64_t i, float top, float sum) const {
+    if (partial == nullptr) return;
+    partial[i * (a.head_size + 2)] = top;
+    partial[i * (a.head_size + 2) + 1] = sum;
+  }
   int64_t offset(int64_t i) const {
     return ((b * a.seq + position(i)) * a.heads + h * groups() + i % groups()) * a.head_size;
   }
@@ -66,39 +85,47 @@ void write_step(const GqaArgs& a, int64_t b, int64_t h) {
 }
 
 // ---- scalar ----
-void softmax_scalar(float* row, int64_t n) {
+// exp(row - max) in place, normalized unless `normalize` is false; returns (max, sum).
+std::pair<float, float> softmax_scalar(float* row, int64_t n, bool normalize) {
   const float top = *std::max_element(row, row + n);
   float sum = 0.0f;
   for (int64_t t = 0; t < n; ++t) sum += row[t] = std::exp(row[t] - top);
+  if (!normalize) return {top, sum};
   const float inverse = 1.0f / sum;
   for (int64_t t = 0; t < n; ++t) row[t] *= inverse;
+  return {top, sum};
 }
 
+// Scores are stored from the chunk's first key: scores[i * nk + t - k0].
 void attend_scalar(const Task& task, std::vector<float>& scores) {
   const GqaArgs& a = task.a;
-  const int64_t d = a.head_size, nq = task.queries(), nk = task.causal(nq - 1);
+  const int64_t d = a.head_size, nq = task.queries(), k0 = task.key_begin;
+  const int64_t nk = std::max<int64_t>(task.limit(nq - 1) - k0, 0);
   const float *keys = task.keys(), *values = task.values();
   scores.resize(static_cast<size_t>(nq * nk));
-  for (int64_t t = 0; t < nk; ++t) {
+  for (int64_t t = k0; t < k0 + nk; ++t) {
     const float* key = keys + t * d;
     for (int64_t i = 0; i < nq; ++i) {
-      if (t >= task.causal(i)) continue;
+      if (t >= task.limit(i)) continue;
       const float* q = task.query(i);
       float dot = 0.0f;
       for (int64_t x = 0; x < d; ++x) dot += q[x] * key[x];
-      scores[i * nk + t] = dot * a.scale;
+      scores[i * nk + t - k0] = dot * a.scale;
     }
   }
   for (int64_t i = 0; i < nq; ++i) {
-    softmax_scalar(scores.data() + i * nk, task.causal(i));
-    std::fill(task.out(i), task.out(i) + d, 0.0f);
+    std::fill(task.target(i), task.target(i) + d, 0.0f);
+    const int64_t n = task.limit(i) - k0;
+    const auto stats = n > 0 ? softmax_scalar(scores.data() + i * nk, n, task.partial == nullptr)
+                             : std::pair<float, float>{-INFINITY, 0.0f};
+    task.record(i, stats.first, stats.second);
   }
-  for (int64_t t = 0; t < nk; ++t) {
+  for (int64_t t = k0; t < k0 + nk; ++t) {
     const float* value = values + t * d;
     for (int64_t i = 0; i < nq; ++i) {
-      if (t >= task.causal(i)) continue;
-      float* y = task.out(i);
-      const float p = scores[i * nk + t];
+      if (t >= task.limit(i)) continue;
+      float* y = task.target(i);
+      const float p = scores[i * nk + t - k0];
       for (int64_t x = 0; x < d; ++x) y[x] += p * value[x];
     }
   }
@@ -126,7 +153,7 @@ __attribute__((target("avx2,fma"))) inline float exp1(float x) {
   return _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)));
 }
 
-__attribute__((target("avx2,fma"))) void softmax_avx2(float* row, int64_t n) {
+__attribute__((target("avx2,fma"))) std::pair<float, float> softmax_avx2(float* row, int64_t n, bool normalize) {
   int64_t t = 0;
   __m256 top8 = _mm256_set1_ps(-INFINITY);
   for (; t + 8 <= n; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(row + t));
@@ -143,10 +170,12 @@ __attribute__((target("avx2,fma"))) void softmax_avx2(float* row, int64_t n) {
   }
   float sum = avx2::hsum(sum8);
   for (; t < n; ++t) sum += row[t] = exp1(row[t] - top);
+  if (!normalize) return {top, sum};
   const float inverse = 1.0f / sum;
   const __m256 inverse_v = _mm256_set1_ps(inverse);
   for (t = 0; t + 8 <= n; t += 8) _mm256_storeu_ps(row + t, _mm256_mul_ps(_mm256_loadu_ps(row + t), inverse_v));
   for (; t < n; ++t) row[t] *= inverse;
+  return {top, sum};
 }
 
 // q . key_0..3 (rows `d` apart) into out[0..3].
@@ -214,16 +243,18 @@ __attribute__((target("avx2,fma"))) inline void accumulate(float* y, const float
   }
 }
 
+// As attend_scalar; `s` points at the chunk's first key, so s[i * nk + t] is key k0 + t.
 __attribute__((target("avx2,fma"))) void attend_avx2(const Task& task, std::vector<float>& scores) {
   const GqaArgs& a = task.a;
-  const int64_t d = a.head_size, nq = task.queries(), nk = task.causal(nq - 1);
-  const float *keys = task.keys(), *values = task.values();
+  const int64_t d = a.head_size, nq = task.queries(), k0 = task.key_begin;
+  const int64_t nk = std::max<int64_t>(task.limit(nq - 1) - k0, 0);
+  const float *keys = task.keys() + k0 * d, *values = task.values() + k0 * d;
   scores.resize(static_cast<size_t>(nq * nk));
   float* s = scores.data();
   int64_t t = 0;
   for (; t + 4 <= nk; t += 4)
     for (int64_t i = 0; i < nq; ++i) {
-      const int64_t length = task.causal(i);
+      const int64_t length = task.limit(i) - k0;
       if (t >= length) continue;
       if (t + 4 <= length) {
         dot4(task.query(i), keys + t * d, d, a.scale, s + i * nk + t);
@@ -233,16 +264,63 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const Task& task, std::vect
     }
   for (; t < nk; ++t)
     for (int64_t i = 0; i < nq; ++i)
-      if (t < task.causal(i)) s[i * nk + t] = dot1(task.query(i), keys + t * d, d) * a.scale;
+      if (t < task.limit(i) - k0) s[i * nk + t] = dot1(task.query(i), keys + t * d, d) * a.scale;
   for (int64_t i = 0; i < nq; ++i) {
-    softmax_avx2(s + i * nk, task.causal(i));
-    std::fill(task.out(i), task.out(i) + d, 0.0f);
+    std::fill(task.target(i), task.target(i) + d, 0.0f);
+    const int64_t n = task.limit(i) - k0;
+    const auto stats = n > 0 ? softmax_avx2(s + i * nk, n, task.partial == nullptr)
+                             : std::pair<float, float>{-INFINITY, 0.0f};
+    task.record(i, stats.first, stats.second);
   }
   for (t = 0; t < nk; t += kValueBlock)
     for (int64_t i = 0; i < nq; ++i) {
-      const int64_t end = std::min(t + kValueBlock, task.causal(i));
-      if (end > t) accumulate(task.out(i), s + i * nk + t, values + t * d, end - t, d);
+      const int64_t end = std::min(t + kValueBlock, task.limit(i) - k0);
+      if (end > t) accumulate(task.target(i), s + i * nk + t, values + t * d, end - t, d);
     }
+}
+
+// y of each query of row b, kv head h from its chunks' partials: rescaled to the largest max.
+void combine(const GqaArgs& a, int64_t b, int64_t h, int64_t chunks, const float* partials) {
+  const int64_t d = a.head_size, groups = a.heads / a.kv_heads, stride = d + 2;
+  for (int64_t j = 0; j < groups; ++j) {
+    const float* first = partials + j * stride;  // chunk c of query j: first + c * groups * stride
+    float top = -INFINITY, sum = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c) top = std::max(top, first[c * groups * stride]);
+    float* y = a.y + (b * a.heads + h * groups + j) * d;
+    std::fill(y, y + d, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* part = first + c * groups * stride;
+      if (part[1] == 0.0f) continue;  // an empty chunk
+      const float weight = std::exp(part[0] - top);
+      sum += weight * part[1];
+      for (int64_t x = 0; x < d; ++x) y[x] += weight * part[2 + x];
+    }
+    const float inverse = 1.0f / sum;
+    for (int64_t x = 0; x < d; ++x) y[x] *= inverse;
+  }
+}
+
+// A decode step over few (row, kv-head) pairs: each head's keys in `chunks` chunks, one task each.
+void decode_in_chunks(const GqaArgs& a, int64_t chunks, bool avx2, const ParallelRunner& run) {
+  const int64_t heads = a.batch * a.kv_heads, groups = a.heads / a.kv_heads, stride = a.head_size + 2;
+  for (int64_t i = 0; i < heads; ++i) write_step(a, i / a.kv_heads, i % a.kv_heads);
+  std::vector<float> partials(static_cast<size_t>(heads * chunks * groups * stride));
+  run(static_cast<size_t>(heads * chunks), [&](size_t index) {
+    const int64_t head = static_cast<int64_t>(index) / chunks, c = static_cast<int64_t>(index) % chunks;
+    const int64_t b = head / a.kv_heads, h = head % a.kv_heads;
+    const int64_t length = gqa_past(a, b) + 1, size = (length + chunks - 1) / chunks;
+    Task task{a, b, h, 0, 1};
+    task.key_begin = std::min(length, c * size);
+    task.key_end = std::min(length, (c + 1) * size);
+    task.partial = partials.data() + (head * chunks + c) * groups * stride;
+    thread_local std::vector<float> scores;
+    if (avx2)
+      attend_avx2(task, scores);
+    else
+      attend_scalar(task, scores);
+  });
+  for (int64_t i = 0; i < heads; ++i)
+    combine(a, i / a.kv_heads, i % a.kv_heads, chunks, partials.data() + i * chunks * groups * stride);
 }
 
 }  // namespace
@@ -252,6 +330,12 @@ void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
   const bool avx2 = selected_isa() == Isa::kAvx2;
   const int64_t heads = a.batch * a.kv_heads;
   const int64_t blocks = (a.seq + kQueryBlock - 1) / kQueryBlock;
+  if (a.seq == 1 && heads < kMinTasks) {
+    int64_t longest = 0;
+    for (int64_t b = 0; b < a.batch; ++b) longest = std::max(longest, gqa_past(a, b) + 1);
+    const int64_t chunks = std::min((kMinTasks + heads - 1) / heads, longest / kMinChunk);
+    if (chunks > 1) return decode_in_chunks(a, chunks, avx2, run);
+  }
   if (blocks > 1)  // every block reads the keys of the blocks before it: all writes first (a copy of
                    // the step's keys/values, small next to a prompt's attention: no second hand-off
                    // to the pool, whose threads a loaded machine may have descheduled)

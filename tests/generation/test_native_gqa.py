@@ -98,7 +98,7 @@ def steps(draw, head_sizes=st.sampled_from([8, 16, 64])):
     kv_heads = draw(st.integers(1, 3))
     groups = draw(st.sampled_from([1, 3, 4]))
     d = draw(head_sizes)
-    capacity = draw(st.integers(1, 80))
+    capacity = draw(st.integers(1, 80) | st.integers(128, 300))  # long rows: decode in key chunks
     edges = draw(st.booleans())  # a row of one token and a full buffer
     mode = draw(st.sampled_from(["decode", "prompt", "chunk"] if capacity >= 3 else ["decode", "prompt"]))
     if mode == "chunk":
@@ -195,6 +195,35 @@ def test_gqa_head_sizes_the_stock_op_refuses(kernel_path, step):
     np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
     for mine, wanted in zip(ours[1:], expected[1:], strict=True):
         np.testing.assert_array_equal(mine, wanted)
+
+
+@needs_library
+@pytest.mark.parametrize(
+    ("held", "kv_heads", "groups"),
+    [([257], 3, 3), ([300], 1, 4), ([128], 2, 1), ([300, 1], 1, 3), ([1, 130, 299], 2, 3)],
+)
+def test_gqa_decode_in_key_chunks(kernel_path, held, kv_heads, groups):
+    """Few (row, kv-head) pairs and long rows: the keys are split into chunks whose softmax partials
+    are combined (rows of one token leave chunks empty)."""
+    rng = np.random.default_rng(len(held) * 7 + kv_heads)
+    batch, d, capacity = len(held), 64, 300
+    heads = kv_heads * groups
+    feeds = {
+        "query": rng.standard_normal((batch, 1, heads * d)).astype(np.float32),
+        "key": rng.standard_normal((batch, 1, kv_heads * d)).astype(np.float32),
+        "value": rng.standard_normal((batch, 1, kv_heads * d)).astype(np.float32),
+        "past_key": rng.standard_normal((batch, kv_heads, capacity, d)).astype(np.float32),
+        "past_value": rng.standard_normal((batch, kv_heads, capacity, d)).astype(np.float32),
+        "seqlens_k": np.array(held, np.int32) - 1,
+        "total_sequence_length": np.array(max(held), np.int32),
+    }
+    ours = _run_in_place(_session(_model(native_ops.DOMAIN, heads, kv_heads, scale=0.0)), feeds)
+    stock = _run_in_place(_session(_model("com.microsoft", heads, kv_heads, scale=0.0)), feeds)
+    expected = _reference(feeds, heads, kv_heads, 0.0, in_place=True)
+    np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[0], stock[0], rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(ours[1:], stock[1:], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 @needs_library
