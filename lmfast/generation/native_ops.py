@@ -55,7 +55,7 @@ def _required() -> bool:
 
 
 SWAPS = ("bf16", "nbits", "gqa")
-DEFAULT_SWAPS = ("bf16",)
+DEFAULT_SWAPS = ("bf16", "gqa")
 """The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
 
 
