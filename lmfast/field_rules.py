@@ -16,16 +16,13 @@ Imports only the standard library (and `lmfast.flags`, which does too): every co
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lmfast.flags import UserError
-
-LIMIT_KEYS = ("ge", "gt", "le", "lt")
 
 
 class FieldError(UserError):
@@ -39,24 +36,28 @@ class FieldError(UserError):
 
 
 def bounds(
+    limits: Mapping[str, float] | None = None,
+    /,
     *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
     allow: tuple[float, ...] = (),
     hint: str = "",
     finite: bool = False,
     said: str = "",
-    **limits: float,
 ) -> dict[str, Any]:
-    """Field metadata: the range of a number (`ge`, `gt`, `le`, `lt`, as pydantic's keywords).
+    """Field metadata: the range of a number (`ge`, `gt`, `le`, `lt`, as pydantic's keywords, or
+    LIMITS, a dict of them: another field's bounds).
 
     `allow` names values accepted outside the range (`--max_steps`: -1 or >= 1), `hint` is said in
     parentheses after the rule ("0: full fine-tuning"), `finite` also refuses infinity, `said`
     words the range in place of the interval ("positive": the message callers already match).
     Merge with other metadata by `|` (`_help("...") | bounds(ge=1)`).
     """
-    unknown = sorted(set(limits) - set(LIMIT_KEYS))
-    if unknown:
-        raise TypeError(f"bounds() takes ge, gt, le and lt, not {', '.join(unknown)}")
-    rule: dict[str, Any] = {"bounds": limits}
+    given = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    rule: dict[str, Any] = {"bounds": {**(limits or {}), **{k: v for k, v in given.items() if v is not None}}}
     if allow:
         rule["allow"] = tuple(allow)
     if hint:
@@ -151,9 +152,17 @@ def _choices(hint: Any) -> tuple[Any, ...]:
     return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
 
 
-@functools.cache
+_RULES: dict[type, tuple[_Rule, ...]] = {}
+
+
 def _rules(cls: type) -> tuple[_Rule, ...]:
     """The declared rules of dataclass CLS, read once per class (configs are made per request)."""
+    if cls not in _RULES:
+        _RULES[cls] = _read_rules(cls)
+    return _RULES[cls]
+
+
+def _read_rules(cls: type) -> tuple[_Rule, ...]:
     hints = typing.get_type_hints(cls)
     rules = []
     for spec in dataclasses.fields(cls):

@@ -24,11 +24,11 @@ class ChatSettings:
     """What one chat asked for; everything else is the server's default."""
 
     # /v1/chat/completions' bounds (inside GenerationParams'), and the bot's own cap on replies
-    temperature: float = field(default=_DEFAULTS.temperature, metadata=bounds(**openai_bounds("temperature")))
+    temperature: float = field(default=_DEFAULTS.temperature, metadata=bounds(openai_bounds("temperature")))
     max_new_tokens: int = field(
         default=_DEFAULTS.max_new_tokens, metadata=bounds(ge=1, le=MAX_BOT_NEW_TOKENS)
     )
-    top_p: float = field(default=_DEFAULTS.top_p, metadata=bounds(**openai_bounds("top_p")))
+    top_p: float = field(default=_DEFAULTS.top_p, metadata=bounds(openai_bounds("top_p")))
 
     def __post_init__(self) -> None:
         check_fields(self, ParamError)
