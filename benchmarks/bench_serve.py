@@ -13,7 +13,8 @@ is not given) and its `lmfast export onnx` export, i.e. the same weights:
                             i.e. `pip install 'transformers[serving]'`)
   (d) llama_server          llama.cpp's own `llama-server` (--llama_server BIN, built from the
                             llama.cpp sources) on a GGUF f32 of HF_DIR written by llama.cpp's
-                            convert_hf_to_gguf.py (--llama_cpp_src DIR), with one slot per client
+                            convert_hf_to_gguf.py (--llama_cpp_src DIR; --precision bf16: the export
+                            and the GGUF in bf16, quantized by llama.cpp), with one slot per client
                             (--parallel C) and continuous batching, with its defaults otherwise:
                             its prompt cache is on, as lmfast's prefix cache is
 An async httpx load generator keeps C requests in flight (closed loop) for C in 1, 8, 32; every
@@ -100,9 +101,12 @@ def ensure_model(directory: Path, n_layer: int = 4, n_embd: int = 256) -> Path:
     return directory
 
 
-def ensure_export(model: Path, device: str) -> Path | str:
-    """The ONNX export of `model` (`lmfast export onnx`, built once), or why it could not be made."""
-    target = model.parent / f"{model.name}_onnx"
+def ensure_export(model: Path, device: str, precision: str = "fp32") -> Path | str:
+    """The ONNX export of `model` (`lmfast export onnx`, built once), or why it could not be made.
+    A bf16 export is served with lmfast's own Bf16MatMul (swapped in at load, docs/kernels.md)."""
+    target = model.parent / (
+        f"{model.name}_onnx" if precision == "fp32" else f"{model.name}_onnx_{precision}"
+    )
     if (target / "model.onnx").is_file():
         return target
     command = [
@@ -118,6 +122,8 @@ def ensure_export(model: Path, device: str) -> Path | str:
     ]
     if device == "cuda":  # the in-place cache is CPU-only so far
         command += ["--precision", "fp16", "--kv_cache", "concat"]
+    elif precision != "fp32":  # bf16 is lossy by design, as is llama-server's bf16 GGUF
+        command += ["--precision", precision, "--accept_quality_loss"]
     done = subprocess.run(command, cwd=REPO, env=thread_env(2), capture_output=True, text=True)
     if done.returncode != 0:
         return f"lmfast export onnx failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
@@ -238,7 +244,13 @@ def transformers_server(
 
 
 def llama_server(
-    model: Path, binary: Path, llama_cpp_src: Path | None, threads: int, concurrency: int, new_tokens: int
+    model: Path,
+    binary: Path,
+    llama_cpp_src: Path | None,
+    threads: int,
+    concurrency: int,
+    new_tokens: int,
+    precision: str = "fp32",
 ) -> Server | str:
     """(d), or the reason it cannot run here. Each of the `concurrency` slots gets room for the
     longest prompt and `new_tokens` (llama-server splits -c among its slots)."""
@@ -247,7 +259,8 @@ def llama_server(
     from benchmarks.bench_engines import llama_gguf
 
     try:
-        gguf = llama_gguf(model, model.parent / f"{model.name}_gguf", "f32", llama_cpp_src)
+        outtype = {"fp32": "f32", "bf16": "bf16"}[precision]
+        gguf = llama_gguf(model, model.parent / f"{model.name}_gguf", outtype, llama_cpp_src)
     except (FileNotFoundError, RuntimeError, ImportError) as error:
         return f"no GGUF for llama-server: {error}"
     per_slot = PROMPT_TOKENS_BOUND + new_tokens + 16
@@ -399,6 +412,7 @@ def run(
     rounds: int | None = None,
     llama_server_binary: Path | None = None,
     llama_cpp_src: Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Start the servers, check correctness, time every contender at every concurrency level
     (default 1, 8 and 32 clients; quick: 1 and 8, since 32 clients cost as much as the rest)."""
@@ -408,7 +422,7 @@ def run(
     skipped: dict[str, str] = {}
     # (a) and (b) serve what `lmfast serve` is for: the ONNX export of the very HF dir (c) serves;
     # the torch-backend server on the HF dir itself compares the batching engines on one runtime
-    export = ensure_export(model, device)
+    export = ensure_export(model, device, precision)
     if isinstance(export, str):
         skipped["onnx"] = export + "; (a) and (b) use the torch backend"
         export, backend = model, "torch"
@@ -425,7 +439,7 @@ def run(
         if with_transformers
         else "disabled with --no_transformers",
         "llama_server": llama_server(
-            model, llama_server_binary, llama_cpp_src, threads, max(concurrencies), new_tokens
+            model, llama_server_binary, llama_cpp_src, threads, max(concurrencies), new_tokens, precision
         )
         if llama_server_binary is not None
         else "no --llama_server BIN given",
@@ -468,6 +482,7 @@ def run(
     result = summarize(runs, correctness, skipped, model, backend, threads, new_tokens, device, quick)
     # other processes on the machine slow some rounds down: say how busy it was
     result["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
+    result["precision"] = precision  # of (a), (b) and (d); (a') and (c) run the HF dir in fp32 on a CPU
     return result
 
 
@@ -615,6 +630,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("LLAMA_CPP_SRC"),
         help="the llama.cpp sources (their convert_hf_to_gguf.py writes (d)'s GGUF)",
     )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="weights of the lmfast export and of llama-server's GGUF (default fp32)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     result = run(
@@ -628,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         llama_server_binary=args.llama_server,
         llama_cpp_src=args.llama_cpp_src,
+        precision=args.precision,
     )
     print_summary(result)
     if args.json:

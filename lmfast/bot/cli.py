@@ -84,8 +84,7 @@ def _run_bot(config: BotConfig, argv: list[str]) -> int:
         else:
             asyncio.run(run(config))
     except TelegramUnauthorizedError:
-        print("lmfast bot: error: --token: rejected by Telegram (revoked or mistyped?)", file=sys.stderr)
-        return 2
+        raise flags.UserError("--token", "rejected by Telegram (revoked or mistyped?)") from None
     except TelegramUnreachable as error:
         server = config.telegram_api_server or "api.telegram.org"
         print(

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
+from lmfast.field_rules import bounds, check_fields
 from lmfast.flags import UserError
 
 # environment variables read when the matching flag is not given
@@ -20,7 +22,9 @@ API_URL_ENV = "LMFAST_API_URL"
 API_KEY_ENV = "LMFAST_API_KEY"
 ALLOWED_USERS_ENV = "LMFAST_BOT_ALLOWED_USERS"
 
-GROUP_TRIGGERS = ("mention_or_reply", "mention", "reply", "always")  # lmfast.bot.groups.TRIGGERS
+GroupTrigger = Literal["mention_or_reply", "mention", "reply", "always"]
+GROUP_TRIGGERS: tuple[str, ...] = typing.get_args(GroupTrigger)  # lmfast.bot.groups.TRIGGERS
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # the format BotFather hands out; aiogram rejects anything else before any network call
 _TOKEN_RE = re.compile(r"^\d+:[\w-]+$")
 
@@ -77,14 +81,16 @@ class BotConfig:
             parse=parse_user_ids,
         ),
     )
-    group_trigger: str = field(
+    group_trigger: GroupTrigger = field(
         default="mention_or_reply",
         metadata=_help(
             "In groups, answer when: mention_or_reply, mention (@bot), reply (to the bot), or always."
         ),
     )
     group_rate_limit: int = field(
-        default=20, metadata=_help("Most answers per group within --rate_window_s seconds (then silence).")
+        default=20,
+        metadata=_help("Most answers per group within --rate_window_s seconds (then silence).")
+        | bounds(ge=1),
     )
     db_path: str = field(
         default="lmfast_bot.sqlite3",
@@ -92,36 +98,48 @@ class BotConfig:
     )
     max_stored_texts: int = field(
         default=10_000,
-        metadata=_help("Most generated texts kept for the Repeat/Continue buttons; older ones are pruned."),
+        metadata=_help("Most generated texts kept for the Repeat/Continue buttons; older ones are pruned.")
+        | bounds(ge=1),
     )
     rate_limit: int = field(
-        default=10, metadata=_help("Most generation requests per chat within --rate_window_s seconds.")
+        default=10,
+        metadata=_help("Most generation requests per chat within --rate_window_s seconds.") | bounds(ge=1),
     )
-    rate_window_s: float = field(default=60.0, metadata=_help("Length of the per-chat rate-limit window."))
+    rate_window_s: float = field(
+        default=60.0, metadata=_help("Length of the per-chat rate-limit window.") | bounds(gt=0)
+    )
     api_timeout_s: float = field(
-        default=60.0, metadata=_help("Seconds to wait for one answer of the lmfast API before retrying.")
+        default=60.0,
+        metadata=_help("Seconds to wait for one answer of the lmfast API before retrying.") | bounds(gt=0),
     )
     api_retries: int = field(
-        default=3, metadata=_help("Extra attempts when the lmfast API is down, busy or slow (0: none).")
+        default=3,
+        metadata=_help("Extra attempts when the lmfast API is down, busy or slow (0: none).") | bounds(ge=0),
     )
     api_backoff_s: float = field(
-        default=1.0, metadata=_help("First retry delay; doubles on each further attempt (capped at 30 s).")
+        default=1.0,
+        metadata=_help("First retry delay; doubles on each further attempt (capped at 30 s).") | bounds(ge=0),
     )
     api_deadline_s: float = field(
         default=150.0,
-        metadata=_help("Give up on a reply (and say so) after this many seconds, retries included."),
+        metadata=_help("Give up on a reply (and say so) after this many seconds, retries included.")
+        | bounds(gt=0),
     )
     stream_edit_interval_s: float = field(
         default=1.0,
-        metadata=_help("Chat mode: the answer's message is edited with new text at most this often."),
+        metadata=_help("Chat mode: the answer's message is edited with new text at most this often.")
+        | bounds(ge=0),
     )
-    polling_timeout: int = field(default=30, metadata=_help("Long-polling wait of getUpdates, in seconds."))
+    polling_timeout: int = field(
+        default=30, metadata=_help("Long-polling wait of getUpdates, in seconds.") | bounds(ge=1)
+    )
     start_attempts: int = field(
         default=10,
         metadata=_help(
             "Start-up calls to Telegram tried (pauses growing from 1 s to 30 s, about 2 minutes in all) "
             "before the bot gives up with an error; once started it polls through network errors."
-        ),
+        )
+        | bounds(ge=1),
     )
     webhook_url: str | None = field(
         default=None,
@@ -134,9 +152,15 @@ class BotConfig:
         default=None,
         metadata=_help("Secret Telegram sends with each webhook call (default: a random one per run)."),
     )
-    log_level: str = field(default="info", metadata=_help("Logging level (debug, info, warning, error)."))
+    log_level: LogLevel = field(
+        default="info",
+        # any case (LOG_LEVEL=INFO): lowered as read, so the choices are checked after, by check_fields
+        metadata=_help("Logging level (debug, info, warning, error, critical).", parse=str.lower),
+    )
 
     def __post_init__(self) -> None:
+        """Bounds and choices are the fields' metadata and types (`check_fields`); the token, URL
+        and listen-address rules parse text, so they stay code."""
         if not self.token:
             raise UserError(f"--token: missing; pass --token or set {TOKEN_ENV}")
         if not _TOKEN_RE.match(self.token):
@@ -150,37 +174,9 @@ class BotConfig:
         if self.telegram_api_server == "":
             self.telegram_api_server = None
         self.allowed_users = tuple(int(u) for u in self.allowed_users)
-        if self.max_stored_texts < 1:
-            raise UserError(f"--max_stored_texts must be >= 1, got {self.max_stored_texts}")
-        if self.rate_limit < 1:
-            raise UserError(f"--rate_limit must be >= 1, got {self.rate_limit}")
         self.allowed_groups = tuple(int(g) for g in self.allowed_groups)
-        if self.group_trigger not in GROUP_TRIGGERS:
-            raise UserError(
-                f"--group_trigger must be one of {', '.join(GROUP_TRIGGERS)}, got {self.group_trigger!r}"
-            )
-        if self.group_rate_limit < 1:
-            raise UserError(f"--group_rate_limit must be >= 1, got {self.group_rate_limit}")
-        if self.rate_window_s <= 0:
-            raise UserError(f"--rate_window_s must be > 0, got {self.rate_window_s}")
-        if self.api_timeout_s <= 0:
-            raise UserError(f"--api_timeout_s must be > 0, got {self.api_timeout_s}")
-        if self.api_deadline_s <= 0:
-            raise UserError(f"--api_deadline_s must be > 0, got {self.api_deadline_s}")
-        if self.api_retries < 0:
-            raise UserError(f"--api_retries must be >= 0, got {self.api_retries}")
-        if self.api_backoff_s < 0:
-            raise UserError(f"--api_backoff_s must be >= 0, got {self.api_backoff_s}")
-        if self.stream_edit_interval_s < 0:
-            raise UserError(f"--stream_edit_interval_s must be >= 0, got {self.stream_edit_interval_s}")
-        if self.start_attempts < 1:
-            raise UserError(f"--start_attempts must be >= 1, got {self.start_attempts}")
-        if self.polling_timeout < 1:
-            raise UserError(f"--polling_timeout must be >= 1, got {self.polling_timeout}")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise UserError(
-                f"--log_level must be debug, info, warning, error or critical, got {self.log_level!r}"
-            )
+        self.log_level = typing.cast(LogLevel, self.log_level.lower())  # any case, from Python too
+        check_fields(self)
         self._listen()  # rejects a malformed --webhook_listen now, not at start-up
 
     @property

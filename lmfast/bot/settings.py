@@ -8,9 +8,10 @@ bounds of `/v1/chat/completions` (temperature at most OpenAI's 2), which the bot
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from lmfast.generation.params import GenerationParams, check_bounds, openai_bounds
+from lmfast.field_rules import bounds, check_fields
+from lmfast.generation.params import GenerationParams, ParamError, openai_bounds
 
 _DEFAULTS = GenerationParams()
 
@@ -22,19 +23,17 @@ MAX_BOT_NEW_TOKENS = 512
 class ChatSettings:
     """What one chat asked for; everything else is the server's default."""
 
-    temperature: float = _DEFAULTS.temperature
-    max_new_tokens: int = _DEFAULTS.max_new_tokens
-    top_p: float = _DEFAULTS.top_p
+    # /v1/chat/completions' bounds (inside GenerationParams'), and the bot's own cap on replies
+    temperature: float = field(default=_DEFAULTS.temperature, metadata=bounds(openai_bounds("temperature")))
+    max_new_tokens: int = field(
+        default=_DEFAULTS.max_new_tokens, metadata=bounds(ge=1, le=MAX_BOT_NEW_TOKENS)
+    )
+    top_p: float = field(default=_DEFAULTS.top_p, metadata=bounds(openai_bounds("top_p")))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= MAX_BOT_NEW_TOKENS:
-            raise ValueError(
-                f"max_new_tokens must be in [1, {MAX_BOT_NEW_TOKENS}], got {self.max_new_tokens}"
-            )
+        check_fields(self, ParamError)
         # the shared dataclass and the routes' own bodies hold the one definition of what is valid
         self.to_params()
-        for name in ("temperature", "top_p"):  # /v1/chat/completions' bounds, inside those
-            check_bounds(name, getattr(self, name), openai_bounds(name))
 
     def to_params(self) -> GenerationParams:
         return GenerationParams(

@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lmfast.data.dialogs import DialogsError
 
-FORMATS = ("telegram", "whatsapp")
-MEDIA = ("drop", "mark")
-DATE_ORDERS = ("auto", "DMY", "MDY", "YMD")
+ChatFormat = Literal["telegram", "whatsapp"]
+Media = Literal["drop", "mark"]
+DateOrder = Literal["auto", "DMY", "MDY", "YMD"]
+FORMATS: tuple[str, ...] = typing.get_args(ChatFormat)
+MEDIA: tuple[str, ...] = typing.get_args(Media)
+DATE_ORDERS: tuple[str, ...] = typing.get_args(DateOrder)
 MAX_MESSAGE_CHARS = 8192  # longer messages (pasted logs, articles) are skipped as "huge"
 # an export is parsed in memory, about 5.4x its size (608 MB of RSS for 113 MB): refuse what would not fit
 MAX_EXPORT_BYTES = 1 << 30

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lmfast.data import chat_exports, chunking, dialogs, documents, engines, inputs
+from lmfast.data import chat_exports, chunking, dialogs, engines, inputs
 from lmfast.data.errors import PrepareError
+from lmfast.field_rules import bounds, check_fields
+
+DocumentsFormat = Literal[dialogs.DialogFormat, chat_exports.ChatFormat]
+"""`--documents_format`: delimited text, dialogs JSONL, or a chat export."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -34,9 +38,8 @@ class PrepareConfig:
     valid_fraction: float = field(
         default=0.0,
         kw_only=True,
-        metadata=_help(
-            "Without a valid file: hold out this fraction of the train documents (deterministic)."
-        ),
+        metadata=_help("Without a valid file: hold out this fraction of the train documents (deterministic).")
+        | bounds(ge=0, lt=1),
     )
     text_field: str = field(
         default="text", kw_only=True, metadata=_help("JSONL inputs: the field holding the text.")
@@ -45,7 +48,9 @@ class PrepareConfig:
         default="text", kw_only=True, metadata=_help("Parquet inputs: the string column holding the text.")
     )
     num_shards: int = field(
-        default=1, kw_only=True, metadata=_help("Split the inputs into this many shards (one job each).")
+        default=1,
+        kw_only=True,
+        metadata=_help("Split the inputs into this many shards (one job each).") | bounds(ge=1),
     )
     shard_index: int = field(
         default=0,
@@ -62,22 +67,28 @@ class PrepareConfig:
             "Registered tokenizer (GPT2Tokenizer), a local HF tokenizer dir or tokenizer.json, or module:factory."
         )
     )
-    max_sample_length: int = field(metadata=_help("Maximum tokens per sample; longer documents are cut."))
-    min_sample_length: int = field(default=10, metadata=_help("Samples shorter than this are dropped."))
+    max_sample_length: int = field(
+        metadata=_help("Maximum tokens per sample; longer documents are cut.") | bounds(ge=1, said="positive")
+    )
+    min_sample_length: int = field(
+        default=10, metadata=_help("Samples shorter than this are dropped.") | bounds(ge=1, said="positive")
+    )
     datasets_root: Path = field(default=Path("data/datasets"), metadata=_help("Root directory of datasets."))
     dataset_name: str = field(
         default="default", metadata=_help("Dataset name; each run writes <root>/<name>/<N>/.")
     )
-    tokenizer_engine: str = field(
+    tokenizer_engine: engines.EngineName = field(
         default="auto", metadata=_help("auto (fastest proven identical), gigatoken, tiktoken or tokenizers.")
     )
     encoding_errors: Literal["strict", "replace", "ignore"] = field(
         default="strict",
         metadata=_help("Invalid UTF-8: strict (error saying where), replace (U+FFFD) or ignore."),
     )
-    num_threads: int = field(default=0, metadata=_help("Tokenizer threads; 0 = all cores."))
+    num_threads: int = field(default=0, metadata=_help("Tokenizer threads; 0 = all cores.") | bounds(ge=0))
     window_mb: float = field(
-        default=16, metadata=_help("MiB of input mapped at a time (bounds peak memory).")
+        default=16,
+        metadata=_help("MiB of input mapped at a time (bounds peak memory).")
+        | bounds(gt=0, finite=True, said="a positive number"),
     )
     kernel_backend: chunking.Backend = field(
         default="auto", metadata=_help("Native kernels: auto, cython or python.")
@@ -92,7 +103,7 @@ class PrepareConfig:
             "Token after each document: auto (the pretraining separator, e.g. <|endoftext|>), none, or a token."
         ),
     )
-    documents_format: str = field(
+    documents_format: DocumentsFormat = field(
         default="text",
         metadata=_help(
             'text (delimiter-separated documents), dialogs (JSONL, one {"messages": [...]} a line), '
@@ -102,10 +113,10 @@ class PrepareConfig:
     chat_template: str = field(
         default="", metadata=_help("dialogs: a jinja chat template file; default: the tokenizer's own.")
     )
-    train_on: str = field(
+    train_on: dialogs.TrainOn = field(
         default="assistant", metadata=_help("dialogs: tokens trained on, assistant (turns) or all.")
     )
-    bad_lines: str = field(
+    bad_lines: dialogs.BadLines = field(
         default="error",
         metadata=_help("dialogs: a bad JSONL line is an error, or skip (skipped and counted)."),
     )
@@ -118,15 +129,16 @@ class PrepareConfig:
     )
     chat_gap_minutes: float = field(
         default=360.0,
-        metadata=_help("telegram/whatsapp: a silence this long starts a new conversation; 0 = never."),
+        metadata=_help("telegram/whatsapp: a silence this long starts a new conversation; 0 = never.")
+        | bounds(ge=0, finite=True, hint="0 = never split"),
     )
-    chat_media: str = field(
+    chat_media: chat_exports.Media = field(
         default="drop",
         metadata=_help(
             "telegram/whatsapp: stickers and media without text are dropped, or mark ([photo], ...)."
         ),
     )
-    whatsapp_date_order: str = field(
+    whatsapp_date_order: chat_exports.DateOrder = field(
         default="auto", metadata=_help("whatsapp: date order, auto (detected), DMY, MDY or YMD.")
     )
     redact: bool = field(
@@ -138,6 +150,8 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         """Every option is checked here, once; the kernels and engines assume checked options.
+        Bounds and choices are the fields' metadata and types (`check_fields`); the rules below tie
+        fields together, read the inputs or check text, so they stay code.
 
         Raises:
             PrepareError: with `.field` (the flag) and `.rule` (what it must satisfy).
@@ -147,8 +161,7 @@ class PrepareConfig:
         self.datasets_root = Path(self.datasets_root)
         if not self.documents_train_file:
             raise PrepareError("documents_train_file", "is required (files, globs or directories)")
-        if not 0 <= self.valid_fraction < 1:
-            raise PrepareError("valid_fraction", f"must be in [0, 1), got {self.valid_fraction}")
+        check_fields(self, PrepareError)
         if self.valid_fraction and self.documents_valid_file:
             raise PrepareError("valid_fraction", "give --documents_valid_file or --valid_fraction, not both")
         if not self.valid_fraction and not self.documents_valid_file:
@@ -159,8 +172,6 @@ class PrepareConfig:
             raise PrepareError(
                 "documents_valid_file", "is required unless --valid_fraction holds out documents"
             )
-        if self.num_shards < 1:
-            raise PrepareError("num_shards", f"must be >= 1, got {self.num_shards}")
         if not 0 <= self.shard_index < self.num_shards:
             raise PrepareError(
                 "shard_index", f"must be in [0, {self.num_shards - 1}], got {self.shard_index}"
@@ -168,15 +179,6 @@ class PrepareConfig:
         for name in ("text_field", "text_column"):
             if not getattr(self, name):
                 raise PrepareError(name, "must not be empty")
-        formats = (*dialogs.FORMATS, *chat_exports.FORMATS)
-        if self.documents_format not in formats:
-            raise PrepareError(
-                "documents_format", f"expected one of {formats}, got {self.documents_format!r}"
-            )
-        if self.train_on not in dialogs.TRAIN_ON:
-            raise PrepareError("train_on", f"expected one of {dialogs.TRAIN_ON}, got {self.train_on!r}")
-        if self.bad_lines not in dialogs.BAD_LINES:
-            raise PrepareError("bad_lines", f"expected one of {dialogs.BAD_LINES}, got {self.bad_lines!r}")
         if self.bad_lines != "error" and self.documents_format != "dialogs":
             raise PrepareError(
                 "bad_lines",
@@ -189,9 +191,6 @@ class PrepareConfig:
             )
         if any(c.isspace() for c in delimiter):
             raise PrepareError("end_of_document", f"{delimiter!r} must not contain whitespace")
-        for name in ("max_sample_length", "min_sample_length"):
-            if getattr(self, name) < 1:
-                raise PrepareError(name, f"must be positive, got {getattr(self, name)}")
         if self.is_dialog and self.tokenizer_engine not in ("auto", "tokenizers"):
             raise PrepareError(
                 "tokenizer_engine",
@@ -204,18 +203,6 @@ class PrepareConfig:
                 f"--min_sample_length ({self.min_sample_length}) must not exceed "
                 f"--max_sample_length ({self.max_sample_length})",
             )
-        choices = {
-            "tokenizer_engine": ("auto", *engines.ENGINES),
-            "encoding_errors": documents.ENCODING_ERRORS,
-            "kernel_backend": ("auto", "cython", "python"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PrepareError(name, f"expected one of {allowed}, got {getattr(self, name)!r}")
-        if self.num_threads < 0:
-            raise PrepareError("num_threads", f"must be >= 0, got {self.num_threads}")
-        if not self.window_mb > 0 or self.window_mb == float("inf"):
-            raise PrepareError("window_mb", f"must be a positive number, got {self.window_mb}")
         for name in ("document_bos_token", "document_eos_token"):
             if not getattr(self, name):
                 raise PrepareError(name, "must be auto, none or a token, got an empty string")
@@ -232,17 +219,6 @@ class PrepareConfig:
             if (self.valid_fraction and not chat) or self.num_shards > 1:
                 flag = "num_shards" if self.num_shards > 1 else "valid_fraction"
                 raise PrepareError(flag, f"does not work with --documents_format {self.documents_format}")
-        if self.chat_media not in chat_exports.MEDIA:
-            raise PrepareError("chat_media", f"expected one of {chat_exports.MEDIA}, got {self.chat_media!r}")
-        if self.whatsapp_date_order not in chat_exports.DATE_ORDERS:
-            raise PrepareError(
-                "whatsapp_date_order",
-                f"expected one of {chat_exports.DATE_ORDERS}, got {self.whatsapp_date_order!r}",
-            )
-        if not 0 <= self.chat_gap_minutes < float("inf"):
-            raise PrepareError(
-                "chat_gap_minutes", f"must be >= 0 (0 = never split), got {self.chat_gap_minutes}"
-            )
         if len(self.persona) > 256:
             raise PrepareError("persona", "must be at most 256 characters")
 

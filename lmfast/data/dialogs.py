@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,9 +45,12 @@ from lmfast.models.dataset import LOSS_MASK_FILE, split_key
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("text", "dialogs")
-TRAIN_ON = ("assistant", "all")
-BAD_LINES = ("error", "skip")
+DialogFormat = Literal["text", "dialogs"]
+TrainOn = Literal["assistant", "all"]
+BadLines = Literal["error", "skip"]
+FORMATS: tuple[str, ...] = typing.get_args(DialogFormat)
+TRAIN_ON: tuple[str, ...] = typing.get_args(TrainOn)
+BAD_LINES: tuple[str, ...] = typing.get_args(BadLines)
 _BATCH = 512  # conversations encoded per `encode_batch` call
 
 

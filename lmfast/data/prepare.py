@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,26 @@ def prepare(config: PrepareConfig | None = None, /, **flags: Any) -> Path:
             reader.close()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What `prepare` settled before writing: the inputs, how they are encoded, into what dtype."""
+
+    config: PrepareConfig
+    tokenizer: Tokenizer
+    splits: dict[str, list[inputs.InputFile]]
+    boundaries: DocumentBoundaries
+    kernel_backend: str
+    renderer: dialogs.DialogRenderer | None  # dialogs and chat exports
+    engine: engines.Engine | None  # documents
+    chats: chat_exports.ChatSplits | None  # the conversations of a chat export
+    dtype: np.dtype
+    started: float
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name if self.engine is not None else "tokenizers"
+
+
 def _prepare_with(
     config: PrepareConfig,
     tokenizer: Tokenizer,
@@ -107,40 +128,75 @@ def _prepare_with(
     train_batches: _Prefetched[_Tagged] | None,
     started: float,
 ) -> Path:
-    """`prepare` once its inputs are checked: choose the engine, write both splits, commit."""
-    dialog = config.is_dialog
-    renderer = None
+    """`prepare` once its inputs are checked: choose the encoder, write both splits, commit."""
+    renderer, engine = _encoder(config, tokenizer, splits)
+    chats = _read_chats(config, splits) if config.documents_format in chat_exports.FORMATS else None
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= UINT16_VOCAB_LIMIT else np.int32)
+    plan = _Plan(
+        config, tokenizer, splits, boundaries, kernel_backend, renderer, engine, chats, dtype, started
+    )
+    logger.info(
+        "tokenizer %s (%d ids, %s), engine %s, kernels %s",
+        tokenizer.name,
+        tokenizer.vocab_size,
+        dtype,
+        plan.engine_name,
+        kernel_backend,
+    )
+    logger.info("document boundaries: %s", boundaries.source)
+    dataset_dir, created = _make_dataset_dir(config)
+    staging.remove_stale(dataset_dir)
+    stage: staging.Staging | None = None
     try:
-        if dialog:  # special tokens in a rendered chat are tokens: only the reference engine encodes them so
+        stage = staging.Staging(dataset_dir)
+        dialog_stats: dict[str, dialogs.DialogSplitStats] = {}
+        try:
+            if renderer is not None:
+                stats, dialog_stats = _write_dialog_splits(plan, stage.directory)
+            else:
+                stats = _write_document_splits(plan, stage.directory, train_mine, train_batches)
+        except (documents.DocumentsError, dialogs.DialogsError) as error:
+            raise PrepareError(str(error)) from None
+        tokenizer.save(stage.directory / "tokenizer")
+        _write_description(plan, stats, dialog_stats, stage.directory)
+        final = _commit_dataset(config, stage, dataset_dir)
+    except BaseException as error:
+        _discard(stage, created)
+        if isinstance(error, OSError):  # full disk, read-only or vanished output directory
+            raise PrepareError(
+                f"--datasets_root: cannot write the dataset in {dataset_dir}: {error.strerror or error}"
+            ) from None
+        raise
+    logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
+    return final
+
+
+def _encoder(
+    config: PrepareConfig, tokenizer: Tokenizer, splits: dict[str, list[inputs.InputFile]]
+) -> tuple[dialogs.DialogRenderer | None, engines.Engine | None]:
+    """The chat renderer (dialogs) or the fastest engine proven identical to the tokenizer (documents).
+
+    Special tokens in a rendered chat are tokens: only the reference engine encodes them so.
+    """
+    try:
+        if config.is_dialog:
             template = dialogs.load_chat_template(config.chat_template, config.tokenizer_cls_name)
-            renderer = dialogs.DialogRenderer(template, tokenizer, config.train_on)
-            engine = None
-        else:
-            engine = engines.select_engine(
-                tokenizer,
-                config.tokenizer_engine,
-                samples=[_sample_text(splits["train"][0], config)],
-                num_threads=config.num_threads or None,
-            )
+            return dialogs.DialogRenderer(template, tokenizer, config.train_on), None
+        engine = engines.select_engine(
+            tokenizer,
+            config.tokenizer_engine,
+            samples=[_sample_text(splits["train"][0], config)],
+            num_threads=config.num_threads or None,
+        )
+        return None, engine
     except dialogs.DialogsError as error:
         raise PrepareError(str(error)) from None
     except ValueError as error:
         raise PrepareError(f"--tokenizer_engine: {error}") from None
-    chats = _read_chats(config, splits) if config.documents_format in chat_exports.FORMATS else None
-    engine_name = engine.name if engine is not None else "tokenizers"
-    vocab_size = tokenizer.vocab_size
-    dtype = np.dtype(np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.int32)
-    splittable = engines.is_byte_level_bpe(tokenizer)
-    logger.info(
-        "tokenizer %s (%d ids, %s), engine %s, kernels %s",
-        tokenizer.name,
-        vocab_size,
-        dtype,
-        engine_name,
-        kernel_backend,
-    )
-    logger.info("document boundaries: %s", boundaries.source)
 
+
+def _make_dataset_dir(config: PrepareConfig) -> tuple[Path, list[Path]]:
+    """`<datasets_root>/<dataset_name>`, created; also the directories this run created (removed on failure)."""
     dataset_dir = config.datasets_root / config.dataset_name
     created = [p for p in (config.datasets_root, dataset_dir) if not p.exists()]
     try:
@@ -149,88 +205,109 @@ def _prepare_with(
         raise PrepareError(
             f"--datasets_root: cannot create {dataset_dir}: {error.strerror or error}"
         ) from None
-    staging.remove_stale(dataset_dir)
-    stage: staging.Staging | None = None
+    return dataset_dir, created
+
+
+def _write_dialog_splits(
+    plan: _Plan, temporary: Path
+) -> tuple[dict[str, SplitStats], dict[str, dialogs.DialogSplitStats]]:
+    """Both splits of a dialogs file or chat export: rendered, encoded, masked; their counts."""
+    config, splits = plan.config, plan.splits
+    assert plan.renderer is not None
+    stats, dialog_stats = {}, {}
+    for name in ("train", "valid"):
+        path = splits.get(name, splits["train"])[0].path
+        flag = f"--documents_{name}_file" if name in splits else "--valid_fraction"
+        dialog_stats[name] = dialogs.write_dialog_split(
+            path, flag, temporary / name, plan.tokenizer, plan.renderer,
+            dtype=plan.dtype, max_len=config.max_sample_length, min_len=config.min_sample_length,
+            bad_lines=config.bad_lines, encoding_errors=config.encoding_errors,
+            conversations=plan.chats.conversations[name] if plan.chats is not None else None,
+        )  # fmt: skip
+        split = dialog_stats[name]
+        stats[name] = SplitStats(split.samples, split.tokens, split.conversations)
+    return stats, dialog_stats
+
+
+def _write_document_splits(
+    plan: _Plan,
+    temporary: Path,
+    train_mine: list[tuple[int, inputs.InputFile]],
+    train_batches: _Prefetched[_Tagged] | None,
+) -> dict[str, SplitStats]:
+    """Both splits of documents (a held-out fraction or a valid file); each must hold a sample."""
+    config, splits = plan.config, plan.splits
+    assert plan.engine is not None
+    splittable = engines.is_byte_level_bpe(plan.tokenizer)
+    write = partial(write_documents, engine=plan.engine, tokenizer=plan.tokenizer, config=config,
+                    dtype=plan.dtype, splittable=splittable)  # fmt: skip
+    if config.valid_fraction:
+        outputs = {"train": temporary / "train", "valid": temporary / "valid"}
+        stats = write(train_mine, "--documents_train_file", outputs, batches=train_batches)
+    else:
+        train_output = {"train": temporary / "train"}
+        stats = write(train_mine, "--documents_train_file", train_output, batches=train_batches)
+        valid_mine = _shard(splits["valid"], config)
+        stats |= write(valid_mine, "--documents_valid_file", {"valid": temporary / "valid"})
+    if config.num_shards == 1:
+        for name in ("train", "valid"):
+            held_out = name == "valid" and config.valid_fraction
+            flag = "--valid_fraction" if held_out else f"--documents_{name}_file"
+            _require_samples(stats[name], flag, splits["train" if held_out else name], config)
+    return stats
+
+
+def _write_description(
+    plan: _Plan,
+    stats: dict[str, SplitStats],
+    dialog_stats: dict[str, dialogs.DialogSplitStats],
+    temporary: Path,
+) -> None:
+    """description.json: the config, counts, the files read, and the chat template of dialogs."""
+    config, splits = plan.config, plan.splits
+    description = _description(
+        config, plan.tokenizer, plan.boundaries, stats, plan.dtype, plan.engine_name, plan.kernel_backend,
+        plan.started,
+    )  # fmt: skip
+    description["input_files"] = [
+        files[k].record(name)
+        for name, files in splits.items()
+        for k in (range(len(files)) if config.is_dialog else [k for k, _ in _shard(files, config)])
+    ]
+    if config.num_shards > 1:
+        description["shard_inputs_sha256"] = inputs_digest(splits)
+    if plan.renderer is not None:
+        dialogs.save_chat_template(temporary / "tokenizer", plan.renderer.template)
+        description.update(dialogs.description_keys(plan.renderer.template, dialog_stats))
+    if plan.chats is not None:
+        description.update(plan.chats.description())
+        for record in description["input_files"]:
+            record["format"] = config.documents_format
+    description.write(temporary)
+
+
+def _commit_dataset(config: PrepareConfig, stage: staging.Staging, dataset_dir: Path) -> Path:
+    """Rename the staged dataset into place: its shard's name, else the first free version N."""
+    if config.num_shards == 1:
+        return _commit(stage, dataset_dir)
+    final = dataset_dir / shard_name(config.shard_index, config.num_shards)
     try:
-        stage = staging.Staging(dataset_dir)
-        temporary = stage.directory
-        stats, dialog_stats = {}, {}
-        sharded = config.num_shards > 1
-        try:
-            if renderer is not None:
-                for name in ("train", "valid"):
-                    path = splits.get(name, splits["train"])[0].path
-                    flag = f"--documents_{name}_file" if name in splits else "--valid_fraction"
-                    dialog_stats[name] = dialogs.write_dialog_split(
-                        path, flag, temporary / name, tokenizer, renderer,
-                        dtype=dtype, max_len=config.max_sample_length, min_len=config.min_sample_length,
-                        bad_lines=config.bad_lines, encoding_errors=config.encoding_errors,
-                        conversations=chats.conversations[name] if chats is not None else None,
-                    )  # fmt: skip
-                    split = dialog_stats[name]
-                    stats[name] = SplitStats(split.samples, split.tokens, split.conversations)
-            else:
-                assert engine is not None
-                write = partial(write_documents, engine=engine, tokenizer=tokenizer, config=config,
-                                dtype=dtype, splittable=splittable)  # fmt: skip
-                if config.valid_fraction:
-                    outputs = {"train": temporary / "train", "valid": temporary / "valid"}
-                    stats = write(train_mine, "--documents_train_file", outputs, batches=train_batches)
-                else:
-                    train_output = {"train": temporary / "train"}
-                    stats = write(train_mine, "--documents_train_file", train_output, batches=train_batches)
-                    valid_mine = _shard(splits["valid"], config)
-                    stats |= write(valid_mine, "--documents_valid_file", {"valid": temporary / "valid"})
-                if not sharded:
-                    for name in ("train", "valid"):
-                        held_out = name == "valid" and config.valid_fraction
-                        flag = "--valid_fraction" if held_out else f"--documents_{name}_file"
-                        _require_samples(stats[name], flag, splits["train" if held_out else name], config)
-        except (documents.DocumentsError, dialogs.DialogsError) as error:
-            raise PrepareError(str(error)) from None
-        tokenizer.save(temporary / "tokenizer")
-        description = _description(
-            config, tokenizer, boundaries, stats, dtype, engine_name, kernel_backend, started
-        )
-        description["input_files"] = [
-            files[k].record(name)
-            for name, files in splits.items()
-            for k in (range(len(files)) if dialog else [k for k, _ in _shard(files, config)])
-        ]
-        if sharded:
-            description["shard_inputs_sha256"] = inputs_digest(splits)
-        if renderer is not None:
-            dialogs.save_chat_template(temporary / "tokenizer", renderer.template)
-            description.update(dialogs.description_keys(renderer.template, dialog_stats))
-        if chats is not None:
-            description.update(chats.description())
-            for record in description["input_files"]:
-                record["format"] = config.documents_format
-        description.write(temporary)
-        if sharded:
-            final = dataset_dir / shard_name(config.shard_index, config.num_shards)
-            try:
-                stage.commit(final)
-            except OSError as error:
-                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise PrepareError(
-                        f"--shard_index: {final} exists already (remove it to prepare this shard again)"
-                    ) from None
-                raise
-        else:
-            final = _commit(stage, dataset_dir)
-    except BaseException as error:
-        if stage is not None:
-            stage.discard()
-        for directory in reversed(created):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-        if isinstance(error, OSError):  # full disk, read-only or vanished output directory
+        stage.commit(final)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
             raise PrepareError(
-                f"--datasets_root: cannot write the dataset in {dataset_dir}: {error.strerror or error}"
+                f"--shard_index: {final} exists already (remove it to prepare this shard again)"
             ) from None
         raise
-    logger.info("wrote %s in %.2f s", final, time.perf_counter() - started)
     return final
+
+
+def _discard(stage: staging.Staging | None, created: list[Path]) -> None:
+    """After a failure: the staged files and the directories this run created go."""
+    if stage is not None:
+        stage.discard()
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass

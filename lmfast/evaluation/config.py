@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from lmfast.field_rules import bounds, check_fields
 from lmfast.flags import UserError
 
 
@@ -31,18 +32,18 @@ class EvalConfig:
     """Which split of --dataset_dir to score."""
     text_file: str | None = None
     """A raw UTF-8 text file, tokenized as one document after the model's BOS (or EOS) token."""
-    context_length: int | None = None
+    context_length: int | None = field(default=None, metadata=bounds(ge=2, hint="a token and its context"))
     """Tokens per window; none: the model's context."""
-    stride: int | None = None
+    stride: int | None = field(default=None, metadata=bounds(ge=1))
     """How far each window moves on; none: half the window. Each token is scored once, with the
     context of the window that scores it."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=bounds(ge=1))
     """Windows per forward pass."""
-    max_tokens: int | None = None
+    max_tokens: int | None = field(default=None, metadata=bounds(ge=1))
     """Score only the first N tokens of the text (none: all)."""
     backend: Literal["auto", "torch", "onnx"] = "auto"
     """auto: ONNX Runtime for an export dir, torch otherwise."""
-    num_threads: int | None = None
+    num_threads: int | None = field(default=None, metadata=bounds(ge=1))
     """Intra-op threads (none: the library default)."""
     output: str | None = None
     """Write the JSON report here (the terminal gets a short table either way)."""
@@ -50,20 +51,10 @@ class EvalConfig:
     """Show a progress bar on stderr (when it is a terminal)."""
 
     def check(self) -> None:
-        """Every rule that needs no file: raises EvalError naming the flag."""
+        """Every rule that needs no file: raises EvalError naming the flag. Bounds and choices are
+        the fields' metadata and types (`check_fields`); which source is given ties fields together."""
         if not self.source:
             raise EvalError("source", "give the model to evaluate (lmfast eval SOURCE --dataset_dir DIR)")
         if (self.dataset_dir is None) == (self.text_file is None):
             raise EvalError("dataset_dir", "give exactly one of --dataset_dir and --text_file")
-        for name in ("context_length", "stride", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise EvalError(name, f"must be >= 1, got {value}")
-        if self.context_length is not None and self.context_length < 2:
-            raise EvalError(
-                "context_length", f"must be >= 2 (a token and its context), got {self.context_length}"
-            )
-        if self.batch_size < 1:
-            raise EvalError("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise EvalError("num_threads", f"must be >= 1, got {self.num_threads}")
+        check_fields(self, EvalError)

@@ -17,12 +17,14 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
-from lmfast.flags import FlagError, OneLineParser, add_config_flags, parse_config
+from lmfast import flags
+from lmfast.evaluation.config import EvalError
+from lmfast.field_rules import bounds, check_fields
+from lmfast.flags import OneLineParser, UserError, add_config_flags, parse_config
 
 SHIPPED_TASKS = Path(__file__).parent / "tasks"
 """Example tasks shipped with lmfast, each a YAML beside its JSONL."""
@@ -40,11 +42,11 @@ class TasksConfig:
     """Base URL of a running lmfast (or OpenAI-compatible) server; none: start one in-process."""
     output: str | None = None
     """JSON report path; none: eval_<task names>.json in the working directory."""
-    limit: int | None = None
+    limit: int | None = dataclasses.field(default=None, metadata=bounds(ge=1))
     """Documents per task (the first N); none: all."""
-    num_fewshot: int | None = None
+    num_fewshot: int | None = dataclasses.field(default=None, metadata=bounds(ge=0))
     """Few-shot examples per prompt; none: the task's own setting."""
-    batch_size: int = 8
+    batch_size: int = dataclasses.field(default=8, metadata=bounds(ge=1, le=16))
     """Prompts per HTTP request (at most 16)."""
     backend: Literal["auto", "torch", "onnx"] = "auto"
     """In-process server only: auto picks ONNX Runtime for an export dir, torch otherwise."""
@@ -54,16 +56,13 @@ class TasksConfig:
     """The `model` field sent in each request."""
 
     def __post_init__(self) -> None:
+        """Bounds and choices are the fields' metadata and types (`check_fields`); the source rule
+        ties two fields together."""
         if not self.tasks:
-            raise ValueError("--tasks: give task YAML files, directories or shipped names")
-        if not 1 <= self.batch_size <= 16:
-            raise ValueError(f"--batch_size: must be in [1, 16], got {self.batch_size}")
-        for name in ("limit", "num_fewshot"):
-            value = getattr(self, name)
-            if value is not None and value < (1 if name == "limit" else 0):
-                raise ValueError(f"--{name}: must be >= {1 if name == 'limit' else 0}, got {value}")
+            raise EvalError("tasks", "give task YAML files, directories or shipped names")
+        check_fields(self, EvalError)
         if self.server is None and not self.source:
-            raise ValueError("SOURCE: give a model to evaluate, or --server URL")
+            raise EvalError("source", "give a model to evaluate, or --server URL")
 
 
 def shipped_task_names() -> list[str]:
@@ -74,7 +73,7 @@ def task_configs(spec: str) -> list[dict[str, Any]]:
     """The task configs (dicts, as lm-eval's YAML loader makes them) that `--tasks` names.
 
     Raises:
-        ValueError: an item is no YAML file, directory or shipped name, or a YAML is unusable.
+        UserError: an item is no YAML file, directory or shipped name, or a YAML is unusable.
     """
     configs = []
     for item in (part.strip() for part in spec.split(",")):
@@ -84,19 +83,19 @@ def task_configs(spec: str) -> list[dict[str, Any]]:
         if path.is_dir():
             files = sorted(path.glob("*.yaml"))
             if not files:
-                raise ValueError(f"--tasks: {item} holds no *.yaml task files")
+                raise UserError(f"--tasks: {item} holds no *.yaml task files")
         elif path.is_file():
             files = [path]
         elif (SHIPPED_TASKS / f"{item}.yaml").is_file():
             files = [SHIPPED_TASKS / f"{item}.yaml"]
         else:
-            raise ValueError(
+            raise UserError(
                 f"--tasks: {item!r} is not a task YAML, a directory of them, or a shipped task "
                 f"({', '.join(shipped_task_names())}); tasks are read from local files only"
             )
         configs += [load_task_yaml(f) for f in files]
     if not configs:
-        raise ValueError("--tasks: no task given")
+        raise UserError("--tasks: no task given")
     return configs
 
 
@@ -107,9 +106,9 @@ def load_task_yaml(path: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"--tasks: {path}: not a plain YAML task file ({exc.__class__.__name__})") from None
+        raise UserError(f"--tasks: {path}: not a plain YAML task file ({exc.__class__.__name__})") from None
     if not isinstance(config, dict) or not isinstance(config.get("task"), str):
-        raise ValueError(f"--tasks: {path}: a task YAML must be a mapping with a 'task' name")
+        raise UserError(f"--tasks: {path}: a task YAML must be a mapping with a 'task' name")
     files = (config.get("dataset_kwargs") or {}).get("data_files")
     if files is not None:
         config["dataset_kwargs"]["data_files"] = _resolve(files, path)
@@ -123,7 +122,7 @@ def _resolve(files: Any, yaml_path: Path) -> Any:
         return [_resolve(f, yaml_path) for f in files]
     resolved = (yaml_path.parent / str(files)).resolve()
     if not resolved.is_file():
-        raise ValueError(f"--tasks: {yaml_path}: data file {resolved} does not exist")
+        raise UserError(f"--tasks: {yaml_path}: data file {resolved} does not exist")
     return str(resolved)
 
 
@@ -259,28 +258,30 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lmfast eval SOURCE --tasks ...`: exit 2 with one line for bad input."""
-    parser = build_parser()
+    """`lmfast eval SOURCE --tasks ...`: exit 2 with one line for bad input (`flags.run`; these
+    lines were written without the word `error:`, as tests and scripts match them)."""
+    return flags.run("lmfast eval", lambda: _parse(argv), _run_parsed, error_word=False)
+
+
+def _parse(argv: list[str] | None) -> TasksConfig:
+    """The config, its task files and SOURCE checked, and lm-eval importable: before any model loads."""
+    config: TasksConfig = parse_config(build_parser(), TasksConfig, argv)[0]
+    task_configs(config.tasks)
+    if config.server is None and not Path(config.source).exists():
+        raise EvalError("source", f"{config.source} does not exist")
     try:
-        config, _ = parse_config(parser, TasksConfig, argv)
-        task_configs(config.tasks)
-        if config.server is None and not Path(config.source).exists():
-            raise ValueError(f"SOURCE: {config.source} does not exist")
         import lm_eval  # noqa: F401
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
     except ImportError:
-        print("lmfast eval: --tasks needs lm-evaluation-harness: pip install 'lmfast[eval]'", file=sys.stderr)
-        return 2
-    except (FlagError, ValueError, TypeError) as exc:
-        print(f"lmfast eval: {exc}", file=sys.stderr)
-        return 2
+        raise UserError("--tasks needs lm-evaluation-harness: pip install 'lmfast[eval]'") from None
+    return config
+
+
+def _run_parsed(config: TasksConfig) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         data, path = run(config)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lmfast eval: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as exc:  # lm-eval's and datasets' refusals of a task's data
+        raise UserError(str(exc)) from None
     print(table(data))
     print(f"report: {path}")
     return 0

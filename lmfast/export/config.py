@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from lmfast.field_rules import bounds, check_fields, worded
+from lmfast.flags import UserError
 
 
 @dataclass
@@ -20,7 +23,9 @@ class ExportConfig:
     """Weights and cache precision. fp16 is for the CUDA provider. bf16 stores the weights in
     bfloat16 (half the file) and ONNX Runtime upcasts them to fp32 once at load: its CPU provider
     has no bf16 MatMul, so compute, speed and cache are fp32's, quality is bf16 weights'."""
-    quantize: Literal["none", "int8", "int4"] = "none"
+    quantize: Literal["none", "int8", "int4"] = field(
+        default="none", metadata=worded("int8 or int4 (or omitted)")
+    )
     """int8 / int4: weight-only block-wise quantization (ONNX Runtime's MatMulNBits): one scale
     (and with --asymmetric a zero point) per `block_size` weights, as llama.cpp's q8_0/q4_0; the
     activations are quantized per row and block at --accuracy_level 4 (the default), so a row's
@@ -43,15 +48,15 @@ class ExportConfig:
     """--quantize: a dataset written by `lmfast prepare` (the model's tokenizer) whose train samples
     calibrate --recipe mixed: each input channel's rounding error weighs by its mean squared
     activation, and the 4-bit blocks are rounded GPTQ's way (errors compensated on later rows)."""
-    calibration_samples: int = 256
+    calibration_samples: int = field(default=256, metadata=bounds(ge=1))
     """Train samples of --calibration_dataset the activations are measured on."""
     seed: int = 0
     """Which --calibration_samples are drawn: the same seed, the same bytes."""
-    lm_head_bits: int = 8
+    lm_head_bits: Literal[4, 8] = 8
     """--quantize: bits of the vocabulary projection (lm_head), 4 or 8. 8 by default, as
     llama.cpp's q4_0 keeps the output matrix at q8_0 (SmolLM2-135M's tied embedding); there an
     int4 export's perplexity was 25.0 with an 8-bit head and 29.7 with a 4-bit one (fp32 19.3)."""
-    accuracy_level: int = 4
+    accuracy_level: int = field(default=4, metadata=bounds(ge=0, le=4))
     """--quantize: MatMulNBits' compute type: 4 int8 activations quantized per row and block (as
     llama.cpp's q8_0 dot products do); 0 fp32 activations, about 10x slower for int8 on ONNX
     Runtime 1.32's CPU kernels. SmolLM2-135M int8 at 4: perplexity 19.27 vs fp32's 19.28."""
@@ -77,59 +82,36 @@ class ExportConfig:
     for every other family; transformers: that code for every family."""
     overwrite: bool = False
     """Replace `output` if it exists."""
-    opset: int = 18
+    opset: int = field(default=18, metadata=bounds(ge=17))
     """ONNX opset of the graph (>= 17)."""
-    parity_steps: int = 32
+    parity_steps: int = field(default=32, metadata=bounds(ge=1))
     """Greedy steps compared token for token with the torch model at export."""
 
     def __post_init__(self) -> None:
+        """Bounds and choices are the fields' metadata and types (`check_fields`); the rules below tie
+        fields together, read a file or (block_size: a power of two) are no range, so they stay code."""
         self.source = Path(self.source)
         self.output = Path(self.output)
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.quantize not in ("none", "int8", "int4"):
-            raise ValueError(f"--quantize must be int8 or int4 (or omitted), got {self.quantize!r}")
+        check_fields(self)
         if self.quantize != "none" and self.precision != "fp32":
-            raise ValueError(
+            raise UserError(
                 f"--quantize {self.quantize} applies to fp32 weights; drop --precision {self.precision}"
             )
-        if self.rounding not in ("least_squares", "nearest"):
-            raise ValueError(f"--rounding must be least_squares or nearest, got {self.rounding!r}")
-        if self.recipe not in ("auto", "mixed", "plain"):
-            raise ValueError(f"--recipe must be auto, mixed or plain, got {self.recipe!r}")
         if self.calibration_dataset is not None:
             self.calibration_dataset = Path(self.calibration_dataset)
             if self.quantize == "none":
-                raise ValueError("--calibration_dataset applies to --quantize int8/int4")
+                raise UserError("--calibration_dataset applies to --quantize int8/int4")
             if self.resolved_recipe() != "mixed":
-                raise ValueError("--calibration_dataset needs --recipe mixed (or auto with --quantize int4)")
+                raise UserError("--calibration_dataset needs --recipe mixed (or auto with --quantize int4)")
             if not (self.calibration_dataset / "description.json").is_file():
-                raise ValueError(
+                raise UserError(
                     f"--calibration_dataset {self.calibration_dataset}: no description.json "
                     "(not a dataset written by `lmfast prepare`)"
                 )
-        if self.calibration_samples < 1:
-            raise ValueError(f"--calibration_samples must be >= 1, got {self.calibration_samples}")
-        if self.lm_head_bits not in (4, 8):
-            raise ValueError(f"--lm_head_bits must be 4 or 8, got {self.lm_head_bits}")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"--accuracy_level must be 0-4, got {self.accuracy_level}")
-        if self.attention not in ("plain", "fused"):
-            raise ValueError(f"--attention must be plain or fused, got {self.attention!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"--block_size must be a power of two >= 16, got {self.block_size}")
-        if self.kv_cache not in ("auto", "inplace", "concat"):
-            raise ValueError(f"--kv_cache must be auto, inplace or concat, got {self.kv_cache!r}")
-        if self.kv_cache_precision not in ("fp32", "fp16"):
-            raise ValueError(f"--kv_cache_precision must be fp32 or fp16, got {self.kv_cache_precision!r}")
+            raise UserError(f"--block_size must be a power of two >= 16, got {self.block_size}")
         if self.kv_cache_precision == "fp16" and self.kv_cache == "concat":
-            raise ValueError("--kv_cache_precision fp16 needs the in-place cache, not --kv_cache concat")
-        if self.decoder not in ("auto", "transformers"):
-            raise ValueError(f"--decoder must be auto or transformers, got {self.decoder!r}")
-        if self.opset < 17:
-            raise ValueError(f"--opset must be >= 17, got {self.opset}")
-        if self.parity_steps < 1:
-            raise ValueError(f"--parity_steps must be >= 1, got {self.parity_steps}")
+            raise UserError("--kv_cache_precision fp16 needs the in-place cache, not --kv_cache concat")
 
     def resolved_recipe(self) -> str:
         """The recipe --recipe auto stands for: mixed at int4 (docs/quantization.md), plain at int8."""

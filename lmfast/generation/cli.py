@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(parsed: tuple[GenerateConfig, argparse.Namespace]) -> int:
+    """Its lines were written without the word `error:` (the flags' own errors have it): this step
+    is its own `flags.run`."""
+    return flags.run("lmfast generate", lambda: parsed, _generate_parsed, error_word=False)
+
+
+def _generate_parsed(parsed: tuple[GenerateConfig, argparse.Namespace]) -> int:
+    """Check the sampling flags before a model is loaded, load it, generate and print."""
     args, given = parsed
     overrides = {f.name: vars(given)[f.name] for f in dataclasses.fields(GenerationParams) if f.name in given}
     try:
@@ -93,9 +99,8 @@ def _generate(parsed: tuple[GenerateConfig, argparse.Namespace]) -> int:
             print()
             return 0
         texts = generator(args.prompt, params)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lmfast generate: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as error:  # a bad flag or prompt, a model that does not load
+        raise flags.UserError(str(error)) from None
     if args.json:
         print(json.dumps({"texts": texts}, ensure_ascii=False))
     else:

@@ -181,6 +181,8 @@ def _default_params(directory: Path) -> GenerationParams:
     except (TypeError, ValueError):
         known = {f.name for f in dataclasses.fields(GenerationParams)} - {"stop", "banned_words", "seed"}
         shared = {k: v for k, v in values.items() if k in known and v is not None}
+        if values.get("do_sample") is False:  # HF decodes greedily then, whatever temperature says
+            shared = {k: v for k, v in shared.items() if k not in ("top_k", "top_p")} | {"temperature": 0.0}
         try:
             return GenerationParams(**shared)
         except (TypeError, ValueError):

@@ -25,6 +25,7 @@ and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -324,6 +325,21 @@ CACHE_FORMAT = 1
 """Bumped whenever the rewrite writes something different for the same export (a new layout)."""
 _MANIFEST = "complete.json"
 _EXTERNAL_DATA = "model.onnx.data"
+DEFAULT_CACHE_MB = 4096
+
+
+def cache_limit_bytes() -> int:
+    """The cache's size cap: `LMFAST_NATIVE_OPS_CACHE_MB` (default 4096; 0: keep only the newest entry)."""
+    text = os.environ.get("LMFAST_NATIVE_OPS_CACHE_MB", "").strip()
+    try:
+        megabytes = float(text) if text else DEFAULT_CACHE_MB
+    except ValueError:
+        raise ValueError(
+            f"LMFAST_NATIVE_OPS_CACHE_MB: expected a number of megabytes, got {text!r}"
+        ) from None
+    if not megabytes >= 0:
+        raise ValueError(f"LMFAST_NATIVE_OPS_CACHE_MB: must be >= 0, got {text!r}")
+    return int(megabytes * 2**20)
 
 
 def cache_root() -> Path:
@@ -371,7 +387,40 @@ def evict(entry: Path) -> None:
     shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_entry(model: Any | None, swapped: int, entry: Path) -> Path:
+def prune(keep: Path) -> None:
+    """Bound the cache: drop entries whose export is gone, then the least recently used ones until
+    the rest fit `cache_limit_bytes()`. `keep` (the entry just written or opened) always stays.
+    A process that still maps a dropped entry's weights keeps them until it closes (POSIX unlink)."""
+    entries = []
+    for entry in cache_root().iterdir():
+        if entry == keep or entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            manifest = json.loads((entry / _MANIFEST).read_text())
+            source, used = manifest.get("source"), (entry / _MANIFEST).stat().st_mtime
+        except (OSError, ValueError, AttributeError):
+            continue  # being written by another process, or foreign: not ours to judge
+        if isinstance(source, str) and not Path(source).exists():
+            evict(entry)
+            continue
+        size = sum(path.stat().st_size for path in entry.iterdir() if path.is_file())
+        entries.append((used, size, entry))
+    total = sum(size for _, size, _ in entries) + sum(p.stat().st_size for p in keep.iterdir() if p.is_file())
+    limit = cache_limit_bytes()
+    for _, size, entry in sorted(entries, key=lambda item: item[0]):
+        if total <= limit:
+            break
+        evict(entry)
+        total -= size
+
+
+def _mark_used(entry: Path) -> None:
+    """Least-recently-used order is the manifest's mtime."""
+    with contextlib.suppress(OSError):
+        os.utime(entry / _MANIFEST)
+
+
+def _write_entry(model: Any | None, swapped: int, entry: Path, source: Path | None = None) -> Path:
     """Save the rewritten `model` (None: nothing to swap, only that is recorded) as
     `entry/model.onnx` with its weights in `model.onnx.data`, which ONNX Runtime maps from disk
     rather than copying and which has no 2 GiB limit. Written into a temporary directory and renamed
@@ -391,7 +440,8 @@ def _write_entry(model: Any | None, swapped: int, entry: Path) -> Path:
                 size_threshold=1024,
             )
         files = {path.name: path.stat().st_size for path in staging.iterdir()}
-        (staging / _MANIFEST).write_text(json.dumps({"swapped": swapped, "files": files}))
+        manifest = {"swapped": swapped, "files": files, "source": str(source) if source else None}
+        (staging / _MANIFEST).write_text(json.dumps(manifest))
         if _cached_count(entry) is None:  # else another process finished it first: use theirs
             evict(entry)  # an incomplete entry under the same name
             try:
@@ -405,6 +455,8 @@ def _write_entry(model: Any | None, swapped: int, entry: Path) -> Path:
     for older in entry.parent.glob(f"{prefix}*"):
         if older != entry:
             evict(older)
+    with contextlib.suppress(OSError):  # a race with another process's prune: the next write retries
+        prune(keep=entry)
     return entry / "model.onnx"
 
 
@@ -439,6 +491,7 @@ def rewritten_source(
     entry = cache_entry(model_path, swaps, library)
     cached = _cached_count(entry)
     if cached is not None:
+        _mark_used(entry)
         if not cached:
             return str(model_path), 0
         logger.info(
@@ -461,7 +514,7 @@ def rewritten_source(
 
         swapped += swap_group_query_attention(model)
     try:
-        cached_path = _write_entry(model if swapped else None, swapped, entry)
+        cached_path = _write_entry(model if swapped else None, swapped, entry, Path(model_path).resolve())
     except OSError as error:
         logger.warning("%s: cannot cache the rewritten graph (%s); handing it over in memory", entry, error)
         cached_path = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmfast.field_rules import bounds, check_fields, interval, within
 from lmfast.flags import UserError
 
 # hard limits shared by every entry point (HTTP bodies, CLI flags, bot settings)
@@ -47,18 +48,10 @@ class ParamError(UserError):
         return f"{self.field} {self.rule}"  # "temperature must be >= 0": the rule reads on from the field
 
 
-def bounds(**limits: float) -> dict[str, Any]:
-    """Field metadata: the bounds (`ge`, `gt`, `le`, `lt`) checked here and reused by the HTTP schemas."""
-    return {"bounds": limits}
-
-
 def field_bounds(name: str) -> dict[str, float]:
-    """The bounds of a `GenerationParams` field, as pydantic `Field(**...)` keywords."""
+    """The bounds of a `GenerationParams` field (`lmfast.field_rules.bounds` metadata), as pydantic
+    `Field(**...)` keywords: the HTTP schemas and the dataclass share one declaration."""
     return dict(_FIELDS[name].metadata.get("bounds", {}))
-
-
-def _num(x: float) -> str:
-    return "2**63" if x == SEED_LIMIT else f"{x:g}"
 
 
 OPENAI_TEMPERATURE_LIMIT = 2.0
@@ -74,33 +67,6 @@ def openai_bounds(name: str) -> dict[str, float]:
     return limits
 
 
-def check_bounds(name: str, value: float, limits: dict[str, float]) -> None:
-    """ParamError naming `name` unless `value` lies within `limits` (NaN never does)."""
-    if not _within(value, limits):
-        raise ParamError(name, f"must be {_interval(limits)}, got {value}")
-
-
-def _interval(limits: dict[str, float]) -> str:
-    """`in [1, 4096]`, `in (0, 1]`, `>= 0`: the rule as the error message states it."""
-    low = f"[{_num(limits['ge'])}" if "ge" in limits else f"({_num(limits['gt'])}" if "gt" in limits else ""
-    high = f"{_num(limits['le'])}]" if "le" in limits else f"{_num(limits['lt'])})" if "lt" in limits else ""
-    if low and high:
-        return f"in {low}, {high}"
-    if low:
-        return (">= " if low[0] == "[" else "> ") + low[1:]
-    return ("<= " if high[-1] == "]" else "< ") + high[:-1]
-
-
-def _within(value: float, limits: dict[str, float]) -> bool:
-    # written so that NaN is outside every bound
-    return (
-        ("ge" not in limits or value >= limits["ge"])
-        and ("gt" not in limits or value > limits["gt"])
-        and ("le" not in limits or value <= limits["le"])
-        and ("lt" not in limits or value < limits["lt"])
-    )
-
-
 @dataclass
 class GenerationParams:
     """How to continue a prompt. Defaults are lmfast's (docs/serving.md's one rule); bounds live in each field's metadata."""
@@ -109,7 +75,7 @@ class GenerationParams:
     """Tokens to generate after the prompt (the legacy route's `generation_max_len`)."""
     temperature: float = field(default=0.7, metadata=bounds(ge=0.0, le=100.0))
     """Softmax temperature; 0 means greedy decoding (argmax, no division by zero)."""
-    top_k: int = field(default=50, metadata=bounds(ge=0))
+    top_k: int = field(default=50, metadata=bounds(ge=0, hint="0 disables"))
     """Keep only the k most likely tokens; 0 disables."""
     top_p: float = field(default=1.0, metadata=bounds(gt=0.0, le=1.0))
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1 disables."""
@@ -139,12 +105,7 @@ class GenerationParams:
     top alternatives; None: off. Needs logits at every prompt position (one more output)."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            limits = f.metadata.get("bounds")
-            value = getattr(self, f.name)
-            if limits and value is not None and not _within(value, limits):
-                hint = " (0 disables)" if f.name == "top_k" else ""
-                raise ParamError(f.name, f"must be {_interval(limits)}{hint}, got {value}")
+        check_fields(self, ParamError)
         self.stop = [s for s in self.stop if s]
         self.banned_words = [w for w in self.banned_words if w.strip()]
         if self.min_tokens > self.max_new_tokens:
@@ -206,8 +167,8 @@ def _token_id(key: Any) -> int:
 
 def _bias(value: Any) -> float:
     limits = {"ge": -LOGIT_BIAS_LIMIT, "le": LOGIT_BIAS_LIMIT}
-    if isinstance(value, bool) or not isinstance(value, int | float) or not _within(float(value), limits):
-        raise ParamError("logit_bias", f"values must be {_interval(limits)}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not within(float(value), limits):
+        raise ParamError("logit_bias", f"values must be {interval(limits)}, got {value!r}")
     return float(value)
 
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from lmfast.flags import OneLineParser, add_config_flags, run
+from lmfast.flags import OneLineParser, UserError, add_config_flags, run
 from lmfast.models.source import ModelSource
 from lmfast.serving.config import ENV_PREFIX, ServeConfig
 
@@ -35,35 +35,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_parsed(args: argparse.Namespace) -> int:
-    """Check the model and its chat template before loading anything (these lines name MODEL or
-    the flag without the word `error:`, as scripts and tests match them), then serve."""
-    try:
-        config = ServeConfig.from_env(**vars(args))
-    except ValueError as exc:
-        print(f"lmfast serve: {exc}", file=sys.stderr)
-        return 2
+    """The config from flags and environment, then serve. These lines name MODEL or the flag
+    without the word `error:` (scripts and tests match them): the config step is its own `run`."""
+    return run("lmfast serve", lambda: ServeConfig.from_env(**vars(args)), _serve_config, error_word=False)
+
+
+def _serve_config(config: ServeConfig) -> int:
+    """Check the model and its chat template before loading anything, then serve."""
     if not config.model:
-        print(f"lmfast serve: MODEL: give a model directory (argument or {ENV_PREFIX}MODEL)", file=sys.stderr)
-        return 2
+        raise UserError(f"MODEL: give a model directory (argument or {ENV_PREFIX}MODEL)")
     from lmfast.generation.model_files import LOADABLE
     from lmfast.models.source import resolve_source
 
     try:
         source = resolve_source(config.model, LOADABLE)  # the one resolution of this server's model
     except FileNotFoundError:
-        print(f"lmfast serve: MODEL: {config.model} is not a directory or a .gguf file", file=sys.stderr)
-        return 2
+        raise UserError("MODEL", f"{config.model} is not a directory or a .gguf file") from None
     except ValueError as exc:
-        print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
-        return 2
+        raise UserError("MODEL", str(exc)) from None
     if config.chat_template is not None:
         from lmfast.serving.routes.chat import load_chat_template
 
         try:
             load_chat_template(config, source.path)
         except ValueError as exc:
-            print(f"lmfast serve: --chat_template: {exc}", file=sys.stderr)
-            return 2
+            raise UserError("--chat_template", str(exc)) from None
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -75,7 +71,10 @@ def serve(config: ServeConfig, generator: Any | None = None, source: ModelSource
 
     Returns:
         0 after a normal shutdown; 1 if the engine thread died (the process then stops itself,
-        so a supervisor restarts it instead of a server answering 503 for ever); 2 for a bad model.
+        so a supervisor restarts it instead of a server answering 503 for ever).
+
+    Raises:
+        UserError: the model does not load ("MODEL: ..."; `lmfast serve` prints it, exit 2).
     """
     import uvicorn
 
@@ -86,8 +85,7 @@ def serve(config: ServeConfig, generator: Any | None = None, source: ModelSource
         try:
             generator = load_generator(config, source)
         except (FileNotFoundError, ValueError) as exc:
-            print(f"lmfast serve: MODEL: {exc}", file=sys.stderr)
-            return 2
+            raise UserError("MODEL", str(exc)) from None
     crashed: list[BaseException] = []
     server: uvicorn.Server | None = None
 

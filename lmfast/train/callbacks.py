@@ -20,7 +20,7 @@ import torch
 from lmfast.models.dataset import PreparedSplit
 from lmfast.train.clipping import fsdp_root
 from lmfast.train.model import flops_per_token
-from lmfast.train.progress import StepClock, format_eta, total_steps
+from lmfast.train.progress import StepClock, data_epoch, format_eta, total_steps
 
 log = logging.getLogger("lmfast.train")
 
@@ -156,7 +156,7 @@ class ThroughputMonitor(pl.Callback):
                 "step %d/%d epoch %d loss %.4f lr %.3g tokens/s %.0f trained tokens %d%s eta %s",
                 step,
                 total,
-                trainer.current_epoch,
+                data_epoch(trainer),
                 float(loss) if loss is not None else float("nan"),
                 lr,
                 metrics["train/tokens_per_s"],
@@ -176,7 +176,7 @@ class ValidationLog(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
         text = " ".join(f"{k.removeprefix('valid/')} {v:.4f}" for k, v in sorted(metrics.items()))
         stage = "sanity check" if trainer.sanity_checking else "validation"
-        log.info("%s at step %d epoch %d: %s", stage, trainer.global_step, trainer.current_epoch, text)
+        log.info("%s at step %d epoch %d: %s", stage, trainer.global_step, data_epoch(trainer), text)
 
 
 def sample_prompts(split: PreparedSplit, count: int, text_prefix: int = 8) -> list[list[int]]:
@@ -271,7 +271,7 @@ class TextSamples(pl.Callback):
         records = [
             {
                 "step": trainer.global_step,
-                "epoch": trainer.current_epoch,
+                "epoch": data_epoch(trainer),
                 "valid_loss": None if valid_loss is None else round(float(valid_loss), 6),
                 # a dialog prompt keeps its special tokens, so the chat template shows
                 "prompt": codec.tokenizer.decode(prompt, skip_special_tokens=not self.chat),

@@ -7,10 +7,11 @@ key) and `lmfast train --help` answers without loading the training stack.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from lmfast.field_rules import bounds, check_fields
 from lmfast.flags import UserError
 
 # Built-in GPT-2 shapes (`--model NAME`); vocab_size comes from the dataset, padded to a multiple of 64
@@ -24,19 +25,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
 }
 
-PRECISIONS = (
-    "auto",
-    "32",
-    "32-true",
-    "16",
-    "16-mixed",
-    "bf16",
-    "bf16-mixed",
-    "16-true",
-    "bf16-true",
-    "64",
-    "64-true",
-)
+Precision = Literal[
+    "auto", "32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed", "16-true", "bf16-true", "64", "64-true"
+]
+"""`--precision`: auto, or a precision Lightning takes."""
 
 
 @dataclass
@@ -53,79 +45,79 @@ class TrainConfig:
     """Root of all experiments; the run is written to `<experiments_root>/<experiment_name>/<N>`."""
     experiment_name: str = "default"
     """Name of this experiment; N is the first free integer from 0."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
     """Samples per batch on each device (before gradient accumulation)."""
-    learning_rate: float = 3e-4
+    learning_rate: float = field(default=3e-4, metadata=bounds(gt=0))
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.1
+    weight_decay: float = field(default=0.1, metadata=bounds(ge=0))
     """Decoupled weight decay of AdamW, applied to matrices and embeddings only (not to norms or biases)."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
-    num_warmup_steps: int = 100
+    num_warmup_steps: int = field(default=100, metadata=bounds(ge=0))
     """Linear learning-rate warmup, in optimizer steps."""
-    num_cycles: int = 0
+    num_cycles: int = field(default=0, metadata=bounds(ge=0))
     """Cosine cycles with hard restarts after warmup; 0 keeps the rate constant after warmup (the default)."""
-    max_steps: int = -1
+    max_steps: int = field(default=-1, metadata=bounds(ge=1, allow=(-1,)))
     """Stop after this many optimizer steps (-1: use --max_epochs)."""
-    max_epochs: int | None = None
+    max_epochs: int | None = field(default=None, metadata=bounds(ge=1))
     """Stop after this many epochs (default: 1 when --max_steps is -1, else unlimited)."""
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = field(default=1, metadata=bounds(ge=1))
     """Batches whose gradients are summed before each optimizer step."""
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: float | None = field(default=1.0, metadata=bounds(ge=0))
     """Clip the gradient norm to this value (None or 0: no clipping)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """auto (bf16-mixed on GPUs that support it, 16-mixed with loss scaling on older GPUs, 32 on CPU) or any
     Lightning precision: 32-true, 16-mixed, bf16-mixed, bf16-true, ..."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu, cuda, mps."""
     devices: str = "auto"
     """Devices per node: auto, a count (2) or a list (0,1)."""
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=bounds(ge=1))
     """Number of nodes (multi-node through SLURM or torchrun)."""
     strategy: str = "auto"
     """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
-    val_check_interval: int | float | None = None
+    val_check_interval: int | float | None = field(default=None, metadata=bounds(gt=0))
     """Validate every N training batches (int) or fraction of an epoch (float <= 1); default: every epoch or
     every 1000 batches, whichever comes first."""
     limit_val_batches: int | float | None = None
     """Validate on at most this many batches (int) or this fraction (float) of the validation split."""
-    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_steps: int | None = field(default=None, metadata=bounds(ge=1))
     """Write `last.ckpt` every N optimizer steps (default: at each validation)."""
-    checkpoint_every_minutes: float = 10.0
+    checkpoint_every_minutes: float = field(default=10.0, metadata=bounds(ge=0, finite=True))
     """Also write `last.ckpt` every N minutes of training (0: off). Ctrl-C, SIGTERM and SIGUSR1 (SLURM
     pre-emption) always write it at the end of the step in progress, then stop; `--resume` continues."""
     save_top_k: int = 3
     """Keep the k best checkpoints by validation loss (plus `last.ckpt`)."""
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = field(default=10, metadata=bounds(ge=1))
     """Log training scalars every N steps."""
     seed: int = 228
     """Seed for weights, data order and dropout."""
-    unlikelihood_alpha: float = 0.0
+    unlikelihood_alpha: float = field(default=0.0, metadata=bounds(ge=0))
     """Weight of the unlikelihood-candidates loss (Welleck et al. 2019) against repeating context tokens; 0 disables."""
-    dropout: float | None = None
+    dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))
     """Dropout of built-in models (default 0.0, as nanoGPT for pretraining); fine-tuned models keep theirs unless set."""
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata=bounds(ge=0))
     """DataLoader worker processes (0 reads in the training process)."""
     group_by_length: bool = True
     """Put samples of similar length in the same batch (less padding); order stays random between batches."""
-    pad_to_multiple_of: int = 8
+    pad_to_multiple_of: int = field(default=8, metadata=bounds(ge=1))
     """Pad each batch's length up to a multiple of this (tensor-core friendly)."""
     compile: bool = False
     """Compile the model with torch.compile (state-dict keys stay plain)."""
     peak_tflops: float | None = None
     """Peak TFLOP/s per device for MFU; default: looked up from the GPU's name (no MFU on CPU)."""
-    num_generated_samples: int = 2
+    num_generated_samples: int = field(default=2, metadata=bounds(ge=0))
     """Texts generated at every validation (written to generated.txt and TensorBoard); 0 disables."""
     generation_max_new_tokens: int = 48
     """Length of each generated text sample, in tokens."""
-    lora_r: int = 0
+    lora_r: int = field(default=0, metadata=bounds(ge=0, hint="0: full fine-tuning"))
     """LoRA rank: > 0 fine-tunes low-rank adapters (PEFT) on a pretrained --model, base weights frozen;
     checkpoints hold the adapters only, `hf/` the merged model and `adapter/` the PEFT adapter. 0: full fine-tuning."""
-    lora_alpha: float | None = None
+    lora_alpha: float | None = field(default=None, metadata=bounds(gt=0))
     """LoRA scaling numerator (the update is scaled by alpha / r); default 2 * r."""
-    lora_dropout: float = 0.05
+    lora_dropout: float = field(default=0.05, metadata=bounds(ge=0, lt=1))
     """Dropout on the LoRA branch's input."""
     lora_target_modules: str = "all-linear"
     """Modules that get adapters: all-linear (every linear layer but the output head) or names, comma separated
@@ -135,50 +127,13 @@ class TrainConfig:
     position: an experiment dir, or `latest` (the newest run of --experiments_root/--experiment_name)."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        positive = ("batch_size", "accumulate_grad_batches", "num_nodes", "log_every_n_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise UserError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        for name in (
-            "num_warmup_steps",
-            "num_cycles",
-            "weight_decay",
-            "unlikelihood_alpha",
-            "num_workers",
-            "num_generated_samples",
-        ):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise UserError(f"--max_steps must be -1 or >= 1, got {self.max_steps}")
-        if self.max_epochs is not None and self.max_epochs < 1:
-            raise UserError(f"--max_epochs must be >= 1, got {self.max_epochs}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.pad_to_multiple_of < 1:
-            raise UserError(f"--pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
-        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
-            raise UserError(f"--checkpoint_every_n_steps must be >= 1, got {self.checkpoint_every_n_steps}")
-        if not 0 <= self.checkpoint_every_minutes < float("inf"):
-            raise UserError(f"--checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
-        if self.val_check_interval is not None and self.val_check_interval <= 0:
-            raise UserError(f"--val_check_interval must be > 0, got {self.val_check_interval}")
-        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
-            raise UserError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
-        if self.lora_r < 0:
-            raise UserError(f"--lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        """Bounds and choices are the fields' metadata and types (`check_fields`); the rules below
+        tie fields together, so they stay code."""
+        check_fields(self)
         if self.lora_r and self.is_preset:
             raise UserError(
                 f"--lora_r needs a pretrained --model (a model dir or .gguf), not the preset {self.model}"
             )
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise UserError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise UserError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lora_r and not self.lora_target_modules.strip(" ,"):
             raise UserError("--lora_target_modules: expected all-linear or module names, got nothing")
         if not self.resume and not self.dataset_dir:

@@ -23,6 +23,20 @@ def total_steps(trainer: pl.Trainer) -> int:
     return int(trainer.estimated_stepping_batches)
 
 
+def data_epoch(trainer: pl.Trainer) -> int:
+    """The epoch of the batch trained last, counted in batches as the data sampler counts them.
+
+    Lightning's `current_epoch` moves on when a run stops at `--max_steps` mid-epoch, so a resumed
+    run said epoch 1 where the uninterrupted run says 0 at the same step; the data position
+    (`batch_progress.total.processed`, kept in checkpoints) does not.
+    """
+    per_epoch = trainer.num_training_batches
+    if not isinstance(per_epoch, int) or per_epoch <= 0:  # not set up yet, or an unsized loader
+        return int(trainer.current_epoch)
+    consumed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+    return max(int(consumed) - 1, 0) // per_epoch
+
+
 class StepClock:
     """ETA from the steps made since this process started training (a resumed run starts mid-way)."""
 

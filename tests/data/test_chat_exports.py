@@ -371,9 +371,9 @@ def test_valid_fraction_holds_out_whole_conversations(tmp_path):
 
 def test_flags_are_checked_before_any_work(tmp_path):
     path = tmp_path / "x.json"
-    with pytest.raises(PrepareError, match="--chat_media: expected one of"):
+    with pytest.raises(PrepareError, match="--chat_media: must be drop or mark"):
         chat_config(tmp_path, path, chat_media="keep")
-    with pytest.raises(PrepareError, match="--whatsapp_date_order: expected one of"):
+    with pytest.raises(PrepareError, match="--whatsapp_date_order: must be one of"):
         chat_config(tmp_path, path, whatsapp_date_order="DDMM")
     with pytest.raises(PrepareError, match="--chat_gap_minutes: must be >= 0"):
         chat_config(tmp_path, path, chat_gap_minutes=-1)

@@ -327,7 +327,7 @@ def test_prepare_path_never_imports_torch(tmp_path, nietzsche_dir):
     [
         ({"max_sample_length": 0}, "max_sample_length", "must be positive"),
         ({"min_sample_length": 20}, "min_sample_length", "must not exceed"),
-        ({"tokenizer_engine": "fast"}, "tokenizer_engine", "expected one of"),
+        ({"tokenizer_engine": "fast"}, "tokenizer_engine", "must be one of"),
         ({"window_mb": float("nan")}, "window_mb", "positive number"),
         ({"document_eos_token": ""}, "document_eos_token", "empty string"),
     ],

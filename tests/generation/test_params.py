@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lmfast.generation.params import GenerationParams
@@ -41,3 +43,15 @@ def test_greedy_and_empty_lists_are_cleaned():
     params = GenerationParams(temperature=0.0, stop=["", "END"], banned_words=[" ", "x"])
     assert params.greedy
     assert params.stop == ["END"] and params.banned_words == ["x"]
+
+
+def test_an_hf_generation_config_that_says_do_sample_false_defaults_to_greedy(tmp_path):
+    """HF's generate ignores temperature without do_sample, so the model's default is greedy."""
+    from lmfast.generation.generator import _default_params
+
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps({"do_sample": False, "temperature": 0.6, "top_p": 0.9}))
+    assert _default_params(tmp_path).temperature == 0.0
+    path.write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    sampled = _default_params(tmp_path)
+    assert (sampled.temperature, sampled.top_p) == (0.6, 0.9)
