@@ -165,14 +165,15 @@ TILE = 8
 
 def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
     """W[N, K] (bf16 bits) in lmfast.Bf16MatMul's layout: [ceil(N/8), ceil(K/8), 8, 8], each 8 x 8
-    tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
+    tile (8 rows, 8 consecutive K) contiguous and k-major (tile[k, r]: one k's 8 rows are one
+    16-byte vector, lane r for row r), N and K zero-padded."""
     n, k = weight_bits.shape
     groups, chunks = -(-n // TILE), -(-k // TILE)
     padded = weight_bits
     if (groups * TILE, chunks * TILE) != (n, k):  # copied only where padding is needed
         padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
         padded[:n, :k] = weight_bits
-    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 3, 1))
 
 
 def _initializers(graph: Any) -> dict[str, Any]:
@@ -276,11 +277,15 @@ def swap_bf16_matmuls(model: Any) -> int:
     return swapped
 
 
-def swap_nbits_matmuls(model: Any) -> int:
+def swap_nbits_matmuls(model: Any, packed: bool = True) -> int:
     """Rewrite `model` (an onnx ModelProto, in place): each MatMulNBits of 4 or 8 bits over fp32
-    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.QuantizedMatMul over
-    the same inputs and K, N, bits, block_size. Returns the count."""
+    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.PackedQuantizedMatMul
+    over its weights repacked by `quant_pack.pack_nbits` (where that layout holds them and
+    `packed`), else lmfast.QuantizedMatMul over the same inputs; K, N, bits, block_size kept.
+    Returns the count."""
     import onnx
+
+    from lmfast.generation.quant_pack import pack_node
 
     graph = model.graph
     initializers = _initializers(graph)
@@ -310,14 +315,19 @@ def swap_nbits_matmuls(model: Any) -> int:
         node.input.extend(inputs)
         del node.attribute[:]
         node.attribute.extend(onnx.helper.make_attribute(name, value) for name, value in attributes.items())
-        node.op_type, node.domain = "QuantizedMatMul", DOMAIN
+        if not (packed and pack_node(node, initializers, graph, attributes)):
+            node.op_type, node.domain = "QuantizedMatMul", DOMAIN
         swapped += 1
     if swapped and not any(opset.domain == DOMAIN for opset in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    if swapped and packed:  # the file's layout, now unused where packed copies replaced it
+        still_used = {name for node in graph.node for name in node.input}
+        for tensor in [tensor for tensor in graph.initializer if tensor.name not in still_used]:
+            graph.initializer.remove(tensor)
     return swapped
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped whenever the rewrite writes something different for the same export (a new layout)."""
 _MANIFEST = "complete.json"
 _EXTERNAL_DATA = "model.onnx.data"
