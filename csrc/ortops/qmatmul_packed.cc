@@ -90,11 +90,12 @@ __attribute__((target("avx2,fma"))) inline __m256i broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(word);
 }
 
-// Group g (8 weight rows) times C activation rows from `first`, into y.
-template <int Bits, int C>
+// Group g (8 weight rows) times C activation rows from `first`, into y. Block32: the block size is
+// 32 (MatMulNBits' default), a constant, so the unit loops unroll and no int32 partial stays live.
+template <int Bits, int C, bool Block32>
 __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& xq, const PackedQuantized& w,
                                                     float* y, int64_t first, int64_t g) {
-  const int64_t blocks = xq.blocks, units = w.block / 4;
+  const int64_t blocks = xq.blocks, units = Block32 ? 8 : w.block / 4;
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* xrow[C];
 #pragma GCC unroll 4
@@ -102,13 +103,15 @@ __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& 
   __m256 total[C];
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) total[c] = _mm256_setzero_ps();
-  const uint8_t* data = w.data + g * blocks * w.block_bytes();
-  for (int64_t b = 0; b < blocks; ++b, data += w.block_bytes()) {
+  const int64_t block_bytes = units * 4 * Bits;
+  const uint8_t* data = w.data + g * blocks * block_bytes;
+  for (int64_t b = 0; b < blocks; ++b, data += block_bytes) {
     __m256i acc[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_si256();
-    const int64_t offset = b * w.block;
+    const int64_t offset = b * units * 4;
     if constexpr (Bits == 8) {
+#pragma GCC unroll 8
       for (int64_t t = 0; t < units; ++t) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + t * 32));
         const __m256i magnitude = _mm256_abs_epi8(wv);
@@ -124,6 +127,7 @@ __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& 
       __m256i pairs[C];
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) pairs[c] = _mm256_setzero_si256();
+#pragma GCC unroll 4
       for (int64_t p = 0; p < half; ++p) {
         const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + p * 32));
         const __m256i low = _mm256_and_si256(packed, mask);
@@ -142,15 +146,18 @@ __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& 
           }
         }
       }
-      const __m256i zero_points =
-          w.zero_points == nullptr
-              ? _mm256_set1_epi32(8)
-              : _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(
-                    w.zero_points + (g * blocks + b) * kPackedRows)));
+      if (w.zero_points == nullptr) {  // the default zero point, 8: 8 * sum xq, a shift
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c)
-        acc[c] = _mm256_sub_epi32(
-            acc[c], _mm256_mullo_epi32(zero_points, _mm256_set1_epi32(xq.sums[(first + c) * blocks + b])));
+        for (int c = 0; c < C; ++c)
+          acc[c] = _mm256_sub_epi32(acc[c], _mm256_set1_epi32(8 * xq.sums[(first + c) * blocks + b]));
+      } else {
+        const __m256i zero_points = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zero_points + (g * blocks + b) * kPackedRows)));
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c)
+          acc[c] = _mm256_sub_epi32(
+              acc[c], _mm256_mullo_epi32(zero_points, _mm256_set1_epi32(xq.sums[(first + c) * blocks + b])));
+      }
     }
     const __m256 scales = _mm256_loadu_ps(w.scales + (g * blocks + b) * kPackedRows);
 #pragma GCC unroll 4
@@ -173,16 +180,16 @@ __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& 
   }
 }
 
-template <int Bits>
+template <int Bits, bool Block32>
 __attribute__((target("avx2,fma"))) void groups_avx2(const QuantizedActivations& xq, const PackedQuantized& w,
                                                      float* y, int64_t m, int64_t begin, int64_t end) {
   for (int64_t g = begin; g < end; ++g) {  // the group's weights stay in L1 for the later rows
     int64_t i = 0;
-    for (; i + kMaxRows <= m; i += kMaxRows) group_avx2<Bits, kMaxRows>(xq, w, y, i, g);
+    for (; i + kMaxRows <= m; i += kMaxRows) group_avx2<Bits, kMaxRows, Block32>(xq, w, y, i, g);
     switch (m - i) {
-      case 3: group_avx2<Bits, 3>(xq, w, y, i, g); break;
-      case 2: group_avx2<Bits, 2>(xq, w, y, i, g); break;
-      case 1: group_avx2<Bits, 1>(xq, w, y, i, g); break;
+      case 3: group_avx2<Bits, 3, Block32>(xq, w, y, i, g); break;
+      case 2: group_avx2<Bits, 2, Block32>(xq, w, y, i, g); break;
+      case 1: group_avx2<Bits, 1, Block32>(xq, w, y, i, g); break;
       default: break;
     }
   }
@@ -205,9 +212,9 @@ void packed_quantized_matmul(const float* x, const PackedQuantized& w, float* y,
     if (!avx2) {
       for (int64_t g = begin; g < end; ++g) group_scalar(activations, w, y, m, g);
     } else if (w.bits == 8) {
-      groups_avx2<8>(activations, w, y, m, begin, end);
+      (w.block == 32 ? groups_avx2<8, true> : groups_avx2<8, false>)(activations, w, y, m, begin, end);
     } else {
-      groups_avx2<4>(activations, w, y, m, begin, end);
+      (w.block == 32 ? groups_avx2<4, true> : groups_avx2<4, false>)(activations, w, y, m, begin, end);
     }
   });
 }
