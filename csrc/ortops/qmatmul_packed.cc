@@ -30,6 +30,7 @@ namespace {
 
 constexpr int64_t kGroupsPerTask = 2;
 constexpr int kMaxRows = 4;  // activation rows per register tile
+constexpr int64_t kPrefetchBytes = 2048;
 
 // The activations of all rows, quantized per block: int8 values zero-padded to whole blocks,
 // one scale and one sum of the integers per block.
@@ -106,6 +107,11 @@ __attribute__((target("avx2,fma"))) void group_avx2(const QuantizedActivations& 
   const int64_t block_bytes = units * 4 * Bits;
   const uint8_t* data = w.data + g * blocks * block_bytes;
   for (int64_t b = 0; b < blocks; ++b, data += block_bytes) {
+    if constexpr (C == 1) {  // one row reads each weight once: fetch ahead of the DRAM stream
+#pragma GCC unroll 8
+      for (int64_t line = 0; line < block_bytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(data + kPrefetchBytes + line), _MM_HINT_T0);
+    }
     __m256i acc[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_si256();
