@@ -9,10 +9,11 @@ provider runs slowly for lmfast's ops (domain "lmfast"), and registers the libra
   into an fp32 copy and reads 4; the weight is laid out in 8 x 8 tiles (`bf16_tiles`) so that a
   batch-1 step reads it as one sequential stream.
 - `com.microsoft.MatMulNBits` (what `--quantize int8/int4` writes; 4 or 8 bits, any block size,
-  with or without zero points) becomes `lmfast.QuantizedMatMul` over the same initializers, which
-  quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
-  exact integer products (vpmaddwd on AVX2). Off unless LMFAST_NATIVE_OPS names "nbits":
-  see docs/kernels.md for the figures that decide the default.
+  with or without zero points) becomes `lmfast.PackedQuantizedMatMul` over its weights repacked
+  for the kernel (`quant_pack`: 8 rows interleaved, written once into the cached graph), or, where
+  that layout cannot hold them, `lmfast.QuantizedMatMul` over the same initializers. Both quantize
+  the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sum exact integer
+  products; docs/kernels.md has the figures that made "nbits" a default swap.
 
 Without the library (no headers or compiler at install time), lmfast runs ONNX Runtime's own ops
 and logs that once; LMFAST_REQUIRE_NATIVE=1 makes it an error. LMFAST_NATIVE_OPS picks the swaps:
@@ -52,7 +53,7 @@ def _required() -> bool:
 
 
 SWAPS = ("bf16", "nbits")
-DEFAULT_SWAPS = ("bf16",)
+DEFAULT_SWAPS = ("bf16", "nbits")
 """The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
 
 
