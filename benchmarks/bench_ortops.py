@@ -5,8 +5,9 @@ activation batch, so the weights (26.5M per graph) do not fit in cache, as in a 
 
 - bf16: lmfast.Bf16MatMul (bf16 weights, 2 bytes each) vs MatMul on the fp32 weights ONNX Runtime
   keeps after folding a `--precision bf16` export's Casts (4 bytes each);
-- int8 / int4: lmfast.QuantizedMatMul vs com.microsoft.MatMulNBits at accuracy_level 4 (what
-  `--quantize` writes) on the same bytes, block 32, no zero points.
+- int8 / int4: lmfast.PackedQuantizedMatMul over the weights repacked as the graph rewrite does
+  (`--nbits_layout file`: lmfast.QuantizedMatMul over the file's layout) vs com.microsoft.MatMulNBits
+  at accuracy_level 4 (what `--quantize` writes) on the same weights, block 32, no zero points.
 
 Each pair is first checked to agree (bf16: within fp32 rounding; quantized: within the activations'
 int8 rounding), then run alternately, `--rounds` times; medians of wall and process CPU time
@@ -87,11 +88,15 @@ def bf16_pair(rows: int, layers: int, threads: int, library: Path, rng) -> dict:
     return {"sessions": sessions, "input": a}
 
 
-def nbits_pair(rows: int, layers: int, threads: int, library: Path, bits: int, rng) -> dict:
+def nbits_pair(
+    rows: int, layers: int, threads: int, library: Path, bits: int, rng, packed_layout: bool = True
+) -> dict:
     from onnx import TensorProto, helper
 
+    from lmfast.generation.quant_pack import pack_nbits
+
     blocks = K // BLOCK
-    ours, stock, init = [], [], []
+    ours, stock, init, packed_init = [], [], [], []
     for i in range(layers):
         data = rng.integers(1, 256, size=(N, blocks, BLOCK * bits // 8), dtype=np.uint8)
         scales = (rng.random(N * blocks, dtype=np.float32) * 0.01).astype(np.float32)
@@ -101,14 +106,41 @@ def nbits_pair(rows: int, layers: int, threads: int, library: Path, bits: int, r
         ]
         attributes = {"K": K, "N": N, "bits": bits, "block_size": BLOCK}
         inputs = ["A", f"B{i}", f"S{i}"]
-        ours.append(helper.make_node("QuantizedMatMul", inputs, [f"Y{i}"], domain="lmfast", **attributes))
+        if packed_layout:  # the layout the graph rewrite writes (lmfast.generation.quant_pack)
+            repacked_data, repacked_scales, _ = pack_nbits(data, scales, None, N, K, bits, BLOCK)
+            packed_init += [
+                helper.make_tensor(
+                    f"P{i}", TensorProto.UINT8, list(repacked_data.shape), repacked_data.tobytes(), raw=True
+                ),
+                helper.make_tensor(
+                    f"PS{i}",
+                    TensorProto.FLOAT,
+                    list(repacked_scales.shape),
+                    repacked_scales.tobytes(),
+                    raw=True,
+                ),
+            ]
+            ours.append(
+                helper.make_node(
+                    "PackedQuantizedMatMul",
+                    ["A", f"P{i}", f"PS{i}"],
+                    [f"Y{i}"],
+                    domain="lmfast",
+                    **attributes,
+                )
+            )
+        else:
+            ours.append(helper.make_node("QuantizedMatMul", inputs, [f"Y{i}"], domain="lmfast", **attributes))
         stock.append(
             helper.make_node(
                 "MatMulNBits", inputs, [f"Y{i}"], domain="com.microsoft", accuracy_level=4, **attributes
             )
         )
+    op = "PackedQuantizedMatMul" if packed_layout else "QuantizedMatMul"
     sessions = {
-        f"lmfast QuantizedMatMul int{bits}": _session(ours, init, rows, threads, library),
+        f"lmfast {op} int{bits}": _session(
+            ours, packed_init if packed_layout else init, rows, threads, library
+        ),
         f"MatMulNBits int{bits} level 4": _session(stock, init, rows, threads, None),
     }
     a = rng.standard_normal((rows, K)).astype(np.float32)
@@ -140,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--nbits_layout",
+        choices=("packed", "file"),
+        default="packed",
+        help="int8/int4: PackedQuantizedMatMul over the repacked weights, or QuantizedMatMul over the file's",
+    )
     args = parser.parse_args(argv)
     from lmfast.generation import native_ops
 
@@ -156,7 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "bf16":
                 pair = bf16_pair(rows, args.layers, args.threads, library, rng)
             else:
-                pair = nbits_pair(rows, args.layers, args.threads, library, int(kind[3:]), rng)
+                pair = nbits_pair(
+                    rows,
+                    args.layers,
+                    args.threads,
+                    library,
+                    int(kind[3:]),
+                    rng,
+                    args.nbits_layout == "packed",
+                )
             load = os.getloadavg()
             figures = time_pair(pair, args.rounds)
             (ours, (ours_wall, ours_cpu)), (_, (stock_wall, stock_cpu)) = figures.items()

@@ -3,8 +3,10 @@
 //
 // W comes in lmfast's tiled layout (lmfast.generation.native_ops.bf16_tiles writes it at load):
 // rows in groups of 8, K in chunks of 8, each group/chunk an 8 x 8 tile of 128 contiguous bytes,
-// row-major within the tile; N and K zero-padded to multiples of 8. A batch-1 step then reads the
-// weights as one sequential stream instead of 8 strided ones (10 vs ~16 GB/s per core here).
+// k-major within the tile (the 8 rows' weights for one k are 16 contiguous bytes); N and K
+// zero-padded to multiples of 8. A batch-1 step then reads the weights as one sequential stream
+// instead of 8 strided ones (10 vs ~16 GB/s per core here), and each 16-byte vector widens to
+// the 8 rows' fp32 lanes for a broadcast activation.
 #pragma once
 
 #include <cstdint>

@@ -18,6 +18,7 @@
 #include "bf16_matmul.h"
 #include "qmatmul.h"
 #include "gqa.h"
+#include "qmatmul_packed.h"
 #include "cpu_features.h"
 
 namespace {
@@ -190,6 +191,49 @@ struct GroupQueryAttention {
   }
 };
 
+// PackedQuantizedMatMul(A: float[..., K], B: uint8[groups, blocks, block * bits], scales:
+// float[groups, blocks, 8], zero_points: optional uint8[groups, blocks, 8] (4 bits only))
+// -> float[..., N]; attributes K, N, bits (4 or 8), block_size (a multiple of 8). The layout of
+// qmatmul_packed.h, written at load by lmfast.generation.quant_pack.
+struct PackedQuantizedMatMul {
+  int64_t k, n, bits, block;
+
+  PackedQuantizedMatMul(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo attributes(info);
+    k = attributes.GetAttribute<int64_t>("K");
+    n = attributes.GetAttribute<int64_t>("N");
+    bits = attributes.GetAttribute<int64_t>("bits");
+    block = attributes.GetAttribute<int64_t>("block_size");
+    if ((bits != 4 && bits != 8) || block < 8 || block % 8 != 0 || k < 1 || n < 1)
+      ORT_CXX_API_THROW("lmfast.PackedQuantizedMatMul: bits must be 4 or 8, block_size a multiple of 8, K, N positive",
+                        ORT_INVALID_ARGUMENT);
+  }
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<uint8_t>& b, const Ort::Custom::Tensor<float>& scales,
+                      std::optional<const Ort::Custom::Tensor<uint8_t>*> zero_points,
+                      Ort::Custom::Tensor<float>& y) {
+    const std::vector<int64_t>& a_shape = a.Shape();
+    lmfast::PackedQuantized w{b.Data(), scales.Data(), nullptr, n, k, block, bits};
+    const int64_t per_group = w.blocks() * lmfast::kPackedRows;
+    if (a_shape.empty() || a_shape.back() != k || b.NumberOfElement() != w.groups() * w.blocks() * w.block_bytes() ||
+        scales.NumberOfElement() != w.groups() * per_group)
+      return Ort::Status("lmfast.PackedQuantizedMatMul: A, B or scales do not match K, N, bits, block_size",
+                         ORT_INVALID_ARGUMENT);
+    if (zero_points.has_value() && *zero_points != nullptr) {
+      if (bits != 4 || (*zero_points)->NumberOfElement() != w.groups() * per_group)
+        return Ort::Status("lmfast.PackedQuantizedMatMul: zero_points are 4-bit only, 8 per group and block",
+                           ORT_INVALID_ARGUMENT);
+      w.zero_points = (*zero_points)->Data();
+    }
+    std::vector<int64_t> y_shape(a_shape.begin(), a_shape.end() - 1);
+    y_shape.push_back(n);
+    float* out = y.Allocate(y_shape);
+    lmfast::packed_quantized_matmul(a.Data(), w, out, leading_rows(a_shape), pool_runner(context));
+    return Ort::Status{nullptr};
+  }
+};
+
 std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& op_store() {
   static std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> ops;
   return ops;
@@ -214,6 +258,8 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
       ops.emplace_back(
           Ort::Custom::CreateLiteCustomOp<GroupQueryAttention>("GroupQueryAttention", "CPUExecutionProvider"));
+      ops.emplace_back(
+          Ort::Custom::CreateLiteCustomOp<PackedQuantizedMatMul>("PackedQuantizedMatMul", "CPUExecutionProvider"));
       for (auto& op : ops) domain->Add(op.get());
     }
     Ort::UnownedSessionOptions(options).Add(*domain);

@@ -9,10 +9,11 @@ provider runs slowly for lmfast's ops (domain "lmfast"), and registers the libra
   into an fp32 copy and reads 4; the weight is laid out in 8 x 8 tiles (`bf16_tiles`) so that a
   batch-1 step reads it as one sequential stream.
 - `com.microsoft.MatMulNBits` (what `--quantize int8/int4` writes; 4 or 8 bits, any block size,
-  with or without zero points) becomes `lmfast.QuantizedMatMul` over the same initializers, which
-  quantizes the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sums
-  exact integer products (vpmaddwd on AVX2). Off unless LMFAST_NATIVE_OPS names "nbits":
-  see docs/kernels.md for the figures that decide the default.
+  with or without zero points) becomes `lmfast.PackedQuantizedMatMul` over its weights repacked
+  for the kernel (`quant_pack`: 8 rows interleaved, written once into the cached graph), or, where
+  that layout cannot hold them, `lmfast.QuantizedMatMul` over the same initializers. Both quantize
+  the activations to int8 per block, as MatMulNBits' accuracy_level 4 does, and sum exact integer
+  products; docs/kernels.md has the figures that made "nbits" a default swap.
 - `com.microsoft.GroupQueryAttention` over the in-place cache (what `--kv_cache inplace` writes)
   becomes `lmfast.GroupQueryAttention` ("gqa", `native_gqa`), which reads each key/value head once
   for all the query heads it serves.
@@ -56,7 +57,7 @@ def _required() -> bool:
 
 
 SWAPS = ("bf16", "nbits", "gqa")
-DEFAULT_SWAPS = ("bf16", "gqa")
+DEFAULT_SWAPS = ("bf16", "nbits", "gqa")
 """The swaps made unless LMFAST_NATIVE_OPS says otherwise."""
 
 
@@ -169,14 +170,15 @@ TILE = 8
 
 def bf16_tiles(weight_bits: np.ndarray) -> np.ndarray:
     """W[N, K] (bf16 bits) in lmfast.Bf16MatMul's layout: [ceil(N/8), ceil(K/8), 8, 8], each 8 x 8
-    tile (8 rows, 8 consecutive K) contiguous and row-major, N and K zero-padded."""
+    tile (8 rows, 8 consecutive K) contiguous and k-major (tile[k, r]: one k's 8 rows are one
+    16-byte vector, lane r for row r), N and K zero-padded."""
     n, k = weight_bits.shape
     groups, chunks = -(-n // TILE), -(-k // TILE)
     padded = weight_bits
     if (groups * TILE, chunks * TILE) != (n, k):  # copied only where padding is needed
         padded = np.zeros((groups * TILE, chunks * TILE), dtype=np.uint16)
         padded[:n, :k] = weight_bits
-    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.reshape(groups, TILE, chunks, TILE).transpose(0, 2, 3, 1))
 
 
 def _initializers(graph: Any) -> dict[str, Any]:
@@ -280,11 +282,15 @@ def swap_bf16_matmuls(model: Any) -> int:
     return swapped
 
 
-def swap_nbits_matmuls(model: Any) -> int:
+def swap_nbits_matmuls(model: Any, packed: bool = True) -> int:
     """Rewrite `model` (an onnx ModelProto, in place): each MatMulNBits of 4 or 8 bits over fp32
-    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.QuantizedMatMul over
-    the same inputs and K, N, bits, block_size. Returns the count."""
+    with uint8 zero points or none, and without g_idx or bias, becomes lmfast.PackedQuantizedMatMul
+    over its weights repacked by `quant_pack.pack_nbits` (where that layout holds them and
+    `packed`), else lmfast.QuantizedMatMul over the same inputs; K, N, bits, block_size kept.
+    Returns the count."""
     import onnx
+
+    from lmfast.generation.quant_pack import pack_node
 
     graph = model.graph
     initializers = _initializers(graph)
@@ -314,14 +320,19 @@ def swap_nbits_matmuls(model: Any) -> int:
         node.input.extend(inputs)
         del node.attribute[:]
         node.attribute.extend(onnx.helper.make_attribute(name, value) for name, value in attributes.items())
-        node.op_type, node.domain = "QuantizedMatMul", DOMAIN
+        if not (packed and pack_node(node, initializers, graph, attributes)):
+            node.op_type, node.domain = "QuantizedMatMul", DOMAIN
         swapped += 1
     if swapped and not any(opset.domain == DOMAIN for opset in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    if swapped and packed:  # the file's layout, now unused where packed copies replaced it
+        still_used = {name for node in graph.node for name in node.input}
+        for tensor in [tensor for tensor in graph.initializer if tensor.name not in still_used]:
+            graph.initializer.remove(tensor)
     return swapped
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped whenever the rewrite writes something different for the same export (a new layout)."""
 _MANIFEST = "complete.json"
 _EXTERNAL_DATA = "model.onnx.data"

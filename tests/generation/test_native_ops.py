@@ -202,8 +202,8 @@ def test_bf16_tiles_layout():
     bits = np.arange(10 * 11, dtype=np.uint16).reshape(10, 11)
     tiles = native_ops.bf16_tiles(bits)
     assert tiles.shape == (2, 2, 8, 8)
-    assert tiles[1, 1, 1, 2] == bits[9, 10] and tiles[0, 1, 3, 0] == bits[3, 8]
-    assert tiles[1, 0, 2:].sum() == 0 and tiles[0, 1, :, 3:].sum() == 0  # the padding
+    assert tiles[1, 1, 2, 1] == bits[9, 10] and tiles[0, 1, 0, 3] == bits[3, 8]  # tile[k, row]
+    assert tiles[1, 0, :, 2:].sum() == 0 and tiles[0, 1, 3:].sum() == 0  # the padding
 
 
 def test_swap_leaves_fp32_and_unusual_linears_alone():
@@ -355,7 +355,7 @@ def test_swap_rewrites_matmulnbits_and_keeps_unusual_ones():
     packed, scales, zero_points = _random_nbits(rng, 40, 12, 4, 32, True, False)
     model = _nbits_model(2, 40, 12, 4, 32, packed, scales, zero_points, op="stock")
     a = rng.standard_normal((2, 40)).astype(np.float32)
-    assert native_ops.swap_nbits_matmuls(model) == 1
+    assert native_ops.swap_nbits_matmuls(model, packed=False) == 1  # the file layout's op
     assert [(node.domain, node.op_type) for node in model.graph.node] == [(DOMAIN, "QuantizedMatMul")]
     expected = quantized_matmul_reference(a, packed, scales, zero_points, 40, 4, 32)
     np.testing.assert_allclose(_session(model, True).run(None, {"A": a})[0], expected, rtol=1e-5, atol=1e-5)
