@@ -45,6 +45,15 @@ class ExportConfig:
     activation, and the 4-bit blocks are rounded GPTQ's way (errors compensated on later rows)."""
     calibration_samples: int = 256
     """Train samples of --calibration_dataset the activations are measured on."""
+    allocation: Literal["auto", "static", "sensitivity"] = "auto"
+    """--recipe mixed: which parts get 8 bits. static: llama.cpp's Q4_K_M rule (attention values,
+    FFN down of half the layers, the head); sensitivity: each part's formats scored by the KL they
+    are estimated to cost (calibrated output error times the Fisher information of the outputs),
+    the cheapest KL per bit chosen within --bits_per_weight; needs --calibration_dataset. auto:
+    sensitivity when calibrated, else static."""
+    bits_per_weight: float | None = None
+    """--allocation sensitivity: stored bits per quantized weight at most (levels, scales and zero
+    points of every matrix, the head included); default: what the static rule stores."""
     seed: int = 0
     """Which --calibration_samples are drawn: the same seed, the same bytes."""
     lm_head_bits: int = 8
@@ -108,6 +117,16 @@ class ExportConfig:
                     f"--calibration_dataset {self.calibration_dataset}: no description.json "
                     "(not a dataset written by `lmfast prepare`)"
                 )
+        if self.allocation not in ("auto", "static", "sensitivity"):
+            raise ValueError(f"--allocation must be auto, static or sensitivity, got {self.allocation!r}")
+        if self.allocation == "sensitivity" and self.calibration_dataset is None:
+            raise ValueError("--allocation sensitivity needs --calibration_dataset (it measures the model)")
+        if self.bits_per_weight is not None and self.resolved_allocation() != "sensitivity":
+            raise ValueError(
+                "--bits_per_weight is the budget of --allocation sensitivity (with --calibration_dataset)"
+            )
+        if self.bits_per_weight is not None and not 4 < self.bits_per_weight < 16:
+            raise ValueError(f"--bits_per_weight must be between 4 and 16, got {self.bits_per_weight}")
         if self.calibration_samples < 1:
             raise ValueError(f"--calibration_samples must be >= 1, got {self.calibration_samples}")
         if self.lm_head_bits not in (4, 8):
@@ -136,3 +155,11 @@ class ExportConfig:
         if self.recipe != "auto":
             return self.recipe
         return "mixed" if self.quantize == "int4" else "plain"
+
+    def resolved_allocation(self) -> str:
+        """What --allocation auto stands for: sensitivity when calibrated, else static."""
+        if self.quantize == "none" or self.resolved_recipe() != "mixed":
+            return "static"
+        if self.allocation != "auto":
+            return self.allocation
+        return "sensitivity" if self.calibration_dataset is not None else "static"
