@@ -45,6 +45,7 @@ class Choice:
     kl: list[float]  # estimated KL per token per menu format
     chosen: int  # index into the menu
     quantized: Quantized | None = None  # the chosen format's arrays
+    static: int = 0  # the static rule's format, index into the menu
 
 
 def allocate(
@@ -84,7 +85,8 @@ def allocate(
             choice = Choice(unit, k, bits, kl, int(np.argmin(bits)), None)
             choice.quantized = arrays  # type: ignore[assignment]  # every format's until chosen
             choices[unit] = choice
-            static_bits += bits[list(menu).index(static(unit))]
+            choice.static = list(menu).index(static(unit))
+            static_bits += bits[choice.static]
     budget = static_bits if budget_bits is None else budget_bits
     _greedy(choices, budget)
     for choice in choices.values():

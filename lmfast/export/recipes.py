@@ -26,8 +26,11 @@ HEAD_EIGHT_BIT = BlockFormat(bits=8, symmetric=True, rounding="least_squares", b
 """The head at 8 bits in blocks of 64: 8.5 bits per weight, llama.cpp's Q8_0 size (blocks of 32
 with a float32 scale cost 9.0, and the head is the largest matrix of a small LM)."""
 RECIPES = ("plain", "mixed")
-MENU = (FOUR_BIT_SEARCHED, HEAD_EIGHT_BIT, EIGHT_BIT)
-"""The formats the sensitivity allocation chooses among (the static rule's three)."""
+EIGHT_BIT_GPTQ = BlockFormat(bits=8, symmetric=False, rounding="searched", block_size=128)
+"""8-bit asymmetric blocks of 128 (8.3125 bits per weight), rounded GPTQ's way when calibrated:
+fewer bits than Q8_0's 8.5, and the errors compensated where the inputs correlate."""
+MENU = (FOUR_BIT_SEARCHED, EIGHT_BIT_GPTQ, HEAD_EIGHT_BIT, EIGHT_BIT)
+"""The formats the sensitivity allocation chooses among (the static rule's three and one more)."""
 
 
 class MixedPlan:
@@ -122,8 +125,13 @@ class MixedPlan:
             "unmatched_matmuls": len(self.unmatched),
         }
         if self.choices:
-            record["allocation"] = {
+            choices = self.choices.values()
+            record["formats_chosen"] = {
                 f"{module}:{role}": _name(MENU[c.chosen]) for (module, role), c in self.choices.items()
+            }
+            record["estimated_kl_per_token"] = {  # 1/2 sum F e, the allocation's own estimate
+                "chosen": sum(c.kl[c.chosen] for c in choices),
+                "static": sum(c.kl[c.static] for c in choices),
             }
         return record
 

@@ -148,6 +148,7 @@ def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, ni
 
     from lmfast.export import export_onnx
     from lmfast.export.onnx import _save, apply_tier
+    from lmfast.export.parity import measure_parity
     from lmfast.generation.onnx_backend import OnnxBackend
     from lmfast.models.dataset import PreparedDataset
 
@@ -194,3 +195,6 @@ def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, ni
     )
     assert sensitivity["bits_per_weight"] <= sensitivity["budget_bits_per_weight"] + 1e-4
     assert kl["sensitivity"] < kl["static"], kl
+    # per-row activation quantization whatever the formats: a row's greedy tokens ignore the batch
+    parity = measure_parity(model, outlier_model_dir, tmp_path / "sensitivity", steps=8)
+    assert parity["greedy_batch_invariant"], parity
