@@ -24,7 +24,21 @@ from lmfast.models.dataset import PreparedDataset
 LMFAST_VARIANTS: dict[str, dict[str, Any]] = {  # variant -> ExportConfig overrides
     "lmfast-plain": {"quantize": "int4", "recipe": "plain"},
     "lmfast-mixed": {"quantize": "int4", "recipe": "mixed"},
+    "lmfast-mixed-calibrated-static": {
+        "quantize": "int4",
+        "recipe": "mixed",
+        "calibration_dataset": True,
+        "allocation": "static",
+    },
+    # the default: the 8-bit parts chosen by measured sensitivity within the static rule's bits
     "lmfast-mixed-calibrated": {"quantize": "int4", "recipe": "mixed", "calibration_dataset": True},
+    # the same within the bits per weight of llama.cpp's Q4_K_M of the same model
+    "lmfast-mixed-calibrated-q4km-size": {
+        "quantize": "int4",
+        "recipe": "mixed",
+        "calibration_dataset": True,
+        "bits_per_weight": "llama-q4_k_m",
+    },
 }
 LLAMA_TYPES = {"q4_0": "Q4_0", "q4_k_m": "Q4_K_M"}
 
@@ -128,6 +142,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def lmfast_variant(variant: str, model: Any, args: argparse.Namespace, work: Path) -> Path:
     """The variant's export, derived from one fp32 export by the exporter's own `apply_tier`."""
     import onnx
+    from transformers import AutoTokenizer
 
     from lmfast.export import ExportConfig, export_onnx
     from lmfast.export.onnx import _quantization, _save, apply_tier
@@ -141,6 +156,11 @@ def lmfast_variant(variant: str, model: Any, args: argparse.Namespace, work: Pat
     overrides = dict(LMFAST_VARIANTS[variant])
     if overrides.pop("calibration_dataset", None):
         overrides.update(calibration_dataset=args.dataset, calibration_samples=args.calibration_samples)
+    if isinstance(overrides.get("bits_per_weight"), str):  # another variant's measured size
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        overrides["bits_per_weight"] = gguf_bits_per_weight(
+            llama_variant(overrides["bits_per_weight"], tokenizer, args, work)
+        )
     config = ExportConfig(source=args.model_dir, output=output, **overrides)
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -46,7 +46,9 @@ from lmfast.export.quantize import dequantize_blocks, quantize_blocks  # noqa: E
 COMPARED = (
     "lmfast-plain",
     "lmfast-mixed",
+    "lmfast-mixed-calibrated-static",
     "lmfast-mixed-calibrated",
+    "lmfast-mixed-calibrated-q4km-size",
     "llama-q4_0",
     "llama-q4_0-imatrix",
     "llama-q4_k_m",

@@ -5,7 +5,9 @@ fields refuse values outside their choices; the real CLIs exit 2 with that line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,20 @@ def _make_prepare(**values: Any) -> PrepareConfig:
     return PrepareConfig(**{**base, **values})
 
 
+@functools.cache
+def _calibration_dir() -> Path:
+    """A directory that passes ExportConfig's description.json check (the file is not read there)."""
+    dataset = Path(tempfile.mkdtemp(prefix="lmfast-calibration-"))
+    (dataset / "description.json").write_text("{}")
+    return dataset
+
+
+def _make_export(**values: Any) -> ExportConfig:
+    if "bits_per_weight" in values:  # the budget of a calibrated sensitivity allocation only
+        values |= {"quantize": "int4", "calibration_dataset": _calibration_dir(), "allocation": "sensitivity"}
+    return ExportConfig(source="a", output="b", **values)
+
+
 def _make_params(**values: Any) -> GenerationParams:
     if "min_tokens" in values:  # min_tokens <= max_new_tokens is a rule between two fields
         values.setdefault("max_new_tokens", 4096)
@@ -58,7 +74,7 @@ MAKERS: dict[type, Callable[..., Any]] = {
     TrainConfig: lambda **v: TrainConfig(dataset_dir="d", **v),
     ServeConfig: ServeConfig,
     BotConfig: lambda **v: BotConfig(token=TOKEN, **v),
-    ExportConfig: lambda **v: ExportConfig(source="a", output="b", **v),
+    ExportConfig: _make_export,
     EvalConfig: _make_eval,
     TasksConfig: lambda **v: TasksConfig(tasks="t", server="http://127.0.0.1:1", **v),
     PrepareConfig: _make_prepare,

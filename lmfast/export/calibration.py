@@ -44,6 +44,8 @@ class Calibration:
     widths: dict[str, int] = field(default_factory=dict)  # module -> output columns
     gram: dict[str, np.ndarray] = field(default_factory=dict)  # module -> (K, K) mean x x^T
     record: dict[str, Any] | None = None  # export.json's "calibration" entry, None when uncalibrated
+    samples: list[np.ndarray] = field(default_factory=list)  # the token ids calibrated on
+    fisher: dict[str, np.ndarray] = field(default_factory=dict)  # module -> (N,) mean squared output gradient
 
     def importance(self, module: str) -> np.ndarray | None:
         """The mean x^2 of each input channel of `module` (None: not calibrated)."""
@@ -61,8 +63,8 @@ class Calibration:
             module = owner[0]
             width = self.widths[module]
             spans.extend(
-                Span(column + start, column + stop, module, role, _layer_of(module))
-                for start, stop, role in _roles(module, width)
+                Span(column + start, column + stop, module, role, layer_of(module))
+                for start, stop, role in roles_of(module, width)
             )
             column += width
         return spans if column == weight.shape[1] else None
@@ -140,6 +142,7 @@ def calibrate(
         with torch.inference_mode():
             for index in chosen:
                 ids = np.asarray(split[int(index)], dtype=np.int64)[:window]
+                calibration.samples.append(ids)
                 digest.update(ids.tobytes())
                 tokens += len(ids)
                 shared.clear()
@@ -165,6 +168,58 @@ def calibrate(
     return calibration
 
 
+FISHER_SAMPLES = 32
+"""Calibration samples `measure_fisher` back-propagates (the first ones drawn)."""
+
+
+def measure_fisher(
+    model: Any, calibration: Calibration, samples: int = FISHER_SAMPLES, seed: int = 0
+) -> None:
+    """Fill `calibration.fisher`: per linear module and output column, the mean over positions of
+    the squared gradient of log p(y) w.r.t. that output, y a token sampled from the model itself
+    (seeded): the diagonal of the Fisher information of the model's output distribution, so that
+    KL(fp32 || perturbed) ~ 1/2 sum_n F_n E[dy_n^2] for a small perturbation dy of the outputs."""
+    import torch
+
+    if not calibration.samples:
+        raise ValueError("measure_fisher needs a calibrated Calibration (calibrate(), not inspect_model())")
+    sums: dict[str, torch.Tensor] = {}
+    modules = _linear_modules(model)
+
+    def hook(name: str):
+        def forward(module, inputs, output) -> None:
+            def backward(grad) -> None:
+                g = grad.detach().reshape(-1, grad.shape[-1]).double()
+                sums[name] = sums.get(name, 0) + (g * g).sum(0)
+
+            output.register_hook(backward)
+
+        return forward
+
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # gradients of the activations only
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules]
+    generator = torch.Generator().manual_seed(seed)
+    positions = 0
+    try:
+        with torch.enable_grad():
+            for ids in calibration.samples[:samples]:
+                tokens = torch.from_numpy(ids)[None]
+                embeds = model.get_input_embeddings()(tokens).detach().requires_grad_(True)
+                logits = model(inputs_embeds=embeds).logits[0].float()
+                log_probs = torch.log_softmax(logits, -1)
+                sampled = torch.multinomial(log_probs.detach().exp(), 1, generator=generator)
+                log_probs.gather(1, sampled).sum().backward()
+                positions += len(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(trainable[name])
+    calibration.fisher = {name: (total / positions).numpy() for name, total in sums.items()}
+
+
 class _StopForward(Exception):
     """Raised by the output head's hook: its input is all calibration needs of it."""
 
@@ -185,6 +240,11 @@ def _linear_modules(model: Any) -> list[tuple[str, Any]]:
     return found
 
 
+def kn_weights(model: Any) -> dict[str, np.ndarray]:
+    """Every linear module's weight as the graph's MatMul reads it, (in, out), by module name."""
+    return {name: _kn_weight(module) for name, module in _linear_modules(model)}
+
+
 def _kn_weight(module: Any) -> np.ndarray:
     """The module's weight as the graph's MatMul reads it: (in, out)."""
     weight = module.weight.detach().float().numpy()
@@ -195,12 +255,12 @@ def _column_hash(column: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(column, dtype=np.float32).tobytes(), digest_size=16).digest()
 
 
-def _layer_of(module: str) -> int | None:
+def layer_of(module: str) -> int | None:
     match = re.search(r"\.(\d+)\.", module)
     return int(match.group(1)) if match else None
 
 
-def _roles(module: str, width: int) -> list[tuple[int, int, str]]:
+def roles_of(module: str, width: int) -> list[tuple[int, int, str]]:
     """Column ranges of one module by role; GPT-2's c_attn computes q, k and v (a third each)."""
     leaf = module.rsplit(".", 1)[-1]
     if leaf in ("v_proj", "value"):

@@ -50,6 +50,15 @@ class ExportConfig:
     activation, and the 4-bit blocks are rounded GPTQ's way (errors compensated on later rows)."""
     calibration_samples: int = field(default=256, metadata=bounds(ge=1))
     """Train samples of --calibration_dataset the activations are measured on."""
+    allocation: Literal["auto", "static", "sensitivity"] = "auto"
+    """--recipe mixed: which parts get 8 bits. static: llama.cpp's Q4_K_M rule (attention values,
+    FFN down of half the layers, the head); sensitivity: each part's formats scored by the KL they
+    are estimated to cost (calibrated output error times the Fisher information of the outputs),
+    the cheapest KL per bit chosen within --bits_per_weight; needs --calibration_dataset. auto:
+    sensitivity when calibrated, else static."""
+    bits_per_weight: float | None = field(default=None, metadata=bounds(gt=4, lt=16))
+    """--allocation sensitivity: stored bits per quantized weight at most (levels, scales and zero
+    points of every matrix, the head included); default: what the static rule stores."""
     seed: int = 0
     """Which --calibration_samples are drawn: the same seed, the same bytes."""
     lm_head_bits: Literal[4, 8] = 8
@@ -108,6 +117,12 @@ class ExportConfig:
                     f"--calibration_dataset {self.calibration_dataset}: no description.json "
                     "(not a dataset written by `lmfast prepare`)"
                 )
+        if self.allocation == "sensitivity" and self.calibration_dataset is None:
+            raise UserError("--allocation sensitivity needs --calibration_dataset (it measures the model)")
+        if self.bits_per_weight is not None and self.resolved_allocation() != "sensitivity":
+            raise UserError(
+                "--bits_per_weight is the budget of --allocation sensitivity (with --calibration_dataset)"
+            )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise UserError(f"--block_size must be a power of two >= 16, got {self.block_size}")
         if self.kv_cache_precision == "fp16" and self.kv_cache == "concat":
@@ -118,3 +133,11 @@ class ExportConfig:
         if self.recipe != "auto":
             return self.recipe
         return "mixed" if self.quantize == "int4" else "plain"
+
+    def resolved_allocation(self) -> str:
+        """What --allocation auto stands for: sensitivity when calibrated, else static."""
+        if self.quantize == "none" or self.resolved_recipe() != "mixed":
+            return "static"
+        if self.allocation != "auto":
+            return self.allocation
+        return "sensitivity" if self.calibration_dataset is not None else "static"

@@ -244,7 +244,7 @@ def apply_tier(
 
 def _mixed_tier(model: Any, config: ExportConfig, source_model: Any, measured: dict[str, Any]) -> Any:
     """--recipe mixed: `recipes.MixedPlan` over every MatMul, calibrated when asked to."""
-    from lmfast.export.calibration import calibrate, inspect_model
+    from lmfast.export.calibration import calibrate, inspect_model, kn_weights, measure_fisher
     from lmfast.export.quantize import matmul_nbits_planned
     from lmfast.export.recipes import MixedPlan
 
@@ -266,9 +266,23 @@ def _mixed_tier(model: Any, config: ExportConfig, source_model: Any, measured: d
         calibration = inspect_model(source_model)
     model = _gemm_to_matmul(model)
     plan = MixedPlan(calibration, _lm_head_node(model), config.lm_head_bits)
+    allocation: dict[str, Any] = {"allocation": config.resolved_allocation()}
+    if allocation["allocation"] == "sensitivity":
+        started = time.perf_counter()
+        measure_fisher(source_model, calibration, seed=config.seed)
+        weights = sum(w.size for w in kn_weights(source_model).values())
+        budget = None if config.bits_per_weight is None else int(config.bits_per_weight * weights)
+        budget = plan.allocate(source_model, config.block_size, budget)
+        allocation["budget_bits_per_weight"] = round(budget / weights, 4)
+        logger.info(
+            "allocated formats by sensitivity within %.3f bits per weight in %.0f s",
+            budget / weights,
+            time.perf_counter() - started,
+        )
     model, totals = matmul_nbits_planned(model, plan, config.block_size, config.accuracy_level)
     measured.update(
         plan.record(),
+        **allocation,
         bits_per_weight=round(totals["bits"] / max(1, totals["weights"]), 4),
         quantized_weights=totals["weights"],
         calibration=calibration.record,
@@ -365,8 +379,12 @@ def _quantization(config: ExportConfig, measured: dict[str, Any] | None = None) 
             "block_size": config.block_size,
             "formats": {
                 "default": "4-bit asymmetric, scale and zero point searched per block",
-                "8-bit": "attention values and FFN down projections of llama.cpp's use_more_bits layers",
-                "head": f"{config.lm_head_bits}-bit",
+                "8-bit": "attention values and FFN down projections of llama.cpp's use_more_bits layers"
+                if config.resolved_allocation() == "static"
+                else "the parts whose estimated KL per stored bit pays most, within the budget",
+                "head": f"{config.lm_head_bits}-bit"
+                if config.resolved_allocation() == "static"
+                else "allocated",
             },
             "accuracy_level": config.accuracy_level,
             **(measured or {}),

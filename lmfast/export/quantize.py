@@ -252,6 +252,26 @@ def gptq_levels(
     return levels, scales, zeros
 
 
+def quantize_format(
+    weight: np.ndarray,
+    fmt: BlockFormat,
+    block_size: int,
+    importance: np.ndarray | None = None,
+    gram: np.ndarray | None = None,
+) -> Quantized:
+    """`quantize_blocks` of a (K, N) weight in `fmt` (`block_size`: its size, resolved)."""
+    return quantize_blocks(
+        weight,
+        fmt.bits,
+        block_size,
+        fmt.symmetric,
+        fmt.rounding == "least_squares",
+        importance,
+        fmt.rounding == "searched",
+        gram,
+    )
+
+
 def _padded_gram(gram: np.ndarray, size: int) -> np.ndarray:
     """The Gram matrix of inputs padded with zero channels (the padded rows' weights are 0)."""
     k = gram.shape[0]
@@ -370,10 +390,22 @@ class BlockFormat:
         """Stored bits per weight: the levels, a float32 scale per block, a zero point per block."""
         return self.bits + (32 + (0 if self.symmetric else self.bits)) / block_size
 
+    def stored_bits(self, k: int, n: int, block_size: int) -> int:
+        """The bits `quantize_blocks` stores for a (k, n) weight: levels of K padded to whole
+        blocks, a float32 scale per block, zero points packed per column (a 4-bit byte holds two)."""
+        size = self.block_size or block_size
+        blocks = -(-k // size)
+        zero_points = 0 if self.symmetric else -(-blocks * self.bits // 8) * 8
+        return n * (blocks * size * self.bits + blocks * 32 + zero_points)
 
-ColumnPlan = list[tuple[int, int, BlockFormat, "np.ndarray | None", "np.ndarray | None"]]
+
+Quantized = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""`quantize_blocks`' packed levels, scales and zero points, N first: column ranges concatenate."""
+
+ColumnPlan = list[tuple[int, int, BlockFormat, "np.ndarray | None", "np.ndarray | None", "Quantized | None"]]
 """Column ranges [start, stop) of one (K, N) weight, each with its format, its inputs' importance
-(K,) and Gram matrix (K, K) (GPTQ rounding), either None when uncalibrated."""
+(K,) and Gram matrix (K, K) (GPTQ rounding), either None when uncalibrated, and the range already
+quantized in that format (None: `matmul_nbits_planned` quantizes it)."""
 
 
 def matmul_nbits_planned(
@@ -406,17 +438,10 @@ def matmul_nbits_planned(
                 nodes.append(node)
                 continue
             parts = []
-            for index, (start, stop, fmt, importance, gram) in enumerate(groups):
+            for index, (start, stop, fmt, importance, gram, done_before) in enumerate(groups):
                 size = fmt.block_size or block_size
-                packed, scales, zero_points = quantize_blocks(
-                    array[:, start:stop],
-                    fmt.bits,
-                    size,
-                    fmt.symmetric,
-                    fmt.rounding == "least_squares",
-                    importance,
-                    fmt.rounding == "searched",
-                    gram,
+                packed, scales, zero_points = done_before or quantize_format(
+                    array[:, start:stop], fmt, size, importance, gram
                 )
                 stem = f"{weight.name}_Q{fmt.bits}" + (f"_part{index}" if len(groups) > 1 else "")
                 tensors = [

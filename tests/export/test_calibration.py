@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from lmfast.export import ExportConfig
-from lmfast.export.calibration import calibrate, inspect_model, use_more_bits
+from lmfast.export.calibration import calibrate, inspect_model, measure_fisher, use_more_bits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,6 +101,30 @@ def test_columns_are_found_again_by_content(outlier_model_dir):
     ]
 
 
+def test_a_bad_allocation_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--allocation sensitivity needs --calibration_dataset"):
+        ExportConfig(source=tmp_path, output=tmp_path / "out", quantize="int4", allocation="sensitivity")
+    with pytest.raises(ValueError, match="--bits_per_weight is the budget of --allocation sensitivity"):
+        ExportConfig(source=tmp_path, output=tmp_path / "out", quantize="int4", bits_per_weight=6.0)
+    with pytest.raises(ValueError, match="--allocation must be"):
+        ExportConfig(source=tmp_path, output=tmp_path / "out", quantize="int4", allocation="greedy")
+
+
+def test_fisher_is_measured_for_every_output_and_deterministic(outlier_model_dir, nietzsche_dataset):
+    """The Fisher diagonal of each linear output: positive where the output matters, one value
+    per output column, the same bytes for a seed."""
+    model = _model(outlier_model_dir)
+    first, again = (calibrate(model, nietzsche_dataset, 8, 0) for _ in range(2))
+    for calibration in (first, again):
+        measure_fisher(model, calibration, samples=4, seed=1)
+    widths = inspect_model(model).widths
+    assert first.fisher.keys() == set(widths)
+    for name, fisher in first.fisher.items():
+        assert fisher.shape == (widths[name],) and (fisher >= 0).all() and fisher.sum() > 0
+        np.testing.assert_array_equal(fisher, again.fisher[name])
+    assert all(p.requires_grad for p in model.parameters())  # left as found
+
+
 def test_a_bad_calibration_dataset_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--calibration_dataset .*no description.json"):
         ExportConfig(source=tmp_path, output=tmp_path / "out", quantize="int4", calibration_dataset=tmp_path)
@@ -116,12 +140,15 @@ def test_a_bad_calibration_dataset_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, nietzsche_dataset, tmp_path):
-    """One fp32 export (~30 s on 2 cores), then the mixed recipe with and without calibration by
-    the exporter's own `apply_tier`; mean KL(fp32 || int4) per token over held-out (valid) text."""
+    """One fp32 export (~30 s on 2 cores), then the mixed recipe uncalibrated, calibrated with
+    llama.cpp's static choice of 8-bit parts, and calibrated with the parts chosen by measured
+    sensitivity within the static choice's bits, by the exporter's own `apply_tier`; mean
+    KL(fp32 || int4) per token over held-out (valid) text."""
     import torch
 
     from lmfast.export import export_onnx
     from lmfast.export.onnx import _save, apply_tier
+    from lmfast.export.parity import measure_parity
     from lmfast.generation.onnx_backend import OnnxBackend
     from lmfast.models.dataset import PreparedDataset
 
@@ -131,11 +158,15 @@ def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, ni
     with torch.inference_mode():
         reference = torch.log_softmax(model(torch.from_numpy(ids)).logits.double(), -1).numpy()
     kl, recorded = {}, {}
-    for name, extra in (("uncalibrated", {}), ("calibrated", {"calibration_dataset": nietzsche_dataset})):
+    calibrated = {"calibration_dataset": nietzsche_dataset}
+    for name, extra in (
+        ("uncalibrated", {}),
+        ("static", {**calibrated, "allocation": "static"}),
+        ("sensitivity", calibrated),
+    ):
         config = ExportConfig(source=outlier_model_dir, output=tmp_path / name, quantize="int4", **extra)
         measured: dict = {}
         graph = apply_tier(onnx.load(str(fp32 / "model.onnx")), config, model, measured)
-        assert "Concat" in {n.op_type for n in graph.graph.node}  # layer 1's v third at 8 bits
         (tmp_path / name).mkdir()
         _save(graph, tmp_path / name / "model.onnx")
         for side_file in fp32.iterdir():
@@ -149,7 +180,21 @@ def test_calibrated_int4_beats_uncalibrated_on_held_out_kl(outlier_model_dir, ni
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         kl[name] = float((np.exp(reference) * (reference - log_probs)).sum(-1).mean())
         recorded[name] = measured
-    assert recorded["calibrated"]["calibration"]["samples"] == 256
+        if name != "sensitivity":  # layer 1's v third at 8 bits
+            assert "Concat" in {n.op_type for n in graph.graph.node}
+    assert recorded["static"]["calibration"]["samples"] == 256
     assert recorded["uncalibrated"]["calibration"] is None
-    assert recorded["calibrated"]["bits_per_weight"] == recorded["uncalibrated"]["bits_per_weight"]
-    assert kl["calibrated"] < 0.9 * kl["uncalibrated"], kl
+    assert recorded["uncalibrated"]["allocation"] == recorded["static"]["allocation"] == "static"
+    assert recorded["static"]["bits_per_weight"] == recorded["uncalibrated"]["bits_per_weight"]
+    assert kl["static"] < 0.9 * kl["uncalibrated"], kl
+    # the allocation spends no more than the static rule's bits, and spends them better
+    sensitivity = recorded["sensitivity"]
+    assert sensitivity["allocation"] == "sensitivity"
+    assert sensitivity["budget_bits_per_weight"] == pytest.approx(
+        recorded["static"]["bits_per_weight"], abs=1e-3
+    )
+    assert sensitivity["bits_per_weight"] <= sensitivity["budget_bits_per_weight"] + 1e-4
+    assert kl["sensitivity"] < kl["static"], kl
+    # per-row activation quantization whatever the formats: a row's greedy tokens ignore the batch
+    parity = measure_parity(model, outlier_model_dir, tmp_path / "sensitivity", steps=8)
+    assert parity["greedy_batch_invariant"], parity
