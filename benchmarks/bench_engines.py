@@ -189,7 +189,10 @@ def export_engine(output: Path, engine: str, tier: str, threads: int, native_ops
         return total / (len(ids) - 1), top
 
     # bf16 on ONNX Runtime's ops is upcast to fp32 at load; lmfast's Bf16MatMul reads the bf16 bytes
-    weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" and not backend.swapped_ops else 1)
+    from lmfast.generation.native_ops import swaps_from_env
+
+    bf16_kernel = bool(backend.swapped_ops) and "bf16" in swaps_from_env()  # the env chose the swaps
+    weights = step_bytes(output / "model.onnx") * (2 if tier == "bf16" and not bf16_kernel else 1)
     return Engine(engine, tier, generate, score, weights)
 
 
