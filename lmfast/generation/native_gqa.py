@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-DOMAIN = "lmfast"
+from lmfast.generation.native_common import DOMAIN
+
 _NEUTRAL = {
     "do_rotary": 0,
     "rotary_interleaved": 0,

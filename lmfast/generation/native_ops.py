@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from lmfast.generation.native_common import DOMAIN, quantize_activations
+
 logger = logging.getLogger(__name__)
 
-DOMAIN = "lmfast"
 _LIBRARY_GLOB = "_ortops*.so"
 _PROTOBUF_LIMIT = 2**31 - 1
 """A rewritten graph goes to ONNX Runtime as one serialized protobuf, which cannot exceed this."""
@@ -107,21 +108,6 @@ def isa() -> str | None:
     function = ctypes.CDLL(str(path)).lmfast_ortops_isa
     function.restype = ctypes.c_char_p
     return function().decode()
-
-
-def quantize_activations(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of A[..., K] as integers in [-127, 127] per `block` elements, and each block's scale
-    (max |x| / 127; x = q * scale), as lmfast.QuantizedMatMul rounds them (fp32, nearest even)."""
-    k = a.shape[-1]
-    blocks = -(-k // block)
-    padded = np.zeros((*a.shape[:-1], blocks * block), dtype=np.float32)
-    padded[..., :k] = a
-    padded = padded.reshape(*a.shape[:-1], blocks, block)
-    amax = np.abs(padded).max(axis=-1)
-    with np.errstate(divide="ignore"):
-        inverse = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
-    q = np.rint(padded * inverse[..., None]).astype(np.int64)
-    return q, (amax / np.float32(127.0)).astype(np.float32)
 
 
 def quantized_matmul_reference(
@@ -472,23 +458,25 @@ def _write_entry(model: Any | None, swapped: int, entry: Path, source: Path | No
 
 
 def session_source(
-    model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None
+    model_path: Path, options: Any, provider: str = "cpu", enabled: bool | None = None, cache: bool = True
 ) -> tuple[str | bytes, int]:
     """`rewritten_source`, with the library registered on `options` when ops were swapped."""
-    source, swapped = rewritten_source(model_path, provider, enabled)
+    source, swapped = rewritten_source(model_path, provider, enabled, cache)
     if swapped:
         options.register_custom_ops_library(str(library_path()))
     return source, swapped
 
 
 def rewritten_source(
-    model_path: Path, provider: str = "cpu", enabled: bool | None = None
+    model_path: Path, provider: str = "cpu", enabled: bool | None = None, cache: bool = True
 ) -> tuple[str | bytes, int]:
     """What to hand `ort.InferenceSession` for `model_path`, and how many ops were swapped: the
     path itself and 0 (nothing to swap, the CUDA provider, ops turned off or not built), or the
     rewritten graph (which needs the library registered on the session's options). The rewritten graph is kept in
     `cache_entry` (rewritten once, then opened from disk like any export); where the cache cannot
-    be written, it is handed over as one serialized protobuf (limited to 2 GiB).
+    be written, it is handed over as one serialized protobuf (limited to 2 GiB). `cache=False` does
+    that always, and says it at debug level only: for a model about to move (an export's staging
+    copy, checked before it is renamed into place), whose entry would never be opened again.
 
     Raises:
         NativeOpsMissing: LMFAST_REQUIRE_NATIVE=1 and the library or the onnx package is missing.
@@ -500,7 +488,7 @@ def rewritten_source(
     if library is None:
         return str(model_path), 0
     entry = cache_entry(model_path, swaps, library)
-    cached = _cached_count(entry)
+    cached = _cached_count(entry) if cache else None
     if cached is not None:
         _mark_used(entry)
         if not cached:
@@ -524,14 +512,23 @@ def rewritten_source(
         from lmfast.generation.native_gqa import swap_group_query_attention
 
         swapped += swap_group_query_attention(model)
-    try:
-        cached_path = _write_entry(model if swapped else None, swapped, entry, Path(model_path).resolve())
-    except OSError as error:
-        logger.warning("%s: cannot cache the rewritten graph (%s); handing it over in memory", entry, error)
-        cached_path = None
+    cached_path = None
+    if cache:
+        try:
+            cached_path = _write_entry(model if swapped else None, swapped, entry, Path(model_path).resolve())
+        except OSError as error:
+            logger.warning(
+                "%s: cannot cache the rewritten graph (%s); handing it over in memory", entry, error
+            )
     if not swapped:
         return str(model_path), 0
-    logger.info("%s: %d ops swapped for lmfast's (%s kernels)", model_path, swapped, isa())
+    logger.log(
+        logging.INFO if cache else logging.DEBUG,
+        "%s: %d ops swapped for lmfast's (%s kernels)",
+        model_path,
+        swapped,
+        isa(),
+    )
     if cached_path is not None:
         return str(cached_path), swapped
     if model.ByteSize() >= _PROTOBUF_LIMIT:
@@ -543,13 +540,18 @@ def rewritten_source(
 
 
 def inference_session(
-    model_path: Path, options: Any, providers: list[str], provider: str = "cpu", enabled: bool | None = None
+    model_path: Path,
+    options: Any,
+    providers: list[str],
+    provider: str = "cpu",
+    enabled: bool | None = None,
+    cache: bool = True,
 ) -> tuple[Any, int]:
     """An `ort.InferenceSession` for `model_path` (through `session_source`) and the swapped count;
     a cache entry ONNX Runtime cannot open (corrupted on disk) is removed and rebuilt once."""
     import onnxruntime as ort
 
-    source, swapped = session_source(model_path, options, provider, enabled)
+    source, swapped = session_source(model_path, options, provider, enabled, cache)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers), swapped
     except Exception as error:  # ONNX Runtime raises its own exception types for unreadable files
@@ -557,7 +559,7 @@ def inference_session(
             raise
         logger.warning("%s: cached graph unreadable (%s); rebuilding it", source, error)
         evict(Path(source).parent)
-    source, swapped = rewritten_source(model_path, provider, enabled)  # the library is registered
+    source, swapped = rewritten_source(model_path, provider, enabled, cache)  # the library is registered
     return ort.InferenceSession(source, sess_options=options, providers=providers), swapped
 
 

@@ -119,10 +119,12 @@ class OnnxBackend(NumpyCacheOps):
         num_threads: int | None = None,
         spin_us: int | None = None,
         native_ops: bool | None = None,
+        native_ops_cache: bool = True,
     ) -> OnnxBackend:
         """Open `directory/model.onnx` on the CPU or CUDA execution provider; on the CPU, with
         lmfast's own ops swapped in (lmfast.generation.native_ops; None: those LMFAST_NATIVE_OPS names,
-        True: the default swaps, False: none).
+        True: the default swaps, False: none). `native_ops_cache=False` rewrites in memory, for a
+        directory about to move (native_ops.rewritten_source).
 
         Raises:
             ValueError: provider "cuda" without onnxruntime-gpu / a visible GPU.
@@ -136,7 +138,7 @@ class OnnxBackend(NumpyCacheOps):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         options = session_options(num_threads, spin_us)
         session, swapped = inference_session(
-            Path(directory) / "model.onnx", options, providers, provider, native_ops
+            Path(directory) / "model.onnx", options, providers, provider, native_ops, native_ops_cache
         )
         logger.info("loaded %s on %s", directory, session.get_providers()[0])
         backend = cls(session, provider)

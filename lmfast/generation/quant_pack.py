@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lmfast.generation.native_ops import quantize_activations
+from lmfast.generation.native_common import DOMAIN, quantize_activations
 
 ROWS = 8
 """Output rows interleaved per group (one AVX2 register of int32 / fp32 lanes)."""
@@ -150,8 +150,6 @@ def pack_node(node: Any, initializers: dict[str, Any], graph: Any, attributes: d
     into lmfast.PackedQuantizedMatMul over packed copies of its weights, added to `graph`. False
     (node untouched) where the weights are not initializers or `pack_nbits` cannot hold them."""
     from onnx import TensorProto, numpy_helper
-
-    from lmfast.generation.native_ops import DOMAIN
 
     inputs = list(node.input)
     tensors = [initializers.get(name) for name in inputs[1:]]

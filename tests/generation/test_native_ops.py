@@ -405,3 +405,20 @@ def test_second_load_opens_the_cache_entry_without_rewriting(monkeypatch, tmp_pa
 
 def _no_rewrite_expected(*args, **kwargs):
     raise AssertionError("the cached entry should have been opened without onnx.load")
+
+
+@needs_library
+def test_an_uncached_load_rewrites_in_memory_and_leaves_no_entry(monkeypatch, tmp_path):
+    """Export parity checks a staging copy that is renamed afterwards: its rewrite must not leave a
+    cache entry behind, and gives the same logits as a cached load."""
+    monkeypatch.setenv("LMFAST_CACHE", str(tmp_path / "cache"))
+    model, a = _tied_model(40, 24, 12, 7)
+    model_path = tmp_path / "model.onnx"
+    onnx.save(model, model_path)
+    feeds = {"A": a, "ids": np.array([0, 5, 11], dtype=np.int64)}
+    uncached, swapped = native_ops.inference_session(
+        model_path, ort.SessionOptions(), ["CPUExecutionProvider"], cache=False
+    )
+    assert swapped == 2 and not (tmp_path / "cache").exists()
+    cached, _ = native_ops.inference_session(model_path, ort.SessionOptions(), ["CPUExecutionProvider"])
+    np.testing.assert_array_equal(uncached.run(None, feeds)[0], cached.run(None, feeds)[0])
