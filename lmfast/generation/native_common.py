@@ -23,3 +23,16 @@ def quantize_activations(a: np.ndarray, block: int) -> tuple[np.ndarray, np.ndar
         inverse = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
     q = np.rint(padded * inverse[..., None]).astype(np.int64)
     return q, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def block_dot_reference(
+    a: np.ndarray, q: np.ndarray, zero: np.ndarray, w_scales: np.ndarray, block: int
+) -> np.ndarray:
+    """What every quantized kernel computes once its weights are integers q [N, blocks, block] with
+    zero points and scales [N, blocks]: A's rows rounded per block (`quantize_activations`), then
+    the sum over blocks of scale_w * scale_x * (xq . q - zero point * sum xq), in float64."""
+    xq, x_scales = quantize_activations(a, block)  # [..., blocks, block], [..., blocks]
+    dots = np.einsum("...bi,nbi->...nb", xq, q.astype(np.int64))
+    dots = dots - zero.astype(np.int64) * xq.sum(axis=-1)[..., None, :]
+    terms = dots * w_scales.astype(np.float64) * x_scales[..., None, :].astype(np.float64)
+    return terms.sum(axis=-1).astype(np.float32)

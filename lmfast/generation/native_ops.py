@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from lmfast.generation.native_common import DOMAIN, quantize_activations
+from lmfast.generation.native_common import DOMAIN, block_dot_reference
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ def quantized_matmul_reference(
         if bits == 4:
             zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(n, -1)
         zero = zero[:, :blocks].astype(np.int64)
-    xq, x_scales = quantize_activations(a, block)  # [..., blocks, block], [..., blocks]
-    dots = np.einsum("...bi,nbi->...nb", xq, q) - zero * xq.sum(axis=-1)[..., None, :]
-    w_scales = scales.reshape(n, blocks).astype(np.float64)
-    return (dots * w_scales * x_scales[..., None, :].astype(np.float64)).sum(axis=-1).astype(np.float32)
+    return block_dot_reference(a, q, zero, scales.reshape(n, blocks), block)
 
 
 def bf16_matmul_reference(a: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lmfast.generation.native_common import DOMAIN, quantize_activations
+from lmfast.generation.native_common import DOMAIN, block_dot_reference
 
 ROWS = 8
 """Output rows interleaved per group (one AVX2 register of int32 / fp32 lanes)."""
@@ -138,11 +138,7 @@ def packed_matmul_reference(
     zero point * sum xq, scaled by both scales and summed over blocks in float64."""
     w, zero, w_scales = unpack_nbits(data, scales, zero_points, n, k, bits, block)
     blocks = zero.shape[1]
-    xq, x_scales = quantize_activations(a, block)  # [..., blocks, block], [..., blocks]
-    q = w.reshape(n, blocks, block).astype(np.int64)
-    dots = np.einsum("...bi,nbi->...nb", xq, q) - zero.astype(np.int64) * xq.sum(axis=-1)[..., None, :]
-    terms = dots * w_scales.astype(np.float64) * x_scales[..., None, :].astype(np.float64)
-    return terms.sum(axis=-1).astype(np.float32)
+    return block_dot_reference(a, w.reshape(n, blocks, block), zero, w_scales, block)
 
 
 def pack_node(node: Any, initializers: dict[str, Any], graph: Any, attributes: dict[str, int]) -> bool:
