@@ -697,9 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.tiers = [t for t in args.tiers.split(",") if t]
-    unknown = set(args.tiers) - set(LMFAST_TIERS)
+    known = set(LMFAST_TIERS) | set(LLAMA_TIERS)  # int4-k: llama.cpp's Q4_K_M, no lmfast tier
+    unknown = set(args.tiers) - known
     if unknown:
-        parser.error(f"--tiers: unknown {sorted(unknown)}; choose from {sorted(LMFAST_TIERS)}")
+        parser.error(f"--tiers: unknown {sorted(unknown)}; choose from {sorted(known)}")
     args.lmfast_ops = [o for o in args.lmfast_ops.split(",") if o]
     if not args.lmfast_ops or set(args.lmfast_ops) - {"native", "stock"}:
         parser.error(f"--lmfast_ops: expected native and/or stock, got {args.lmfast_ops}")
