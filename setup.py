@@ -32,6 +32,15 @@ else:
                 optional=not REQUIRE_NATIVE,
             ),
             Extension(
+                "lmfast.export._blockquant",
+                ["csrc/_blockquant.pyx"],
+                include_dirs=[numpy.get_include()],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                # no fused multiply-add: the kernel must round as NumPy's reference does
+                extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+                optional=not REQUIRE_NATIVE,
+            ),
+            Extension(
                 "lmfast.data._spbpe",
                 ["csrc/_spbpe.pyx"],
                 depends=["csrc/spbpe.h"],  # rebuilt when it changes, and shipped in the sdist

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmfast.export.calibration import Calibration, roles_of
-from lmfast.export.quantize import BlockFormat, Quantized, dequantize_blocks, quantize_format
+from lmfast.export.quantize import (
+    BlockFormat,
+    Quantized,
+    dequantize_blocks,
+    gptq_factor,
+    padded_gram,
+    quantize_format,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ def allocate(
     `gram_for(fmt)`: whether that format is rounded GPTQ's way with the unit's Gram matrix."""
     choices: dict[Unit, Choice] = {}
     static_bits = 0
+    # GPTQ's factor per (Gram matrix, padded K): once for all the units and formats reading it
+    factors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for module, weight in weights.items():
         k, width = weight.shape
         gram = calibration.gram.get(module)
@@ -76,7 +85,15 @@ def allocate(
             bits, kl, arrays = [], [], []
             for fmt in menu:
                 size = fmt.block_size or block_size
-                quantized = quantize_format(part, fmt, size, importance, gram if gram_for(fmt) else None)
+                factor = None
+                if gram_for(fmt):
+                    key = (id(gram), -(-k // size) * size)
+                    if key not in factors:
+                        factors[key] = gptq_factor(padded_gram(gram, key[1]))
+                    factor = factors[key]
+                quantized = quantize_format(
+                    part, fmt, size, importance, gram if gram_for(fmt) else None, factor
+                )
                 delta = (dequantize_blocks(*quantized, fmt.bits, k) - part).astype(np.float64)
                 error = ((gram @ delta) * delta).sum(0)  # e_n: mean squared output error per column
                 bits.append(fmt.stored_bits(k, stop - start, block_size))

@@ -19,8 +19,11 @@ sqrt(sigma^2 + w^2) emphasis on large weights; without calibration the importanc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,7 @@ def quantize_blocks(
     importance: np.ndarray | None = None,
     searched: bool = False,
     gram: np.ndarray | None = None,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """MatMulNBits' B, scales and zero points for a MatMul weight (K, N), blocks along K.
 
@@ -53,6 +57,7 @@ def quantize_blocks(
     described above, with `importance` (K,) the weight of each input channel's error. With `gram`
     (K, K), the inputs' mean x x^T from calibration, the blocks are rounded GPTQ's way
     (`gptq_levels`): each input row's rounding error is compensated on the rows not yet rounded.
+    `factor`: `gptq_factor` of that Gram padded to whole blocks, when the caller has it already.
 
     Returns:
         packed (N, blocks, block_size * bits / 8) uint8, low nibble first at 4 bits;
@@ -80,11 +85,14 @@ def quantize_blocks(
     levels = np.empty((n, blocks, block_size), np.uint8)
     scales = np.empty((n, blocks), np.float32)
     zero_points = None if symmetric else np.empty((n, blocks), np.uint8)
+    if gram is not None:
+        gram = padded_gram(gram, blocks * block_size)
+        factor = gptq_factor(gram) if factor is None else factor
     for start in range(0, n, COLUMNS_PER_CHUNK):
         stop = min(start + COLUMNS_PER_CHUNK, n)
         if gram is not None:
             levels[start:stop], scales[start:stop], zero_points[start:stop] = gptq_levels(
-                padded[:, start:stop], _padded_gram(gram, blocks * block_size), bits, block_size, channel
+                padded[:, start:stop], gram, bits, block_size, channel, factor
             )
             continue
         x = np.ascontiguousarray(padded[:, start:stop].T).reshape(stop - start, blocks, block_size)
@@ -114,8 +122,9 @@ def dequantize_blocks(
     return values.reshape(n, -1)[:, :k].T.copy()
 
 
-def _symmetric(x: np.ndarray, bits: int, least_squares: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Levels (offset by 2^(bits-1)) and scales of blocks x (..., block_size)."""
+def symmetric_reference(x: np.ndarray, bits: int, least_squares: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Levels (offset by 2^(bits-1)) and scales of blocks x (..., block_size): the
+    specification of the native `symmetric_blocks`."""
     half = 2 ** (bits - 1)
     extreme = np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1)[..., 0]
     safe = np.where(extreme == 0, 1.0, extreme).astype(np.float32)
@@ -160,8 +169,70 @@ def _asymmetric(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _searched(x: np.ndarray, bits: int, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`searched_reference`, by the native kernel (bit for bit the same) when it was built and
+    the blocks hold at least 8 values, its rows split over `threads()` threads."""
+    kernel = _native()
+    if kernel is None or x.shape[-1] < 8 or x.size == 0:
+        return searched_reference(x, bits, channel)
+    channel = np.ascontiguousarray(np.broadcast_to(channel, x.shape[-2:]), dtype=np.float32)
+    return _by_rows(lambda rows: kernel.searched_blocks(rows, channel, bits, SEARCH_RANGE_STEPS), x)
+
+
+def _symmetric(x: np.ndarray, bits: int, least_squares: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`symmetric_reference`, natively (bit for bit the same) as `_searched` is."""
+    kernel = _native()
+    if kernel is None or x.shape[-1] < 8 or x.size == 0:
+        return symmetric_reference(x, bits, least_squares)
+    return _by_rows(lambda rows: kernel.symmetric_blocks(rows, bits, least_squares, SEARCH_STEPS), x)
+
+
+def _by_rows(kernel: Callable[[np.ndarray], tuple[np.ndarray, ...]], x: np.ndarray) -> Any:
+    """`kernel` over the blocks x (..., blocks, block_size), its rows split over threads (the
+    kernels release the GIL); the per-block outputs are reshaped to x's leading axes."""
+    shape = x.shape
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, *shape[-2:])
+    bounds = np.linspace(0, len(rows), min(threads(), max(1, rows.size // 65536)) + 1).astype(int)
+    if len(bounds) == 2:
+        results = [kernel(rows)]
+    else:
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            results = list(
+                pool.map(lambda i: kernel(rows[bounds[i] : bounds[i + 1]]), range(len(bounds) - 1))
+            )
+    joined = [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
+    return tuple(a.reshape(shape if a.ndim == 3 else shape[:-1]) for a in joined)
+
+
+def threads() -> int:
+    """The CPUs this process may run on: how many threads the native kernels split work over."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def native_available() -> bool:
+    """Whether csrc/_blockquant.pyx was built (`python setup.py build_ext --inplace`)."""
+    return _native() is not None
+
+
+def _native() -> ModuleType | None:
+    try:
+        from lmfast.export import _blockquant  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _blockquant
+
+
+def searched_reference(
+    x: np.ndarray, bits: int, channel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Levels, scales and zero points of blocks x (..., blocks, block_size) minimizing the
-    error weighted by `channel` (blocks, block_size) importance times sqrt(sigma^2 + x^2)."""
+    error weighted by `channel` (blocks, block_size) importance times sqrt(sigma^2 + x^2).
+
+    The specification of `csrc/_blockquant.pyx`, which computes the same bits natively. Written
+    in place on a few reused buffers; the products are formed in the order of the plain
+    expressions (w * l * l is (w * l) * l), so the rounding is theirs."""
     top = 2**bits - 1
     sigma2 = 2.0 * (x * x).mean(-1, keepdims=True)
     weights = (channel * np.sqrt(sigma2 + x * x)).astype(np.float32)
@@ -175,12 +246,16 @@ def _searched(x: np.ndarray, bits: int, channel: np.ndarray) -> tuple[np.ndarray
     best_error = _weighted_error(x, weights, best_levels - best_zero[..., None], best_scale)
     sum_w = weights.sum(-1)
     sum_wx = (weights * x).sum(-1)
+    shifted = x - low[..., None]
+    levels = np.empty_like(x)
+    product = np.empty_like(x)
     for step in SEARCH_RANGE_STEPS:
         inverse = (top + step) / span
-        levels = np.clip(np.rint((x - low[..., None]) * inverse[..., None]), 0, top)
-        sum_wl = (weights * levels).sum(-1)
-        sum_wll = (weights * levels * levels).sum(-1)
-        sum_wlx = (weights * levels * x).sum(-1)
+        _levels_into(levels, np.multiply(shifted, inverse[..., None], out=levels), top)
+        np.multiply(weights, levels, out=product)
+        sum_wl = product.sum(-1)
+        sum_wll = (product * levels).sum(-1)
+        sum_wlx = np.multiply(product, x, out=product).sum(-1)
         det = sum_w * sum_wll - sum_wl * sum_wl
         ok = det > 1e-30 * np.maximum(sum_w * sum_wll, 1e-30)
         det = np.where(ok, det, 1.0)
@@ -190,66 +265,126 @@ def _searched(x: np.ndarray, bits: int, channel: np.ndarray) -> tuple[np.ndarray
         scale = np.where(ok, scale, 1.0)
         zero = np.clip(np.rint(-minimum / scale), 0, top)
         for _ in range(2):  # re-round on the snapped zero point, refit the scale
-            levels = np.clip(np.rint(x / scale[..., None] + zero[..., None]), 0, top)
-            centered = levels - zero[..., None]
-            norm = (weights * centered * centered).sum(-1)
-            refit = (weights * centered * x).sum(-1) / np.maximum(norm, 1e-30)
+            np.divide(x, scale[..., None], out=levels)
+            _levels_into(levels, np.add(levels, zero[..., None], out=levels), top)
+            levels -= zero[..., None]  # centered on the zero point from here
+            np.multiply(weights, levels, out=product)
+            norm = (product * levels).sum(-1)
+            refit = np.multiply(product, x, out=product).sum(-1) / np.maximum(norm, 1e-30)
             scale = np.where((norm > 0) & (refit > 0), refit, scale)
-        error = _weighted_error(x, weights, levels - zero[..., None], scale)
+        error = _weighted_error(x, weights, levels, scale, product)
+        levels += zero[..., None]
         better = ok & (error < best_error)
-        best_levels = np.where(better[..., None], levels, best_levels)
+        np.copyto(best_levels, levels, where=better[..., None])
         best_scale = np.where(better, scale, best_scale).astype(np.float32)
         best_zero = np.where(better, zero, best_zero)
         best_error = np.where(better, error, best_error)
     return best_levels.astype(np.uint8), best_scale.astype(np.float32), best_zero.astype(np.uint8)
 
 
+def _levels_into(out: np.ndarray, values: np.ndarray, top: int) -> np.ndarray:
+    """`np.clip(np.rint(values), 0, top)` written into `out` (which may be `values`)."""
+    np.rint(values, out=out)
+    np.maximum(out, 0, out=out)
+    return np.minimum(out, top, out=out)
+
+
 GPTQ_DAMPING = 0.01
 """Added to the Gram matrix's diagonal, times its mean: GPTQ's dampening of a near-singular H."""
 
 
+def gptq_factor(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's upper Cholesky factor of the dampened inverse Hessian of `gram` (K, K), and the
+    input channels that never fire (zero diagonal): computed once per Gram matrix, however many
+    column ranges and formats are rounded with it."""
+    k = gram.shape[0]
+    hessian = gram.astype(np.float64).copy()
+    dead = np.diag(hessian) <= 0
+    hessian[dead, dead] = 1.0
+    hessian[np.diag_indices(k)] += GPTQ_DAMPING * np.mean(np.diag(hessian))
+    inverse = np.linalg.inv(hessian)
+    upper = np.ascontiguousarray(np.linalg.cholesky(inverse).T)  # row i: the update of rows after i
+    return upper, dead
+
+
 def gptq_levels(
-    weight: np.ndarray, gram: np.ndarray, bits: int, block_size: int, channel: np.ndarray
+    weight: np.ndarray,
+    gram: np.ndarray,
+    bits: int,
+    block_size: int,
+    channel: np.ndarray,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ (Frantar et al. 2022) in blocks along K: input rows are rounded in order; at the first
     row of a block its scale and zero point are searched (`_searched`) on the rows as updated so
     far; each row's error, scaled by the inverse Hessian's Cholesky factor, is subtracted from the
     rows after it, which minimizes ||X (W - Q)||^2 over the calibration inputs X (gram = X^T X / n).
+    `factor`: `gptq_factor(gram)` when the caller has it already.
 
     Returns levels (N, blocks, block_size) uint8, scales and zero points (N, blocks).
     """
     k, n = weight.shape
     blocks = k // block_size
+    factor, dead = gptq_factor(gram) if factor is None else factor
     work = weight.astype(np.float64).copy()
-    hessian = gram.astype(np.float64).copy()
-    dead = np.diag(hessian) <= 0
-    hessian[dead, dead] = 1.0
     work[dead] = 0.0
-    hessian[np.diag_indices(k)] += GPTQ_DAMPING * np.mean(np.diag(hessian))
-    inverse = np.linalg.inv(hessian)
-    factor = np.linalg.cholesky(inverse).T  # upper: row i holds the update of rows after i
     levels = np.empty((n, blocks, block_size), np.uint8)
     scales = np.empty((n, blocks), np.float32)
     zeros = np.empty((n, blocks), np.uint8)
-    top = 2**bits - 1
+    kernel = _native()
     for block in range(blocks):
-        rows = slice(block * block_size, (block + 1) * block_size)
-        x = np.ascontiguousarray(work[rows].T, dtype=np.float32)[:, None, :]  # (N, 1, block_size)
+        start, stop = block * block_size, (block + 1) * block_size
+        x = np.ascontiguousarray(work[start:stop].T, dtype=np.float32)[:, None, :]  # (N, 1, block_size)
         _, scale, zero = _searched(x, bits, channel[block][None])
         scales[:, block], zeros[:, block] = scale[:, 0], zero[:, 0]
         safe = np.where(scale[:, 0] > 0, scale[:, 0], 1.0).astype(np.float64)
         errors = np.empty((block_size, n))
-        for offset in range(block_size):
-            row = block * block_size + offset
-            level = np.clip(np.rint(work[row] / safe + zeros[:, block]), 0, top)
-            levels[:, block, offset] = level
-            error = (work[row] - (level - zeros[:, block]) * scale[:, 0]) / factor[row, row]
-            errors[offset] = error
-            stop = (block + 1) * block_size
-            work[row + 1 : stop] -= np.outer(factor[row, row + 1 : stop], error)
+        arguments = (work, factor, start, stop, safe, zero[:, 0].astype(np.float64))
+        arguments += (scale[:, 0].astype(np.float64), bits, levels[:, block], errors)
+        if kernel is None:
+            gptq_rows_reference(*arguments)
+        else:
+            _gptq_rows_native(kernel, arguments, n)
         # the block's errors reach every later row at once (GPTQ's lazy batch update)
-        work[(block + 1) * block_size :] -= factor[rows, (block + 1) * block_size :].T @ errors
+        work[stop:] -= factor[start:stop, stop:].T @ errors
     return levels, scales, zeros
+
+
+def _gptq_rows_native(kernel: ModuleType, arguments: tuple[Any, ...], n: int) -> None:
+    """The native `gptq_rows` with the N columns (independent) split over threads."""
+    bounds = np.linspace(0, n, min(threads(), max(1, n // 512)) + 1).astype(int)
+    if len(bounds) == 2:
+        kernel.gptq_rows(*arguments)
+        return
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        list(
+            pool.map(lambda i: kernel.gptq_rows(*arguments, bounds[i], bounds[i + 1]), range(len(bounds) - 1))
+        )
+
+
+def gptq_rows_reference(
+    work: np.ndarray,
+    factor: np.ndarray,
+    start: int,
+    stop: int,
+    safe: np.ndarray,
+    zero: np.ndarray,
+    scale: np.ndarray,
+    bits: int,
+    levels: np.ndarray,
+    errors: np.ndarray,
+) -> None:
+    """The row loop of one block of `gptq_levels` (the specification of the native
+    `gptq_rows`): rows start..stop-1 of `work` (K, N, float64, updated in place) are rounded in
+    order on their columns' `safe` scale and `zero` point into `levels` (N, stop - start); each
+    row's error over its diagonal of `factor` goes to `errors` and off the block's later rows."""
+    top = 2**bits - 1
+    for row in range(start, stop):
+        level = np.clip(np.rint(work[row] / safe + zero), 0, top)
+        levels[:, row - start] = level
+        error = (work[row] - (level - zero) * scale) / factor[row, row]
+        errors[row - start] = error
+        work[row + 1 : stop] -= np.outer(factor[row, row + 1 : stop], error)
 
 
 def quantize_format(
@@ -258,8 +393,10 @@ def quantize_format(
     block_size: int,
     importance: np.ndarray | None = None,
     gram: np.ndarray | None = None,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Quantized:
-    """`quantize_blocks` of a (K, N) weight in `fmt` (`block_size`: its size, resolved)."""
+    """`quantize_blocks` of a (K, N) weight in `fmt` (`block_size`: its size, resolved;
+    `factor`: `gptq_factor` of the Gram padded to whole blocks, when the caller has it)."""
     return quantize_blocks(
         weight,
         fmt.bits,
@@ -269,10 +406,11 @@ def quantize_format(
         importance,
         fmt.rounding == "searched",
         gram,
+        factor,
     )
 
 
-def _padded_gram(gram: np.ndarray, size: int) -> np.ndarray:
+def padded_gram(gram: np.ndarray, size: int) -> np.ndarray:
     """The Gram matrix of inputs padded with zero channels (the padded rows' weights are 0)."""
     k = gram.shape[0]
     if k == size:
@@ -283,10 +421,13 @@ def _padded_gram(gram: np.ndarray, size: int) -> np.ndarray:
 
 
 def _weighted_error(
-    x: np.ndarray, weights: np.ndarray, centered: np.ndarray, scale: np.ndarray
+    x: np.ndarray, weights: np.ndarray, centered: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None
 ) -> np.ndarray:
-    residual = x - centered * scale[..., None]
-    return (weights * residual * residual).sum(-1)
+    """sum of weights * (x - centered * scale)^2 over each block (`out`: a buffer to reuse)."""
+    residual = np.multiply(centered, scale[..., None], out=out)
+    np.subtract(x, residual, out=residual)
+    product = weights * residual
+    return np.multiply(product, residual, out=product).sum(-1)
 
 
 def _pack(levels: np.ndarray, bits: int) -> np.ndarray:

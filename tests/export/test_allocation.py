@@ -4,11 +4,15 @@ greedy choice stays within its budget and leaves no affordable upgrade untaken."
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfast.export.allocation import Choice, Unit, _greedy, _hull
+from lmfast.export import quantize
+from lmfast.export.allocation import Choice, Unit, _greedy, _hull, allocate
+from lmfast.export.calibration import Calibration
 from lmfast.export.quantize import BlockFormat, quantize_format
+from lmfast.export.recipes import MENU
 
 
 @settings(max_examples=40, deadline=None)
@@ -59,3 +63,41 @@ def test_greedy_keeps_to_its_budget_and_leaves_no_affordable_upgrade(tables, sla
         for bits, kl in zip(choice.bits, choice.kl, strict=True):
             if kl < choice.kl[choice.chosen]:
                 assert spent + bits - choice.bits[choice.chosen] > budget
+
+
+def test_allocation_is_the_same_with_and_without_the_native_kernels(monkeypatch):
+    """The native kernels (and the GPTQ factor shared between units and formats) change nothing:
+    every unit's bits, estimated KL, choice and arrays equal the NumPy reference's."""
+    if not quantize.native_available():
+        pytest.skip("lmfast.export._blockquant not built")
+    rng = np.random.default_rng(0)
+    shapes = {"h.0.attn.c_attn": (64, 96), "h.0.mlp.c_proj": (128, 64), "lm_head": (64, 200)}
+    weights = {m: (rng.standard_normal(s) * 0.05).astype(np.float32) for m, s in shapes.items()}
+    calibration = Calibration(layers=1)
+    for module, (k, n) in shapes.items():
+        x = rng.standard_normal((3 * k, k)) @ rng.standard_normal((k, k)) * 0.2 + rng.standard_normal(
+            (3 * k, k)
+        )
+        calibration.gram[module] = x.T @ x / len(x)
+        calibration.fisher[module] = rng.uniform(0.0, 2.0, n)
+
+    def run() -> dict:
+        choices, budget = allocate(
+            calibration,
+            weights,
+            MENU,
+            32,
+            None,
+            lambda unit: MENU[0] if unit.role == "other" else MENU[3],
+            lambda fmt: fmt.rounding == "searched",
+        )
+        return {u: (c.bits, c.kl, c.chosen, c.quantized, budget) for u, c in choices.items()}
+
+    native = run()
+    monkeypatch.setattr(quantize, "_native", lambda: None)
+    reference = run()
+    assert list(native) == list(reference)
+    for unit, (bits, kl, chosen, arrays, budget) in native.items():
+        assert (bits, kl, chosen, budget) == reference[unit][:3] + (reference[unit][4],)
+        for a, b in zip(arrays, reference[unit][3], strict=True):
+            assert (a is None and b is None) or a.tobytes() == b.tobytes()
