@@ -6,7 +6,7 @@ loads weights converted from that one HF dir:
 
 - lmfast: `lmfast export onnx` at fp32, bf16 (bf16 weights read by lmfast's Bf16MatMul, fp32
   compute), int8 and int4 (MatMulNBits, block 32; int4 is the mixed recipe, int4-plain the
-  one-format one); `--lmfast_ops native,stock` times each tier with lmfast's own ONNX Runtime ops
+  one-format one), and fp32-kv16 (fp32 weights, `--kv_cache_precision fp16`); `--lmfast_ops native,stock` times each tier with lmfast's own ONNX Runtime ops
   (engine "lmfast") and with ONNX Runtime's only ("lmfast-stock");
 - llama.cpp (llama-cpp-python): GGUF f32 written by llama.cpp's own `convert_hf_to_gguf.py`
   (`--llama_cpp_src`, the llama.cpp sources), then bf16 / q8_0 / q4_0 (and Q4_K_M: `--tiers int4-k`) by `llama_model_quantize`;
@@ -65,6 +65,9 @@ LMFAST_TIERS = {  # tier -> ExportConfig overrides
     "int4-asym": {"quantize": "int4", "asymmetric": True},
     "int8-nearest": {"quantize": "int8", "rounding": "nearest"},
     "int4-nearest": {"quantize": "int4", "rounding": "nearest"},
+    # fp32 weights over an fp16 in-place cache (llama.cpp's default KV type is f16 too): traced anew,
+    # the cache's dtype is part of the graph
+    "fp32-kv16": {"kv_cache_precision": "fp16", "accept_quality_loss": True},
 }
 LLAMA_TIERS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0", "int4-k": "q4_k_m"}
 LLAMA_FTYPES = {"bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.h's LLAMA_FTYPE_MOSTLY_*
@@ -156,10 +159,17 @@ def lmfast_engine(hf_dir: Path, work: Path, tier: str, threads: int, native_ops:
 
     output = work / f"lmfast-{tier}"
     fp32 = work / "lmfast-fp32"
-    if not (fp32 / "export.json").is_file():
-        export_onnx(ExportConfig(source=hf_dir, output=fp32, overwrite=True, parity_steps=8))
-    if tier != "fp32" and not (output / "export.json").is_file():
-        derive_tier(fp32, output, ExportConfig(source=hf_dir, output=output, **LMFAST_TIERS[tier]))
+    overrides = LMFAST_TIERS[tier]
+    if "kv_cache_precision" in overrides:  # the cache's dtype is traced into the graph: a fresh export
+        if not (output / "export.json").is_file():
+            export_onnx(
+                ExportConfig(source=hf_dir, output=output, overwrite=True, parity_steps=8, **overrides)
+            )
+    else:
+        if not (fp32 / "export.json").is_file():
+            export_onnx(ExportConfig(source=hf_dir, output=fp32, overwrite=True, parity_steps=8))
+        if tier != "fp32" and not (output / "export.json").is_file():
+            derive_tier(fp32, output, ExportConfig(source=hf_dir, output=output, **overrides))
     return export_engine(output, "lmfast" if native_ops else "lmfast-stock", tier, threads, native_ops)
 
 

@@ -6,6 +6,8 @@
 //      time on AVX2;
 //   2. softmax of each query's first L_i scores, in place (fp32; AVX2 uses a polynomial exp);
 //   3. y_i = sum_t p_it v_t, over blocks of 64 values, 4 independent accumulators per query.
+// Keys and values are the graph's type T (float, or Half widened in registers by F16C's vcvtph2ps);
+// queries and outputs are fp32 here (an fp16 graph's are widened before and rounded after).
 #include "gqa.h"
 
 #include <immintrin.h>
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -34,50 +37,67 @@ constexpr int64_t kValueBlock = 64;
 constexpr int64_t kMinTasks = 8;
 constexpr int64_t kMinChunk = 64;
 
+// A step as the kernels see it: the graph's buffers, with fp32 queries and outputs (a.q and a.y for
+// float; for Half, widened copies of the queries and an fp32 output rounded once at the end).
+template <typename T>
+struct Step {
+  const GqaArgsT<T>& a;
+  const float* q;
+  float* y;
+};
+
+template <typename T>
 struct Task {
-  const GqaArgs& a;
+  const Step<T>& step;
   int64_t b, h, s_begin, s_end;
   int64_t key_begin = 0, key_end = INT64_MAX;  // the chunk of keys this task reads
   // Chunked: per query [max score, sum of exp, unnormalized output (head_size)], not y.
   float* partial = nullptr;
 
-  int64_t groups() const { return a.heads / a.kv_heads; }
-  int64_t past() const { return gqa_past(a, b); }
+  const GqaArgsT<T>& args() const { return step.a; }
+  int64_t groups() const { return args().heads / args().kv_heads; }
+  int64_t past() const { return gqa_past(args(), b); }
   int64_t queries() const { return (s_end - s_begin) * groups(); }
   // Query i of the task: position s_begin + i / g, query head h * g + i % g.
   int64_t position(int64_t i) const { return s_begin + i / groups(); }
   int64_t causal(int64_t i) const { return past() + position(i) + 1; }
   // The end of query i's keys within the chunk.
   int64_t limit(int64_t i) const { return std::min(causal(i), key_end); }
-  float* target(int64_t i) const { return partial ? partial + i * (a.head_size + 2) + 2 : out(i); }
+  float* target(int64_t i) const { return partial ? partial + i * (args().head_size + 2) + 2 : out(i); }
   // Softmax statistics of query i's chunk (partial only).
   void record(int64_t i, float top, float sum) const {
     if (partial == nullptr) return;
-    partial[i * (a.head_size + 2)] = top;
-    partial[i * (a.head_size + 2) + 1] = sum;
+    partial[i * (args().head_size + 2)] = top;
+    partial[i * (args().head_size + 2) + 1] = sum;
   }
   int64_t offset(int64_t i) const {
+    const GqaArgsT<T>& a = args();
     return ((b * a.seq + position(i)) * a.heads + h * groups() + i % groups()) * a.head_size;
   }
-  const float* query(int64_t i) const { return a.q + offset(i); }
-  float* out(int64_t i) const { return a.y + offset(i); }
-  const float* keys() const { return a.present_k + (b * a.kv_heads + h) * a.present_len * a.head_size; }
-  const float* values() const { return a.present_v + (b * a.kv_heads + h) * a.present_len * a.head_size; }
+  const float* query(int64_t i) const { return step.q + offset(i); }
+  float* out(int64_t i) const { return step.y + offset(i); }
+  const T* keys() const { return args().present_k + head_offset(); }
+  const T* values() const { return args().present_v + head_offset(); }
+  int64_t head_offset() const { return (b * args().kv_heads + h) * args().present_len * args().head_size; }
 };
+
+inline float widen(float x) { return x; }
+inline float widen(Half x) { return half_to_float(x); }
 
 // The step's keys and values into the present buffers at the row's columns [past, past + seq); a
 // separate present buffer first gets the past's columns [0, past) and zeros after the new ones.
-void write_step(const GqaArgs& a, int64_t b, int64_t h) {
+template <typename T>
+void write_step(const GqaArgsT<T>& a, int64_t b, int64_t h) {
   const int64_t d = a.head_size, past = gqa_past(a, b);
-  const size_t row_bytes = sizeof(float) * static_cast<size_t>(d);
-  const float* sources[2] = {a.k, a.v};
-  const float* pasts[2] = {a.past_k, a.past_v};
-  float* presents[2] = {a.present_k, a.present_v};
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(d);
+  const T* sources[2] = {a.k, a.v};
+  const T* pasts[2] = {a.past_k, a.past_v};
+  T* presents[2] = {a.present_k, a.present_v};
   for (int which = 0; which < 2; ++which) {
-    float* present = presents[which] + (b * a.kv_heads + h) * a.present_len * d;
+    T* present = presents[which] + (b * a.kv_heads + h) * a.present_len * d;
     if (presents[which] != pasts[which]) {
       if (past > 0) std::memcpy(present, pasts[which] + (b * a.kv_heads + h) * a.past_len * d, row_bytes * past);
-      std::fill(present + (past + a.seq) * d, present + a.present_len * d, 0.0f);
+      std::fill(present + (past + a.seq) * d, present + a.present_len * d, T{});  // +0 in both types
     }
     for (int64_t s = 0; s < a.seq; ++s)
       std::memcpy(present + (past + s) * d, sources[which] + ((b * a.seq + s) * a.kv_heads + h) * d, row_bytes);
@@ -97,19 +117,20 @@ std::pair<float, float> softmax_scalar(float* row, int64_t n, bool normalize) {
 }
 
 // Scores are stored from the chunk's first key: scores[i * nk + t - k0].
-void attend_scalar(const Task& task, std::vector<float>& scores) {
-  const GqaArgs& a = task.a;
+template <typename T>
+void attend_scalar(const Task<T>& task, std::vector<float>& scores) {
+  const GqaArgsT<T>& a = task.args();
   const int64_t d = a.head_size, nq = task.queries(), k0 = task.key_begin;
   const int64_t nk = std::max<int64_t>(task.limit(nq - 1) - k0, 0);
-  const float *keys = task.keys(), *values = task.values();
+  const T *keys = task.keys(), *values = task.values();
   scores.resize(static_cast<size_t>(nq * nk));
   for (int64_t t = k0; t < k0 + nk; ++t) {
-    const float* key = keys + t * d;
+    const T* key = keys + t * d;
     for (int64_t i = 0; i < nq; ++i) {
       if (t >= task.limit(i)) continue;
       const float* q = task.query(i);
       float dot = 0.0f;
-      for (int64_t x = 0; x < d; ++x) dot += q[x] * key[x];
+      for (int64_t x = 0; x < d; ++x) dot += q[x] * widen(key[x]);
       scores[i * nk + t - k0] = dot * a.scale;
     }
   }
@@ -121,12 +142,12 @@ void attend_scalar(const Task& task, std::vector<float>& scores) {
     task.record(i, stats.first, stats.second);
   }
   for (int64_t t = k0; t < k0 + nk; ++t) {
-    const float* value = values + t * d;
+    const T* value = values + t * d;
     for (int64_t i = 0; i < nq; ++i) {
       if (t >= task.limit(i)) continue;
       float* y = task.target(i);
       const float p = scores[i * nk + t - k0];
-      for (int64_t x = 0; x < d; ++x) y[x] += p * value[x];
+      for (int64_t x = 0; x < d; ++x) y[x] += p * widen(value[x]);
     }
   }
 }
@@ -178,17 +199,26 @@ __attribute__((target("avx2,fma"))) std::pair<float, float> softmax_avx2(float* 
   return {top, sum};
 }
 
+// The kernels below that read keys and values are templates over T, compiled once with F16C allowed;
+// the float instances contain no fp16 conversion, so they run on AVX2+FMA CPUs without F16C too.
+#define LMFAST_GQA_TARGET __attribute__((target("avx2,fma,f16c")))
+
+LMFAST_GQA_TARGET inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+LMFAST_GQA_TARGET inline __m256 load8(const Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 // q . key_0..3 (rows `d` apart) into out[0..3].
-__attribute__((target("avx2,fma"))) inline void dot4(const float* q, const float* key, int64_t d, float scale,
-                                                     float* out) {
+template <typename T>
+LMFAST_GQA_TARGET inline void dot4(const float* q, const T* key, int64_t d, float scale, float* out) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   int64_t x = 0;
   for (; x + 8 <= d; x += 8) {
     const __m256 qv = _mm256_loadu_ps(q + x);
-    acc0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + x), acc0);
-    acc1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + d + x), acc1);
-    acc2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + 2 * d + x), acc2);
-    acc3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key + 3 * d + x), acc3);
+    acc0 = _mm256_fmadd_ps(qv, load8(key + x), acc0);
+    acc1 = _mm256_fmadd_ps(qv, load8(key + d + x), acc1);
+    acc2 = _mm256_fmadd_ps(qv, load8(key + 2 * d + x), acc2);
+    acc3 = _mm256_fmadd_ps(qv, load8(key + 3 * d + x), acc3);
   }
   // the four horizontal sums at once: [s0 s1 s2 s3]
   const __m256 h01 = _mm256_hadd_ps(acc0, acc1), h23 = _mm256_hadd_ps(acc2, acc3);
@@ -196,34 +226,35 @@ __attribute__((target("avx2,fma"))) inline void dot4(const float* q, const float
   __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (; x < d; ++x)
-    for (int r = 0; r < 4; ++r) tail[r] += q[x] * key[r * d + x];
+    for (int r = 0; r < 4; ++r) tail[r] += q[x] * widen(key[r * d + x]);
   sums = _mm_add_ps(sums, _mm_loadu_ps(tail));
   _mm_storeu_ps(out, _mm_mul_ps(sums, _mm_set1_ps(scale)));
 }
 
-__attribute__((target("avx2,fma"))) inline float dot1(const float* q, const float* key, int64_t d) {
+template <typename T>
+LMFAST_GQA_TARGET inline float dot1(const float* q, const T* key, int64_t d) {
   __m256 acc = _mm256_setzero_ps();
   int64_t x = 0;
-  for (; x + 8 <= d; x += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + x), _mm256_loadu_ps(key + x), acc);
+  for (; x + 8 <= d; x += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + x), load8(key + x), acc);
   float sum = avx2::hsum(acc);
-  for (; x < d; ++x) sum += q[x] * key[x];
+  for (; x < d; ++x) sum += q[x] * widen(key[x]);
   return sum;
 }
 
 // y[0, d) += sum over t in [0, n) of p[t] * value[t * d, ...).
-__attribute__((target("avx2,fma"))) inline void accumulate(float* y, const float* p, const float* value, int64_t n,
-                                                           int64_t d) {
+template <typename T>
+LMFAST_GQA_TARGET inline void accumulate(float* y, const float* p, const T* value, int64_t n, int64_t d) {
   int64_t x = 0;
   for (; x + 32 <= d; x += 32) {
     __m256 acc0 = _mm256_loadu_ps(y + x), acc1 = _mm256_loadu_ps(y + x + 8);
     __m256 acc2 = _mm256_loadu_ps(y + x + 16), acc3 = _mm256_loadu_ps(y + x + 24);
     for (int64_t t = 0; t < n; ++t) {
       const __m256 pv = _mm256_broadcast_ss(p + t);
-      const float* row = value + t * d + x;
-      acc0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row), acc0);
-      acc1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 8), acc1);
-      acc2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 16), acc2);
-      acc3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 24), acc3);
+      const T* row = value + t * d + x;
+      acc0 = _mm256_fmadd_ps(pv, load8(row), acc0);
+      acc1 = _mm256_fmadd_ps(pv, load8(row + 8), acc1);
+      acc2 = _mm256_fmadd_ps(pv, load8(row + 16), acc2);
+      acc3 = _mm256_fmadd_ps(pv, load8(row + 24), acc3);
     }
     _mm256_storeu_ps(y + x, acc0);
     _mm256_storeu_ps(y + x + 8, acc1);
@@ -233,22 +264,23 @@ __attribute__((target("avx2,fma"))) inline void accumulate(float* y, const float
   for (; x + 8 <= d; x += 8) {
     __m256 acc = _mm256_loadu_ps(y + x);
     for (int64_t t = 0; t < n; ++t)
-      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), _mm256_loadu_ps(value + t * d + x), acc);
+      acc = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), load8(value + t * d + x), acc);
     _mm256_storeu_ps(y + x, acc);
   }
   for (; x < d; ++x) {
     float acc = y[x];
-    for (int64_t t = 0; t < n; ++t) acc += p[t] * value[t * d + x];
+    for (int64_t t = 0; t < n; ++t) acc += p[t] * widen(value[t * d + x]);
     y[x] = acc;
   }
 }
 
 // As attend_scalar; `s` points at the chunk's first key, so s[i * nk + t] is key k0 + t.
-__attribute__((target("avx2,fma"))) void attend_avx2(const Task& task, std::vector<float>& scores) {
-  const GqaArgs& a = task.a;
+template <typename T>
+LMFAST_GQA_TARGET void attend_avx2(const Task<T>& task, std::vector<float>& scores) {
+  const GqaArgsT<T>& a = task.args();
   const int64_t d = a.head_size, nq = task.queries(), k0 = task.key_begin;
   const int64_t nk = std::max<int64_t>(task.limit(nq - 1) - k0, 0);
-  const float *keys = task.keys() + k0 * d, *values = task.values() + k0 * d;
+  const T *keys = task.keys() + k0 * d, *values = task.values() + k0 * d;
   scores.resize(static_cast<size_t>(nq * nk));
   float* s = scores.data();
   int64_t t = 0;
@@ -280,13 +312,15 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const Task& task, std::vect
 }
 
 // y of each query of row b, kv head h from its chunks' partials: rescaled to the largest max.
-void combine(const GqaArgs& a, int64_t b, int64_t h, int64_t chunks, const float* partials) {
+template <typename T>
+void combine(const Step<T>& step, int64_t b, int64_t h, int64_t chunks, const float* partials) {
+  const GqaArgsT<T>& a = step.a;
   const int64_t d = a.head_size, groups = a.heads / a.kv_heads, stride = d + 2;
   for (int64_t j = 0; j < groups; ++j) {
     const float* first = partials + j * stride;  // chunk c of query j: first + c * groups * stride
     float top = -INFINITY, sum = 0.0f;
     for (int64_t c = 0; c < chunks; ++c) top = std::max(top, first[c * groups * stride]);
-    float* y = a.y + (b * a.heads + h * groups + j) * d;
+    float* y = step.y + (b * a.heads + h * groups + j) * d;
     std::fill(y, y + d, 0.0f);
     for (int64_t c = 0; c < chunks; ++c) {
       const float* part = first + c * groups * stride;
@@ -301,7 +335,9 @@ void combine(const GqaArgs& a, int64_t b, int64_t h, int64_t chunks, const float
 }
 
 // A decode step over few (row, kv-head) pairs: each head's keys in `chunks` chunks, one task each.
-void decode_in_chunks(const GqaArgs& a, int64_t chunks, bool avx2, const ParallelRunner& run) {
+template <typename T>
+void decode_in_chunks(const Step<T>& step, int64_t chunks, bool avx2, const ParallelRunner& run) {
+  const GqaArgsT<T>& a = step.a;
   const int64_t heads = a.batch * a.kv_heads, groups = a.heads / a.kv_heads, stride = a.head_size + 2;
   for (int64_t i = 0; i < heads; ++i) write_step(a, i / a.kv_heads, i % a.kv_heads);
   std::vector<float> partials(static_cast<size_t>(heads * chunks * groups * stride));
@@ -309,7 +345,7 @@ void decode_in_chunks(const GqaArgs& a, int64_t chunks, bool avx2, const Paralle
     const int64_t head = static_cast<int64_t>(index) / chunks, c = static_cast<int64_t>(index) % chunks;
     const int64_t b = head / a.kv_heads, h = head % a.kv_heads;
     const int64_t length = gqa_past(a, b) + 1, size = (length + chunks - 1) / chunks;
-    Task task{a, b, h, 0, 1};
+    Task<T> task{step, b, h, 0, 1};
     task.key_begin = std::min(length, c * size);
     task.key_end = std::min(length, (c + 1) * size);
     task.partial = partials.data() + (head * chunks + c) * groups * stride;
@@ -320,21 +356,21 @@ void decode_in_chunks(const GqaArgs& a, int64_t chunks, bool avx2, const Paralle
       attend_scalar(task, scores);
   });
   for (int64_t i = 0; i < heads; ++i)
-    combine(a, i / a.kv_heads, i % a.kv_heads, chunks, partials.data() + i * chunks * groups * stride);
+    combine(step, i / a.kv_heads, i % a.kv_heads, chunks, partials.data() + i * chunks * groups * stride);
 }
 
-}  // namespace
-
-void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
-  if (a.batch == 0 || a.seq == 0) return;
-  const bool avx2 = selected_isa() == Isa::kAvx2;
+template <typename T>
+void attend(const Step<T>& step, const ParallelRunner& run) {
+  const GqaArgsT<T>& a = step.a;
+  // fp16 widening in registers needs F16C as well; without it the scalar path runs
+  const bool avx2 = selected_isa() == Isa::kAvx2 && (std::is_same_v<T, float> || cpu_has_f16c());
   const int64_t heads = a.batch * a.kv_heads;
   const int64_t blocks = (a.seq + kQueryBlock - 1) / kQueryBlock;
   if (a.seq == 1 && heads < kMinTasks) {
     int64_t longest = 0;
     for (int64_t b = 0; b < a.batch; ++b) longest = std::max(longest, gqa_past(a, b) + 1);
     const int64_t chunks = std::min((kMinTasks + heads - 1) / heads, longest / kMinChunk);
-    if (chunks > 1) return decode_in_chunks(a, chunks, avx2, run);
+    if (chunks > 1) return decode_in_chunks(step, chunks, avx2, run);
   }
   if (blocks > 1)  // every block reads the keys of the blocks before it: all writes first (a copy of
                    // the step's keys/values, small next to a prompt's attention: no second hand-off
@@ -344,13 +380,53 @@ void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
     const int64_t head = static_cast<int64_t>(index) / blocks, block = static_cast<int64_t>(index) % blocks;
     const int64_t b = head / a.kv_heads, h = head % a.kv_heads;
     if (blocks == 1) write_step(a, b, h);
-    const Task task{a, b, h, block * kQueryBlock, std::min(a.seq, (block + 1) * kQueryBlock)};
+    const Task<T> task{step, b, h, block * kQueryBlock, std::min(a.seq, (block + 1) * kQueryBlock)};
     thread_local std::vector<float> scores;
     if (avx2)
       attend_avx2(task, scores);
     else
       attend_scalar(task, scores);
   });
+}
+
+// fp16 <-> fp32 of n values: F16C 8 at a time where the CPU has it and the ISA is not forced scalar.
+LMFAST_GQA_TARGET void widen_f16c(const Half* from, float* to, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(to + i, load8(from + i));
+  for (; i < n; ++i) to[i] = half_to_float(from[i]);
+}
+
+LMFAST_GQA_TARGET void narrow_f16c(const float* from, Half* to, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(from + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) to[i] = float_to_half(from[i]);
+}
+
+bool f16c_path() { return selected_isa() == Isa::kAvx2 && cpu_has_f16c(); }
+
+}  // namespace
+
+void gqa_attention(const GqaArgs& a, const ParallelRunner& run) {
+  if (a.batch == 0 || a.seq == 0) return;
+  attend(Step<float>{a, a.q, a.y}, run);
+}
+
+void gqa_attention(const GqaArgsHalf& a, const ParallelRunner& run) {
+  if (a.batch == 0 || a.seq == 0) return;
+  const int64_t n = a.batch * a.seq * a.heads * a.head_size;  // q and y (a few KiB for a decode step)
+  std::vector<float> q(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+  const bool f16c = f16c_path();
+  if (f16c)
+    widen_f16c(a.q, q.data(), n);
+  else
+    for (int64_t i = 0; i < n; ++i) q[i] = half_to_float(a.q[i]);
+  attend(Step<Half>{a, q.data(), y.data()}, run);
+  if (f16c)
+    narrow_f16c(y.data(), a.y, n);
+  else
+    for (int64_t i = 0; i < n; ++i) a.y[i] = float_to_half(y[i]);
 }
 
 }  // namespace lmfast

@@ -123,15 +123,16 @@ struct QuantizedMatMul {
 };
 
 // GroupQueryAttention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length)
-//   -> (output, present_key, present_value): com.microsoft.GroupQueryAttention's contract for fp32,
-// unpacked q/k/v, no rotary/softcap/local window (the rewrite swaps only such nodes); attributes
-// num_heads, kv_num_heads, scale (0: 1/sqrt(head_size)). Bound to the same buffers, present is past,
-// updated in place.
-struct GroupQueryAttention {
+//   -> (output, present_key, present_value): com.microsoft.GroupQueryAttention's contract for fp32
+// and fp16 (OrtT, seen by the kernel as T), unpacked q/k/v, no rotary/softcap/local window (the
+// rewrite swaps only such nodes); attributes num_heads, kv_num_heads, scale (0: 1/sqrt(head_size)).
+// Bound to the same buffers, present is past, updated in place.
+template <typename OrtT, typename T>
+struct GroupQueryAttentionOf {
   int64_t heads, kv_heads;
   float scale;
 
-  GroupQueryAttention(const OrtApi*, const OrtKernelInfo* info) {
+  GroupQueryAttentionOf(const OrtApi*, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo attributes(info);
     heads = attributes.GetAttribute<int64_t>("num_heads");
     kv_heads = attributes.GetAttribute<int64_t>("kv_num_heads");
@@ -145,12 +146,12 @@ struct GroupQueryAttention {
                         ORT_INVALID_ARGUMENT);
   }
 
-  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& q,
-                      const Ort::Custom::Tensor<float>& k, const Ort::Custom::Tensor<float>& v,
-                      const Ort::Custom::Tensor<float>& past_k, const Ort::Custom::Tensor<float>& past_v,
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<OrtT>& q,
+                      const Ort::Custom::Tensor<OrtT>& k, const Ort::Custom::Tensor<OrtT>& v,
+                      const Ort::Custom::Tensor<OrtT>& past_k, const Ort::Custom::Tensor<OrtT>& past_v,
                       const Ort::Custom::Tensor<int32_t>& seqlens_k, const Ort::Custom::Tensor<int32_t>& total,
-                      Ort::Custom::Tensor<float>& y, Ort::Custom::Tensor<float>& present_k,
-                      Ort::Custom::Tensor<float>& present_v) {
+                      Ort::Custom::Tensor<OrtT>& y, Ort::Custom::Tensor<OrtT>& present_k,
+                      Ort::Custom::Tensor<OrtT>& present_v) {
     const std::vector<int64_t>&q_shape = q.Shape(), &k_shape = k.Shape(), &p_shape = past_k.Shape();
     if (q_shape.size() != 3 || q_shape[2] % heads != 0 || q_shape[2] == 0)
       return Ort::Status("lmfast.GroupQueryAttention: query must be [batch, seq, num_heads * head_size]",
@@ -173,23 +174,28 @@ struct GroupQueryAttention {
       return Ort::Status("lmfast.GroupQueryAttention: sequence_length > 1 after the first prompt needs batch 1",
                          ORT_INVALID_ARGUMENT);
     const int64_t present_len = std::max(total_length, p_shape[2]);
-    lmfast::GqaArgs args{q.Data(), k.Data(), v.Data(), past_k.Data(), past_v.Data(), nullptr, nullptr, nullptr,
-                         seqlens_k.Data(), batch, seq, heads, kv_heads, d, p_shape[2], present_len,
-                         scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(d)) : scale, first_prompt};
+    const auto in = [](const OrtT* p) { return reinterpret_cast<const T*>(p); };
+    lmfast::GqaArgsT<T> args{in(q.Data()), in(k.Data()), in(v.Data()), in(past_k.Data()), in(past_v.Data()),
+                             nullptr, nullptr, nullptr, seqlens_k.Data(), batch, seq, heads, kv_heads, d, p_shape[2],
+                             present_len, scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(d)) : scale,
+                             first_prompt};
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t past = lmfast::gqa_past(args, b), held = args.seqlens_k[b] + 1;
       if (past < 0 || past > p_shape[2] || past + seq > present_len || held > present_len || held < 1)
         return Ort::Status("lmfast.GroupQueryAttention: seqlens_k out of range for the step and the buffer",
                            ORT_INVALID_ARGUMENT);
     }
-    args.y = y.Allocate(q_shape);
+    args.y = reinterpret_cast<T*>(y.Allocate(q_shape));
     const std::vector<int64_t> present_shape{batch, kv_heads, present_len, d};
-    args.present_k = present_k.Allocate(present_shape);
-    args.present_v = present_v.Allocate(present_shape);
+    args.present_k = reinterpret_cast<T*>(present_k.Allocate(present_shape));
+    args.present_v = reinterpret_cast<T*>(present_v.Allocate(present_shape));
     lmfast::gqa_attention(args, pool_runner(context));
     return Ort::Status{nullptr};
   }
 };
+using GroupQueryAttention = GroupQueryAttentionOf<float, float>;
+static_assert(sizeof(Ort::Float16_t) == sizeof(lmfast::Half), "fp16 layouts differ");
+using GroupQueryAttentionHalf = GroupQueryAttentionOf<Ort::Float16_t, lmfast::Half>;
 
 // PackedQuantizedMatMul(A: float[..., K], B: uint8[groups, blocks, block * bits], scales:
 // float[groups, blocks, 8], zero_points: optional uint8[groups, blocks, 8] (4 bits only))
@@ -258,6 +264,8 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuantizedMatMul>("QuantizedMatMul", "CPUExecutionProvider"));
       ops.emplace_back(
           Ort::Custom::CreateLiteCustomOp<GroupQueryAttention>("GroupQueryAttention", "CPUExecutionProvider"));
+      ops.emplace_back(  // the fp16 cache's node: one op name, two type signatures
+          Ort::Custom::CreateLiteCustomOp<GroupQueryAttentionHalf>("GroupQueryAttention", "CPUExecutionProvider"));
       ops.emplace_back(
           Ort::Custom::CreateLiteCustomOp<PackedQuantizedMatMul>("PackedQuantizedMatMul", "CPUExecutionProvider"));
       for (auto& op : ops) domain->Add(op.get());

@@ -5,8 +5,11 @@ one com.microsoft.GroupQueryAttention node bound to a preallocated buffer per la
 CPU kernel makes one task per (row, query head), so each key/value head is read once per query
 head it serves (3 times for SmolLM2's 9 query / 3 key-value heads). lmfast's kernel
 (csrc/ortops/gqa.cc) makes one task per (row, key/value head), reads the head once for all its
-query heads, and reads only the row's filled columns. `gqa_reference` defines what it computes;
-`swap_group_query_attention` rewrites the nodes it covers and leaves every other one in place.
+query heads, and reads only the row's filled columns. An fp16 cache (`--kv_cache_precision fp16`)
+makes the node fp16 (the export casts q, k, v to fp16 and the output back); the kernel then reads
+2 bytes per cached value, widened in registers, and computes in fp32 as ONNX Runtime's kernel does.
+`gqa_reference` defines what it computes; `swap_group_query_attention` rewrites the nodes it covers
+and leaves every other one in place.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def gqa_reference(
     scale: float = 0.0,
     in_place: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What lmfast.GroupQueryAttention computes, in NumPy (float64, rounded to fp32).
+    """What lmfast.GroupQueryAttention computes, in NumPy (float64, rounded to fp32, then to the
+    inputs' dtype: fp16 inputs give an fp16 output and fp16 present buffers).
 
     q (B, S, H*D), k and v (B, S, Hkv*D), past_k and past_v (B, Hkv, L, D). Row b's S new keys
     and values go to columns [p, p + S) with p = `gqa_past`; query s of row b, head n, attends
@@ -60,6 +64,7 @@ def gqa_reference(
     the present buffers hold the past's columns [0, p), the new ones, and zeros after them, or
     with `in_place` (present bound to past's buffer) the past's own values after them.
     """
+    dtype = past_k.dtype
     batch, seq, width = q.shape
     d = width // num_heads
     groups = num_heads // kv_num_heads
@@ -69,9 +74,9 @@ def gqa_reference(
     presents = []
     for past, new in ((past_k, k), (past_v, v)):
         if in_place:
-            present = past.astype(np.float32).copy()
+            present = past.copy()
         else:
-            present = np.zeros((batch, kv_num_heads, length, d), dtype=np.float32)
+            present = np.zeros((batch, kv_num_heads, length, d), dtype=dtype)
         for b, p in enumerate(pasts):
             present[b, :, :p] = past[b, :, :p]
             present[b, :, p : p + seq] = new[b].reshape(seq, kv_num_heads, d).transpose(1, 0, 2)
@@ -86,7 +91,7 @@ def gqa_reference(
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             probabilities = scores / scores.sum(axis=-1, keepdims=True)
             y[b, s] = np.einsum("hgt,htd->hgd", probabilities, values[b, :, :causal]).reshape(num_heads, d)
-    return y.reshape(batch, seq, width).astype(np.float32), presents[0], presents[1]
+    return y.reshape(batch, seq, width).astype(np.float32).astype(dtype), presents[0], presents[1]
 
 
 def _value_types(graph: Any) -> dict[str, int]:
@@ -99,7 +104,7 @@ def _value_types(graph: Any) -> dict[str, int]:
 
 def swappable(node: Any, types: dict[str, int]) -> bool:
     """Whether lmfast.GroupQueryAttention covers `node`: com.microsoft.GroupQueryAttention over fp32
-    buffers with separate q, k, v, no cos/sin caches or later inputs, no attention-probability
+    or fp16 buffers with separate q, k, v, no cos/sin caches or later inputs, no attention-probability
     output, and only num_heads, kv_num_heads, scale or `_NEUTRAL` attributes at their "off" values."""
     import onnx
 
@@ -113,7 +118,7 @@ def swappable(node: Any, types: dict[str, int]) -> bool:
         outputs.pop()
     if len(inputs) != 7 or not all(inputs) or len(outputs) != 3:
         return False
-    if types.get(inputs[3]) != onnx.TensorProto.FLOAT:
+    if types.get(inputs[3]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         return False
     for attribute in node.attribute:
         if attribute.name in _KEPT:

@@ -1,7 +1,7 @@
-"""A real in-place Llama export (grouped heads: 3 query heads per key/value head) runs its attention
-on lmfast.GroupQueryAttention when lmfast opens it, the file stays standard ONNX, and greedy
-decoding gives the same tokens as ONNX Runtime's own GroupQueryAttention, alone and in a batch of
-rows of different lengths, on every kernel path."""
+"""A real in-place Llama export (grouped heads: 3 query heads per key/value head), with an fp32 or an
+fp16 cache, runs its attention on lmfast.GroupQueryAttention when lmfast opens it, the file stays
+standard ONNX, and greedy decoding gives the same tokens as ONNX Runtime's own GroupQueryAttention,
+alone and in a batch of rows of different lengths, on every kernel path."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ISAS = ["scalar", "avx2"] if native_ops.isa() == "avx2" else ["scalar"]
 
 
 @pytest.fixture(scope="module")
-def grouped_llama_export(tmp_path_factory) -> Path:
+def grouped_llama(tmp_path_factory) -> Path:
     import torch
     from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
 
@@ -43,7 +43,25 @@ def grouped_llama_export(tmp_path_factory) -> Path:
     GPT2TokenizerFast.from_pretrained(
         Path(__file__).parents[2] / "lmfast" / "assets" / "gpt2"
     ).save_pretrained(root / "hf")
-    return export_onnx(ExportConfig(source=root / "hf", output=root / "export", kv_cache="inplace"))
+    return root / "hf"
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def grouped_llama_export(request, grouped_llama, tmp_path_factory) -> Path:
+    """The in-place export with an fp32 cache, or an fp16 one (its GroupQueryAttention nodes are fp16)."""
+    output = tmp_path_factory.mktemp(f"export_{request.param}") / "export"
+    config = ExportConfig(
+        source=grouped_llama,
+        output=output,
+        kv_cache="inplace",
+        kv_cache_precision=request.param,
+        accept_quality_loss=True,  # fp16 keys/values may change a random model's greedy tokens vs torch
+    )
+    export = export_onnx(config)
+    cache = next(i for i in onnx.load(str(export / "model.onnx")).graph.input if i.name.startswith("past_"))
+    wanted = onnx.TensorProto.FLOAT16 if request.param == "fp16" else onnx.TensorProto.FLOAT
+    assert cache.type.tensor_type.elem_type == wanted
+    return export
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -1,6 +1,7 @@
 """lmfast.GroupQueryAttention (csrc/ortops/gqa.cc) against its NumPy reference and against ONNX
 Runtime's com.microsoft.GroupQueryAttention, bound in place as lmfast's backend binds the cache, on
-random and edge shapes, through every kernel path this CPU can run; and the rewrite's coverage."""
+random and edge shapes, over fp32 and fp16 buffers, through every kernel path this CPU can run; and
+the rewrite's coverage."""
 
 from __future__ import annotations
 
@@ -27,11 +28,20 @@ INPUTS = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total
 OUTPUTS = ["output", "present_key", "present_value"]
 
 
+TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
+# fp16 outputs: ours and the stock op both round one fp32 result, which may differ in its last bits
+# (summation order), so they agree within 2 fp16 ulps (2^-9 relative); fp32 within 1e-5
+TOLERANCE = {
+    np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-5},
+    np.dtype(np.float16): {"rtol": 2e-3, "atol": 1e-4},
+}
+
+
 def _model(
-    domain: str, heads: int, kv_heads: int, past_type: int = TensorProto.FLOAT, **attributes
+    domain: str, heads: int, kv_heads: int, elem_type: int = TensorProto.FLOAT, **attributes
 ) -> onnx.ModelProto:
-    value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in INPUTS[:3]]
-    past = [helper.make_tensor_value_info(name, past_type, None) for name in INPUTS[3:5]]
+    """One GroupQueryAttention node; q, k, v, past, output and present are all `elem_type`."""
+    value = [helper.make_tensor_value_info(name, elem_type, None) for name in INPUTS[:5]]
     lengths = [
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, None),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
@@ -48,8 +58,8 @@ def _model(
     graph = helper.make_graph(
         [node],
         "gqa",
-        value + past + lengths,
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in OUTPUTS],
+        value + lengths,
+        [helper.make_tensor_value_info(name, elem_type, None) for name in OUTPUTS],
     )
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)]
@@ -93,8 +103,9 @@ def kernel_path(request, monkeypatch) -> str:
 
 @st.composite
 def steps(draw, head_sizes=st.sampled_from([8, 16, 64])):
-    """A step's inputs: decode (one token per row, rows of different lengths, 1 to the buffer's
-    capacity), a first prompt (right-padded rows), or a later prompt chunk of one row."""
+    """A step's inputs, fp32 or fp16 (an fp16 cache's node): decode (one token per row, rows of
+    different lengths, 1 to the buffer's capacity), a first prompt (right-padded rows), or a later
+    prompt chunk of one row."""
     kv_heads = draw(st.integers(1, 3))
     groups = draw(st.sampled_from([1, 3, 4]))
     d = draw(head_sizes)
@@ -129,6 +140,9 @@ def steps(draw, head_sizes=st.sampled_from([8, 16, 64])):
     if draw(st.booleans()):  # zero inputs: uniform attention, zero outputs
         for name in draw(st.sets(st.sampled_from(INPUTS[:5]), min_size=1)):
             feeds[name][:] = 0.0
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    for name in INPUTS[:5]:
+        feeds[name] = feeds[name].astype(dtype)
     scale = draw(st.sampled_from([0.0, 0.3]))
     return feeds, heads, kv_heads, scale
 
@@ -138,6 +152,17 @@ def _real_positions(feeds: dict[str, np.ndarray]) -> np.ndarray:
     seq, total = feeds["query"].shape[1], int(feeds["total_sequence_length"])
     past = gqa_past(feeds["seqlens_k"], seq, total)
     return past[:, None] + np.arange(seq)[None] <= feeds["seqlens_k"][:, None]
+
+
+def _model_for(domain: str, feeds: dict[str, np.ndarray], heads: int, kv_heads: int, scale: float):
+    return _model(domain, heads, kv_heads, TYPES[feeds["query"].dtype], scale=scale)
+
+
+def _close(actual: np.ndarray, desired: np.ndarray) -> None:
+    assert actual.dtype == desired.dtype
+    np.testing.assert_allclose(
+        actual.astype(np.float32), desired.astype(np.float32), **TOLERANCE[actual.dtype]
+    )
 
 
 def _reference(feeds, heads, kv_heads, scale, in_place):
@@ -156,12 +181,12 @@ def _reference(feeds, heads, kv_heads, scale, in_place):
 @given(step=steps())
 def test_gqa_matches_reference_and_stock_op_in_place(kernel_path, step):
     feeds, heads, kv_heads, scale = step
-    ours = _run_in_place(_session(_model(native_ops.DOMAIN, heads, kv_heads, scale=scale)), feeds)
-    stock = _run_in_place(_session(_model("com.microsoft", heads, kv_heads, scale=scale)), feeds)
+    ours = _run_in_place(_session(_model_for(native_ops.DOMAIN, feeds, heads, kv_heads, scale)), feeds)
+    stock = _run_in_place(_session(_model_for("com.microsoft", feeds, heads, kv_heads, scale)), feeds)
     expected = _reference(feeds, heads, kv_heads, scale, in_place=True)
-    np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
+    _close(ours[0], expected[0])
     real = _real_positions(feeds)
-    np.testing.assert_allclose(ours[0][real], stock[0][real], rtol=1e-5, atol=1e-5)
+    _close(ours[0][real], stock[0][real])
     for mine, theirs, wanted in zip(ours[1:], stock[1:], expected[1:], strict=True):
         np.testing.assert_array_equal(mine, wanted)  # the cache is a copy: bit-exact
         np.testing.assert_array_equal(mine, theirs)
@@ -173,12 +198,12 @@ def test_gqa_matches_reference_and_stock_op_in_place(kernel_path, step):
 def test_gqa_separate_present_buffers_match_stock_op(kernel_path, step):
     """Unbound outputs: present is a new buffer holding the past's columns, the step's, then zeros."""
     feeds, heads, kv_heads, scale = step
-    ours = _session(_model(native_ops.DOMAIN, heads, kv_heads, scale=scale)).run(None, feeds)
-    stock = _session(_model("com.microsoft", heads, kv_heads, scale=scale)).run(None, feeds)
+    ours = _session(_model_for(native_ops.DOMAIN, feeds, heads, kv_heads, scale)).run(None, feeds)
+    stock = _session(_model_for("com.microsoft", feeds, heads, kv_heads, scale)).run(None, feeds)
     expected = _reference(feeds, heads, kv_heads, scale, in_place=False)
     real = _real_positions(feeds)
-    np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ours[0][real], stock[0][real], rtol=1e-5, atol=1e-5)
+    _close(ours[0], expected[0])
+    _close(ours[0][real], stock[0][real])
     for mine, theirs, wanted in zip(ours[1:], stock[1:], expected[1:], strict=True):
         np.testing.assert_array_equal(mine, wanted)
         np.testing.assert_array_equal(mine, theirs)
@@ -190,19 +215,20 @@ def test_gqa_separate_present_buffers_match_stock_op(kernel_path, step):
 def test_gqa_head_sizes_the_stock_op_refuses(kernel_path, step):
     """ONNX Runtime's kernel wants head_size % 8 == 0; lmfast's takes any (vector tails)."""
     feeds, heads, kv_heads, scale = step
-    ours = _run_in_place(_session(_model(native_ops.DOMAIN, heads, kv_heads, scale=scale)), feeds)
+    ours = _run_in_place(_session(_model_for(native_ops.DOMAIN, feeds, heads, kv_heads, scale)), feeds)
     expected = _reference(feeds, heads, kv_heads, scale, in_place=True)
-    np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
+    _close(ours[0], expected[0])
     for mine, wanted in zip(ours[1:], expected[1:], strict=True):
         np.testing.assert_array_equal(mine, wanted)
 
 
 @needs_library
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize(
     ("held", "kv_heads", "groups"),
     [([257], 3, 3), ([300], 1, 4), ([128], 2, 1), ([300, 1], 1, 3), ([1, 130, 299], 2, 3)],
 )
-def test_gqa_decode_in_key_chunks(kernel_path, held, kv_heads, groups):
+def test_gqa_decode_in_key_chunks(kernel_path, held, kv_heads, groups, dtype):
     """Few (row, kv-head) pairs and long rows: the keys are split into chunks whose softmax partials
     are combined (rows of one token leave chunks empty)."""
     rng = np.random.default_rng(len(held) * 7 + kv_heads)
@@ -217,13 +243,56 @@ def test_gqa_decode_in_key_chunks(kernel_path, held, kv_heads, groups):
         "seqlens_k": np.array(held, np.int32) - 1,
         "total_sequence_length": np.array(max(held), np.int32),
     }
-    ours = _run_in_place(_session(_model(native_ops.DOMAIN, heads, kv_heads, scale=0.0)), feeds)
-    stock = _run_in_place(_session(_model("com.microsoft", heads, kv_heads, scale=0.0)), feeds)
+    feeds.update({name: feeds[name].astype(dtype) for name in INPUTS[:5]})
+    ours = _run_in_place(_session(_model_for(native_ops.DOMAIN, feeds, heads, kv_heads, 0.0)), feeds)
+    stock = _run_in_place(_session(_model_for("com.microsoft", feeds, heads, kv_heads, 0.0)), feeds)
     expected = _reference(feeds, heads, kv_heads, 0.0, in_place=True)
-    np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ours[0], stock[0], rtol=1e-5, atol=1e-5)
+    _close(ours[0], expected[0])
+    _close(ours[0], stock[0])
     for mine, theirs in zip(ours[1:], stock[1:], strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def _finite_halves() -> np.ndarray:
+    """Every finite fp16 value's bits, -0 and the subnormals included (63,488 of them)."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    return bits[np.isfinite(bits.view(np.float16))]
+
+
+@needs_library
+@pytest.mark.parametrize("pair", ["same", "adjacent", "random"])
+def test_gqa_fp16_widening_and_rounding_are_exact(kernel_path, pair):
+    """Zero keys give two keys equal weights, so y = 0.5 v0 + 0.5 v1 is one fp32 rounding that NumPy
+    reproduces: equal values must come back bit for bit (every finite fp16 value but -0, through the
+    kernel's widening and its output rounding), and the midpoints of adjacent values test ties to
+    even (the scalar path's own rounding, and F16C's)."""
+    first = _finite_halves()
+    if pair == "same":
+        second = first
+    elif pair == "adjacent":
+        first = first[(first & 0x7FFF) != 0x7BFF]  # the largest magnitude has no finite neighbour
+        second = first + np.uint16(1)
+    else:
+        second = np.random.default_rng(0).permutation(first)
+    d = 64
+    first, second = (np.resize(v, -(-len(first) // d) * d).view(np.float16) for v in (first, second))
+    batch = len(first) // d
+    rng = np.random.default_rng(1)
+    feeds = {
+        "query": rng.standard_normal((batch, 1, d)).astype(np.float16),
+        "key": np.zeros((batch, 1, d), np.float16),
+        "value": second.reshape(batch, 1, d),
+        "past_key": np.zeros((batch, 1, 3, d), np.float16),
+        "past_value": np.zeros((batch, 1, 3, d), np.float16),
+        "seqlens_k": np.full(batch, 1, np.int32),  # each row: v0 at column 0, this step's v1 at 1
+        "total_sequence_length": np.array(2, np.int32),
+    }
+    feeds["past_value"][:, 0, 0] = first.reshape(batch, d)
+    y = _run_in_place(_session(_model_for(native_ops.DOMAIN, feeds, 1, 1, 0.0)), feeds)[0]
+    # the kernel's order: an accumulator from +0 (so -0 comes back as +0), then each weighted value
+    halves = [v.astype(np.float32) * np.float32(0.5) for v in (first, second)]
+    expected = ((np.float32(0.0) + halves[0]) + halves[1]).astype(np.float16)
+    np.testing.assert_array_equal(y.reshape(-1).view(np.uint16), expected.view(np.uint16))
 
 
 @needs_library
@@ -244,7 +313,7 @@ def test_gqa_rejects_lengths_past_the_buffer():
 
 
 @pytest.mark.parametrize(
-    ("attributes", "past_type", "swapped"),
+    ("attributes", "elem_type", "swapped"),
     [
         ({"scale": 0.125}, TensorProto.FLOAT, 1),
         ({"softcap": 0.0, "local_window_size": -1, "do_rotary": 0}, TensorProto.FLOAT, 1),  # explicit "off"
@@ -253,11 +322,13 @@ def test_gqa_rejects_lengths_past_the_buffer():
         ({"do_rotary": 1}, TensorProto.FLOAT, 0),
         ({"smooth_softmax": 1}, TensorProto.FLOAT, 0),
         ({"mask_filter_value": -1.0}, TensorProto.FLOAT, 0),  # an attribute the swap does not know
-        ({}, TensorProto.FLOAT16, 0),  # an fp16 cache
+        ({}, TensorProto.FLOAT16, 1),  # an fp16 cache
+        ({"softcap": 30.0}, TensorProto.FLOAT16, 0),
+        ({}, TensorProto.BFLOAT16, 0),  # a type the kernel does not read
     ],
 )
-def test_swap_covers_only_what_the_kernel_implements(attributes, past_type, swapped):
-    model = _model("com.microsoft", 6, 2, past_type=past_type, **attributes)
+def test_swap_covers_only_what_the_kernel_implements(attributes, elem_type, swapped):
+    model = _model("com.microsoft", 6, 2, elem_type=elem_type, **attributes)
     assert swap_group_query_attention(model) == swapped
     node = model.graph.node[0]
     assert node.domain == (native_ops.DOMAIN if swapped else "com.microsoft")
