@@ -183,3 +183,49 @@ def test_packed_matmul_rejects_mismatched_shapes():
     session = _session(model, True)
     with pytest.raises(Exception, match="PackedQuantizedMatMul"):
         session.run(None, {"A": np.zeros((1, 60), dtype=np.float32)})
+
+
+@needs_library
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.sampled_from([1, 3, 8, 32]),
+    k=st.integers(1, 100),
+    block=st.sampled_from([16, 32, 64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_activations_round_half_to_even_exactly(kernel_path, rows, k, block, seed):  # noqa: F811
+    """Each block holds a +-127 (so x * 127 / max|x| is x itself) and ties at half-integers; one-hot
+    8-bit weights with scale 1 read every rounded activation back, which must be np.rint's."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-253, 254, size=(rows, k)).astype(np.float32) / 2  # half-integers in [-126.5, 126.5]
+    a[:, ::block] = rng.choice([-127.0, 127.0], size=a[:, ::block].shape)
+    blocks = -(-k // block)
+    levels = np.full((k, blocks * block), 128, dtype=np.uint8)  # w = q - 128: one-hot rows
+    levels[np.arange(k), np.arange(k)] = 129
+    packed = levels.reshape(k, blocks, block)
+    repacked = pack_nbits(packed, np.ones((k, blocks), dtype=np.float32), None, k, k, 8, block)
+    ours = _session(_packed_model(rows, k, k, 8, block, repacked), True).run(None, {"A": a})[0]
+    np.testing.assert_array_equal(ours, np.rint(a))
+    np.testing.assert_array_equal(packed_matmul_reference(a, *repacked, k, k, 8, block), np.rint(a))
+
+
+@needs_library
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 32])  # every register tile: 4 rows, then 3, 2 or 1
+@pytest.mark.parametrize("bits,block", [(8, 32), (8, 64), (8, 16), (4, 32), (4, 64), (4, 128)])
+def test_every_tile_matches_the_reference(kernel_path, rows, bits, block):  # noqa: F811
+    """Deterministic cover of the tiles hypothesis may miss: K = 150 (a partial last block), N = 21
+    (a partial last group), zero points at 4 bits, one all-zero activation row and a zero-scale
+    block of weights."""
+    rng = np.random.default_rng(rows * 1000 + bits * 100 + block)
+    k, n = 150, 21
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    a[rows // 2] = 0.0
+    packed, scales, zero_points = _weights(rng, k, n, bits, block, bits == 4, False)
+    scales.reshape(n, -1)[3, 1] = 0.0
+    repacked = pack_nbits(packed, scales, zero_points, n, k, bits, block)
+    ours = _session(_packed_model(rows, k, n, bits, block, repacked), True).run(None, {"A": a})[0]
+    expected = packed_matmul_reference(a, *repacked, n, k, bits, block)
+    weight = _dequantized(packed, scales, zero_points, k, bits, block)
+    tolerance = float(1e-5 * (np.abs(a).astype(np.float64) @ np.abs(weight).T).max() + 1e-6)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance)
+    assert not ours[rows // 2].any()
