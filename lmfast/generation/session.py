@@ -21,6 +21,7 @@ set, and the session goes on with the others.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ IDLE_STEP_TOKENS = 1024
 (still chunked: a cancelled request stops, and memory stays bounded, within one chunk)."""
 MIN_STEP_TOKENS = 8
 """The stall bound never cuts a step's prompt tokens below this (a long prompt still advances)."""
+SPLIT_FORWARD_ROWS = 8
+"""A prompt forward's fixed cost (one read of every weight) in prompt rows of compute: fresh prompts
+prefilled together are cut into groups of similar length (`length_groups`) wherever another
+forward costs less than the padding rows it saves."""
 TIMING_WEIGHT = 0.3
 """Weight of the newest forward in the running means of decode and prefill time."""
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DecodeSession", "TokenEvent", "admissible"]
@@ -63,6 +68,30 @@ def admissible(sizes: Iterable[int], occupied: int, max_batch_size: int) -> int:
         occupied += rows
         count += 1
     return count
+
+
+def length_groups(lengths: Sequence[int], fixed_rows: float = SPLIT_FORWARD_ROWS) -> list[list[int]]:
+    """Prompts (by their lengths) in the groups to prefill together, as indices in arrival order.
+
+    A group is left padded to its longest prompt, so it computes size x longest rows; each group
+    also costs `fixed_rows`. Sorted by length, the cuts minimize the total (dynamic programming
+    over the sorted lengths, O(n^2)): prompts of 2 to 8 tokens from 32 clients compute 256 rows in
+    one group, of which only about 160 are real.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0.0] + [math.inf] * len(order)  # best[j]: the first j sorted prompts
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + fixed_rows + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(sorted(order[cut[j] : j]))
+        j = cut[j]
+    return sorted(groups)
 
 
 @dataclass(frozen=True)
@@ -386,8 +415,8 @@ class DecodeSession:
                 complete.append(request)
         joining = group + complete
         self._prefilling = [r for r in self._prefilling if r not in joining]
-        if group:
-            events += self._join(group, self._prefill)
+        for part in length_groups([r.remaining for r in group]):
+            events += self._join([group[i] for i in part], self._prefill)
         for request in complete:
             events += self._join([request], self._prefilled)
         return events

@@ -105,7 +105,25 @@ shapes = st.tuples(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=shapes, seed=st.integers(0, 2**32 - 1), zero_rows=st.booleans())
 def test_bf16_matmul_matches_reference_and_stock_ops(kernel_path, shape, seed, zero_rows):
-    rows, k, n = shape
+    _check_bf16_matmul(*shape, seed, zero_rows)
+
+
+prompt_shapes = st.tuples(
+    st.integers(150, 700),  # prompt-sized rows: several row blocks, the last one partial
+    st.integers(1, 600),  # K across several 256-wide panels, mostly not a multiple of 8
+    st.integers(1, 40),  # N: the last strip of 16 rows often partial or a single group
+)
+
+
+@needs_library
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=prompt_shapes, seed=st.integers(0, 2**32 - 1), zero_rows=st.booleans())
+def test_bf16_matmul_many_rows_matches_reference_and_stock_ops(kernel_path, shape, seed, zero_rows):
+    """Prompt-sized batches take the widened-panel path (row blocks x 16-row strips)."""
+    _check_bf16_matmul(*shape, seed, zero_rows)
+
+
+def _check_bf16_matmul(rows: int, k: int, n: int, seed: int, zero_rows: bool) -> None:
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((rows, k)).astype(np.float32)
     weights = rng.standard_normal((n, k)).astype(np.float32)
