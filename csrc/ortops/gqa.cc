@@ -283,14 +283,15 @@ LMFAST_GQA_TARGET inline void accumulate(float* y, const float* p, const T* valu
 constexpr int64_t kKeyBlock = 16;
 constexpr int kTileQueries = 6;
 
-// keys[t][d] for t in [0, count) (count <= 16; the rest zero) into kt[x * 16 + t].
-__attribute__((target("avx2,fma"))) void transpose_keys(const float* keys, int64_t count, int64_t d, float* kt) {
+// keys[t][d] for t in [0, count) (count <= 16; the rest zero), widened, into kt[x * 16 + t].
+template <typename T>
+LMFAST_GQA_TARGET void transpose_keys(const T* keys, int64_t count, int64_t d, float* kt) {
   for (int64_t x = 0; x < d; x += 8)
     for (int64_t half = 0; half < 2; ++half) {
       __m256 r[8];
       for (int64_t t = 0; t < 8; ++t) {
         const int64_t key = half * 8 + t;
-        r[t] = key < count ? _mm256_loadu_ps(keys + key * d + x) : _mm256_setzero_ps();
+        r[t] = key < count ? load8(keys + key * d + x) : _mm256_setzero_ps();
       }
       const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
       const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
@@ -309,10 +310,9 @@ __attribute__((target("avx2,fma"))) void transpose_keys(const float* keys, int64
 }
 
 // Scores of queries [i0, i0 + C) against one transposed key block, scaled, into s (row stride `stride`).
-template <int C>
-__attribute__((target("avx2,fma"))) void score_tile(const Task& task, int64_t i0, const float* kt, float* s,
-                                                    int64_t stride) {
-  const int64_t d = task.a.head_size;
+template <int C, typename T>
+LMFAST_GQA_TARGET void score_tile(const Task<T>& task, int64_t i0, const float* kt, float* s, int64_t stride) {
+  const int64_t d = task.args().head_size;
   const float* q[C];
   __m256 acc[C][2];
 #pragma GCC unroll 6
@@ -329,7 +329,7 @@ __attribute__((target("avx2,fma"))) void score_tile(const Task& task, int64_t i0
       acc[c][1] = _mm256_fmadd_ps(qv, k1, acc[c][1]);
     }
   }
-  const __m256 scale = _mm256_set1_ps(task.a.scale);
+  const __m256 scale = _mm256_set1_ps(task.args().scale);
 #pragma GCC unroll 6
   for (int c = 0; c < C; ++c) {
     _mm256_storeu_ps(s + c * stride, _mm256_mul_ps(acc[c][0], scale));
@@ -339,10 +339,10 @@ __attribute__((target("avx2,fma"))) void score_tile(const Task& task, int64_t i0
 
 // y of queries [i0, i0 + C) = p (rows `stride` apart, zero past each query's keys) times values
 // [0, keys), G vectors (8 lanes each) of the head at a time.
-template <int C, int G>
-__attribute__((target("avx2,fma"))) void value_tile(const Task& task, int64_t i0, const float* p, int64_t stride,
-                                                    const float* values, int64_t keys, int64_t x0) {
-  const int64_t d = task.a.head_size;
+template <int C, int G, typename T>
+LMFAST_GQA_TARGET void value_tile(const Task<T>& task, int64_t i0, const float* p, int64_t stride, const T* values,
+                                  int64_t keys, int64_t x0) {
+  const int64_t d = task.args().head_size;
   __m256 acc[C][G];
 #pragma GCC unroll 6
   for (int c = 0; c < C; ++c)
@@ -351,7 +351,7 @@ __attribute__((target("avx2,fma"))) void value_tile(const Task& task, int64_t i0
   for (int64_t t = 0; t < keys; ++t) {
     __m256 v[G];
 #pragma GCC unroll 2
-    for (int h = 0; h < G; ++h) v[h] = _mm256_loadu_ps(values + t * d + x0 + h * 8);
+    for (int h = 0; h < G; ++h) v[h] = load8(values + t * d + x0 + h * 8);
 #pragma GCC unroll 6
     for (int c = 0; c < C; ++c) {
       const __m256 pv = _mm256_broadcast_ss(p + c * stride + t);
@@ -365,20 +365,20 @@ __attribute__((target("avx2,fma"))) void value_tile(const Task& task, int64_t i0
     for (int h = 0; h < G; ++h) _mm256_storeu_ps(task.target(i0 + c) + x0 + h * 8, acc[c][h]);
 }
 
-template <int C>
-__attribute__((target("avx2,fma"))) void query_tile(const Task& task, int64_t i0, const float* kt, float* s,
-                                                    int64_t stride, int64_t t0, int64_t phase,
-                                                    const float* values) {
+template <int C, typename T>
+LMFAST_GQA_TARGET void query_tile(const Task<T>& task, int64_t i0, const float* kt, float* s, int64_t stride,
+                                  int64_t t0, int64_t phase, const T* values) {
   if (phase == 0) return score_tile<C>(task, i0, kt, s + i0 * stride + t0, stride);
-  const int64_t d = task.a.head_size, keys = task.limit(i0 + C - 1);  // the tile's longest
+  const int64_t d = task.args().head_size, keys = task.limit(i0 + C - 1);  // the tile's longest
   int64_t x0 = 0;
   for (; x0 + 16 <= d; x0 += 16) value_tile<C, 2>(task, i0, s + i0 * stride, stride, values, keys, x0);
   if (x0 < d) value_tile<C, 1>(task, i0, s + i0 * stride, stride, values, keys, x0);
 }
 
 // Phase 0: the scores of key block t0 for every query that sees any of it; phase 1: the outputs.
-__attribute__((target("avx2,fma"))) void query_tiles(const Task& task, const float* kt, float* s, int64_t stride,
-                                                     int64_t t0, int64_t phase, const float* values) {
+template <typename T>
+LMFAST_GQA_TARGET void query_tiles(const Task<T>& task, const float* kt, float* s, int64_t stride, int64_t t0,
+                                   int64_t phase, const T* values) {
   const int64_t nq = task.queries();
   int64_t i = 0;
   for (; i < nq; i += kTileQueries) {
@@ -396,11 +396,12 @@ __attribute__((target("avx2,fma"))) void query_tiles(const Task& task, const flo
 }
 
 // A whole (unchunked) prompt task with head_size % 8 == 0, as attend_avx2 computes it.
-__attribute__((target("avx2,fma"))) void attend_tiled_avx2(const Task& task, std::vector<float>& scores) {
-  const GqaArgs& a = task.a;
+template <typename T>
+LMFAST_GQA_TARGET void attend_tiled_avx2(const Task<T>& task, std::vector<float>& scores) {
+  const GqaArgsT<T>& a = task.args();
   const int64_t d = a.head_size, nq = task.queries(), nk = task.limit(nq - 1);
   const int64_t stride = (nk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
-  const float *keys = task.keys(), *values = task.values();
+  const T *keys = task.keys(), *values = task.values();
   scores.resize(static_cast<size_t>(nq * stride + d * kKeyBlock));
   float *s = scores.data(), *kt = s + nq * stride;
   for (int64_t t0 = 0; t0 < nk; t0 += kKeyBlock) {
