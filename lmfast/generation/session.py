@@ -3,7 +3,8 @@
 `Generator.__call__`, `Generator.stream` and the server's engine thread all drive a
 `DecodeSession`. A step advances every running row by one token in one forward call first, then
 spends the step's token budget (`step_token_budget`) on the prompts waiting to join, first come
-first served: whole prompts that fit are prefilled together (left padded among themselves), a
+first served: whole prompts that fit are prefilled together (left padded among themselves, in
+groups of similar length where another forward costs less than the padding: `length_groups`), a
 longer one in chunks of what is left of the budget, one chunk per step, so a long prompt or a
 scoring request delays the running rows by one bounded chunk per step instead of stopping them
 for its whole prefill (vLLM's chunked prefill, TGI's token budget). A prompt that starts like a
