@@ -78,7 +78,6 @@ __attribute__((target("avx2,fma"))) void groups_one_row(const float* x, const ui
 
 constexpr int64_t kChunksPerPass = 64;  // 512 K: a task's 16 rows of weights, 16 KiB, stay in L1
 constexpr int kMaxRows = 6;             // activation rows per register tile: 6 x 2 accumulators
-constexpr int64_t kPackedMinRows = 16;  // from this many activation rows, strip_block_avx2
 
 // C activation rows (x, stride `stride`) times G groups' tiles over chunks [j0, j1), added to the
 // task's scratch (C rows of 16 floats).
@@ -162,99 +161,6 @@ __attribute__((target("avx2,fma"))) void groups_avx2(const float* x, const uint1
   }
 }
 
-// ---- AVX2 + FMA, many activation rows (prompts) ----
-// A task is one 16-row strip of weights times one block of up to kBlockRows activation rows. Per
-// K panel of 256 the strip is widened once into an fp32 panel, k-major (16 floats per k: 64 bytes,
-// 16 KiB per panel, in L1), and 6 x 16 register tiles run over it with plain fp32 loads: 2 weight
-// loads and 6 broadcasts per 12 FMAs, as MLAS's sgemm kernel does over its packed panels. The
-// widening is then paid once per block rather than once per 6 activation rows. Tasks are numbered
-// block-major, so a thread's consecutive tasks keep one block's activations (kBlockRows x K) in L2.
-constexpr int64_t kPanelChunks = 32;  // 256 K
-constexpr int64_t kBlockRows = 48;    // activation rows per task: 8 tiles of 6
-
-template <int G>
-__attribute__((target("avx2,fma"))) void widen_panel(const uint16_t* group, int64_t chunks, int64_t j0,
-                                                     int64_t j1, float* panel) {
-  for (int64_t j = j0; j < j1; ++j)
-#pragma GCC unroll 8
-    for (int kk = 0; kk < kTile; ++kk)
-#pragma GCC unroll 2
-      for (int h = 0; h < G; ++h)
-        _mm256_storeu_ps(panel + ((j - j0) * kTile + kk) * 2 * kTile + h * kTile,
-                         avx2::load8(group + ((h * chunks + j) * kTile + kk) * kTile));
-}
-
-// C activation rows (x, stride `stride`, already offset to the panel's first k) times the panel's
-// `depth` k values, added to C rows of 16 floats in `out`.
-template <int C, int G>
-__attribute__((target("avx2,fma"))) void packed_tile(const float* x, int64_t stride, const float* panel,
-                                                     int64_t depth, float* out) {
-  __m256 acc[C][G];
-#pragma GCC unroll 6
-  for (int c = 0; c < C; ++c)
-#pragma GCC unroll 2
-    for (int h = 0; h < G; ++h) acc[c][h] = _mm256_loadu_ps(out + c * 2 * kTile + h * kTile);
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < depth; ++p) {
-    __m256 wv[G];
-#pragma GCC unroll 2
-    for (int h = 0; h < G; ++h) wv[h] = _mm256_loadu_ps(panel + p * 2 * kTile + h * kTile);
-#pragma GCC unroll 6
-    for (int c = 0; c < C; ++c) {
-      const __m256 xv = _mm256_broadcast_ss(x + c * stride + p);
-#pragma GCC unroll 2
-      for (int h = 0; h < G; ++h) acc[c][h] = _mm256_fmadd_ps(wv[h], xv, acc[c][h]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int c = 0; c < C; ++c)
-#pragma GCC unroll 2
-    for (int h = 0; h < G; ++h) _mm256_storeu_ps(out + c * 2 * kTile + h * kTile, acc[c][h]);
-}
-
-template <int G>
-__attribute__((target("avx2,fma"))) void packed_rows(const float* x, int64_t stride, const float* panel,
-                                                     int64_t depth, int64_t m, float* out) {
-  int64_t i = 0;
-  for (; i + kMaxRows <= m; i += kMaxRows)
-    packed_tile<kMaxRows, G>(x + i * stride, stride, panel, depth, out + i * 2 * kTile);
-  const float* xr = x + i * stride;
-  float* rest = out + i * 2 * kTile;
-  switch (m - i) {
-    case 5: packed_tile<5, G>(xr, stride, panel, depth, rest); break;
-    case 4: packed_tile<4, G>(xr, stride, panel, depth, rest); break;
-    case 3: packed_tile<3, G>(xr, stride, panel, depth, rest); break;
-    case 2: packed_tile<2, G>(xr, stride, panel, depth, rest); break;
-    case 1: packed_tile<1, G>(xr, stride, panel, depth, rest); break;
-    default: break;
-  }
-}
-
-// Weight groups [g, g + count) (count 1 or 2) times activation rows [row_begin, row_end).
-__attribute__((target("avx2,fma"))) void strip_block_avx2(const float* x, const uint16_t* tiles, float* y,
-                                                          int64_t stride, int64_t n, int64_t groups, int64_t g,
-                                                          int64_t row_begin, int64_t row_end) {
-  const int64_t chunks = stride / kTile, rows = row_end - row_begin, count = std::min<int64_t>(2, groups - g);
-  thread_local std::vector<float> panel, out;
-  panel.resize(static_cast<size_t>(kPanelChunks * kTile * 2 * kTile));
-  out.assign(static_cast<size_t>(rows * 2 * kTile), 0.0f);
-  const uint16_t* group = tiles + g * chunks * kTile * kTile;
-  const float* xb = x + row_begin * stride;
-  for (int64_t j0 = 0; j0 < chunks; j0 += kPanelChunks) {
-    const int64_t j1 = std::min(chunks, j0 + kPanelChunks), depth = (j1 - j0) * kTile;
-    if (count == 2) {
-      widen_panel<2>(group, chunks, j0, j1, panel.data());
-      packed_rows<2>(xb + j0 * kTile, stride, panel.data(), depth, rows, out.data());
-    } else {
-      widen_panel<1>(group, chunks, j0, j1, panel.data());
-      packed_rows<1>(xb + j0 * kTile, stride, panel.data(), depth, rows, out.data());
-    }
-  }
-  const int64_t valid = std::min(count * kTile, n - g * kTile);
-  for (int64_t i = 0; i < rows; ++i)
-    std::memcpy(y + (row_begin + i) * n + g * kTile, out.data() + i * 2 * kTile, sizeof(float) * valid);
-}
-
 }  // namespace
 
 void bf16_matmul(const float* x, const uint16_t* tiles, float* y, int64_t m, int64_t k, int64_t n,
@@ -268,18 +174,7 @@ void bf16_matmul(const float* x, const uint16_t* tiles, float* y, int64_t m, int
   const int64_t groups = tiles_of(n), stride = tiles_of(k) * kTile;
   std::vector<float> buffer;
   const float* xs = avx2 ? padded_rows(x, m, k, stride, buffer) : x;
-  const int64_t strips = (groups + kGroupsPerTask - 1) / kGroupsPerTask;
-  if (avx2 && m >= kPackedMinRows) {  // prompts: widened panels, tasks over strips x row blocks
-    const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
-    run(static_cast<size_t>(strips * blocks), [&](size_t t) {
-      const int64_t block = static_cast<int64_t>(t) / strips, strip = static_cast<int64_t>(t) % strips;
-      const int64_t row_begin = block * kBlockRows;
-      strip_block_avx2(xs, tiles, y, stride, n, groups, strip * kGroupsPerTask, row_begin,
-                       std::min(m, row_begin + kBlockRows));
-    });
-    return;
-  }
-  const int64_t tasks = strips;
+  const int64_t tasks = (groups + kGroupsPerTask - 1) / kGroupsPerTask;
   run(static_cast<size_t>(tasks), [&](size_t t) {
     const int64_t begin = static_cast<int64_t>(t) * kGroupsPerTask;
     const int64_t end = std::min(groups, begin + kGroupsPerTask);

@@ -109,8 +109,8 @@ def test_bf16_matmul_matches_reference_and_stock_ops(kernel_path, shape, seed, z
 
 
 prompt_shapes = st.tuples(
-    st.integers(150, 700),  # prompt-sized rows: several row blocks, the last one partial
-    st.integers(1, 600),  # K across several 256-wide panels, mostly not a multiple of 8
+    st.integers(150, 700),  # prompt-sized rows: many 6-row tiles, the last one partial
+    st.integers(1, 600),  # K across two passes of 512, mostly not a multiple of 8
     st.integers(1, 40),  # N: the last strip of 16 rows often partial or a single group
 )
 
@@ -119,7 +119,7 @@ prompt_shapes = st.tuples(
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=prompt_shapes, seed=st.integers(0, 2**32 - 1), zero_rows=st.booleans())
 def test_bf16_matmul_many_rows_matches_reference_and_stock_ops(kernel_path, shape, seed, zero_rows):
-    """Prompt-sized batches take the widened-panel path (row blocks x 16-row strips)."""
+    """Prompt-sized batches: many 6-row register tiles per 16-row task, K in several passes."""
     _check_bf16_matmul(*shape, seed, zero_rows)
 
 
