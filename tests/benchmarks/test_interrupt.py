@@ -14,10 +14,17 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A terminal's foreground job has SIGINT at its default; a suite started in the background by a
+    non-interactive shell (`bash .ci/run &`) inherits it ignored, and the runner would not see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_suite_and_the_running_stage(tmp_path):
     runner = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "--quick", "--stages", "prepare", "--output", str(tmp_path)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     assert runner.stdout.readline().startswith("== benchmark prepare")
     deadline = time.monotonic() + 60
