@@ -191,16 +191,19 @@ def _by_rows(kernel: Callable[[np.ndarray], tuple[np.ndarray, ...]], x: np.ndarr
     kernels release the GIL); the per-block outputs are reshaped to x's leading axes."""
     shape = x.shape
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, *shape[-2:])
-    bounds = np.linspace(0, len(rows), min(threads(), max(1, rows.size // 65536)) + 1).astype(int)
-    if len(bounds) == 2:
-        results = [kernel(rows)]
-    else:
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            results = list(
-                pool.map(lambda i: kernel(rows[bounds[i] : bounds[i + 1]]), range(len(bounds) - 1))
-            )
+    results = _in_ranges(len(rows), max(1, rows.size // 65536), lambda lo, hi: kernel(rows[lo:hi]))
     joined = [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
     return tuple(a.reshape(shape if a.ndim == 3 else shape[:-1]) for a in joined)
+
+
+def _in_ranges(count: int, pieces: int, run: Callable[[int, int], Any]) -> list[Any]:
+    """run(lo, hi) over [0, count) cut into at most min(pieces, threads()) equal ranges, each in a
+    thread of its own when there are several (the native kernels release the GIL)."""
+    bounds = np.linspace(0, count, min(threads(), pieces) + 1).astype(int)
+    if len(bounds) == 2:
+        return [run(0, count)]
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        return list(pool.map(lambda i: run(bounds[i], bounds[i + 1]), range(len(bounds) - 1)))
 
 
 def threads() -> int:
@@ -352,14 +355,7 @@ def gptq_levels(
 
 def _gptq_rows_native(kernel: ModuleType, arguments: tuple[Any, ...], n: int) -> None:
     """The native `gptq_rows` with the N columns (independent) split over threads."""
-    bounds = np.linspace(0, n, min(threads(), max(1, n // 512)) + 1).astype(int)
-    if len(bounds) == 2:
-        kernel.gptq_rows(*arguments)
-        return
-    with ThreadPoolExecutor(len(bounds) - 1) as pool:
-        list(
-            pool.map(lambda i: kernel.gptq_rows(*arguments, bounds[i], bounds[i + 1]), range(len(bounds) - 1))
-        )
+    _in_ranges(n, max(1, n // 512), lambda first, last: kernel.gptq_rows(*arguments, first, last))
 
 
 def gptq_rows_reference(
