@@ -24,6 +24,22 @@ inline bool cpu_has_avx2_fma() {
   return has;
 }
 
+inline bool detect_f16c() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+// Whether the CPU converts fp16 in vector registers (F16C: every AVX2 CPU made so far has it, but
+// the fp16 kernels check rather than assume).
+inline bool cpu_has_f16c() {
+  static const bool has = detect_f16c();
+  return has;
+}
+
 inline Isa selected_isa() {
   const char* forced = std::getenv("LMFAST_ORTOPS_ISA");
   if (forced != nullptr && std::strcmp(forced, "scalar") == 0) return Isa::kScalar;

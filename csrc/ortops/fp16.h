@@ -1,5 +1,6 @@
 // IEEE 754 half precision (fp16) storage for lmfast's kernels: a distinct type (uint16_t already means
-// bf16 bits in avx2_tiles.h), exact widening, round-to-nearest-even narrowing, and the F16C check.
+// bf16 bits in avx2_tiles.h), exact widening and round-to-nearest-even narrowing (the F16C check is
+// cpu_features.h's).
 // Values are stored as fp16 and computed in fp32: an fp16 key/value cache halves the bytes a decode
 // step reads, and F16C's vcvtph2ps widens 8 of them per instruction.
 #pragma once
@@ -62,22 +63,6 @@ inline Half float_to_half(float f) {
   result >>= 13;
   if (rest > 0x1000u || (rest == 0x1000u && (result & 1u))) ++result;  // may carry into the exponent
   return Half{static_cast<uint16_t>(sign | result)};
-}
-
-inline bool detect_f16c() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
-}
-
-// Whether the CPU converts fp16 in vector registers (F16C: every AVX2 CPU made so far has it, but
-// the fp16 kernels check rather than assume).
-inline bool cpu_has_f16c() {
-  static const bool has = detect_f16c();
-  return has;
 }
 
 }  // namespace lmfast

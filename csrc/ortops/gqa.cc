@@ -503,11 +503,13 @@ void decode_in_chunks(const Step<T>& step, int64_t chunks, bool avx2, const Para
     combine(step, i / a.kv_heads, i % a.kv_heads, chunks, partials.data() + i * chunks * groups * stride);
 }
 
+// Whether fp16 data takes the AVX2 path: widening in registers needs F16C as well (else scalar).
+bool f16c_path() { return selected_isa() == Isa::kAvx2 && cpu_has_f16c(); }
+
 template <typename T>
 void attend(const Step<T>& step, const ParallelRunner& run) {
   const GqaArgsT<T>& a = step.a;
-  // fp16 widening in registers needs F16C as well; without it the scalar path runs
-  const bool avx2 = selected_isa() == Isa::kAvx2 && (std::is_same_v<T, float> || cpu_has_f16c());
+  const bool avx2 = std::is_same_v<T, float> ? selected_isa() == Isa::kAvx2 : f16c_path();
   const int64_t heads = a.batch * a.kv_heads;
   const int64_t blocks = (a.seq + kQueryBlock - 1) / kQueryBlock;
   if (a.seq == 1 && heads < kMinTasks) {
@@ -547,8 +549,6 @@ LMFAST_GQA_TARGET void narrow_f16c(const float* from, Half* to, int64_t n) {
                      _mm256_cvtps_ph(_mm256_loadu_ps(from + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   for (; i < n; ++i) to[i] = float_to_half(from[i]);
 }
-
-bool f16c_path() { return selected_isa() == Isa::kAvx2 && cpu_has_f16c(); }
 
 }  // namespace
 

@@ -167,6 +167,18 @@ __attribute__((target("avx2,fma"), always_inline)) inline void store_rows(const 
   }
 }
 
+// A block's weights, kPrefetchBytes ahead, when one activation row reads each weight once (the
+// DRAM stream); more rows reuse the group from L1 and need no hint.
+template <int C>
+__attribute__((target("avx2,fma"), always_inline)) inline void prefetch_ahead(const uint8_t* data,
+                                                                               int64_t block_bytes) {
+  if constexpr (C == 1) {
+#pragma GCC unroll 8
+    for (int64_t line = 0; line < block_bytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(data + kPrefetchBytes + line), _MM_HINT_T0);
+  }
+}
+
 // 8 bits: group g (8 weight rows) times C activation rows from `first`. Per unit: one weight load
 // and vpabsb shared by the C rows, then per row vpsignb, vpmaddubsw, vpmaddwd, vpaddd.
 template <int C, int Units>
@@ -186,11 +198,7 @@ __attribute__((target("avx2,fma"))) void group8_avx2(const QuantizedActivations&
   const uint8_t* data = w.data + g * blocks * block_bytes;
   const float* w_scales = w.scales + g * blocks * kPackedRows;
   for (int64_t b = 0; b < blocks; ++b, data += block_bytes) {
-    if constexpr (C == 1) {  // one row reads each weight once: fetch ahead of the DRAM stream
-#pragma GCC unroll 8
-      for (int64_t line = 0; line < block_bytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(data + kPrefetchBytes + line), _MM_HINT_T0);
-    }
+    prefetch_ahead<C>(data, block_bytes);
     __m256i acc[C];
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_si256();
@@ -232,11 +240,7 @@ __attribute__((target("avx2,fma"))) void group4_avx2(const QuantizedActivations&
   const uint8_t* data = w.data + g * blocks * block_bytes;
   const float* w_scales = w.scales + g * blocks * kPackedRows;
   for (int64_t b = 0; b < blocks; ++b, data += block_bytes) {
-    if constexpr (C == 1) {
-#pragma GCC unroll 8
-      for (int64_t line = 0; line < block_bytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(data + kPrefetchBytes + line), _MM_HINT_T0);
-    }
+    prefetch_ahead<C>(data, block_bytes);
     __m256i acc[C];
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_si256();
